@@ -1,0 +1,223 @@
+"""Where the Dask graphs run: an embedded LocalCluster, a remote scheduler, or GPU workers.
+
+1. :func:`cluster` is a context manager that yields a :class:`distributed.Client`:
+   an embedded ``LocalCluster`` sized to the machine by default (one single-threaded
+   worker process per core, the memory shared among them), or a client attached to an
+   existing scheduler (``--scheduler tcp://HOST:8786``), failing within a few seconds if
+   the address does not answer;
+2. with ``gpus=N`` it starts one worker per GPU (dask-cuda's ``LocalCUDACluster`` when it
+   is installed), each with the worker resource ``GPU=1``; :func:`gpu_annotation` puts
+   that resource on GPU tasks so they land on GPU workers;
+3. :func:`compute` is the one place library writers hand tasks to: on the current
+   client if there is one (else Dask's threaded scheduler), with a progress bar only
+   when the command line has switched progress on (:func:`progress_enabled`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import dask
+
+from volmla.errors import VolmlaError
+
+logger = logging.getLogger(__name__)
+
+_PROGRESS = {"on": False}
+
+__all__ = ["cluster", "compute", "current_client", "gpu_annotation", "progress_enabled"]
+
+
+@contextlib.contextmanager
+def progress_enabled(on: bool = True) -> Iterator[None]:
+    """Show progress bars for :func:`compute` calls inside this block (CLI only)."""
+    previous = _PROGRESS["on"]
+    _PROGRESS["on"] = on
+    try:
+        yield
+    finally:
+        _PROGRESS["on"] = previous
+
+
+def current_client() -> Any | None:
+    """The active distributed Client, or None."""
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def _total_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+@contextlib.contextmanager
+def cluster(
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int = 1,
+    memory_limit: str | int | None = None,
+    gpus: int = 0,
+    timeout: float = 5.0,
+    dashboard: bool = True,
+) -> Iterator[Any]:
+    """Yield a Dask client: embedded, attached to ``scheduler``, or one worker per GPU.
+
+    Parameters
+    ----------
+    scheduler
+        Address of a running scheduler (``tcp://host:8786``); ``None`` starts an
+        embedded ``LocalCluster``.
+    workers
+        Worker processes for the embedded cluster (default: one per core).
+    threads_per_worker
+        Threads in each worker.
+    memory_limit
+        Per-worker memory limit (default: the machine's memory shared equally).
+    gpus
+        Start one worker per GPU instead, each with the resource ``GPU=1``.
+    timeout
+        Seconds to wait for ``scheduler`` before failing.
+    dashboard
+        Serve the dashboard (on a free port) for the embedded cluster.
+
+    Examples
+    --------
+    >>> with cluster(workers=2) as client:  # doctest: +SKIP
+    ...     print(client.dashboard_link)
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        if workers is not None or gpus:
+            logger.info("--workers/--gpus are ignored when attaching to %s", scheduler)
+        try:
+            client = Client(scheduler, timeout=timeout, set_as_default=True)
+        except (OSError, TimeoutError) as exc:
+            raise VolmlaError(f"scheduler {scheduler} does not answer: {exc}") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+
+    if workers is not None and workers < 1:
+        raise VolmlaError(f"workers must be at least 1, got {workers}")
+    if gpus < 0:
+        raise VolmlaError(f"gpus must be 0 or more, got {gpus}")
+    dash = ":0" if dashboard else None
+    if gpus:
+        local: Any = _gpu_cluster(gpus, memory_limit, dash)
+    else:
+        n = workers or os.cpu_count() or 1
+        limit = memory_limit if memory_limit is not None else int(_total_memory() * 0.9 / n)
+        local = LocalCluster(
+            n_workers=n,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            memory_limit=limit,
+            dashboard_address=dash,
+        )
+    client = Client(local, set_as_default=True)
+    try:
+        yield client
+    finally:
+        client.close()
+        local.close()
+
+
+def _gpu_cluster(gpus: int, memory_limit: str | int | None, dash: str | None) -> Any:
+    from volmla.backend import gpu_count
+
+    found = gpu_count()
+    if found < gpus:
+        raise VolmlaError(f"--gpus {gpus} asked for, but {found} CUDA device(s) work here")
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        LocalCUDACluster = None
+    if LocalCUDACluster is not None:
+        return LocalCUDACluster(
+            CUDA_VISIBLE_DEVICES=list(range(gpus)),
+            resources={"GPU": 1},
+            dashboard_address=dash,
+            memory_limit=memory_limit or "auto",
+        )
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    limit = memory_limit if memory_limit is not None else int(_total_memory() * 0.9 / gpus)
+    workers = {
+        f"gpu-{i}": {
+            "cls": Nanny,
+            "options": {
+                "nthreads": 1,
+                "memory_limit": limit,
+                "resources": {"GPU": 1},
+                "env": {"CUDA_VISIBLE_DEVICES": str(i)},
+            },
+        }
+        for i in range(gpus)
+    }
+    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": dash}})
+
+
+def gpu_annotation(device: str) -> contextlib.AbstractContextManager[Any]:
+    """``dask.annotate(resources={"GPU": 1})`` for GPU work on a GPU cluster, else a no-op."""
+    client = current_client()
+    if device != "gpu" or client is None:
+        return contextlib.nullcontext()
+    info = client.scheduler_info()
+    if not any("GPU" in w.get("resources", {}) for w in info.get("workers", {}).values()):
+        return contextlib.nullcontext()
+    return dask.annotate(resources={"GPU": 1})
+
+
+def compute(tasks: Sequence[Any], *, desc: str = "computing") -> list[Any]:
+    """Compute Dask collections or delayed objects; the one place writers call compute.
+
+    Runs on the current distributed client if any (else the threaded scheduler) and
+    shows a progress bar when :func:`progress_enabled` is on.
+    """
+    tasks = list(tasks)
+    client = current_client()
+    if client is None:
+        if _PROGRESS["on"]:
+            return _threaded_with_progress(tasks, desc)
+        return list(dask.compute(*tasks))
+    futures = client.compute(tasks)
+    if _PROGRESS["on"]:
+        from distributed import as_completed
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            job = bar.add_task(desc, total=len(futures))
+            for _ in as_completed(futures):
+                bar.advance(job)
+    return list(client.gather(futures))
+
+
+def _threaded_with_progress(tasks: list[Any], desc: str) -> list[Any]:
+    from dask.callbacks import Callback
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        job = bar.add_task(desc, total=None)
+
+        class _Rich(Callback):  # type: ignore[misc]
+            def _start_state(self, dsk: Any, state: Any) -> None:
+                bar.update(job, total=len(state["ready"]) + len(state["waiting"]) + len(state["running"]))
+
+            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+                bar.advance(job)
+
+        with _Rich():
+            return list(dask.compute(*tasks))
