@@ -190,26 +190,38 @@ def compute(tasks: Sequence[Any], *, desc: str = "computing") -> list[Any]:
     tasks = list(tasks)
     client = current_client()
     if client is None:
-        if _PROGRESS["on"]:
+        if _show_progress():
             return _threaded_with_progress(tasks, desc)
         return list(dask.compute(*tasks))
     futures = client.compute(tasks)
-    if _PROGRESS["on"]:
+    if _show_progress():
         from distributed import as_completed
         from rich.progress import Progress
 
-        with Progress(transient=True) as bar:
+        with Progress(console=_stderr_console(), transient=True) as bar:
             job = bar.add_task(desc, total=len(futures))
             for _ in as_completed(futures):
                 bar.advance(job)
     return list(client.gather(futures))
 
 
+def _show_progress() -> bool:
+    import sys
+
+    return _PROGRESS["on"] and sys.stderr.isatty()
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
 def _threaded_with_progress(tasks: list[Any], desc: str) -> list[Any]:
     from dask.callbacks import Callback
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    with Progress(console=_stderr_console(), transient=True) as bar:
         job = bar.add_task(desc, total=None)
 
         class _Rich(Callback):  # type: ignore[misc]

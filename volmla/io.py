@@ -205,7 +205,10 @@ def check_output(
         return "replace"
     if is_volume(path):
         block = _read_attrs(path).get(_ATTR, {})
-        if not block.get("complete", False) and block.get("job") == job_fingerprint(job):
+        # "job" fingerprints the full write (with shape, dtype, chunks); "request" only the
+        # caller's job, so a command can check for a resumable output before computing.
+        fingerprint = job_fingerprint(job)
+        if not block.get("complete", False) and fingerprint in (block.get("job"), block.get("request")):
             return "resume"
     raise VolmlaError(f"output {path} exists: pass --overwrite to replace it")
 
@@ -404,7 +407,8 @@ def write_volume(
     if mode == "replace":
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if mode != "resume":
-        _create_group(path, array.shape, dtype, chunk_shape, levels, vs, kind, phase_attr, steps, fingerprint, clevel)
+        _create_group(path, array.shape, dtype, chunk_shape, levels, vs, kind, phase_attr, steps, fingerprint, clevel,
+                      request=job_fingerprint(job))
 
     level_data = array
     for level in range(levels):
@@ -431,8 +435,15 @@ def _create_group(
     provenance: list[Any],
     fingerprint: str,
     clevel: int,
+    request: str = "",
 ) -> None:
-    from ome_zarr.writer import write_multiscales_metadata
+    import warnings
+
+    with warnings.catch_warnings():
+        # ome-zarr-py >= 0.14 instantiates its deprecated Scaler as a default argument
+        # when ome_zarr.writer is first imported.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ome_zarr.writer import write_multiscales_metadata
 
     group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
     datasets = []
@@ -465,6 +476,7 @@ def _create_group(
         "provenance": provenance,
         "complete": False,
         "job": fingerprint,
+        "request": request,
     }
 
 

@@ -124,16 +124,28 @@ def halo_map(
     depth = normalise_halo(halo, array.shape)
     out_dtype = np.dtype(dtype) if dtype is not None else array.dtype
     run = _on_device(kernel, device)
+    # An axis one voxel long cannot lend Dask a halo: extend it explicitly (the same
+    # extension SciPy makes) and crop it again after the kernel.
+    flat = [h if n == 1 and h else 0 for h, n in zip(depth, array.shape, strict=True)]
+    if any(flat):
+        pad_mode = {"reflect": "symmetric", "nearest": "edge", "wrap": "wrap", "constant": "constant"}[boundary]
+        extra = {"constant_values": cval} if boundary == "constant" else {}
+        array = da.pad(array, [(h, h) for h in flat], mode=pad_mode, **extra)
+        array = array.rechunk({axis: -1 for axis, h in enumerate(flat) if h})
+        depth = tuple(0 if f else h for h, f in zip(depth, flat, strict=True))  # type: ignore[assignment]
     if not any(depth):
-        return array.map_blocks(run, dtype=out_dtype, meta=np.empty((0, 0, 0), out_dtype), **kernel_kwargs)
-    dask_boundary: Any = _DASK_BOUNDARY.get(boundary, cval)
-    return da.map_overlap(
-        run,
-        array,
-        depth=dict(enumerate(depth)),
-        boundary=dask_boundary,
-        trim=True,
-        dtype=out_dtype,
-        meta=np.empty((0, 0, 0), out_dtype),
-        **kernel_kwargs,
-    )
+        out = da.map_blocks(run, array, dtype=out_dtype, meta=np.empty((0, 0, 0), out_dtype), **kernel_kwargs)
+    else:
+        out = da.map_overlap(
+            run,
+            array,
+            depth=dict(enumerate(depth)),
+            boundary=_DASK_BOUNDARY.get(boundary, cval),
+            trim=True,
+            dtype=out_dtype,
+            meta=np.empty((0, 0, 0), out_dtype),
+            **kernel_kwargs,
+        )
+    if any(flat):
+        out = out[tuple(slice(h, h + 1) if h else slice(None) for h in flat)]
+    return out

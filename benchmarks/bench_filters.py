@@ -1,0 +1,187 @@
+"""Preprocessing filters through the halo engine (Zarr -> Zarr) next to the in-memory peers.
+
+Measures, in one run on one machine:
+
+1. per filter, megavoxels per second of ``volmla.preprocess`` reading and writing OME-Zarr
+   on an embedded cluster of one worker, and of the same SciPy / scikit-image call (or our
+   kernel, where no 3-D peer exists) on the whole array in memory;
+2. the engine's overhead for ``gaussian`` on one worker (target <= 15 %);
+3. the speed-up from one to two workers for ``gaussian`` (target >= 1.6x);
+4. the peak RSS of every worker process (``getrusage`` inside the workers, reset by a
+   worker restart before each run);
+5. GPU (CuPy) against CPU for ``gaussian`` and ``median`` when a GPU works here.
+
+Run ``python benchmarks/bench_filters.py --size 512`` for the full measurement,
+``--quick`` (64^3, two filters) to check it works. Results go to stdout and
+``benchmarks/results/filters.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FILTERS: dict[str, str] = {
+    "gaussian": "gaussian:sigma=1.5",
+    "median": "median:size=3",
+    "unsharp": "unsharp:sigma=1.5,amount=0.7",
+    "bilateral": "bilateral:sigma_spatial=1.0,sigma_range=200,radius=2",
+    "nlmeans": "nlmeans:patch_radius=1,search_radius=2,h=150",
+}
+
+
+def _peer(name: str, x: np.ndarray) -> tuple[str, Any]:
+    """The in-memory reference call for a filter: (label, thunk)."""
+    import scipy.ndimage as ndi
+
+    from volmla import preprocess as pp
+
+    if name == "gaussian":
+        return "scipy.ndimage.gaussian_filter", lambda: ndi.gaussian_filter(x, 1.5, output=np.float32)
+    if name == "median":
+        return "scipy.ndimage.median_filter", lambda: ndi.median_filter(x, size=3)
+    if name == "unsharp":
+        from skimage.filters import unsharp_mask
+
+        return "skimage.filters.unsharp_mask", lambda: unsharp_mask(x.astype(np.float32), radius=1.5, amount=0.7)
+    if name == "bilateral":  # skimage's bilateral is 2-D only: our kernel on the whole array
+        return "volmla bilateral_kernel (whole array)", lambda: pp.bilateral_kernel(
+            x, sigma_spatial=1.0, sigma_range=200.0, radius=2)
+    if name == "nlmeans":
+        from skimage.restoration import denoise_nl_means
+
+        return "skimage.restoration.denoise_nl_means(fast_mode=True)", lambda: denoise_nl_means(
+            x.astype(np.float32), patch_size=3, patch_distance=2, h=150.0, fast_mode=True, channel_axis=None)
+    raise KeyError(name)
+
+
+def _worker_peak_rss() -> int:
+    """Peak resident memory of this process in bytes (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _warm_up() -> None:
+    import scipy.ndimage  # noqa: F401
+    import skimage.filters  # noqa: F401
+    import zarr  # noqa: F401
+
+    import volmla.io  # noqa: F401
+    import volmla.preprocess  # noqa: F401
+
+
+def _make_input(path: Path, size: int, chunks: int) -> None:
+    """A noisy two-phase phantom written chunk by chunk (never held whole)."""
+    import dask.array as da
+
+    from volmla.io import write_volume
+
+    rs = da.random.RandomState(0)
+    base = rs.normal(12000, 800, (size,) * 3, chunks=chunks)
+    grains = rs.random((size,) * 3, chunks=chunks) > 0.8
+    vol = da.clip(base + 9000 * grains, 0, 65535).astype(np.uint16)
+    write_volume(vol, path, voxel_size=1.0, chunks=chunks, overwrite=True)
+
+
+def _engine_run(client: Any, src: Path, dst: Path, step: str, device: str = "cpu") -> dict[str, Any]:
+    from volmla.io import open_volume, write_volume
+    from volmla.preprocess import preprocess
+
+    client.restart()  # fresh worker processes: peak RSS is this run's
+    client.run(_warm_up)  # imports are not part of the measurement
+    vol = open_volume(src)
+    start = time.perf_counter()
+    write_volume(preprocess(vol, [step], device=device), dst, overwrite=True)
+    seconds = time.perf_counter() - start
+    rss = client.run(_worker_peak_rss)
+    return {"seconds": seconds, "mvox_per_s": vol.size / 1e6 / seconds,
+            "peak_rss_mb_per_worker": sorted(round(v / 2**20, 1) for v in rss.values())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512, help="edge of the cubic test volume (voxels)")
+    parser.add_argument("--chunks", type=int, default=None, help="chunk edge (default size // 4, at least 32)")
+    parser.add_argument("--quick", action="store_true", help="64^3 and only gaussian + median: proves it runs")
+    parser.add_argument("--filters", default=None, help="comma-separated subset of " + ",".join(FILTERS))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "filters.json")
+    args = parser.parse_args()
+    size = 64 if args.quick else args.size
+    chunks = args.chunks or max(32, size // 4)
+    names = args.filters.split(",") if args.filters else (["gaussian", "median"] if args.quick else list(FILTERS))
+
+    import zarr
+    from distributed import Client, LocalCluster
+
+    from volmla.backend import gpu_available
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_filters_"))
+    src, dst = tmp / "in.zarr", tmp / "out.zarr"
+    results: dict[str, Any] = {
+        "size": size, "chunks": chunks, "machine": platform.platform(), "processor": platform.processor(),
+        "filters": {},
+    }
+    try:
+        _make_input(src, size, chunks)
+        whole = np.asarray(zarr.open_array(store=str(src / "0"), mode="r")[...])
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as one, \
+                Client(one) as client:
+            for name in names:
+                label, thunk = _peer(name, whole)
+                start = time.perf_counter()
+                thunk()
+                in_memory = time.perf_counter() - start
+                engine = _engine_run(client, src, dst, FILTERS[name])
+                results["filters"][name] = {
+                    "step": FILTERS[name],
+                    "engine_1_worker": engine,
+                    "in_memory": {"call": label, "seconds": in_memory, "mvox_per_s": whole.size / 1e6 / in_memory},
+                    "engine_over_in_memory": engine["seconds"] / in_memory,
+                }
+        if "gaussian" in results["filters"]:
+            g = results["filters"]["gaussian"]
+            g["overhead_1_worker"] = g["engine_over_in_memory"] - 1.0
+            g["overhead_target"] = 0.15
+            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as two, \
+                    Client(two) as client:
+                g["engine_2_workers"] = _engine_run(client, src, dst, FILTERS["gaussian"])
+            g["speedup_2_over_1_workers"] = g["engine_1_worker"]["seconds"] / g["engine_2_workers"]["seconds"]
+            g["speedup_target"] = 1.6
+        results["gpu"] = _gpu_vs_cpu(whole, src, dst) if gpu_available() else "skipped: no working CuPy/CUDA device"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = json.dumps(results, indent=2)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+
+
+def _gpu_vs_cpu(whole: np.ndarray, src: Path, dst: Path) -> dict[str, Any]:
+    import cupy
+
+    from volmla import preprocess as pp
+
+    out: dict[str, Any] = {}
+    for name, kernel, params in [("gaussian", pp.gaussian_kernel, {"sigma": 1.5}),
+                                 ("median", pp.median_kernel, {"size": 3})]:
+        start = time.perf_counter()
+        cpu = kernel(whole, **params)
+        cpu_s = time.perf_counter() - start
+        start = time.perf_counter()
+        gpu = kernel(cupy.asarray(whole), **params).get()
+        gpu_s = time.perf_counter() - start
+        out[name] = {"cpu_seconds": cpu_s, "gpu_seconds_with_transfer": gpu_s, "speedup": cpu_s / gpu_s,
+                     "max_abs_diff": float(np.abs(cpu.astype(np.float64) - gpu).max())}
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Shared test configuration: seeded RNG, a quiet logger, GPU detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded generator; each test that draws random data takes it."""
+    return np.random.default_rng(20261121)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu`` tests cleanly where CuPy and a CUDA device are absent."""
+    from volmla.backend import gpu_available
+
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs CuPy and a working CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

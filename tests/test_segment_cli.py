@@ -1,0 +1,101 @@
+"""volmla train / export / segment / evaluate on the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from volmla.cli import main
+from volmla.io import open_volume, write_volume
+
+pytest.importorskip("torch")
+
+
+def toy(shape=(24, 32, 32), seed=0):
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.indices(shape)
+    truth = (np.sin(xx / 3.0) + np.cos(yy / 4.0) > 0).astype(np.uint8) + (np.sin(zz / 3.0 + xx / 5.0) > 0.6)
+    image = (1000.0 + 100.0 * truth + rng.normal(0, 20, shape)).astype(np.uint16)
+    return image, truth.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address=None) as local:
+        yield local.scheduler_address
+
+
+@pytest.fixture
+def volumes(tmp_path):
+    image, truth = toy()
+    labels = np.zeros_like(truth)
+    for z in (4, 12, 20):
+        labels[z] = truth[z] + 1
+    phases = {1: "quartz", 2: "pyrite"}
+    return {
+        "image": write_volume(image, tmp_path / "image.zarr", voxel_size=2.0, chunks=16),
+        "truth": write_volume(truth, tmp_path / "truth.zarr", voxel_size=2.0, chunks=16, kind="phases", phases=phases),
+        "labels": write_volume(labels, tmp_path / "labels.zarr", voxel_size=2.0, chunks=16, kind="labels", phases=phases),
+    }
+
+
+def test_train_export_segment_evaluate(tmp_path, volumes, scheduler, capsys) -> None:
+    g = ["-q", "--scheduler", scheduler]
+    pt, onnx_path = tmp_path / "m.pt", tmp_path / "m.onnx"
+    assert main([*g, "train", "--image", str(volumes["image"]), "--labels", str(volumes["labels"]), "-o", str(pt),
+                 "--depth", "2", "--base", "4", "--patch", "16", "--batch", "2", "--iterations", "10", "--lr", "0.01",
+                 "--threads", "1"]) == 0
+    assert main([*g, "export", str(pt), "-o", str(onnx_path)]) == 0
+    out, unc = tmp_path / "phases.zarr", tmp_path / "conf.zarr"
+    assert main([*g, "segment", str(volumes["image"]), "-o", str(out), "--model", str(onnx_path),
+                 "--tile", "16", "16", "16", "--uncertainty", str(unc)]) == 0
+    phases = open_volume(out)
+    assert phases.dtype == np.uint8 and phases.attrs["kind"] == "phases"
+    assert phases.attrs["phases"] == {1: "quartz", 2: "pyrite"}
+    assert open_volume(unc).dtype == np.uint8
+    capsys.readouterr()
+    assert main([*g, "evaluate", "--pred", str(out), "--truth", str(volumes["truth"]), "--out", str(tmp_path / "ev")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert 0 <= printed["accuracy_excluding_void"] <= 1
+    assert (tmp_path / "ev" / "confusion.png").exists() and (tmp_path / "ev" / "confusion.csv").exists()
+    assert main([*g, "evaluate", "--pred", str(out), "--truth", str(volumes["labels"]), "--mask", "labelled-only"]) == 0
+    # an existing output is refused and kept
+    before = open_volume(out).data.compute()
+    assert main([*g, "segment", str(volumes["image"]), "-o", str(out), "--model", str(onnx_path)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (open_volume(out).data.compute() == before).all()
+
+
+def test_classical_methods(tmp_path, volumes, scheduler, capsys) -> None:
+    g = ["-q", "--scheduler", scheduler]
+    assert main([*g, "segment", str(volumes["image"]), "-o", str(tmp_path / "t.zarr"), "--method", "threshold", "--classes", "3"]) == 0
+    assert main([*g, "segment", str(volumes["image"]), "-o", str(tmp_path / "k.zarr"), "--method", "kmeans", "--classes", "3"]) == 0
+    truth = open_volume(volumes["truth"]).data.compute()
+    assert (open_volume(tmp_path / "k.zarr").data.compute() == truth).mean() > 0.9
+    rf = tmp_path / "rf.onnx"
+    assert main([*g, "segment", str(volumes["image"]), "-o", str(tmp_path / "rf.zarr"), "--method", "rf",
+                 "--labels", str(volumes["labels"]), "--save-model", str(rf)]) == 0
+    assert main([*g, "segment", str(volumes["image"]), "-o", str(tmp_path / "rf2.zarr"), "--model", str(rf)]) == 0
+    a, b = (open_volume(tmp_path / n).data.compute() for n in ("rf.zarr", "rf2.zarr"))
+    assert (a == b).all()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "threshold"], "--classes"),
+        (["--method", "magic"], "--method must be one of"),
+        (["--method", "rf"], "--labels"),
+        ([], "--model"),
+    ],
+)
+def test_segment_user_errors(tmp_path, volumes, capsys, args, message) -> None:
+    assert main(["segment", str(volumes["image"]), "-o", str(tmp_path / "x.zarr"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "x.zarr").exists()

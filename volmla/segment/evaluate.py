@@ -1,0 +1,213 @@
+"""Compare a predicted phase volume with the truth, out of core.
+
+1. Every block contributes ``bincount(truth * C + pred)`` (C classes); the partial
+   counts are summed into the C x C confusion matrix (rows truth, columns prediction):
+   one small global reduction, the volumes are never held.
+2. With ``mask="labelled"`` the truth is a sparse label volume (``phase + 1``, 0 =
+   unlabelled) and only labelled voxels count.
+3. From the matrix: per-class accuracy (recall), precision, IoU, overall accuracy over
+   all voxels and over voxels whose truth is not void (class 0), and the abundance of
+   every class in the truth and in the prediction (share of non-void voxels).
+4. :func:`write_report` writes ``confusion.csv``, ``confusion.png``, ``metrics.csv``
+   and ``metrics.json`` into a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import dask.array as da
+import numpy as np
+
+from volmla.errors import VolmlaError
+from volmla.segment import SPARSE_LABEL_OFFSET
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Evaluation", "confusion_block", "evaluate", "write_report"]
+
+
+class Evaluation(NamedTuple):
+    """Confusion matrix (rows truth, columns prediction) and the scores derived from it."""
+
+    confusion: np.ndarray
+    classes: tuple[str, ...]
+    per_class_accuracy: np.ndarray
+    precision: np.ndarray
+    iou: np.ndarray
+    accuracy: float
+    accuracy_excluding_void: float
+    abundance_truth: np.ndarray
+    abundance_pred: np.ndarray
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary."""
+        def named(values: np.ndarray) -> dict[str, float | None]:
+            return {c: (None if np.isnan(v) else float(v)) for c, v in zip(self.classes, values, strict=True)}
+
+        return {
+            "classes": list(self.classes),
+            "confusion": self.confusion.tolist(),
+            "accuracy": self.accuracy,
+            "accuracy_excluding_void": self.accuracy_excluding_void,
+            "per_class_accuracy": named(self.per_class_accuracy),
+            "precision": named(self.precision),
+            "iou": named(self.iou),
+            "mean_iou": float(np.nanmean(self.iou)) if np.isfinite(self.iou).any() else None,
+            "abundance_truth": named(self.abundance_truth),
+            "abundance_pred": named(self.abundance_pred),
+        }
+
+
+def confusion_block(truth: np.ndarray, pred: np.ndarray, *, n_classes: int, labelled: bool = False) -> np.ndarray:
+    """One block's ``(C, C)`` confusion counts (``labelled``: truth is ``phase + 1``, 0 skipped).
+
+    Examples
+    --------
+    >>> confusion_block(np.array([0, 1, 1]), np.array([0, 1, 0]), n_classes=2).tolist()
+    [[1, 0], [1, 1]]
+    """
+    t = np.asarray(truth).ravel().astype(np.int64)
+    p = np.asarray(pred).ravel().astype(np.int64)
+    if labelled:
+        keep = t > 0
+        t, p = t[keep] - SPARSE_LABEL_OFFSET, p[keep]
+    ok = (t < n_classes) & (p < n_classes) & (t >= 0)
+    counts = np.bincount(t[ok] * n_classes + p[ok], minlength=n_classes * n_classes)
+    return counts.reshape(n_classes, n_classes)
+
+
+def _block_counts(truth: np.ndarray, pred: np.ndarray, *, n_classes: int, labelled: bool) -> np.ndarray:
+    return confusion_block(truth, pred, n_classes=n_classes, labelled=labelled)[None, None, None]
+
+
+def _data(volume: Any) -> da.Array:
+    data = volume.data if hasattr(volume, "dims") else volume
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=64)
+    return data
+
+
+def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def evaluate(
+    pred: Any,
+    truth: Any,
+    *,
+    mask: Literal["all", "labelled"] = "all",
+    n_classes: int | None = None,
+    classes: Sequence[str] | None = None,
+) -> Evaluation:
+    """Confusion matrix and scores of a phase prediction against the truth, out of core.
+
+    Parameters
+    ----------
+    pred
+        Predicted phases (uint8 ids).
+    truth
+        True phases (``mask="all"``) or sparse labels ``phase + 1`` (``mask="labelled"``).
+    mask
+        ``all`` voxels, or only ``labelled`` ones (truth > 0).
+    n_classes
+        Number of classes (default: from the phase names of the inputs, else the
+        largest id found, one extra reduction).
+    classes
+        Class names (default: ``void`` and the volumes' phase names).
+
+    Returns
+    -------
+    Evaluation
+
+    Examples
+    --------
+    >>> ev = evaluate(np.array([[[0, 1, 2]]]), np.array([[[0, 1, 1]]]))
+    >>> ev.confusion.tolist(), round(ev.accuracy_excluding_void, 2)
+    ([[1, 0, 0], [0, 1, 1], [0, 0, 0]], 0.5)
+    """
+    from volmla.cluster import compute
+
+    if mask not in ("all", "labelled"):
+        raise VolmlaError(f"mask must be 'all' or 'labelled', got {mask!r}")
+    p, t = _data(pred), _data(truth)
+    if p.shape != t.shape:
+        raise VolmlaError(f"prediction shape {p.shape} differs from the truth shape {t.shape}")
+    labelled = mask == "labelled"
+    names: dict[int, str] = {}
+    for v in (truth, pred):
+        names.update({int(k): str(n) for k, n in (getattr(v, "attrs", {}) or {}).get("phases", {}).items()})
+    if classes is not None:
+        n_classes = n_classes or len(classes)
+    if n_classes is None:
+        top_p, top_t = compute([p.max(), t.max()], desc="class count")
+        n_classes = int(max(int(top_p), int(top_t) - (SPARSE_LABEL_OFFSET if labelled else 0), max(names, default=0))) + 1
+    n_classes = max(int(n_classes), 2)
+    if classes is None:
+        classes = ("void", *(names.get(k, f"phase{k}") for k in range(1, n_classes)))
+    if len(classes) != n_classes:
+        raise VolmlaError(f"classes must name {n_classes} classes, got {len(classes)}")
+    t = t.rechunk(p.chunks)
+    parts = da.map_blocks(
+        _block_counts, t, p, n_classes=n_classes, labelled=labelled, dtype=np.int64,
+        new_axis=(3, 4), chunks=tuple((1,) * len(c) for c in p.chunks) + ((n_classes,), (n_classes,)),
+    )
+    (matrix,) = compute([parts.sum(axis=(0, 1, 2))], desc="confusion matrix")
+    cm = np.asarray(matrix, dtype=np.int64)
+    rows, cols, diag = cm.sum(1), cm.sum(0), np.diag(cm)
+    solid = cm[1:]
+    solid_total = int(solid.sum())
+    acc_solid = float(np.trace(cm[1:, 1:]) / solid_total) if solid_total else float("nan")
+    total = int(cm.sum())
+    return Evaluation(
+        confusion=cm,
+        classes=tuple(classes),
+        per_class_accuracy=_divide(diag, rows),
+        precision=_divide(diag, cols),
+        iou=_divide(diag, rows + cols - diag),
+        accuracy=float(diag.sum() / total) if total else float("nan"),
+        accuracy_excluding_void=acc_solid,
+        abundance_truth=_divide(rows.astype(np.float64), np.full(n_classes, rows[1:].sum())) * (np.arange(n_classes) > 0),
+        abundance_pred=_divide(cols.astype(np.float64), np.full(n_classes, cols[1:].sum())) * (np.arange(n_classes) > 0),
+    )
+
+
+def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``confusion.csv``, ``confusion.png``, ``metrics.csv`` and ``metrics.json`` into ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in ("confusion.csv", "confusion.png", "metrics.csv", "metrics.json")}
+    pd.DataFrame(ev.confusion, index=[f"true_{c}" for c in ev.classes], columns=[f"pred_{c}" for c in ev.classes]).to_csv(paths["confusion.csv"])
+    pd.DataFrame({
+        "class": ev.classes, "accuracy": ev.per_class_accuracy, "precision": ev.precision, "iou": ev.iou,
+        "abundance_truth": ev.abundance_truth, "abundance_pred": ev.abundance_pred,
+    }).to_csv(paths["metrics.csv"], index=False)
+    paths["metrics.json"].write_text(json.dumps(ev.as_dict(), indent=2))
+    rows = ev.confusion.sum(1, keepdims=True)
+    share = np.divide(ev.confusion, np.where(rows > 0, rows, 1))
+    fig, ax = plt.subplots(figsize=(1.2 * len(ev.classes) + 2, 1.2 * len(ev.classes) + 1.5))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(ev.classes)):
+        for j in range(len(ev.classes)):
+            ax.text(j, i, f"{share[i, j]:.2f}\n{ev.confusion[i, j]}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(len(ev.classes)), ev.classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(ev.classes)), ev.classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy excl. void {ev.accuracy_excluding_void:.3f}")
+    fig.tight_layout()
+    fig.savefig(paths["confusion.png"], dpi=100)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,517 @@
+"""Train a U-Net on sparse labels (needs torch).
+
+1. Labels: a sparse label volume stores ``phase + SPARSE_LABEL_OFFSET`` (0 = unlabelled,
+   1 = void, 2 = phase 1, ...); with ``target="particles"`` the labels are particle ids
+   and every patch's target is background / interior / boundary
+   (:func:`volmla.segment.particle_targets`).
+2. Planes: one pass over the labels counts labelled voxels per z-plane (a small global
+   reduction). The labelled planes are split by plane index into a training set and a
+   validation set (the last ``val_fraction`` of them in z order); validation labels
+   never enter training (they are masked out of training patches).
+3. Normalisation: the 1st and 99th intensity percentiles from an out-of-core histogram
+   (:func:`volmla.segment.classical.histogram`) map intensities to about [0, 1]; they
+   are stored with the model and applied again at inference.
+4. Sampling: each patch is centred near a random labelled voxel of a training plane and
+   read from the lazy (Zarr-backed) volume by Dask slicing, so only patches that hold
+   labels are read and the volume is never loaded.
+5. Augmentation: flips, rot90 in the (y, x) plane, zoom 0.9-1.1 with a small shear
+   (one affine resampling, linear for intensities, nearest for labels) and intensity
+   jitter (gain and offset).
+6. Loss: cross-entropy plus soft Dice, both over labelled voxels only; Adam.
+7. Every ``val_every`` iterations the model is scored on fixed validation patches; the
+   best state (lowest validation loss) is kept and training stops after ``patience``
+   rounds without improvement. Runs are seeded and use deterministic algorithms, so the
+   same inputs and config give the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import dask.array as da
+import numpy as np
+import scipy.ndimage as ndi
+import torch
+import torch.nn.functional as F
+
+from volmla.errors import VolmlaError
+from volmla.segment import PARTICLE_CLASSES, SPARSE_LABEL_OFFSET, particle_targets
+from volmla.segment.classical import read_region
+from volmla.segment.model import NORMS, UNet, receptive_halo, size_multiple
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "TrainResult", "load_model", "quick_train_3d", "save_model", "train"]
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Architecture and training options.
+
+    Attributes
+    ----------
+    dim
+        2 (slice-wise U-Net) or 3.
+    depth, base, norm
+        U-Net levels, channels of the first level, normalisation.
+    patch
+        Patch edge(s) ``(z, y, x)`` (for ``dim=2`` only ``(y, x)`` is used); rounded up to
+        a multiple of ``2 ** (depth - 1)``.
+    batch
+        Patches per step.
+    iterations
+        Maximum optimisation steps.
+    lr
+        Adam learning rate.
+    val_fraction
+        Share of labelled planes held out for validation (the last ones in z order).
+    val_every, patience
+        Validation period (steps) and early-stopping patience (validation rounds).
+    val_patches
+        Fixed validation patches drawn once from the validation planes.
+    seed
+        Seeds torch and NumPy.
+    threads
+        ``torch.set_num_threads`` during training (None: leave as is).
+    device
+        ``auto`` (CUDA when torch sees it), ``cpu`` or ``gpu``.
+    augment
+        Flips, rot90, zoom/shear, intensity jitter.
+    target
+        ``phases`` (labels are sparse phase labels) or ``particles`` (labels are
+        particle ids; classes background/interior/boundary).
+    classes
+        Class names (default: from the labels' phase names, ``void`` first).
+    percentiles
+        Intensity percentiles mapped to 0 and 1.
+    tile
+        Inference tile stored in the exported model (default 64 for 3-D, 256 for 2-D).
+    """
+
+    dim: Literal[2, 3] = 3
+    depth: int = 3
+    base: int = 8
+    norm: str = "batch"
+    patch: int | tuple[int, ...] = 32
+    batch: int = 4
+    iterations: int = 500
+    lr: float = 3e-3
+    val_fraction: float = 0.34
+    val_every: int = 25
+    patience: int = 8
+    val_patches: int = 8
+    seed: int = 0
+    threads: int | None = None
+    device: str = "cpu"
+    augment: bool = True
+    target: Literal["phases", "particles"] = "phases"
+    classes: tuple[str, ...] | None = None
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    tile: int | tuple[int, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` returns."""
+
+    model: UNet
+    """The network with the best validation weights, in eval mode, on the CPU."""
+    classes: tuple[str, ...]
+    norm: tuple[float, float]
+    """Intensities mapped to 0 and 1 (``(x - lo) / (hi - lo)``)."""
+    halo: int
+    tile: tuple[int, ...]
+    history: list[dict[str, float]]
+    best_iteration: int
+    train_planes: tuple[int, ...]
+    val_planes: tuple[int, ...]
+    config: TrainConfig
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _validate(config: TrainConfig) -> TrainConfig:
+    if config.dim not in (2, 3):
+        raise VolmlaError(f"dim must be 2 or 3, got {config.dim!r}")
+    if not 1 <= config.depth <= 5:
+        raise VolmlaError(f"depth must lie in 1..5, got {config.depth!r}")
+    if config.base < 1:
+        raise VolmlaError(f"base must be at least 1, got {config.base!r}")
+    if config.norm not in NORMS:
+        raise VolmlaError(f"norm must be one of {NORMS}, got {config.norm!r}")
+    if config.iterations < 1 or config.batch < 1:
+        raise VolmlaError(f"iterations and batch must be at least 1, got {config.iterations} and {config.batch}")
+    if not 0 <= config.val_fraction < 1:
+        raise VolmlaError(f"val_fraction must lie in [0, 1), got {config.val_fraction!r}")
+    if config.target not in ("phases", "particles"):
+        raise VolmlaError(f"target must be 'phases' or 'particles', got {config.target!r}")
+    if config.device not in ("auto", "cpu", "gpu"):
+        raise VolmlaError(f"device must be one of ('auto', 'cpu', 'gpu'), got {config.device!r}")
+    return config
+
+
+def _patch_shape(config: TrainConfig) -> tuple[int, ...]:
+    p = config.patch
+    values = [int(p)] * 3 if isinstance(p, int | np.integer) else [int(v) for v in p]
+    if len(values) == 2:
+        values = [1, *values]
+    if len(values) != 3 or min(values) < 1:
+        raise VolmlaError(f"patch must be one positive integer or (z, y, x), got {p!r}")
+    m = size_multiple(config.depth)
+    spatial = [-(-v // m) * m for v in values]
+    return (1, *spatial[1:]) if config.dim == 2 else tuple(spatial)
+
+
+def _tile_shape(config: TrainConfig) -> tuple[int, ...]:
+    m = size_multiple(config.depth)
+    t = config.tile if config.tile is not None else (64 if config.dim == 3 else 256)
+    values = [int(t)] * config.dim if isinstance(t, int | np.integer) else [int(v) for v in t][-config.dim :]
+    return tuple(max(m, -(-v // m) * m) for v in values)
+
+
+def _as_dask(volume: Any, name: str) -> tuple[da.Array, dict[str, Any]]:
+    attrs = dict(getattr(volume, "attrs", {}) or {})
+    data = getattr(volume, "data", volume) if hasattr(volume, "dims") else volume
+    if not isinstance(data, da.Array):
+        data = da.from_array(np.asarray(data), chunks=64)
+    if data.ndim != 3:
+        raise VolmlaError(f"{name} must be a 3-D (z, y, x) volume, got shape {data.shape}")
+    return data, attrs
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+class _Sampler:
+    """Draws patches centred near labelled voxels of a set of planes."""
+
+    def __init__(self, intensity: da.Array, labels: da.Array, planes: Sequence[int], allowed: np.ndarray,
+                 patch: tuple[int, ...], target: str, coords_per_plane: int, rng: np.random.Generator) -> None:
+        self.intensity, self.labels, self.patch, self.target = intensity, labels, patch, target
+        self.allowed = allowed  # per-plane bool: planes whose labels this sampler may use
+        self.coords: list[tuple[int, np.ndarray]] = []
+        for z in planes:
+            plane = np.asarray(labels[z].compute(scheduler="synchronous"))
+            yx = np.argwhere(plane > 0) if target == "phases" else np.argwhere(np.ones(plane.shape, bool))
+            if len(yx) > coords_per_plane:
+                yx = yx[rng.choice(len(yx), coords_per_plane, replace=False)]
+            if len(yx):
+                self.coords.append((int(z), yx))
+        if not self.coords:
+            raise VolmlaError("labels hold no labelled voxel (values > 0) in the planes used for training")
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        z, yx = self.coords[rng.integers(len(self.coords))]
+        y, x = yx[rng.integers(len(yx))]
+        centre = (z, int(y), int(x))
+        start = []
+        for axis, (c, p, n) in enumerate(zip(centre, self.patch, self.intensity.shape, strict=True)):
+            if axis == 0 and p == 1:
+                start.append(c)
+                continue
+            s = c - int(rng.integers(0, p))
+            start.append(int(np.clip(s, 0, max(n - p, 0))) if n >= p else (n - p) // 2)
+        image = read_region(self.intensity, start, self.patch).astype(np.float32)
+        raw = read_region(self.labels, start, self.patch)
+        if self.target == "particles":
+            target = particle_targets(raw).astype(np.int64)
+        else:
+            target = raw.astype(np.int64) - SPARSE_LABEL_OFFSET  # -1 = unlabelled
+        planes = np.arange(start[0], start[0] + self.patch[0])
+        ok = self.allowed[np.clip(planes, 0, len(self.allowed) - 1)] & (planes >= 0) & (planes < len(self.allowed))
+        target[~ok] = -1
+        return image, target
+
+
+def _augment(image: np.ndarray, target: np.ndarray, rng: np.random.Generator, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flips, rot90 (y, x), zoom 0.9-1.1 with shear, intensity gain/offset (3-D arrays; 2-D as 1-plane)."""
+    axes = (1, 2) if dim == 2 else (0, 1, 2)
+    for axis in axes:
+        if rng.random() < 0.5:
+            image, target = np.flip(image, axis), np.flip(target, axis)
+    if image.shape[1] == image.shape[2]:
+        k = int(rng.integers(4))
+        image, target = np.rot90(image, k, axes=(1, 2)), np.rot90(target, k, axes=(1, 2))
+    if rng.random() < 0.5:
+        matrix = np.eye(3) / rng.uniform(0.9, 1.1)
+        i, j = rng.choice(axes, 2, replace=False)
+        matrix[i, j] += rng.uniform(-0.1, 0.1)
+        if dim == 2:
+            matrix[0] = (1, 0, 0)
+        centre = (np.array(image.shape) - 1) / 2
+        offset = centre - matrix @ centre
+        image = ndi.affine_transform(image, matrix, offset=offset, order=1, mode="reflect")
+        target = ndi.affine_transform(target + 1, matrix, offset=offset, order=0, mode="nearest") - 1
+    image = image * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
+    return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target)
+
+
+def _batch(samples: list[tuple[np.ndarray, np.ndarray]], dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    images = np.stack([s[0] for s in samples])  # (B, Z, Y, X)
+    targets = np.stack([s[1] for s in samples])
+    if dim == 2:
+        images, targets = images[:, 0], targets[:, 0]
+    return torch.from_numpy(images[:, None].copy()).to(device), torch.from_numpy(targets.copy()).to(device)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def masked_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy + soft Dice over labelled voxels (``target >= 0``; -1 is unlabelled)."""
+    n_classes = logits.shape[1]
+    mask = target >= 0
+    safe = target.clamp(min=0)
+    count = mask.sum().clamp(min=1)
+    ce = (F.cross_entropy(logits, safe, reduction="none") * mask).sum() / count
+    probs = torch.softmax(logits, dim=1) * mask.unsqueeze(1)
+    onehot = F.one_hot(safe, n_classes).movedim(-1, 1).to(probs.dtype) * mask.unsqueeze(1)
+    dims = (0, *range(2, logits.ndim))
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = 1 - ((2 * inter + 1) / (denom + 1)).mean()
+    return ce + dice
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _torch_device(device: str) -> torch.device:
+    if device == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if device == "gpu":
+        raise VolmlaError("device gpu asked for, but torch sees no CUDA device")
+    return torch.device("cpu")
+
+
+def _class_names(config: TrainConfig, attrs: dict[str, Any], n_classes: int) -> tuple[str, ...]:
+    if config.classes is not None:
+        if len(config.classes) != n_classes:
+            raise VolmlaError(f"classes must name {n_classes} classes (void first), got {len(config.classes)}: {config.classes}")
+        return tuple(config.classes)
+    if config.target == "particles":
+        return PARTICLE_CLASSES
+    phases = {int(k): str(v) for k, v in (attrs.get("phases") or {}).items()}
+    return ("void", *(phases.get(k, f"phase{k}") for k in range(1, n_classes)))
+
+
+def train(intensity: Any, labels: Any, *, config: TrainConfig | None = None) -> TrainResult:
+    """Train a U-Net on (sparse) labels.
+
+    Parameters
+    ----------
+    intensity
+        The CT volume: xarray.DataArray from :func:`volmla.io.open_volume`, Dask or NumPy.
+    labels
+        Same shape. Sparse phase labels storing ``phase + 1`` (0 unlabelled), or with
+        ``config.target="particles"`` a particle id volume.
+    config
+        :class:`TrainConfig` (default: a small 3-D U-Net).
+
+    Returns
+    -------
+    TrainResult
+        Best model (eval mode, CPU), class names, normalisation, halo, tile, history.
+
+    Examples
+    --------
+    >>> result = train(vol, labels, config=TrainConfig(iterations=200))  # doctest: +SKIP
+    >>> save_model(result, "model.pt")  # doctest: +SKIP
+    """
+    from volmla.cluster import compute
+    from volmla.segment.classical import histogram, percentiles
+
+    config = _validate(config or TrainConfig())
+    image, _ = _as_dask(intensity, "intensity")
+    lab, lab_attrs = _as_dask(labels, "labels")
+    if image.shape != lab.shape:
+        raise VolmlaError(f"labels shape {lab.shape} differs from the intensity shape {image.shape}")
+    patch = _patch_shape(config)
+    device = _torch_device(config.device)
+    rng = np.random.default_rng(config.seed)
+
+    # 2. labelled planes and the number of classes (one pass over the labels)
+    per_plane, top = compute([(lab > 0).sum(axis=(1, 2)), lab.max()], desc="scanning labels")
+    planes = np.flatnonzero(np.asarray(per_plane) > 0)
+    if config.target == "particles":
+        planes, n_classes = np.arange(lab.shape[0]), 3
+    else:
+        n_classes = int(top) - SPARSE_LABEL_OFFSET + 1
+    if not len(planes) or n_classes < 2:
+        raise VolmlaError(f"labels need at least two classes of labelled voxels (values 1..C, 0 = unlabelled); found maximum {int(top)}")
+    n_val = int(round(config.val_fraction * len(planes))) if len(planes) > 1 else 0
+    n_val = min(n_val, len(planes) - 1)
+    train_planes, val_planes = planes[: len(planes) - n_val], planes[len(planes) - n_val :]
+    classes = _class_names(config, lab_attrs, n_classes)
+
+    # 3. normalisation
+    counts, edges = histogram(image)
+    lo, hi = percentiles(counts, edges, config.percentiles)
+    if hi <= lo:
+        hi = lo + 1.0
+    scale = 1.0 / (hi - lo)
+    logger.info("train planes %s, validation planes %s, %d classes, norm %.4g..%.4g",
+                train_planes.tolist(), val_planes.tolist(), n_classes, lo, hi)
+
+    allowed_train = np.zeros(image.shape[0], bool)
+    allowed_train[train_planes] = True
+    allowed_val = np.zeros(image.shape[0], bool)
+    allowed_val[val_planes] = True
+    sampler = _Sampler(image, lab, train_planes, allowed_train, patch, config.target, 20000, rng)
+    val_set = None
+    if len(val_planes):
+        vrng = np.random.default_rng(config.seed + 1)
+        vsampler = _Sampler(image, lab, val_planes, allowed_val, patch, config.target, 20000, vrng)
+        val_set = [vsampler.sample(vrng) for _ in range(config.val_patches)]
+        val_set = [((im - lo) * scale, t) for im, t in val_set]
+
+    # 6-7. optimisation, seeded and deterministic
+    previous_threads = torch.get_num_threads()
+    previous_det = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    # CPU kernels used here are deterministic; on CUDA pin cuDNN to deterministic
+    # algorithms (torch.use_deterministic_algorithms would also import torch._inductor).
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        model = UNet(dim=config.dim, n_classes=n_classes, depth=config.depth, base=config.base, norm=config.norm).to(device)
+        optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.iterations, eta_min=config.lr * 0.05)
+        history: list[dict[str, float]] = []
+        best_state, best_loss, best_iteration, bad_rounds = None, math.inf, 0, 0
+        running: list[float] = []
+        t0 = time.perf_counter()
+        for iteration in range(1, config.iterations + 1):
+            model.train()
+            samples = []
+            for _ in range(config.batch):
+                im, t = sampler.sample(rng)
+                im = (im - lo) * scale
+                if config.augment:
+                    im, t = _augment(im, t, rng, config.dim)
+                samples.append((im, t))
+            x, y = _batch(samples, config.dim, device)
+            optimiser.zero_grad(set_to_none=True)
+            loss = masked_loss(model(x), y)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            running.append(float(loss.detach()))
+            if iteration % config.val_every and iteration != config.iterations:
+                continue
+            record = {"iteration": float(iteration), "train_loss": float(np.mean(running)), "seconds": time.perf_counter() - t0}
+            running = []
+            if val_set is not None:
+                record.update(_validate_model(model, val_set, config.dim, device))
+                monitor = record["val_loss"]
+            else:
+                monitor = record["train_loss"]
+            history.append(record)
+            logger.info("iteration %d: %s", iteration, {k: round(v, 4) for k, v in record.items()})
+            if monitor < best_loss - 1e-4:
+                best_loss, best_iteration, bad_rounds = monitor, iteration, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_rounds += 1
+                if bad_rounds >= config.patience:
+                    logger.info("early stop at iteration %d (best %d)", iteration, best_iteration)
+                    break
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous_det
+        torch.set_num_threads(previous_threads)
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    model = model.cpu().eval()
+    return TrainResult(
+        model=model,
+        classes=classes,
+        norm=(float(lo), float(hi)),
+        halo=receptive_halo(config.depth),
+        tile=_tile_shape(config),
+        history=history,
+        best_iteration=best_iteration,
+        train_planes=tuple(int(z) for z in train_planes),
+        val_planes=tuple(int(z) for z in val_planes),
+        config=config,
+    )
+
+
+@torch.no_grad()
+def _validate_model(model: UNet, val_set: list[tuple[np.ndarray, np.ndarray]], dim: int, device: torch.device) -> dict[str, float]:
+    model.eval()
+    losses, correct, total = [], 0, 0
+    for im, t in val_set:
+        x, y = _batch([(im.astype(np.float32), t)], dim, device)
+        logits = model(x)
+        losses.append(float(masked_loss(logits, y)))
+        mask = y >= 0
+        correct += int((logits.argmax(1)[mask] == y[mask]).sum())
+        total += int(mask.sum())
+    return {"val_loss": float(np.mean(losses)), "val_accuracy": correct / max(total, 1)}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_model(result: TrainResult, path: str | Path) -> Path:
+    """Save a trained model (weights, architecture, classes, normalisation, halo, tile) to ``.pt``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = result.config
+    checkpoint = {
+        "version": CHECKPOINT_VERSION,
+        "arch": {"dim": cfg.dim, "n_classes": len(result.classes), "depth": cfg.depth, "base": cfg.base, "norm": cfg.norm},
+        "state_dict": result.model.state_dict(),
+        "classes": list(result.classes),
+        "norm": list(result.norm),
+        "halo": result.halo,
+        "tile": list(result.tile),
+        "target": cfg.target,
+        "history": result.history,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k != "extra"},
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+def load_model(path: str | Path) -> tuple[UNet, dict[str, Any]]:
+    """Load a ``.pt`` saved by :func:`save_model`: the network (eval mode, CPU) and its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise VolmlaError(f"model {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise VolmlaError(f"{path} is not a volmla model checkpoint: {exc}") from None
+    if not isinstance(checkpoint, dict) or "arch" not in checkpoint:
+        raise VolmlaError(f"{path} is not a volmla model checkpoint (no 'arch' entry)")
+    model = UNet(**checkpoint["arch"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), {k: v for k, v in checkpoint.items() if k != "state_dict"}
+
+
+def quick_train_3d(intensity: Any, labels: Any, *, iterations: int = 300, seed: int = 0, threads: int = 2) -> TrainResult:
+    """A small 3-D U-Net (depth 3, base 8, 32^3 patches) trained in a few minutes on 2 CPU cores.
+
+    The preset the demo uses: labels are sparse phase labels (``phase + 1``) on a few planes.
+
+    Examples
+    --------
+    >>> result = quick_train_3d(ph.intensity, labels)  # doctest: +SKIP
+    """
+    config = TrainConfig(dim=3, depth=3, base=8, norm="batch", patch=32, batch=2, iterations=iterations,
+                         lr=3e-3, val_every=25, patience=6, seed=seed, threads=threads, device="cpu")
+    return train(intensity, labels, config=config)
