@@ -284,3 +284,172 @@ def test_labels_volume_is_lazy_xarray(ph):
     lv = co.labels_volume(ct, [co.LabelPlane("z", 5, plane)], erode=0)
     assert isinstance(lv, xr.DataArray) and isinstance(lv.data, da.Array)
     assert lv.data.chunks == ct.data.chunks
+
+
+# --------------------------------------------------------------------------- absent minerals
+
+
+@pytest.mark.parametrize("z", [0, 24, 40])
+def test_absent_mineral_is_not_labelled(ph, z):
+    """A face without pyrite: no cluster is called pyrite, pyrite is reported not found,
+    and the labels kept (after the usual 1-pixel erosion) are right."""
+    _, truth = ph
+    face = truth.data[z].compute().copy()
+    face[face == 3] = 0
+    sm = simulate_element_maps(face, voxel_size_um=10.0, phase_names=NAMES, plane=z, factor=2, seed=z)
+    mm = co.kmeans_minerals(co.denoise_maps(sm.maps), k=4, seed=0)
+    a = co.assign_minerals(mm, minerals=MINERALS)
+    assert "pyrite" not in a.mineral.values() and a.not_found == ("pyrite",)
+    phases = a.phase_map(mm.clusters)
+    assert not np.any(phases == 3)
+    kept = co.erode_labels(np.where(phases == co.UNLABELLED, 0, phases + 1).astype(np.uint8), 1) > 0
+    assert kept.mean() > 0.3
+    assert np.mean(phases[kept] == sm.truth[kept]) >= 0.95
+
+
+def test_unmatched_cluster_is_left_unlabelled():
+    """A cluster whose profile matches no signature (here: Fe without S) stays unlabelled."""
+    import pandas as pd
+
+    cols = ["Fe", "S", "Si"]
+    cen = pd.DataFrame([[1.0, 1.0, 3.0], [1.0, 1.0, 60.0], [45.0, 50.0, 3.0], [45.0, 1.0, 3.0]], columns=cols)
+    mm = co.MineralMap(np.zeros((4, 4), np.int16), cen, dict.fromkeys(range(4), 0.25), 0.0,
+                       pd.Series([1.0, 1.0, 3.0], index=cols))
+    a = co.assign_minerals(mm, minerals=["quartz", "pyrite"])
+    assert a.mineral[0] == "void" and a.mineral[1] == "quartz" and a.mineral[2] == "pyrite"
+    assert a.unlabelled == (3,) and a.phase[3] == co.UNLABELLED and a.warnings
+    plane = a.phase_map(np.array([[0, 1], [2, 3]]))
+    assert plane[1, 1] == co.UNLABELLED
+    reg_img = co.registration_image(plane)
+    assert reg_img[1, 1] == 3 and reg_img.max() == 3
+
+
+# --------------------------------------------------------------------------- tilt
+
+
+def test_plane_heights():
+    h = co.plane_heights((5, 7), index=3, tilt_deg=(0.0, 0.0))
+    np.testing.assert_array_equal(h, 3.0)
+    h = co.plane_heights((5, 7), index=3, tilt_deg=(45.0, 0.0), voxel_size_um=(2.0, 1.0, 1.0))
+    np.testing.assert_allclose(h[:, 0], 3.0 + (np.arange(5) - 2) / 2.0)
+    assert h[2, 3] == 3.0
+
+
+@pytest.mark.parametrize("chunks", [(1, 5, 7), (3, 4, 5), (16, 16, 16)])
+def test_sparse_labels_tilted_plane(chunks):
+    shape = (9, 10, 11)
+    lab = np.random.default_rng(1).integers(0, 4, shape[1:]).astype(np.uint8)
+    plane = co.LabelPlane("z", 4, lab, (8.0, -5.0), (1.0, 1.0, 1.0))
+    h = np.rint(co.plane_heights(lab.shape, index=4, tilt_deg=(8.0, -5.0))).astype(int)
+    ref = np.zeros(shape, np.uint8)
+    rows, cols = np.indices(lab.shape)
+    inside = (h >= 0) & (h < shape[0])
+    ref[h[inside], rows[inside], cols[inside]] = lab[inside]
+    assert len(np.unique(h)) > 1
+    np.testing.assert_array_equal(co.sparse_labels(shape, [plane], chunks=chunks).compute(), ref)
+
+
+@pytest.fixture(scope="module")
+def wide():
+    """A thin, wide phantom: a tilt of a few degrees moves its faces by a few voxels."""
+    p = phantom(shape=(32, 96, 96), seed=1, voxel_size=10.0, chunks=32, esd_range=(8, 20), solid_fraction=0.4)
+    return p.intensity.persist(), p.phases.persist()
+
+
+def test_tilted_face_is_found(wide):
+    ct, truth = wide
+    out = correlative_labels(ct, truth, planes=[16], seed=0, factor=2, tilt_deg=(2.0, -1.5), max_tilt_deg=3.0,
+                             erode=1)
+    rec = out.report["planes"][0]
+    assert np.all(np.abs(np.subtract(rec["found_tilt_deg"], rec["true_tilt_deg"])) <= 1.0), rec
+    assert abs(rec["found_plane"] - 16) <= 1 and rec["assignment_correct"] and rec["ok"], rec
+    assert rec["kept_fraction"] >= 0.3 and rec["label_accuracy"] >= 0.95, rec
+    # the label volume holds the tilted plane: several z planes, each voxel right
+    dense = out.labels.data.compute()
+    zs = np.flatnonzero(dense.any(axis=(1, 2)))
+    assert len(zs) >= 3
+    kept = dense > 0
+    assert np.mean(dense[kept] == truth.data.compute()[kept] + SPARSE_LABEL_OFFSET) >= 0.95
+    with pytest.raises(VolmlaError, match="3-D phase volume"):
+        simulate_element_maps(truth.data[16].compute(), voxel_size_um=10.0, phase_names=NAMES, tilt_deg=(1.0, 0.0))
+
+
+# --------------------------------------------------------------------------- correlate run
+
+
+def _write_plane(tmp_path, truth, z, name, seed, drop=None):
+    face = truth.data[z].compute().copy()
+    if drop is not None:
+        face[face == drop] = 0
+    sm = simulate_element_maps(face, voxel_size_um=10.0, phase_names=NAMES, plane=z, factor=2, seed=seed)
+    folder = tmp_path / name
+    folder.mkdir()
+    for i, e in enumerate(sm.maps.elements):
+        tifffile.imwrite(folder / f"{e}.tif", sm.maps.data[i])
+    np.savez(tmp_path / f"{name}_truth.npz", truth=sm.truth)
+    return sm, [f"{name}/{e}.tif" for e in sm.maps.elements]
+
+
+def test_cli_run_end_to_end(tmp_path, ph, capsys):
+    import yaml
+
+    from volmla.io import open_volume, write_volume
+
+    ct, truth = ph
+    write_volume(ct, tmp_path / "ct.zarr", chunks=32)
+    top, top_maps = _write_plane(tmp_path, truth, 0, "top", 0)
+    mid, mid_maps = _write_plane(tmp_path, truth, 24, "mid", 1, drop=3)
+    config = {
+        "ct": "ct.zarr", "out": "out", "minerals": MINERALS, "erode": 1,
+        "xrd": {"quartz": 0.3, "feldspar": 0.5, "pyrite": 0.2},
+        "planes": [
+            {"name": "top", "maps": top_maps, "pixel_size_um": 20.0, "axis": "z", "search": [0, 6],
+             "origin_um": list(top.maps.origin_um), "truth": "top_truth.npz"},
+            {"name": "mid", "maps": mid_maps, "pixel_size_um": 20.0, "search": [16, 32],
+             "origin_um": list(mid.maps.origin_um), "truth": "mid_truth.npz", "max_tilt_deg": 1.0},
+        ],
+    }
+    cfg_path = tmp_path / "correlate.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    assert main(["--quiet", "--workers", "1", "correlate", "run", str(cfg_path)]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["ok"] and "| top |" in (tmp_path / "out" / "report.md").read_text()
+    by = {r["name"]: r for r in report["planes"]}
+    assert abs(by["top"]["plane"] - 0) <= 1 and abs(by["mid"]["plane"] - 24) <= 1
+    assert by["top"]["ari"] >= 0.8 and by["mid"]["ari"] >= 0.8
+    assert by["mid"]["minerals_not_found"] == ["pyrite"] and "pyrite" not in by["mid"]["assignment"].values()
+    assert set(by["top"]["xrd"]) == set(MINERALS)
+    for r in by.values():
+        assert r["converged"] and r["quality"] > 0.3 and len(r["tilt_deg"]) == 2 and "angle_deg" in r
+    assert (tmp_path / "out" / "planes" / "mid" / "registration.json").is_file()
+    labels = open_volume(tmp_path / "out" / "labels.zarr")
+    dense = labels.data.compute()
+    kept = dense > 0
+    assert kept.sum() > 0.3 * 2 * dense[0].size
+    assert np.mean(dense[kept] == truth.data.compute()[kept] + SPARSE_LABEL_OFFSET) >= 0.95
+    assert not np.any(dense[by["mid"]["plane"]] == 3 + SPARSE_LABEL_OFFSET)
+    capsys.readouterr()
+
+    # existing output: refused, untouched
+    before = (tmp_path / "out" / "report.json").read_bytes()
+    assert main(["--quiet", "correlate", "run", str(cfg_path)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (tmp_path / "out" / "report.json").read_bytes() == before
+    # bad configs: one line each
+    bad = [
+        ({**config, "colour": 1}, "unknown key"),
+        ({k: v for k, v in config.items() if k != "planes"}, "missing required key 'planes'"),
+        ({**config, "planes": [{"maps": ["nope.tif"], "pixel_size_um": 20}]}, "does not exist"),
+        ({**config, "planes": [{**config["planes"][0], "axis": "w"}]}, "axis must be one of"),
+        ({**config, "planes": [{**config["planes"][0], "k": 2}]}, "k must be an integer"),
+        ({**config, "erode": -1}, "erode must be"),
+    ]
+    for i, (cfg, message) in enumerate(bad):
+        path = tmp_path / f"bad{i}.yaml"
+        path.write_text(yaml.safe_dump({**cfg, "out": f"bad_out{i}"}))
+        assert main(["--quiet", "correlate", "run", str(path)]) == 2, message
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (message, err)
+    (tmp_path / "notyaml.yaml").write_text("planes: [unclosed")
+    assert main(["--quiet", "correlate", "run", str(tmp_path / "notyaml.yaml")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err

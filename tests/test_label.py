@@ -223,7 +223,7 @@ def test_cli_label(tmp_path, capsys):
     mask = np.random.default_rng(9).random((12, 10, 14)) < 0.3
     src = write_volume(mask.astype(np.uint8), tmp_path / "mask.zarr", voxel_size=2.5, chunks=5)
     out = tmp_path / "labels.zarr"
-    assert main(["--quiet", "label", str(src), "-o", str(out), "--connectivity", "6"]) == 0
+    assert main(["--quiet", "--workers", "1", "label", str(src), "-o", str(out), "--connectivity", "6"]) == 0
     vol = open_volume(out)
     ref, n = scipy_label(mask, 6)
     np.testing.assert_array_equal(vol.data.compute(), ref)
@@ -233,19 +233,19 @@ def test_cli_label(tmp_path, capsys):
     assert vol.attrs["provenance"][-1]["count"] == n
     before = (out / "zarr.json").read_text()
     capsys.readouterr()
-    assert main(["--quiet", "label", str(src), "-o", str(out)]) == 2
+    assert main(["--quiet", "--workers", "1", "label", str(src), "-o", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
-    assert main(["--quiet", "label", str(src), "-o", str(out), "--connectivity", "8"]) == 2
+    assert main(["--quiet", "--workers", "1", "label", str(src), "-o", str(out), "--connectivity", "8"]) == 2
     err = capsys.readouterr().err
     assert "connectivity must be one of (6, 18, 26), got 8" in err and len(err.strip().splitlines()) == 1
     assert (out / "zarr.json").read_text() == before
-    assert main(["--quiet", "label", str(src), "-o", str(out), "--overwrite", "--multilabel"]) == 0
+    assert main(["--quiet", "--workers", "1", "label", str(src), "-o", str(out), "--overwrite", "--multilabel"]) == 0
 
 
 def test_cli_label_non_binary(tmp_path, capsys):
     values = np.zeros((6, 6, 6), np.uint8)
     values[2:4, 2:4, 2:4] = 5
     src = write_volume(values, tmp_path / "v.zarr", voxel_size=1.0, chunks=3)
-    assert main(["--quiet", "label", str(src), "-o", str(tmp_path / "l.zarr")]) == 2
+    assert main(["--quiet", "--workers", "1", "label", str(src), "-o", str(tmp_path / "l.zarr")]) == 2
     assert "binary" in capsys.readouterr().err
-    assert main(["--quiet", "label", str(src), "-o", str(tmp_path / "l.zarr"), "--multilabel"]) == 0
+    assert main(["--quiet", "--workers", "1", "label", str(src), "-o", str(tmp_path / "l.zarr"), "--multilabel"]) == 0

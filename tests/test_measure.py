@@ -221,3 +221,12 @@ def test_grain_spanning_two_particles_is_an_error() -> None:
     with pytest.raises(VolmlaError, match="spans several"):  # across chunks: caught in the merge
         measure.grains(da.from_array(np.ones_like(lab), chunks=2), da.from_array(lab, chunks=2),
                        da.from_array(np.ones_like(lab, dtype=np.uint8), chunks=2), voxel_size=1.0)
+
+
+def test_single_voxel_chunks_many_labels(rng: np.random.Generator) -> None:
+    """Blocks of one voxel whose halo holds more labels than the block has voxels."""
+    lab = rng.integers(0, 40, size=(4, 5, 3)).astype(np.uint32)
+    ph = rng.integers(1, 3, size=lab.shape).astype(np.uint8) * (lab > 0)
+    ref = reference_particles(lab, ph, np.zeros_like(lab), (1.0, 1.0, 1.0), {1: "1", 2: "2"}).drop(columns="n_grains")
+    got = measure.particles(da.from_array(lab, chunks=1), da.from_array(ph, chunks=1), voxel_size=1.0)
+    _compare(got.drop(columns="n_grains"), ref)

@@ -64,11 +64,11 @@ def touching_field(seed: int, shape=(48, 48, 48), n=30) -> np.ndarray:
 
 def test_split_chunk_independent():
     field = touching_field(1)
-    ref = particles(da.from_array(field, chunks=48), threshold=None, max_radius=8)
+    ref = particles(da.from_array(field, chunks=48), threshold=None, max_radius=12)
     ref_labels = ref.labels.compute()
     assert ref.count > cc3d.connected_components(field, connectivity=26, return_N=True)[1]
     for chunks in [(16, 16, 16), (10, 48, 7)]:
-        out = particles(da.from_array(field, chunks=chunks), threshold=None, max_radius=8)
+        out = particles(da.from_array(field, chunks=chunks), threshold=None, max_radius=12)
         assert out.count == ref.count
         got = out.labels.compute()
         # stated tolerance: >= 99.5 % of solid voxels in the same particle (up to renumbering)
@@ -151,21 +151,21 @@ def test_cli_particles_and_grains(tmp_path, capsys):
     phases = (two * (1 + (np.arange(32) > 16))).astype(np.uint8)
     ph = write_volume(phases, tmp_path / "phases.zarr", voxel_size=2.0, kind="phases", chunks=10)
     out = tmp_path / "particles.zarr"
-    assert main(["--quiet", "particles", str(ph), "-o", str(out), "--max-radius", "8"]) == 0
+    assert main(["--quiet", "--workers", "1", "particles", str(ph), "-o", str(out), "--max-radius", "8"]) == 0
     vol = open_volume(out)
     assert vol.attrs["kind"] == "labels" and vol.dtype == np.uint32
     assert len(np.unique(vol.data.compute())) - 1 == 2
-    assert main(["--quiet", "particles", str(ph), "-o", str(out)]) == 2
-    assert main(["--quiet", "particles", str(ph), "-o", str(tmp_path / "x.zarr"), "--threshold", "5"]) == 2
+    assert main(["--quiet", "--workers", "1", "particles", str(ph), "-o", str(out)]) == 2
+    assert main(["--quiet", "--workers", "1", "particles", str(ph), "-o", str(tmp_path / "x.zarr"), "--threshold", "5"]) == 2
     assert "intensity" in capsys.readouterr().err
     gr = tmp_path / "grains.zarr"
-    assert main(["--quiet", "grains", "--particles", str(out), "--phases", str(ph), "-o", str(gr)]) == 0
+    assert main(["--quiet", "--workers", "1", "grains", "--particles", str(out), "--phases", str(ph), "-o", str(gr)]) == 0
     assert len(np.unique(open_volume(gr).data.compute())) - 1 >= 3
     other = write_volume(phases, tmp_path / "other.zarr", voxel_size=3.0, kind="phases", chunks=10)
     capsys.readouterr()
-    assert main(["--quiet", "grains", "--particles", str(out), "--phases", str(other), "-o", str(tmp_path / "g2.zarr")]) == 2
+    assert main(["--quiet", "--workers", "1", "grains", "--particles", str(out), "--phases", str(other), "-o", str(tmp_path / "g2.zarr")]) == 2
     err = capsys.readouterr().err
     assert "voxel size" in err and len(err.strip().splitlines()) == 1
     small = write_volume(phases[:, :, :-2], tmp_path / "small.zarr", voxel_size=2.0, kind="phases", chunks=10)
-    assert main(["--quiet", "grains", "--particles", str(out), "--phases", str(small), "-o", str(tmp_path / "g3.zarr")]) == 2
+    assert main(["--quiet", "--workers", "1", "grains", "--particles", str(out), "--phases", str(small), "-o", str(tmp_path / "g3.zarr")]) == 2
     assert "same shape" in capsys.readouterr().err

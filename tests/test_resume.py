@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from volmla.cli import main
+from volmla.errors import VolmlaError
 from volmla.io import open_volume, write_volume
 from volmla.preprocess import preprocess
 
@@ -44,7 +46,7 @@ def _command(scan: Path, out: Path) -> list[str]:
             "-o", str(out), "--step", STEP, "--chunks", str(CHUNK)]
 
 
-def test_killed_run_resumes_only_missing_chunks(scan, tmp_path):
+def test_killed_run_resumes_only_missing_chunks(scan, tmp_path, capsys):
     path, reference = scan
     out = tmp_path / "out.zarr"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -59,8 +61,12 @@ def test_killed_run_resumes_only_missing_chunks(scan, tmp_path):
         proc.wait()
     before = _markers(out)
     assert 4 <= before < N_CHUNKS, f"the run was not interrupted mid-write ({before} markers)"
-    with pytest.raises(Exception, match="incomplete"):
+    with pytest.raises(VolmlaError, match="incomplete"):
         open_volume(out)
+    # another job may not take over the interrupted output
+    other = main(["-q", "preprocess", str(path), "-o", str(out), "--step", "median", "--chunks", str(CHUNK)])
+    assert other == 2 and _markers(out) == before
+    assert "exists: pass --overwrite" in capsys.readouterr().err
 
     rerun = subprocess.run(_command(path, out), capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

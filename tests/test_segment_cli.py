@@ -79,7 +79,7 @@ def test_classical_methods(tmp_path, volumes, scheduler, capsys) -> None:
     assert (open_volume(tmp_path / "k.zarr").data.compute() == truth).mean() > 0.9
     rf = tmp_path / "rf.onnx"
     assert main([*g, "segment", str(volumes["image"]), "-o", str(tmp_path / "rf.zarr"), "--method", "rf",
-                 "--labels", str(volumes["labels"]), "--save-model", str(rf)]) == 0
+                 "--labels", str(volumes["labels"]), "--save-model", str(rf), "--sigmas", "0.7,1.6"]) == 0
     assert main([*g, "segment", str(volumes["image"]), "-o", str(tmp_path / "rf2.zarr"), "--model", str(rf)]) == 0
     a, b = (open_volume(tmp_path / n).data.compute() for n in ("rf.zarr", "rf2.zarr"))
     assert (a == b).all()

@@ -454,6 +454,7 @@ def segment_command(
     fp16: Annotated[bool, typer.Option("--fp16", help="Half precision (GPU only).")] = False,
     uncertainty: Annotated[Path | None, typer.Option("--uncertainty", help="Also write the max class probability (uint8, x255) here.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime threads per worker.")] = None,
+    sigmas: Annotated[str | None, typer.Option("--sigmas", help="Feature scales for --method rf, e.g. 0.7,1,1.6,3.5,5 (the default).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for kmeans / rf.")] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -483,7 +484,7 @@ def segment_command(
     job = {"command": "segment", "input": str(input_path.resolve()), "method": method,
            "model": str(model.resolve()) if model else None, "classes": classes, "halo": halo,
            "tile": list(tile) if tile else None, "overlap": overlap, "seed": seed,
-           "labels": str(labels.resolve()) if labels else None}
+           "labels": str(labels.resolve()) if labels else None, "sigmas": sigmas}
     check_output(output, overwrite=overwrite, job=job)
     if uncertainty is not None:
         check_output(uncertainty, overwrite=overwrite, job={**job, "output": "uncertainty"})
@@ -514,7 +515,13 @@ def segment_command(
 
             rf_path = model
             if labels is not None:
-                forest = train_random_forest(vol, open_volume(labels), seed=seed)
+                from volmla.segment.classical import DEFAULT_SIGMAS
+
+                try:
+                    scales = tuple(float(v) for v in sigmas.split(",")) if sigmas else DEFAULT_SIGMAS
+                except ValueError:
+                    raise VolmlaError(f"--sigmas must be comma-separated numbers, got {sigmas!r}") from None
+                forest = train_random_forest(vol, open_volume(labels), sigmas=scales, seed=seed)
                 typer.echo(f"random forest: training accuracy {forest.train_accuracy:.3f}", err=True)
                 if save_model is None:
                     import tempfile
@@ -714,6 +721,7 @@ def correlate_register(
     transform: Annotated[str, typer.Option(help="rigid | similarity.")] = "rigid",
     min_quality: Annotated[float, typer.Option(help="Least acceptable registration quality (0..1).")] = 0.05,
     accept_poor: Annotated[bool, typer.Option("--accept-poor", help="Keep a poor/non-converged fit (flagged in the JSON).")] = False,
+    max_tilt: Annotated[float, typer.Option(help="Also search plane tilts within +/- this many degrees (0 = none).")] = 0.0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Find the map's plane in the CT volume and register the map onto it."""
@@ -742,13 +750,13 @@ def correlate_register(
     if search is not None and not 0 <= search[0] < search[1] <= n:
         raise VolmlaError(f"search range along {axis} must lie within [0, {n}), got [{search[0]}, {search[1]})")
     with running():
-        reg = co.register_map(volume, image, pixel_size_um=size, origin_um=origin, axis=axis,  # type: ignore[arg-type]
-                              search=search, step=step, transform=transform,  # type: ignore[arg-type]
-                              min_quality=min_quality, accept_poor=accept_poor)
+        reg = co.register_map(volume, co.registration_image(image), pixel_size_um=size, origin_um=origin,
+                              axis=axis, search=search, step=step, transform=transform,  # type: ignore[arg-type]
+                              min_quality=min_quality, accept_poor=accept_poor, max_tilt_deg=max_tilt)
     plane = co.map_to_plane(phases, reg)
     co.save_registration(reg, out, labels_plane=plane, phase_names=names)
     p = reg.params
-    typer.echo(f"{axis}={reg.index}  angle {p['angle_deg']:.2f} deg  shift {p['translation_um'][0]:.1f},"
+    typer.echo(f"{axis}={reg.index}  tilt {reg.tilt_deg[0]:.2f},{reg.tilt_deg[1]:.2f} deg  angle {p['angle_deg']:.2f} deg  shift {p['translation_um'][0]:.1f},"
                f"{p['translation_um'][1]:.1f} um  quality {reg.quality:.3f}  metric {reg.metric:.4f}  "
                f"{'converged' if reg.converged else 'NOT converged'}")
     for w in reg.warnings:
@@ -779,13 +787,59 @@ def correlate_labels(
                               f"--ct has shape {tuple(volume.shape)}")
         if not record.get("ok", False):
             typer.echo(f"warning: {path.name} is a poor registration: {'; '.join(record.get('warnings', []))}", err=True)
-        planes.append(co.LabelPlane(record["axis"], int(record["index"]), plane))
+        tilt = tuple(float(t) for t in record.get("tilt_deg", (0.0, 0.0)))
+        planes.append(co.LabelPlane(record["axis"], int(record["index"]), plane, tilt,  # type: ignore[arg-type]
+                                    tuple(float(v) for v in volume.attrs.get("voxel_size_um", (1.0, 1.0, 1.0)))))
         names.update({int(k): v for k, v in record.get("phases", {}).items()})
     labels = co.labels_volume(volume, planes, erode=erode, phases=names or None)
     with running():
         write_volume(labels, out, kind="labels", chunks=[c[0] for c in volume.data.chunks],
                      overwrite=overwrite, job=job)
     typer.echo(f"wrote {out}")
+
+
+@correlate_app.command("run")
+def correlate_run(
+    config: Annotated[Path, typer.Argument(help="YAML: ct, minerals, planes (maps, pixel size, axis, search, ...).")],
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Output folder (default the config's 'out').")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Maps -> k-means -> assignment -> registration -> one sparse label volume, with a report.
+
+    Writes OUT/labels.zarr, OUT/report.json, OUT/report.md and OUT/planes/NAME/ (mineral
+    map, centroids, registration). The YAML schema is in ``volmla.correlate.load_run_config``.
+    """
+    import json as _json
+
+    from volmla import correlate as co
+    from volmla.io import check_output, open_volume, write_volume
+
+    cfg = co.load_run_config(config)
+    out_dir = out if out is not None else cfg["out"]
+    if out_dir is None:
+        raise VolmlaError("correlate run: give the output folder with -o/--out or an 'out' key in the config")
+    labels_path = Path(out_dir) / "labels.zarr"
+    job = {"command": "correlate run", "config": str(config.resolve())}
+    if (Path(out_dir) / "report.json").exists() and not overwrite:
+        raise VolmlaError(f"output {out_dir} exists: pass --overwrite to replace it")
+    check_output(labels_path, overwrite=overwrite, job=job)
+    if not Path(cfg["ct"]).exists():
+        raise VolmlaError(f"config: ct {cfg['ct']} does not exist")
+    volume = open_volume(cfg["ct"])
+    with running():
+        labels, report = co.run_correlation(volume, cfg, out_dir=out_dir)
+        write_volume(labels, labels_path, kind="labels", chunks=[c[0] for c in volume.data.chunks],
+                     overwrite=overwrite, job=job)
+    (Path(out_dir) / "report.json").write_text(_json.dumps(report, indent=2))
+    (Path(out_dir) / "report.md").write_text(co.report_markdown(report))
+    for r in report["planes"]:
+        typer.echo(f"{r['name']}: {r['axis']}={r['plane']} tilt {r['tilt_deg'][0]:.2f},{r['tilt_deg'][1]:.2f} "
+                   f"angle {r['angle_deg']:.2f} quality {r['quality']:.3f}"
+                   + (f" ARI {r['ari']:.3f}" if "ari" in r else "")
+                   + (f" not found: {', '.join(r['minerals_not_found'])}" if r["minerals_not_found"] else ""))
+        for w in r["warnings"]:
+            typer.echo(f"warning: {r['name']}: {w}", err=True)
+    typer.echo(f"wrote {labels_path}")
 
 
 # --- pipeline commands ---

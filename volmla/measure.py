@@ -16,9 +16,11 @@ The tables are reductions, never one mask or one task per label (the
    voxel ``i`` and ``i + 1`` along an axis belongs to the block that holds voxel
    ``i`` (hence the high-side halo); faces on the volume's low faces belong to the
    first block. Every face whose two voxels carry different particle ids counts for
-   each non-zero side. The same pairs give the phase-contact matrix: faces between two
-   phases inside one particle, and faces between a particle's phase and anything
-   outside the particle (``background``). Face counts are kept per axis as integers
+   each non-zero side (the block's labels plus halo are renumbered so the counts are
+   one dense ``np.bincount`` per axis). The same pairs give the phase-contact matrix:
+   faces between two phases inside one particle, and faces between a particle's phase
+   and anything outside the particle (``background``: the void or another particle);
+   phase-0 voxels inside a particle count as background for their neighbours. Face counts are kept per axis as integers
    and turned into areas with the per-axis face areas (anisotropic voxels) times the
    stereological correction ``2/3`` (:data:`SURFACE_CORRECTION`): a voxelised surface
    of isotropic orientation has on average 1.5 times its true area, since
@@ -207,28 +209,39 @@ def block_partial(
     phases = np.asarray(phases)
     if labels.shape != phases.shape:
         raise ValueError(f"labels {labels.shape} and phases {phases.shape} differ")
-    lab_core = np.ascontiguousarray(labels[: core[0], : core[1], : core[2]])
-    ph_core = phases[: core[0], : core[1], : core[2]].astype(np.int64, copy=False)
+    lab_core = labels[: core[0], : core[1], : core[2]]
+    ph_core = phases[: core[0], : core[1], : core[2]]
+    # block + halo renumbered once to 0..m-1 (dense counting below)
+    ext_ids, ext_renum = _renumber(np.ascontiguousarray(labels))
+    m = ext_ids.size
 
     # 1. per-particle counts, boxes, coordinate sums and phase counts
-    ids, renum = _renumber(lab_core)
-    n = ids.size - 1
+    renum = np.ascontiguousarray(ext_renum[: core[0], : core[1], : core[2]])
+    ids = ext_ids
+    if m > renum.size:  # tiny block with more labels in its halo than voxels: cc3d's limit
+        ids_core, renum = _renumber(renum)
+        ids = ext_ids[ids_core.astype(np.int64)]
     n_ph = int(ph_core.max()) + 1 if ph_core.size else 1
-    part: dict[str, np.ndarray] = {"particle_id": ids[1:]}
-    if n:
-        stats = cc3d.statistics(renum, no_slice_conversion=True)
-        counts = np.asarray(stats["voxel_counts"], dtype=np.int64)[1 : n + 1]
-        boxes = np.asarray(stats["bounding_boxes"], dtype=np.int64)[1 : n + 1]
-        cents = np.asarray(stats["centroids"], dtype=np.float64)[1 : n + 1]
-        part["n"] = counts
+    stats = cc3d.statistics(renum, no_slice_conversion=True)
+    counts = np.zeros(ids.size, np.int64)
+    got = np.asarray(stats["voxel_counts"], dtype=np.int64)
+    counts[: got.size] = got[: ids.size]
+    present = np.flatnonzero(counts[1:]) + 1
+    part: dict[str, np.ndarray] = {"particle_id": ids[present]}
+    if present.size:
+        boxes = np.asarray(stats["bounding_boxes"], dtype=np.int64)[present]
+        cents = np.asarray(stats["centroids"], dtype=np.float64)[present]
+        c = counts[present]
+        part["n"] = c
         for a, ax in enumerate(_AXES):
             # exact integer coordinate sums from cc3d's float centroids
-            part[f"s{ax}"] = np.rint(cents[:, a] * counts).astype(np.int64) + origin[a] * counts
+            part[f"s{ax}"] = np.rint(cents[:, a] * c).astype(np.int64) + origin[a] * c
         for a, ax in enumerate(_AXES):
             part[f"{ax}0"] = boxes[:, 2 * a] + origin[a]
             part[f"{ax}1"] = boxes[:, 2 * a + 1] + 1 + origin[a]
-        key = renum.ravel().astype(np.int64) * n_ph + ph_core.ravel()
-        per_phase = np.bincount(key, minlength=(n + 1) * n_ph).reshape(n + 1, n_ph)[1:]
+        key = renum.astype(np.intp).ravel() * n_ph
+        key += ph_core.ravel()
+        per_phase = np.bincount(key, minlength=ids.size * n_ph).reshape(ids.size, n_ph)[present]
         for p in range(n_ph):
             part[f"ph{p}"] = per_phase[:, p].astype(np.int64)
     else:
@@ -237,8 +250,6 @@ def block_partial(
 
     # 2. faces (surface per particle) and phase contacts, owned by the low voxel;
     #    labels renumbered over block + halo so that counting is a dense bincount
-    ext_ids, ext_renum = _renumber(np.ascontiguousarray(labels))
-    m = ext_ids.size
     # phase of particle voxels, 0 outside particles (phase-0 voxels in particles: dropped)
     owned = np.where(ext_renum != 0, phases, 0).astype(np.uint8)
     lab_ext, lead = _ext(ext_renum, core, low_edge, high_edge)
@@ -269,7 +280,7 @@ def block_partial(
 
     # 3. grains: (grain, particle, phase, count) rows from the core
     if grains is not None:
-        out["grains"] = _grain_partial(np.asarray(grains)[: core[0], : core[1], : core[2]], lab_core, ph_core)
+        out["grains"] = _grain_partial(np.asarray(grains)[: core[0], : core[1], : core[2]], lab_core, ph_core.astype(np.int64))
     return out
 
 

@@ -137,7 +137,7 @@ def run(config: Mapping[str, Any] | str | Path, *, overwrite: bool = False, devi
     phases = _stage(out / "phases.zarr", {"stage": "segment", "input": volume.attrs["path"],
                                           **{k: str(v) for k, v in seg.items()}},
                     lambda: _segment(volume, seg, device=device, out=out), log=log, overwrite=overwrite,
-                    kind="phases", phases=_phase_names(seg))
+                    kind="phases", phases=_phase_names(seg), voxel_size=volume.attrs["voxel_size_um"])
     result["phases"] = phases.attrs["path"]
 
     # 4-5. particles and grains

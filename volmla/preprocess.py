@@ -451,6 +451,8 @@ def _float_hist_block(block: np.ndarray, *, origin: Sequence[int], lo: float, hi
 
 def _min_max(data: da.Array) -> tuple[float, float]:
     lo, hi = _compute(data.min(), data.max(), desc="range")
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise VolmlaError(f"volume holds NaN or infinite values (min {lo}, max {hi}): fix or mask them first")
     return float(lo), float(hi)
 
 

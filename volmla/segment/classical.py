@@ -455,5 +455,7 @@ def random_forest_segment(volume: Any, *, model: str | Path) -> da.Array:
 
     forest = load_random_forest(model)
     data = _data(volume)
-    return halo_map(data, _rf_block, halo=forest.halo, boundary="reflect", dtype=np.uint8,
+    # a volume thinner than the halo is reflected as far as it goes (it is one chunk then)
+    depth = tuple(min(forest.halo, max(n - 1, 0)) for n in data.shape)
+    return halo_map(data, _rf_block, halo=depth, boundary="reflect", dtype=np.uint8,
                     model=str(Path(model).resolve()), sigmas=forest.sigmas, norm=forest.norm)

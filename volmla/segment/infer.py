@@ -285,10 +285,16 @@ def clear_sessions() -> None:
 # ----------------------------------------------------------------------------- per block
 
 
-def _starts(length: int, tile: int, step: int) -> list[int]:
-    last = max(length - tile, 0)
-    out = list(range(0, last, max(step, 1)))
-    return [*out, last]
+def _starts(length: int, tile: int, step: int, need: tuple[int, int], margin: int, k: int) -> list[int]:
+    """Tile origins along one axis whose cores (``margin`` in from the faces) cover ``need``.
+
+    Voxels outside ``need`` (the halo) are only context: tiles that would predict nothing
+    but halo are skipped. Origins stay on multiples of ``k``.
+    """
+    top = max(length - tile, 0)
+    first = min(max(need[0] - margin, 0) // k * k, top)
+    last = min(top, max(first, -(-(need[1] + margin - tile) // k) * k))
+    return [*range(first, last, max(step, 1)), last]
 
 
 def _weights(tile: Sequence[int], margin: Sequence[int]) -> np.ndarray:
@@ -340,12 +346,15 @@ def predict_block(
     overlap: float = 0.25,
     batch: int = 4,
     fixed_batch: bool = False,
+    halo: Sequence[int] = (0, 0, 0),
 ) -> tuple[Any, Any]:
     """Class ids (uint8) and max probability (float32) of one (halo-extended) block.
 
     ``tile`` is the tile's spatial shape (``(Y, X)`` for a 2-D model), or None for one
-    tile covering the block (padded to the model's size multiple). Works on NumPy or
-    CuPy blocks (the result is on the block's device).
+    tile covering the block (padded to the model's size multiple). ``halo`` is the
+    context around the block: only the voxels inside it are predicted reliably (the
+    halo's own labels are not meant to be used). Works on NumPy or CuPy blocks (the
+    result is on the block's device).
     """
     from volmla.backend import get_array_module
 
@@ -370,9 +379,12 @@ def predict_block(
     # keep every voxel at least `margin` (the model's context, at most a quarter tile) inside some tile
     margin = [0 if ti == 1 else min(info.halo, ti // 4) for ti in t]
     steps = [max(k, min(int(ti * (1 - overlap)), ti - 2 * r) // k * k) for ti, r, k in zip(t, margin, mults, strict=True)]
-    origins = [(z, y, xx) for z in _starts(padded[0], t[0], steps[0] if info.dim == 3 else 1)
-               for y in _starts(padded[1], t[1], steps[1]) for xx in _starts(padded[2], t[2], steps[2])]
-    single = len(origins) == 1
+    axes = [_starts(p, ti, st, (h, n - h), r, k)
+            for p, ti, st, h, n, r, k in zip(padded, t, steps, halo, shape, margin, mults, strict=True)]
+    if info.dim == 2:
+        axes[0] = list(range(padded[0]))
+    origins = [(z, y, xx) for z in axes[0] for y in axes[1] for xx in axes[2]]
+    single = len(origins) == 1 and list(t) == padded  # one tile covering the whole block
     n_classes = info.n_classes
     acc = weight = None
     w = None if single else xp.asarray(_weights(t, margin))
@@ -406,7 +418,9 @@ def predict_block(
     assert acc is not None and weight is not None
     acc = acc[:, : shape[0], : shape[1], : shape[2]]
     labels = acc.argmax(axis=0).astype(xp.uint8)
-    return labels, (acc.max(axis=0) / weight[: shape[0], : shape[1], : shape[2]]).astype(xp.float32)
+    # halo voxels no tile predicts have weight 0 (and are trimmed by the caller)
+    weight = xp.maximum(weight[: shape[0], : shape[1], : shape[2]], xp.float32(1e-30))
+    return labels, (acc.max(axis=0) / weight).astype(xp.float32)
 
 
 def _segment_block(
@@ -420,13 +434,15 @@ def _segment_block(
     overlap: float,
     batch: int,
     uncertainty: bool,
+    context: tuple[int, int, int],
 ) -> np.ndarray:
     from volmla.backend import to_device, to_numpy
 
     session = get_session(info.path, providers=providers, fp16=fp16, threads=threads)
     on_gpu = session.get_providers()[0] in GPU_PROVIDERS
     data = to_device(block, "gpu") if on_gpu else block
-    labels, prob = predict_block(data, session=session, info=info, tile=tile, overlap=overlap, batch=batch, fixed_batch=on_gpu)
+    labels, prob = predict_block(data, session=session, info=info, tile=tile, overlap=overlap, batch=batch,
+                                 fixed_batch=on_gpu, halo=context)
     labels = to_numpy(labels)
     if not uncertainty:
         return labels
@@ -563,7 +579,7 @@ def segment(
         data, _segment_block, halo=tuple(depth), boundary="reflect",
         dtype=np.uint16 if uncertainty else np.uint8,
         info=info, providers=providers, fp16=fp16, threads=threads, tile=tile_shape,
-        overlap=float(overlap), batch=int(batch), uncertainty=uncertainty,
+        overlap=float(overlap), batch=int(batch), uncertainty=uncertainty, context=tuple(depth),
     )
     classes = info.classes or tuple(f"class{i}" for i in range(info.n_classes or 0))
     if not uncertainty:

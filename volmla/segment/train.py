@@ -86,6 +86,10 @@ class TrainConfig:
         ``auto`` (CUDA when torch sees it), ``cpu`` or ``gpu``.
     augment
         Flips, rot90, zoom/shear, intensity jitter.
+    jitter
+        Intensity jitter of the augmentation: gain ``1 +- jitter``, offset ``+- jitter / 2``
+        (in normalised units, where the 1st..99th percentile span is 1). Keep it below the
+        contrast between the phases to separate (quartz and feldspar differ by a few %).
     target
         ``phases`` (labels are sparse phase labels) or ``particles`` (labels are
         particle ids; classes background/interior/boundary).
@@ -113,6 +117,7 @@ class TrainConfig:
     threads: int | None = None
     device: str = "cpu"
     augment: bool = True
+    jitter: float = 0.01
     target: Literal["phases", "particles"] = "phases"
     classes: tuple[str, ...] | None = None
     percentiles: tuple[float, float] = (1.0, 99.0)
@@ -193,27 +198,33 @@ def _as_dask(volume: Any, name: str) -> tuple[da.Array, dict[str, Any]]:
 
 
 class _Sampler:
-    """Draws patches centred near labelled voxels of a set of planes."""
+    """Draws patches centred near labelled voxels of a set of planes, classes balanced.
+
+    The centre's class is drawn uniformly among the classes present (so a rare phase is
+    seen as often as the void), then a plane and a voxel of that class.
+    """
 
     def __init__(self, intensity: da.Array, labels: da.Array, planes: Sequence[int], allowed: np.ndarray,
                  patch: tuple[int, ...], target: str, coords_per_plane: int, rng: np.random.Generator) -> None:
         self.intensity, self.labels, self.patch, self.target = intensity, labels, patch, target
         self.allowed = allowed  # per-plane bool: planes whose labels this sampler may use
-        self.coords: list[tuple[int, np.ndarray]] = []
+        by_class: dict[int, list[np.ndarray]] = {}
         for z in planes:
             plane = np.asarray(labels[z].compute(scheduler="synchronous"))
-            yx = np.argwhere(plane > 0) if target == "phases" else np.argwhere(np.ones(plane.shape, bool))
-            if len(yx) > coords_per_plane:
-                yx = yx[rng.choice(len(yx), coords_per_plane, replace=False)]
-            if len(yx):
-                self.coords.append((int(z), yx))
-        if not self.coords:
+            if target == "particles":
+                plane = particle_targets(plane[None])[0].astype(np.int64) + 1
+            for value in np.unique(plane[plane > 0]):
+                zyx = np.argwhere(plane == value)
+                if len(zyx) > coords_per_plane:
+                    zyx = zyx[rng.choice(len(zyx), coords_per_plane, replace=False)]
+                by_class.setdefault(int(value), []).append(np.column_stack([np.full(len(zyx), z), zyx]))
+        if not by_class:
             raise VolmlaError("labels hold no labelled voxel (values > 0) in the planes used for training")
+        self.coords = [np.concatenate(by_class[k]) for k in sorted(by_class)]
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        z, yx = self.coords[rng.integers(len(self.coords))]
-        y, x = yx[rng.integers(len(yx))]
-        centre = (z, int(y), int(x))
+        pool = self.coords[rng.integers(len(self.coords))]
+        centre = tuple(int(v) for v in pool[rng.integers(len(pool))])
         start = []
         for axis, (c, p, n) in enumerate(zip(centre, self.patch, self.intensity.shape, strict=True)):
             if axis == 0 and p == 1:
@@ -233,7 +244,8 @@ class _Sampler:
         return image, target
 
 
-def _augment(image: np.ndarray, target: np.ndarray, rng: np.random.Generator, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def _augment(image: np.ndarray, target: np.ndarray, rng: np.random.Generator, dim: int,
+             jitter: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """Flips, rot90 (y, x), zoom 0.9-1.1 with shear, intensity gain/offset (3-D arrays; 2-D as 1-plane)."""
     axes = (1, 2) if dim == 2 else (0, 1, 2)
     for axis in axes:
@@ -252,7 +264,7 @@ def _augment(image: np.ndarray, target: np.ndarray, rng: np.random.Generator, di
         offset = centre - matrix @ centre
         image = ndi.affine_transform(image, matrix, offset=offset, order=1, mode="reflect")
         target = ndi.affine_transform(target + 1, matrix, offset=offset, order=0, mode="nearest") - 1
-    image = image * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
+    image = image * rng.uniform(1 - jitter, 1 + jitter) + rng.uniform(-jitter / 2, jitter / 2)
     return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target)
 
 
@@ -401,7 +413,7 @@ def train(intensity: Any, labels: Any, *, config: TrainConfig | None = None) -> 
                 im, t = sampler.sample(rng)
                 im = (im - lo) * scale
                 if config.augment:
-                    im, t = _augment(im, t, rng, config.dim)
+                    im, t = _augment(im, t, rng, config.dim, config.jitter)
                 samples.append((im, t))
             x, y = _batch(samples, config.dim, device)
             optimiser.zero_grad(set_to_none=True)

@@ -1,7 +1,8 @@
 """Synthetic correlative data: element maps of a phantom's faces, with a known transform.
 
 1. **Face**: one plane of a phase volume (e.g. the top, the bottom and an interior z
-   plane of a phantom) is read (only that plane).
+   plane of a phantom) is read (only that plane), or, for a known tilt, the nearest
+   voxels on a tilted plane (:func:`oblique_face`, only the slab it crosses is read).
 2. **Misplacement**: the map's frame is rotated by a small known angle about the face's
    centre and shifted by a few map pixels (``x_ct = R (x_map - c) + c + t``); the face is
    sampled on the map's fine grid under that transform (nearest neighbour; outside the
@@ -29,24 +30,31 @@ import numpy as np
 import xarray as xr
 
 from volmla.correlate import (
+    UNLABELLED,
     Axis,
     ElementMaps,
     LabelPlane,
+    _oblique,
     _plane_axes,
+    _slab,
+    _slab_range,
     assign_minerals,
     denoise_maps,
     erode_labels,
     kmeans_minerals,
     labels_volume,
     map_to_plane,
+    plane_heights,
     register_map,
+    registration_image,
 )
 from volmla.errors import VolmlaError
 from volmla.segment import SPARSE_LABEL_OFFSET
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PHASE_SIGNATURES", "CorrelativeLabels", "SyntheticMaps", "correlative_labels", "simulate_element_maps"]
+__all__ = ["PHASE_SIGNATURES", "CorrelativeLabels", "SyntheticMaps", "correlative_labels", "oblique_face",
+           "simulate_element_maps"]
 
 #: Mean counts per map pixel of each element, per phase (before noise).
 PHASE_SIGNATURES: dict[str, dict[str, float]] = {
@@ -77,6 +85,52 @@ class CorrelativeLabels(NamedTuple):
     report: dict[str, Any]
 
 
+def oblique_face(
+    phases: Any, *, index: int, tilt_deg: Sequence[float] = (0.0, 0.0), axis: Axis = "z",
+    voxel_size_um: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Phase ids on a tilted plane (nearest voxel; see :func:`volmla.correlate.plane_heights`).
+
+    Parameters
+    ----------
+    phases
+        3-D phase volume (xr.DataArray, dask or NumPy); only the crossed slab is read.
+    index
+        Plane position at the centre of the plane grid.
+    tilt_deg
+        Slopes along the plane's rows and columns, in degrees.
+    axis
+        Plane normal.
+    voxel_size_um
+        (z, y, x); default the DataArray's attrs or isotropic.
+
+    Returns
+    -------
+    numpy.ndarray
+        (row, col) phase ids; points outside the volume take the nearest face.
+
+    Examples
+    --------
+    >>> face = oblique_face(ph.phases, index=24, tilt_deg=(2.0, -1.0))  # doctest: +SKIP
+    """
+    import dask.array as da
+
+    a, r, c = _plane_axes(axis)
+    if voxel_size_um is None:
+        voxel_size_um = getattr(phases, "attrs", {}).get("voxel_size_um", (1.0, 1.0, 1.0))
+    vs = tuple(float(v) for v in voxel_size_um)
+    data = phases.data if isinstance(phases, xr.DataArray) else phases
+    data = data if isinstance(data, da.Array) else da.from_array(np.asarray(data))
+    if data.ndim != 3:
+        raise VolmlaError(f"phases must be a 3-D volume, got {data.ndim}-D")
+    if not 0 <= int(index) < data.shape[a]:
+        raise VolmlaError(f"index must lie in 0..{data.shape[a] - 1} along {axis}, got {index}")
+    h = plane_heights((data.shape[r], data.shape[c]), index=index, tilt_deg=tilt_deg,
+                      voxel_size_um=(vs[a], vs[r], vs[c]))
+    lo, hi = _slab_range(data.shape[a], h)
+    return _oblique(_slab(data, a, lo, hi), lo, np.clip(h, 0, data.shape[a] - 1), order=0).astype(np.uint8)
+
+
 def simulate_element_maps(
     face: np.ndarray,
     *,
@@ -90,13 +144,17 @@ def simulate_element_maps(
     read_noise: float = 0.5,
     signatures: Mapping[str, Mapping[str, float]] | None = None,
     seed: int = 0,
+    tilt_deg: Sequence[float] = (0.0, 0.0),
+    axis: Axis = "z",
 ) -> SyntheticMaps:
     """Element maps of one phase plane, coarser, noisy and slightly misplaced.
 
     Parameters
     ----------
     face
-        2-D phase ids (row, col) of the plane, 0 = void.
+        2-D phase ids (row, col) of the plane, 0 = void; or the 3-D phase volume, whose
+        plane ``plane`` along ``axis``, tilted by ``tilt_deg``, is taken as the face
+        (:func:`oblique_face`).
     voxel_size_um
         The CT's in-plane voxel edge.
     phase_names
@@ -115,6 +173,11 @@ def simulate_element_maps(
         Phase name -> {element: counts}; default :data:`PHASE_SIGNATURES`.
     seed
         Noise seed.
+    tilt_deg
+        Known tilt of the face (slopes along rows and columns, degrees); needs a 3-D
+        ``face``. Recorded in ``transform["tilt_deg"]``.
+    axis
+        Plane normal when ``face`` is 3-D.
 
     Returns
     -------
@@ -126,6 +189,11 @@ def simulate_element_maps(
     """
     import SimpleITK as sitk
 
+    tilt = (float(tilt_deg[0]), float(tilt_deg[1]))
+    if getattr(face, "ndim", None) == 3:
+        face = oblique_face(face, index=plane, tilt_deg=tilt, axis=axis)
+    elif any(tilt):
+        raise VolmlaError("tilt_deg needs the 3-D phase volume as face (the tilted plane is sampled from it)")
     face = np.asarray(face)
     if face.ndim != 2:
         raise VolmlaError(f"face must be 2-D, got shape {face.shape}")
@@ -164,7 +232,8 @@ def simulate_element_maps(
     pure = onehot.max(axis=-1) == factor * factor
     origin = ((factor - 1) * v / 2, (factor - 1) * v / 2)
     maps = ElementMaps(np.moveaxis(noisy, -1, 0).astype(np.float32), elements, factor * v, origin)
-    true_tx = {"angle_deg": float(angle_deg), "translation_um": list(shift), "center_um": list(center)}
+    true_tx = {"angle_deg": float(angle_deg), "translation_um": list(shift), "center_um": list(center),
+               "tilt_deg": list(tilt)}
     return SyntheticMaps(maps, truth, true_tx, int(plane), pure)
 
 
@@ -182,6 +251,8 @@ def correlative_labels(
     counts_scale: float = 1.0,
     minerals: Sequence[str] | None = None,
     min_quality: float = 0.05,
+    tilt_deg: Sequence[float] = (0.0, 0.0),
+    max_tilt_deg: float = 0.0,
 ) -> CorrelativeLabels:
     """Simulated Deep-XFCT labelling of a phantom: maps -> k-means -> registration -> labels.
 
@@ -210,6 +281,11 @@ def correlative_labels(
         Mineral names in phase order (default the phase names of ``phases_truth``).
     min_quality
         Registration quality threshold (see :func:`volmla.correlate.register_map`).
+    tilt_deg
+        True tilt of the mapped faces (degrees along rows, cols; the sign alternates
+        between planes); the faces are then sampled from the tilted planes.
+    max_tilt_deg
+        Tilt search range of the registration (0: no tilt search).
 
     Returns
     -------
@@ -243,27 +319,28 @@ def correlative_labels(
         raise VolmlaError("phases_truth names no phases (attrs['phases']); give minerals=[...]")
     phase_names = {i + 1: m for i, m in enumerate(minerals)}
 
-    label_planes, truths, per_plane = [], [], []
+    label_planes, per_plane = [], []
     for i, p in enumerate(planes):
-        sel = {axis: p}
-        face = np.asarray(phases_truth.isel(sel).data.compute())
         sign = 1.0 if i % 2 == 0 else -1.0
+        tilt = (sign * float(tilt_deg[0]), sign * float(tilt_deg[1]))
+        face = oblique_face(phases_truth, index=p, tilt_deg=tilt, axis=axis, voxel_size_um=vs)
         sim = simulate_element_maps(
             face, voxel_size_um=vs[c], phase_names=phase_names, plane=p, factor=factor,
             angle_deg=sign * angle_deg, shift_px=(sign * shift_px, -0.5 * shift_px),
             counts_scale=counts_scale, seed=seed + i)
+        sim.transform["tilt_deg"] = list(tilt)
         maps = denoise_maps(sim.maps)
         mm = kmeans_minerals(maps, k=len(minerals) + 1, seed=seed + i)
         assignment = assign_minerals(mm, minerals=minerals)
         phase_map = assignment.phase_map(mm.clusters)
-        reg = register_map(ct, phase_map, pixel_size_um=sim.maps.pixel_size_um, origin_um=sim.maps.origin_um,
-                           axis=axis, seed=seed + i, min_quality=min_quality, accept_poor=True)
+        reg = register_map(ct, registration_image(phase_map), pixel_size_um=sim.maps.pixel_size_um,
+                           origin_um=sim.maps.origin_um, axis=axis, seed=seed + i, min_quality=min_quality,
+                           accept_poor=True, max_tilt_deg=max_tilt_deg)
         plane_labels = map_to_plane(phase_map, reg)
-        label_planes.append(LabelPlane(axis, reg.index, plane_labels))
-        truths.append(face)
+        label_planes.append(LabelPlane(axis, reg.index, plane_labels, reg.tilt_deg, vs))  # type: ignore[arg-type]
         true_phase_of_cluster = {
             cl: int(np.bincount(sim.truth[mm.clusters == cl], minlength=len(minerals) + 1).argmax())
-            for cl in mm.abundances if np.any(mm.clusters == cl)
+            for cl in mm.abundances if np.any(mm.clusters == cl) and assignment.phase[cl] != UNLABELLED
         }
         per_plane.append({
             "plane": p, "found_plane": reg.index,
@@ -273,6 +350,10 @@ def correlative_labels(
             "assignment": {str(k): v for k, v in assignment.mineral.items()},
             "assignment_correct": all(assignment.phase[cl] == t for cl, t in true_phase_of_cluster.items()),
             "assignment_confidence": {str(k): round(v, 4) for k, v in assignment.confidence.items()},
+            "minerals_not_found": list(assignment.not_found),
+            "minerals_absent": [m for j, m in phase_names.items() if not np.any(sim.truth == j)],
+            "unlabelled_clusters": list(assignment.unlabelled),
+            "true_tilt_deg": list(tilt), "found_tilt_deg": list(reg.tilt_deg),
             "true_angle_deg": sim.transform["angle_deg"], "found_angle_deg": reg.params["angle_deg"],
             "true_translation_um": sim.transform["translation_um"],
             "found_translation_um": reg.params["translation_um"],
@@ -280,13 +361,18 @@ def correlative_labels(
             "warnings": [*assignment.warnings, *reg.warnings],
         })
     labels = labels_volume(ct, label_planes, erode=erode, phases=phase_names)
-    # score the transferred (eroded) labels on their planes against the truth
-    for rec, lp, face in zip(per_plane, label_planes, truths, strict=True):
+    # score the transferred (eroded) labels on the voxels they land on against the truth
+    for rec, lp in zip(per_plane, label_planes, strict=True):
         kept = erode_labels(lp.labels, erode)
-        truth_at = face if lp.index == rec["plane"] else np.asarray(phases_truth.isel({axis: lp.index}).data.compute())
-        mask = kept > 0
-        rec["kept_fraction"] = round(float(mask.mean()), 4)
-        rec["label_accuracy"] = round(float(np.mean(kept[mask] == truth_at[mask] + SPARSE_LABEL_OFFSET)) if mask.any() else 0.0, 4)
+        hits = total = 0
+        for index, sub in lp._replace(labels=kept).voxel_planes(n):
+            mask = sub > 0
+            if mask.any():
+                truth_at = np.asarray(phases_truth.isel({axis: index}).data.compute())
+                hits += int(np.sum(sub[mask] == truth_at[mask] + SPARSE_LABEL_OFFSET))
+                total += int(mask.sum())
+        rec["kept_fraction"] = round(total / kept.size, 4)
+        rec["label_accuracy"] = round(hits / total, 4) if total else 0.0
     report = {"axis": axis, "factor": factor, "erode": erode, "phases": {str(k): v for k, v in phase_names.items()},
               "planes": per_plane}
     return CorrelativeLabels(labels, report)
