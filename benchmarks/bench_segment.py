@@ -11,7 +11,7 @@
 3. GPU: end to end Zarr -> Zarr in fp16 MVx/s when a GPU is present (else "skipped").
 
 Run ``python benchmarks/bench_segment.py --quick`` to check it works,
-``python benchmarks/bench_segment.py --size 128 --iterations 600`` for the full numbers.
+``python benchmarks/bench_segment.py --size 128`` (2000 iterations) for the full numbers.
 """
 
 from __future__ import annotations
@@ -204,8 +204,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small phantom, few iterations: proves the script works")
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--base", type=int, default=8)
-    parser.add_argument("--patch", type=int, default=32)
+    parser.add_argument("--base", type=int, default=16)
+    parser.add_argument("--patch", type=int, default=48)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -217,7 +217,7 @@ def main() -> None:
     if args.quick:
         args.size = min(args.size, 64)
     if args.iterations is None:
-        args.iterations = 40 if args.quick else 600
+        args.iterations = 40 if args.quick else 2000
     record: dict = {"args": vars(args), "python": sys.version.split()[0]}
     with tempfile.TemporaryDirectory(prefix="volmla-bench-seg-") as tmp:
         work = Path(tmp)

@@ -104,8 +104,8 @@ def histogram(volume: Any, *, bins: int = 4096) -> tuple[np.ndarray, np.ndarray]
         lo, hi = (float(v) for v in compute([data.min(), data.max()], desc="intensity range"))
         hi = hi if hi > lo else lo + 1.0
         offset, nbins = 0, bins
-    parts = data.map_blocks(
-        _hist_block, offset=offset, nbins=nbins, lo=lo, hi=hi, integer=integer,
+    parts = da.map_blocks(
+        _hist_block, data, offset=offset, nbins=nbins, lo=lo, hi=hi, integer=integer,
         new_axis=3, chunks=tuple((1,) * len(c) for c in data.chunks) + ((nbins,),), dtype=np.int64,
     )
     (counts,) = compute([parts.sum(axis=(0, 1, 2))], desc="histogram")
@@ -171,7 +171,7 @@ def threshold_segment(volume: Any, *, classes: int = 3) -> da.Array:
     data = _data(volume)
     cuts = multiotsu_thresholds(data, classes=classes)
     logger.info("multi-Otsu thresholds %s", cuts.tolist())
-    return data.map_blocks(_digitize, cuts=cuts, dtype=np.uint8)
+    return da.map_blocks(_digitize, data, cuts=cuts, dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- k-means
@@ -211,7 +211,7 @@ def kmeans_segment(volume: Any, *, classes: int = 3, sample: int = 200_000, seed
     data = _data(volume)
     centres = kmeans_centres(data, classes=classes, sample=sample, seed=seed)
     logger.info("k-means centres %s", centres.tolist())
-    return data.map_blocks(_digitize, cuts=(centres[1:] + centres[:-1]) / 2, dtype=np.uint8)
+    return da.map_blocks(_digitize, data, cuts=(centres[1:] + centres[:-1]) / 2, dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- features

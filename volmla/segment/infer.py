@@ -20,8 +20,9 @@
    Inside the block, fixed-shape tiles overlapping by ``overlap`` (and by at least twice the
    model's context, capped at half a tile) run in batches; their softmax scores are
    blended with a Gaussian weight (heaviest at the tile centre, nearly zero within the
-   context margin of a tile face, where the network sees padding) in a block-sized buffer, and the argmax over classes becomes uint8 per block: there is
-   never a float buffer larger than one block's scores. With ``tile="block"`` the whole
+   context margin of a tile face, where the network sees padding) in a block-sized buffer
+   (tiles that would predict only halo voxels are skipped), and the argmax over classes
+   becomes uint8 per block: there is never a float buffer larger than one block's scores. With ``tile="block"`` the whole
    extended block is one tile (no blending), and the output does not depend on the
    chunking at all (batch normalisation, halo >= receptive field).
 4. On a GPU, tiles are CuPy arrays bound to the session with IO binding (no host
@@ -386,7 +387,8 @@ def predict_block(
     origins = [(z, y, xx) for z in axes[0] for y in axes[1] for xx in axes[2]]
     single = len(origins) == 1 and list(t) == padded  # one tile covering the whole block
     n_classes = info.n_classes
-    acc = weight = None
+    acc: Any = None
+    weight: Any = None
     w = None if single else xp.asarray(_weights(t, margin))
     for i in range(0, len(origins), batch):
         group = origins[i : i + batch]
@@ -584,6 +586,6 @@ def segment(
     classes = info.classes or tuple(f"class{i}" for i in range(info.n_classes or 0))
     if not uncertainty:
         return Segmentation(packed, None, classes, tuple(depth))  # type: ignore[arg-type]
-    phases = packed.map_blocks(_low_byte, dtype=np.uint8)
-    confidence = packed.map_blocks(_high_byte, dtype=np.uint8)
+    phases = da.map_blocks(_low_byte, packed, dtype=np.uint8)
+    confidence = da.map_blocks(_high_byte, packed, dtype=np.uint8)
     return Segmentation(phases, confidence, classes, tuple(depth))  # type: ignore[arg-type]

@@ -381,11 +381,11 @@ def train(intensity: Any, labels: Any, *, config: TrainConfig | None = None) -> 
     allowed_train[train_planes] = True
     allowed_val = np.zeros(image.shape[0], bool)
     allowed_val[val_planes] = True
-    sampler = _Sampler(image, lab, train_planes, allowed_train, patch, config.target, 20000, rng)
+    sampler = _Sampler(image, lab, train_planes.tolist(), allowed_train, patch, config.target, 20000, rng)
     val_set = None
     if len(val_planes):
         vrng = np.random.default_rng(config.seed + 1)
-        vsampler = _Sampler(image, lab, val_planes, allowed_val, patch, config.target, 20000, vrng)
+        vsampler = _Sampler(image, lab, val_planes.tolist(), allowed_val, patch, config.target, 20000, vrng)
         val_set = [vsampler.sample(vrng) for _ in range(config.val_patches)]
         val_set = [((im - lo) * scale, t) for im, t in val_set]
 
@@ -399,7 +399,7 @@ def train(intensity: Any, labels: Any, *, config: TrainConfig | None = None) -> 
     # algorithms (torch.use_deterministic_algorithms would also import torch._inductor).
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
-        model = UNet(dim=config.dim, n_classes=n_classes, depth=config.depth, base=config.base, norm=config.norm).to(device)
+        model = UNet(dim=config.dim, n_classes=n_classes, depth=config.depth, base=config.base, norm=config.norm).to(device)  # type: ignore[arg-type]
         optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.iterations, eta_min=config.lr * 0.05)
         history: list[dict[str, float]] = []
