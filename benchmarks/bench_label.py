@@ -22,6 +22,7 @@ import argparse
 import json
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -105,6 +106,7 @@ def run(size: tuple[int, int, int], *, chunks: int, workers: int, skip_dask_imag
                 "worker_rss_mb": sorted(rss.values()),
                 "note": "Zarr -> Zarr, distributed LocalCluster, workers read/write the chunks",
             }
+            _progress("volmla", result["volmla"])
             if dask_image_distributed and not skip_dask_image:
                 from dask_image.ndmeasure import label as di_label
 
@@ -119,9 +121,11 @@ def run(size: tuple[int, int, int], *, chunks: int, workers: int, skip_dask_imag
         t0 = time.perf_counter()
         ref, n_cc3d = cc3d.connected_components(mem, connectivity=26, return_N=True)
         result["cc3d"] = {"seconds": time.perf_counter() - t0, "count": int(n_cc3d)}
+        _progress("cc3d", result["cc3d"])
         t0 = time.perf_counter()
         sref, n_scipy = ndi.label(mem, np.ones((3, 3, 3), bool))
         result["scipy"] = {"seconds": time.perf_counter() - t0, "count": int(n_scipy)}
+        _progress("scipy", result["scipy"])
         got = open_volume(tmp / "labels.zarr").data.compute()
         result["volmla"]["equal_to_scipy"] = bool(np.array_equal(got, sref))
         del ref, got
@@ -132,7 +136,7 @@ def run(size: tuple[int, int, int], *, chunks: int, workers: int, skip_dask_imag
             with dask.config.set(scheduler="threads", num_workers=workers):
                 t0 = time.perf_counter()
                 lab, n = di_label(da.from_array(mem, chunks=chunks), structure=np.ones((3, 3, 3), bool))
-                lab = lab.compute()
+                lab, n = dask.compute(lab, n)  # one pass: the labels and their count together
                 result["dask_image_threads"] = {"seconds": time.perf_counter() - t0, "count": int(n)}
         else:
             result["dask_image_threads"] = {"skipped": "--skip-dask-image"}
@@ -150,6 +154,11 @@ def run(size: tuple[int, int, int], *, chunks: int, workers: int, skip_dask_imag
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _progress(name: str, record: dict) -> None:
+    """Partial results on stderr as they come (the full JSON goes to stdout at the end)."""
+    print(f"{name}: {json.dumps(record)}", file=sys.stderr, flush=True)
 
 
 def main() -> None:

@@ -72,8 +72,9 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict:
     result = {"size": args.size, "labelled_planes": planes}
 
     t0 = time.perf_counter()
-    config = TrainConfig(dim=3, depth=args.depth, base=args.base, patch=args.patch, batch=args.batch,
-                         iterations=args.iterations, lr=args.lr, val_fraction=0.0, val_every=25,
+    patch = tuple(args.patch) if len(args.patch) > 1 else args.patch[0]
+    config = TrainConfig(dim=3, depth=args.depth, base=args.base, norm=args.norm, patch=patch, batch=args.batch,
+                         iterations=args.iterations, lr=args.lr, gain=args.gain, val_fraction=0.0, val_every=25,
                          patience=1000, seed=args.seed, threads=args.threads, augment=True)
     trained = train(intensity, labels, config=config)
     train_s = time.perf_counter() - t0
@@ -83,8 +84,8 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict:
     pred = segment(intensity, model=work / "unet.onnx", device="cpu").phases.compute()
     unet_infer = time.perf_counter() - t0
     result["unet"] = {
-        "config": {"depth": args.depth, "base": args.base, "patch": args.patch, "batch": args.batch,
-                   "iterations": args.iterations, "lr": args.lr},
+        "config": {"depth": args.depth, "base": args.base, "norm": args.norm, "patch": args.patch, "batch": args.batch,
+                   "iterations": args.iterations, "lr": args.lr, "gain": args.gain},
         "train_s": round(train_s, 1), "infer_s": round(unet_infer, 2), "halo": trained.halo,
         "export_max_abs_diff": report.max_abs_diff, "export_argmax_agreement": report.argmax_agreement,
         **held_out_scores(pred, truth, planes, names),
@@ -203,22 +204,29 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="phantom edge (voxels)")
     parser.add_argument("--quick", action="store_true", help="small phantom, few iterations: proves the script works")
     parser.add_argument("--iterations", type=int, default=None)
-    parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--base", type=int, default=16)
-    parser.add_argument("--patch", type=int, default=48)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--base", type=int, default=8)
+    parser.add_argument("--norm", default="none", choices=["batch", "instance", "group", "none"])
+    parser.add_argument("--patch", type=int, nargs="+", default=[32, 96, 96], help="patch edge or z y x")
+    parser.add_argument("--gain", type=float, default=0.02, help="multiplicative gain augmentation (cupping)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip", nargs="*", default=[], choices=["accuracy", "cpu", "gpu"])
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "segment.json")
+    parser.add_argument("--accuracy-only", action="store_true", help="same as --skip cpu gpu")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("volmla.segment.train").setLevel(logging.INFO)
+    if args.accuracy_only:
+        args.skip = sorted({*args.skip, "cpu", "gpu"})
     if args.quick:
         args.size = min(args.size, 64)
     if args.iterations is None:
-        args.iterations = 40 if args.quick else 2000
-    record: dict = {"args": vars(args), "python": sys.version.split()[0]}
+        args.iterations = 40 if args.quick else 1200
+    record: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "python": sys.version.split()[0]}
     with tempfile.TemporaryDirectory(prefix="volmla-bench-seg-") as tmp:
         work = Path(tmp)
         if "accuracy" not in args.skip:
@@ -230,7 +238,7 @@ def main() -> None:
     record["peak_rss_mb"] = round(peak_rss_mb(), 1)
     text = json.dumps(record, indent=2, default=float)
     print(text)
-    out = Path(__file__).parent / "results" / "segment.json"
+    out = args.output
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
 

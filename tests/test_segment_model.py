@@ -13,7 +13,7 @@ from volmla.segment.model import UNet, receptive_halo, size_multiple  # noqa: E4
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-@pytest.mark.parametrize("norm", ["batch", "instance", "group"])
+@pytest.mark.parametrize("norm", ["batch", "instance", "group", "none"])
 def test_unet_shapes(dim: int, norm: str) -> None:
     net = UNet(dim=dim, n_classes=3, depth=3, base=4, norm=norm).eval()
     x = torch.zeros((2, 1, *([8] * dim)))
@@ -37,6 +37,19 @@ def test_receptive_halo_covers_the_gradient_support(depth: int) -> None:
         reach = max(reach, int((c - support.min(0).values).max()), int((support.max(0).values - c).max()))
     assert 0 < reach <= receptive_halo(depth)
     assert receptive_halo(depth) % size_multiple(depth) == 0
+
+
+def test_unnormalised_unet_tile_with_halo_matches_whole_volume() -> None:
+    torch.manual_seed(0)
+    net = UNet(dim=3, n_classes=3, depth=2, base=4, norm="none").eval()
+    x = torch.randn(1, 1, 32, 32, 32)
+    halo = receptive_halo(2)
+    with torch.no_grad():
+        whole = net(x)
+        tile = net(x[:, :, :, 4 : 4 + 12 + 2 * halo, 2 : 2 + 12 + 2 * halo])
+    assert whole.abs().mean() > 0
+    inner = tile[:, :, :, halo : halo + 12, halo : halo + 12]
+    assert torch.allclose(inner, whole[:, :, :, 4 + halo : 4 + halo + 12, 2 + halo : 2 + halo + 12], atol=1e-5)
 
 
 def test_unet_rejects_bad_options() -> None:

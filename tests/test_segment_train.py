@@ -107,3 +107,38 @@ def test_export_parity_and_metadata(tmp_path, trained) -> None:
     assert np.abs(got - ref).max() < 1e-4
     with pytest.raises(VolmlaError, match="exists"):
         export(tmp_path / "m.pt", tmp_path / "m.onnx")
+
+
+def test_sampler_keeps_the_labelled_plane_in_the_middle_half() -> None:
+    from volmla.segment.train import _Sampler
+
+    image, truth = toy((40, 24, 24))
+    labels = sparse(truth, (20,))
+    allowed = np.zeros(40, bool)
+    allowed[20] = True
+    rng = np.random.default_rng(0)
+    sampler = _Sampler(da.from_array(image, chunks=16), da.from_array(labels, chunks=16), [20], allowed,
+                       (16, 8, 8), "phases", 1000, rng)
+    for _ in range(20):
+        _, target = sampler.sample(rng)
+        rows = np.flatnonzero((target >= 0).any(axis=(1, 2)))
+        assert len(rows) == 1 and 4 <= rows[0] < 12
+
+
+def test_gain_is_validated() -> None:
+    image, truth = toy((8, 16, 16))
+    with pytest.raises(VolmlaError, match="gain"):
+        train(image, sparse(truth, (4,)), config=TrainConfig(iterations=1, gain=0.7, **FAST))
+
+
+def test_quick_train_3d_preset_uses_every_labelled_plane() -> None:
+    from volmla.segment.train import quick_train_3d
+
+    image, truth = toy((16, 32, 32))
+    result = quick_train_3d(image, sparse(truth, (3, 8, 12)), iterations=3, threads=1, patch=(8, 16, 16))
+    assert result.train_planes == (3, 8, 12) and result.val_planes == ()
+    assert result.config.norm == "none" and result.config.depth == 4 and result.halo == 56
+    x = torch.from_numpy((image[None, None, :8, :16, :16].astype(np.float32) - result.norm[0])
+                          / (result.norm[1] - result.norm[0]))
+    with torch.no_grad():
+        assert torch.isfinite(result.model(x)).all()

@@ -15,12 +15,15 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import click
 import typer
 
 from volmla.errors import VolmlaError
+
+if TYPE_CHECKING:
+    from volmla.backend import Device
 
 app = typer.Typer(
     name="volmla",
@@ -37,7 +40,7 @@ class _Globals:
     scheduler: str | None = None
     workers: int | None = None
     gpus: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     quiet: bool = False
 
 
@@ -57,7 +60,8 @@ def _global_options(
 
     if device not in DEVICES:
         raise VolmlaError(f"--device must be one of {DEVICES}, got {device!r}")
-    STATE.scheduler, STATE.workers, STATE.gpus, STATE.device, STATE.quiet = scheduler, workers, gpus, device, quiet
+    STATE.scheduler, STATE.workers, STATE.gpus, STATE.quiet = scheduler, workers, gpus, quiet
+    STATE.device = cast("Device", device)  # checked against DEVICES above
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # distributed installs its own INFO handlers at import; keep the scheduler quiet too.
@@ -78,7 +82,7 @@ def running() -> Iterator[Any]:
             yield client
 
 
-def device() -> str:
+def device() -> Literal["cpu", "gpu"]:
     """The resolved ``--device`` (``cpu`` or ``gpu``)."""
     from volmla.backend import resolve_device
 
@@ -389,7 +393,7 @@ def train_command(
     dim: Annotated[int, typer.Option("--dim", help="2 (slice-wise) or 3.")] = 3,
     depth: Annotated[int, typer.Option("--depth", help="U-Net resolution levels (1..5).")] = 3,
     base: Annotated[int, typer.Option("--base", help="Channels of the first level.")] = 8,
-    norm: Annotated[str, typer.Option("--norm", help="batch | instance | group.")] = "batch",
+    norm: Annotated[str, typer.Option("--norm", help="batch | instance | group | none.")] = "batch",
     patch: Annotated[int, typer.Option("--patch", help="Patch edge in voxels.")] = 32,
     batch: Annotated[int, typer.Option("--batch", help="Patches per step.")] = 4,
     iterations: Annotated[int, typer.Option("--iterations", "--epochs", help="Maximum optimisation steps.")] = 500,
@@ -733,7 +737,8 @@ def correlate_register(
     if out.exists() and not overwrite:
         raise VolmlaError(f"output {out} exists: pass --overwrite to replace it")
     phases, size, names = co.read_phase_map(map_path, pixel_size_um=pixel_size)
-    image, origin = phases, (0.0, 0.0)
+    image = phases
+    origin: tuple[float, ...] = (0.0, 0.0)
     if map_path.suffix.lower() == ".npz":
         with np.load(map_path, allow_pickle=False) as npz:
             origin = tuple(float(v) for v in npz["origin_um"]) if "origin_um" in npz.files else origin
@@ -787,9 +792,10 @@ def correlate_labels(
                               f"--ct has shape {tuple(volume.shape)}")
         if not record.get("ok", False):
             typer.echo(f"warning: {path.name} is a poor registration: {'; '.join(record.get('warnings', []))}", err=True)
-        tilt = tuple(float(t) for t in record.get("tilt_deg", (0.0, 0.0)))
-        planes.append(co.LabelPlane(record["axis"], int(record["index"]), plane, tilt,  # type: ignore[arg-type]
-                                    tuple(float(v) for v in volume.attrs.get("voxel_size_um", (1.0, 1.0, 1.0)))))
+        tilt = cast(tuple[float, float], tuple(float(t) for t in record.get("tilt_deg", (0.0, 0.0))))
+        voxel = cast(tuple[float, float, float],
+                     tuple(float(v) for v in volume.attrs.get("voxel_size_um", (1.0, 1.0, 1.0))))
+        planes.append(co.LabelPlane(record["axis"], int(record["index"]), plane, tilt, voxel))
         names.update({int(k): v for k, v in record.get("phases", {}).items()})
     labels = co.labels_volume(volume, planes, erode=erode, phases=names or None)
     with running():

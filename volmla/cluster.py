@@ -224,7 +224,7 @@ def _threaded_with_progress(tasks: list[Any], desc: str) -> list[Any]:
     with Progress(console=_stderr_console(), transient=True) as bar:
         job = bar.add_task(desc, total=None)
 
-        class _Rich(Callback):  # type: ignore[misc]
+        class _Rich(Callback):
             def _start_state(self, dsk: Any, state: Any) -> None:
                 bar.update(job, total=len(state["ready"]) + len(state["waiting"]) + len(state["running"]))
 

@@ -26,7 +26,7 @@ import logging
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import dask
 import dask.array as da
@@ -81,18 +81,19 @@ def normalise_voxel_size(voxel_size: float | Sequence[float] | None) -> tuple[fl
     """
     if voxel_size is None:
         raise VolmlaError("voxel size is missing: give --voxel-size UM (micrometres)")
-    values = [voxel_size] if np.isscalar(voxel_size) else list(voxel_size)  # type: ignore[list-item]
+    values: list[Any] = [voxel_size] if np.isscalar(voxel_size) else list(cast(Sequence[float], voxel_size))
     if len(values) == 1:
         values = values * 3
     if len(values) != 3:
         raise VolmlaError(f"voxel size must be one number or three (z, y, x), got {values}")
     try:
-        out = tuple(float(v) for v in values)
+        z, y, x = (float(v) for v in values)
     except (TypeError, ValueError):
         raise VolmlaError(f"voxel size must be numbers, got {values}") from None
+    out = (z, y, x)
     if not all(np.isfinite(v) and v > 0 for v in out):
         raise VolmlaError(f"voxel size must be positive micrometres, got {list(out)}")
-    return out  # type: ignore[return-value]
+    return out
 
 
 def default_chunks(
@@ -416,7 +417,7 @@ def write_volume(
             level_data = _coarsen(da.from_zarr(zarr.open_array(store=str(path / str(level - 1)), mode="r")), kind)
         _store_level(level_data, path, level)
     group = zarr.open_group(store=str(path), mode="r+")
-    block = dict(group.attrs[_ATTR])
+    block = dict(cast(Mapping[str, Any], group.attrs[_ATTR]))
     block["complete"] = True
     group.attrs[_ATTR] = block
     shutil.rmtree(path / _DONE_DIR, ignore_errors=True)

@@ -46,13 +46,14 @@ import functools
 import logging
 import math
 import operator
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.typing import DaskCollection
 
 from volmla.errors import VolmlaError
 
@@ -77,7 +78,7 @@ class Labels(NamedTuple):
     """Labelled volume: ``labels`` (lazy Dask, 0 = background, ids ``1..count``) and ``count``."""
 
     labels: da.Array
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count; public field name
 
 
 # --------------------------------------------------------------------------- validation
@@ -145,7 +146,8 @@ def local_labels(
         if np.issubdtype(block.dtype, np.integer):
             import fastremap
 
-            lo, hi = fastremap.minmax(block)
+            # block.size > 0, so minmax returns numbers, never None.
+            lo, hi = cast(tuple[float, float], fastremap.minmax(block))
             bad = lo < 0 or hi > 1
         else:
             bad = bool(((block != 0) & (block != 1)).any())
@@ -161,7 +163,7 @@ def local_labels(
         # union-find for 26-connected binary lines such as (3, 1, 1) [1, 0, 1].
         connectivity = 6
     labels, n = cc3d.connected_components(
-        block, connectivity=connectivity, return_N=True, binary_image=not multilabel
+        block, connectivity=cast(Connectivity, connectivity), return_N=True, binary_image=not multilabel
     )
     return labels, int(n)
 
@@ -227,7 +229,7 @@ def _scan_block(
 
 
 def _plane(labels: np.ndarray, values: np.ndarray | None, axis: int, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-    take = [slice(None)] * 3
+    take: list[slice | int] = [slice(None)] * 3
     take[axis] = index
     lab = np.ascontiguousarray(labels[tuple(take)])
     val = None if values is None else np.ascontiguousarray(values[tuple(take)])
@@ -468,7 +470,7 @@ def label(
                 if (s1, s2) != (0, 0) and all(0 <= nb[a] < grid[a] for a in range(3)):
                     rim_keys.append((part, *nb, 3 + 3 * axis))
                     rim_slots.append(((s1, s2), flat[tuple(nb)] * stride))
-            kernel = functools.partial(
+            pair_kernel = functools.partial(
                 _face_pairs,
                 offset_low=flat[idx] * stride,
                 offset_high=flat[b] * stride,
@@ -476,11 +478,11 @@ def label(
                 connectivity=connectivity,
             )
             key = (pairs_name, *idx, axis)
-            dsk[key] = (kernel, (part, *idx, 1 + 3 * axis), (part, *b, 2 + 3 * axis), rim_keys)
+            dsk[key] = (pair_kernel, (part, *idx, 1 + 3 * axis), (part, *b, 2 + 3 * axis), rim_keys)
             pair_keys.append(key)
     collect = f"volmla-label-collect-{token}"
     dsk[collect] = (tuple, [[(part, *idx, 0) for idx in order], pair_keys])
-    graph = HighLevelGraph.from_collections(collect, dsk, dependencies=[data])
+    graph = HighLevelGraph.from_collections(collect, dsk, dependencies=[cast(DaskCollection, data)])
     ((summaries, pair_lists),) = compute([Delayed(collect, graph)], desc="labelling: blocks and faces")
     counts = np.array([s[0] for s in summaries], np.int64)
     keys = np.concatenate([s[1] for s in summaries]) if summaries else np.zeros(0, np.uint64)
@@ -504,6 +506,6 @@ def label(
         lut = np.zeros(n + 1, out_dtype)
         lut[1:] = final[base[f] : base[f] + n]
         dsk[(name, *idx)] = (_relabel_block, (data.name, *idx), lut, connectivity, multilabel)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[data])
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[cast(DaskCollection, data)])
     labels = da.Array(graph, name, chunks=data.chunks, dtype=out_dtype, meta=np.empty((0, 0, 0), out_dtype))
     return Labels(labels, count)

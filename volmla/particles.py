@@ -43,13 +43,14 @@ import functools
 import logging
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+from dask.typing import DaskCollection
 
 from volmla.errors import VolmlaError
 from volmla.label import Labels, check_connectivity, label
@@ -102,8 +103,8 @@ def _map_reduce(data: da.Array, block_fn: Callable[[np.ndarray], Any], desc: str
         dsk[(name, *idx)] = (block_fn, (data.name, *idx))
         keys.append((name, *idx))
     dsk[collect] = (list, keys)
-    graph = HighLevelGraph.from_collections(collect, dsk, dependencies=[data])
-    return compute([Delayed(collect, graph)], desc=desc)[0]  # type: ignore[no-any-return]
+    graph = HighLevelGraph.from_collections(collect, dsk, dependencies=[cast(DaskCollection, data)])
+    return compute([Delayed(collect, graph)], desc=desc)[0]
 
 
 def _block_hist(block: np.ndarray, *, offset: int, length: int) -> np.ndarray:
@@ -226,8 +227,8 @@ def fill_holes(solid: Any) -> da.Array:
     border = np.unique(np.concatenate([np.unique(p) for p in planes]))
     border = border[border > 0]
     logger.info("%d background components, %d reach the border", background.count, len(border))
-    holes = background.labels.map_blocks(
-        _drop_ids, border, keep=False, dtype=bool, meta=np.empty((0, 0, 0), bool)
+    holes = da.map_blocks(
+        _drop_ids, background.labels, border, keep=False, dtype=bool, meta=np.empty((0, 0, 0), bool)
     )
     return mask | holes
 
@@ -270,8 +271,8 @@ def remove_small(solid: Any, *, min_size: int, connectivity: int = 26) -> da.Arr
     big = np.flatnonzero(sizes[1:] >= min_size) + 1
     logger.info("dust: %d of %d components below %d voxels", len(small), components.count, min_size)
     keep, ids = (True, big) if len(big) < len(small) else (False, small)
-    return components.labels.map_blocks(
-        _drop_ids, ids.astype(components.labels.dtype), keep=keep, dtype=bool,
+    return da.map_blocks(
+        _drop_ids, components.labels, ids.astype(components.labels.dtype), keep=keep, dtype=bool,
         meta=np.empty((0, 0, 0), bool),
     )
 

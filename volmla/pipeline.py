@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from volmla.backend import Device
 from volmla.errors import VolmlaError
 from volmla.io import job_fingerprint, open_volume, write_volume
 
@@ -70,7 +71,7 @@ def _stage(
 # ----------------------------------------------------------------------------- run
 
 
-def run(config: Mapping[str, Any] | str | Path, *, overwrite: bool = False, device: str = "auto",
+def run(config: Mapping[str, Any] | str | Path, *, overwrite: bool = False, device: Device = "auto",
         log: Log = _quiet) -> dict[str, Any]:
     """Run the stages a config describes (see :mod:`volmla.config`).
 
@@ -163,7 +164,7 @@ def _phase_names(seg: Mapping[str, Any]) -> dict[int, str] | None:
     return {i + 1: str(n) for i, n in enumerate(names)} if names else None
 
 
-def _segment(volume: xr.DataArray, seg: Mapping[str, Any], *, device: str, out: Path) -> Any:
+def _segment(volume: xr.DataArray, seg: Mapping[str, Any], *, device: Device, out: Path) -> Any:
     from volmla.segment import classical, infer
 
     method = seg["method"]
@@ -178,7 +179,7 @@ def _segment(volume: xr.DataArray, seg: Mapping[str, Any], *, device: str, out: 
             model = classical.save_random_forest(forest, seg.get("save_model", out / "random_forest.onnx"))
         return classical.random_forest_segment(volume, model=model)
     return infer.segment(volume, model=seg["model"], halo=seg.get("halo"), tile=seg.get("tile"),
-                         device=device).phases  # type: ignore[arg-type]
+                         device=device).phases
 
 
 def _particles_and_grains(
@@ -213,7 +214,7 @@ def demo(
     unet: bool = True,
     iterations: int = 300,
     overwrite: bool = False,
-    device: str = "auto",
+    device: Device = "auto",
     log: Log = _quiet,
 ) -> dict[str, Any]:
     """The whole pipeline on a generated phantom, checked against its ground truth.
@@ -344,7 +345,7 @@ def demo(
         summary["unet_export"] = {"max_abs_logit_diff": exported.max_abs_diff,
                                   "argmax_agreement": exported.argmax_agreement}
         with timed("unet inference"):
-            seg = infer.segment(pre, model=exported.path, device=device)  # type: ignore[arg-type]
+            seg = infer.segment(pre, model=exported.path, device=device)
             write_volume(seg.phases, out / "phases_unet.zarr", kind="phases", phases=names, voxel_size=voxel)
         candidates["unet3d"] = open_volume(out / "phases_unet.zarr")
     for name, pred in candidates.items():

@@ -1,7 +1,8 @@
 """The U-Net (2-D slice-wise or 3-D) that volmla trains, exports and runs (needs torch).
 
 1. An encoder of ``depth`` resolution levels, each two 3x3(x3) convolutions with
-   normalisation (``batch`` | ``instance`` | ``group``) and ReLU, ``base * 2**level``
+   normalisation (``batch`` | ``instance`` | ``group`` | ``none``: biased convolutions,
+   He-initialised) and ReLU, ``base * 2**level``
    channels, levels joined by 2x max pooling;
 2. a decoder that upsamples by a stride-2 transposed convolution, concatenates the
    encoder's features of the same level and applies two convolutions again;
@@ -28,8 +29,8 @@ from volmla.errors import VolmlaError
 
 logger = logging.getLogger(__name__)
 
-Norm = Literal["batch", "instance", "group"]
-NORMS = ("batch", "instance", "group")
+Norm = Literal["batch", "instance", "group", "none"]
+NORMS = ("batch", "instance", "group", "none")
 
 __all__ = ["NORMS", "UNet", "receptive_halo", "size_multiple"]
 
@@ -61,6 +62,8 @@ def receptive_halo(depth: int) -> int:
 
 
 def _norm(kind: str, dim: int, channels: int) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
     if kind == "batch":
         return nn.BatchNorm3d(channels, momentum=0.3) if dim == 3 else nn.BatchNorm2d(channels, momentum=0.3)
     if kind == "instance":
@@ -72,14 +75,19 @@ def _norm(kind: str, dim: int, channels: int) -> nn.Module:
 class _DoubleConv(nn.Sequential):
     def __init__(self, dim: int, cin: int, cout: int, norm: str) -> None:
         conv = nn.Conv3d if dim == 3 else nn.Conv2d
+        bias = norm == "none"
         super().__init__(
-            conv(cin, cout, 3, padding=1, bias=False),
+            conv(cin, cout, 3, padding=1, bias=bias),
             _norm(norm, dim, cout),
             nn.ReLU(inplace=True),
-            conv(cout, cout, 3, padding=1, bias=False),
+            conv(cout, cout, 3, padding=1, bias=bias),
             _norm(norm, dim, cout),
             nn.ReLU(inplace=True),
         )
+        if bias:  # no normalisation: He initialisation keeps the activations' scale through depth
+            for layer in (self[0], self[3]):
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
 
 
 class UNet(nn.Module):
@@ -96,7 +104,9 @@ class UNet(nn.Module):
     base
         Channels of the first level (doubled per level).
     norm
-        ``batch``, ``instance`` or ``group`` normalisation.
+        ``batch``, ``instance``, ``group`` or ``none`` (no normalisation: the output of a
+        tile is exactly the whole volume's, and no batch statistic can differ between
+        training and inference).
     in_channels
         Input channels (1 for a CT volume).
 
