@@ -131,14 +131,14 @@ def test_gain_is_validated() -> None:
         train(image, sparse(truth, (4,)), config=TrainConfig(iterations=1, gain=0.7, **FAST))
 
 
-def test_quick_train_3d_preset_uses_every_labelled_plane() -> None:
+def test_quick_train_3d_preset() -> None:
     from volmla.segment.train import quick_train_3d
 
     image, truth = toy((16, 32, 32))
-    result = quick_train_3d(image, sparse(truth, (3, 8, 12)), iterations=3, threads=1, patch=(8, 16, 16))
-    assert result.train_planes == (3, 8, 12) and result.val_planes == ()
-    assert result.config.norm == "none" and result.config.depth == 4 and result.halo == 56
+    result = quick_train_3d(image, sparse(truth, (3, 8, 12)), iterations=3, threads=1, patch=(8, 16, 16), gain=0.05)
+    assert result.train_planes == (3, 8) and result.val_planes == (12,)
+    assert result.config.depth == 3 and result.config.gain == 0.05 and result.halo == 28
     x = torch.from_numpy((image[None, None, :8, :16, :16].astype(np.float32) - result.norm[0])
-                          / (result.norm[1] - result.norm[0]))
+                         / (result.norm[1] - result.norm[0]))
     with torch.no_grad():
         assert torch.isfinite(result.model(x)).all()
