@@ -85,9 +85,11 @@ class _DoubleConv(nn.Sequential):
             nn.ReLU(inplace=True),
         )
         if bias:  # no normalisation: He initialisation keeps the activations' scale through depth
-            for layer in (self[0], self[3]):
-                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-                nn.init.zeros_(layer.bias)
+            for layer in self:
+                if isinstance(layer, nn.Conv2d | nn.Conv3d):
+                    nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                    if layer.bias is not None:
+                        nn.init.zeros_(layer.bias)
 
 
 class UNet(nn.Module):
