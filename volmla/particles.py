@@ -107,23 +107,14 @@ def _map_reduce(data: da.Array, block_fn: Callable[[np.ndarray], Any], desc: str
     return compute([Delayed(collect, graph)], desc=desc)[0]
 
 
-def _block_hist(block: np.ndarray, *, offset: int, length: int) -> np.ndarray:
-    return np.bincount((np.asarray(block).ravel().astype(np.int64) + offset), minlength=length)
-
-
-def _block_hist_float(block: np.ndarray, *, lo: float, hi: float) -> np.ndarray:
-    counts, _ = np.histogram(np.asarray(block, np.float64), bins=HIST_BINS, range=(lo, hi))
-    return counts
-
-
 # --------------------------------------------------------------------------- step 1
 
 
 def otsu_threshold(volume: Any) -> float:
-    """Otsu's threshold of a chunked volume from summed per-block histograms.
+    """Otsu's threshold of a chunked volume from its out-of-core histogram.
 
-    8/16-bit integers get one bin per value (exact); other dtypes 4096 bins between the
-    global minimum and maximum.
+    The histogram is :func:`volmla.preprocess.histogram`'s: one bin per value for integer
+    data (exact), ``HIST_BINS`` bins between the global minimum and maximum otherwise.
 
     Examples
     --------
@@ -134,25 +125,13 @@ def otsu_threshold(volume: Any) -> float:
     """
     from skimage.filters import threshold_otsu
 
+    from volmla.preprocess import histogram
+
     data = _as_dask(volume)
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
-    if np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2:
-        info = np.iinfo(data.dtype)
-        length = int(info.max) - int(info.min) + 1
-        fn = functools.partial(_block_hist, offset=-int(info.min), length=length)
-        counts = np.sum(_map_reduce(data, fn, "histogram"), axis=0)
-        centers = np.arange(length, dtype=np.float64) + int(info.min)
-    else:
-        from volmla.cluster import compute
-
-        lo, hi = (float(v) for v in compute([data.min(), data.max()], desc="value range"))
-        if hi <= lo:
-            hi = lo + 1.0
-        fn = functools.partial(_block_hist_float, lo=lo, hi=hi)
-        counts = np.sum(_map_reduce(data, fn, "histogram"), axis=0)
-        edges = np.linspace(lo, hi, HIST_BINS + 1)
-        centers = (edges[:-1] + edges[1:]) / 2
+    hist = histogram(data, bins=HIST_BINS)
+    counts, centers = hist.counts, hist.centers
     used = np.flatnonzero(counts)
     if len(used) < 2:
         raise VolmlaError("cannot threshold a constant volume: give --threshold VALUE")

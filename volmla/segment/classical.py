@@ -73,49 +73,28 @@ def _data(volume: Any) -> da.Array:
 # ----------------------------------------------------------------------------- histogram
 
 
-def _hist_block(block: np.ndarray, *, offset: int, nbins: int, lo: float, hi: float, integer: bool) -> np.ndarray:
-    if integer:
-        counts = np.bincount((block.astype(np.int64) - offset).ravel(), minlength=nbins)
-    else:
-        counts, _ = np.histogram(block, bins=nbins, range=(lo, hi))
-    return counts.astype(np.int64)[None, None, None]
-
-
 def histogram(volume: Any, *, bins: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-core intensity histogram: ``(counts, edges)``.
+    """Out-of-core intensity histogram as ``(counts, edges)``.
 
-    8/16-bit integer volumes get one bin per grey value; other dtypes ``bins`` bins over
-    the global range (one more reduction for min/max).
+    A view of :func:`volmla.preprocess.histogram` (one bin per grey value for integer
+    data, trimmed to the values present; ``bins`` bins over the global range otherwise).
 
     Examples
     --------
     >>> counts, edges = histogram(np.array([[[0, 1, 1, 3]]], np.uint8))
-    >>> counts.tolist(), edges[0]
+    >>> counts.tolist(), float(edges[0])
     ([1, 2, 0, 1], -0.5)
     """
-    from volmla.cluster import compute
+    from volmla.preprocess import histogram as global_histogram
 
-    data = _data(volume)
-    integer = np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2
-    if integer:
-        info = np.iinfo(data.dtype)
-        offset, nbins, lo, hi = int(info.min), int(info.max) - int(info.min) + 1, 0.0, 0.0
-    else:
-        lo, hi = (float(v) for v in compute([data.min(), data.max()], desc="intensity range"))
-        hi = hi if hi > lo else lo + 1.0
-        offset, nbins = 0, bins
-    parts = da.map_blocks(
-        _hist_block, data, offset=offset, nbins=nbins, lo=lo, hi=hi, integer=integer,
-        new_axis=3, chunks=tuple((1,) * len(c) for c in data.chunks) + ((nbins,),), dtype=np.int64,
-    )
-    (counts,) = compute([parts.sum(axis=(0, 1, 2))], desc="histogram")
-    counts = np.asarray(counts)
-    if integer:
-        edges = np.arange(nbins + 1, dtype=np.float64) + offset - 0.5
-        nz = np.flatnonzero(counts)
-        first, last = (int(nz[0]), int(nz[-1])) if len(nz) else (0, 0)
-        return counts[first : last + 1], edges[first : last + 2]
-    return counts, np.linspace(lo, hi, nbins + 1)
+    hist = global_histogram(_data(volume), bins=bins)
+    edges = hist.first + np.arange(len(hist.counts) + 1, dtype=np.float64) * hist.width
+    if not hist.exact:
+        return hist.counts, edges
+    edges -= 0.5
+    nz = np.flatnonzero(hist.counts)
+    first, last = (int(nz[0]), int(nz[-1])) if len(nz) else (0, 0)
+    return hist.counts[first : last + 1], edges[first : last + 2]
 
 
 def percentiles(counts: np.ndarray, edges: np.ndarray, q: Sequence[float]) -> tuple[float, ...]:
