@@ -169,3 +169,19 @@ def test_cli_particles_and_grains(tmp_path, capsys):
     small = write_volume(phases[:, :, :-2], tmp_path / "small.zarr", voxel_size=2.0, kind="phases", chunks=10)
     assert main(["--quiet", "--workers", "1", "grains", "--particles", str(out), "--phases", str(small), "-o", str(tmp_path / "g3.zarr")]) == 2
     assert "same shape" in capsys.readouterr().err
+
+
+def test_scratch_store_gives_the_same_particles(tmp_path) -> None:
+    """Storing the watershed keys once (two labelling passes read them) changes nothing."""
+    import dask.array as da
+
+    from volmla.particles import particles
+
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    balls = ((zz - 20) ** 2 + (yy - 14) ** 2 + (xx - 20) ** 2 <= 64) | ((zz - 20) ** 2 + (yy - 27) ** 2 + (xx - 20) ** 2 <= 64)
+    vol = da.from_array(balls.astype(np.uint8) * 200, chunks=16)
+    plain = particles(vol, threshold=100, max_radius=10)
+    stored = particles(vol, threshold=100, max_radius=10, scratch=tmp_path)
+    assert plain.count == stored.count == 2
+    np.testing.assert_array_equal(np.asarray(plain.labels), np.asarray(stored.labels))
+    assert (tmp_path / "split-keys.zarr").exists()

@@ -341,8 +341,11 @@ def particles_command(
                "h": h, "max_radius": max_radius, "connectivity": connectivity}
     job = {"command": "particles", "input": str(input_path.resolve()), **options}
     check_output(output, overwrite=overwrite, job=job)
-    with running():
-        result = particles(vol, **options)  # type: ignore[arg-type]
+    import tempfile
+
+    output.resolve().parent.mkdir(parents=True, exist_ok=True)
+    with running(), tempfile.TemporaryDirectory(prefix=f".{output.name}-", dir=output.resolve().parent) as scratch:
+        result = particles(vol, scratch=scratch, **options)  # type: ignore[arg-type]
         _write_labels(vol, result, output, overwrite=overwrite, job=job, step={"step": "particles", **options})
 
 

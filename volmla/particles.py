@@ -43,6 +43,7 @@ import functools
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal, cast
 
 import dask.array as da
@@ -481,6 +482,7 @@ def particles(
     h: float = 2.0,
     max_radius: float = 24.0,
     connectivity: Literal[6, 18, 26] = 26,
+    scratch: str | Path | None = None,
 ) -> Labels:
     """Label the particles of a volume: threshold, fill pores, drop dust, split, relabel.
 
@@ -506,6 +508,10 @@ def particles(
         (:func:`split_halo`).
     connectivity
         6, 18 or 26, for components and the watershed.
+    scratch
+        A folder (on storage every worker reaches) where the watershed keys are stored
+        once, so the two labelling passes read them instead of recomputing the split.
+        The caller removes it once the labels are written. None: recompute.
 
     Returns
     -------
@@ -527,7 +533,22 @@ def particles(
     if not split:
         return label(solid, connectivity=connectivity)
     keys = split_touching(solid, h=h, max_radius=max_radius, connectivity=connectivity)
+    if scratch is not None:
+        keys = _stored(keys, Path(scratch) / "split-keys.zarr")
     return label(keys, connectivity=connectivity, multilabel=True)
+
+
+def _stored(data: da.Array, path: Path) -> da.Array:
+    """Write ``data`` to a scratch Zarr array once and read it back lazily.
+
+    :func:`~volmla.label.label` makes two passes over its input (scan, then relabel);
+    storing the watershed keys first means the distance map and watershed run once.
+    """
+    from volmla.cluster import compute
+
+    data = data.rechunk(data.chunksize)
+    compute([data.to_zarr(str(path), overwrite=True, compute=False)], desc="storing split keys")
+    return da.from_zarr(str(path))
 
 
 def grains(particles: Any, phases: Any, *, connectivity: Literal[6, 18, 26] = 26) -> Labels:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -190,9 +191,10 @@ def _particles_and_grains(
 
     opts = {"threshold": None, **options}
     log("particles")
-    particles = _stage(out / "particles.zarr", {"stage": "particles", "input": phases.attrs["path"], **opts},
-                       lambda: particle_labels(phases, **opts).labels, log=log, overwrite=overwrite,
-                       kind="labels", voxel_size=phases.attrs["voxel_size_um"])
+    with tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
+        particles = _stage(out / "particles.zarr", {"stage": "particles", "input": phases.attrs["path"], **opts},
+                           lambda: particle_labels(phases, scratch=scratch, **opts).labels, log=log,
+                           overwrite=overwrite, kind="labels", voxel_size=phases.attrs["voxel_size_um"])
     if not with_grains:
         return particles, None
     log("grains")
@@ -363,8 +365,9 @@ def demo(
     from volmla.particles import grains as grain_labels
     from volmla.particles import particles as particle_labels
 
-    with timed("particles"):
-        found = particle_labels(phases, threshold=None, min_size=20, split=True, h=2.0, max_radius=16)
+    with timed("particles"), tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
+        found = particle_labels(phases, threshold=None, min_size=20, split=True, h=2.0, max_radius=16,
+                                scratch=scratch)
         write_volume(found.labels, out / "particles.zarr", kind="labels", voxel_size=voxel)
     with timed("grains"):
         write_volume(grain_labels(open_volume(out / "particles.zarr"), phases).labels, out / "grains.zarr",
