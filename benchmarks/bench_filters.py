@@ -7,9 +7,12 @@ Measures, in one run on one machine:
    kernel, where no 3-D peer exists) on the whole array in memory;
 2. the engine's overhead for ``gaussian`` on one worker (target <= 15 %);
 3. the speed-up from one to two workers for ``gaussian`` (target >= 1.6x);
-4. the peak RSS of every worker process (``getrusage`` inside the workers, reset by a
+4. what the storage costs on its own: reading the input and encoding + writing the
+   output chunks (Blosc-zstd, bit shuffle, the default), timed in this process on the
+   same data, which the in-memory call does not pay;
+5. the peak RSS of every worker process (``getrusage`` inside the workers, reset by a
    worker restart before each run);
-5. GPU (CuPy) against CPU for ``gaussian`` and ``median`` when a GPU works here.
+6. GPU (CuPy) against CPU for ``gaussian`` and ``median`` when a GPU works here.
 
 Run ``python benchmarks/bench_filters.py --size 512`` for the full measurement,
 ``--quick`` (64^3, two filters) to check it works. Results go to stdout and
@@ -121,9 +124,9 @@ def main() -> None:
     names = args.filters.split(",") if args.filters else (["gaussian", "median"] if args.quick else list(FILTERS))
 
     import zarr
-    from distributed import Client, LocalCluster
 
     from volmla.backend import gpu_available
+    from volmla.cluster import cluster
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_filters_"))
     src, dst = tmp / "in.zarr", tmp / "out.zarr"
@@ -134,8 +137,7 @@ def main() -> None:
     try:
         _make_input(src, size, chunks)
         whole = np.asarray(zarr.open_array(store=str(src / "0"), mode="r")[...])
-        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as one, \
-                Client(one) as client:
+        with cluster(workers=1, dashboard=False) as client:
             for name in names:
                 label, thunk = _peer(name, whole)
                 start = time.perf_counter()
@@ -148,12 +150,14 @@ def main() -> None:
                     "in_memory": {"call": label, "seconds": in_memory, "mvox_per_s": whole.size / 1e6 / in_memory},
                     "engine_over_in_memory": engine["seconds"] / in_memory,
                 }
+        results["storage"] = _storage_cost(whole, src, tmp / "codec.zarr", chunks)
         if "gaussian" in results["filters"]:
             g = results["filters"]["gaussian"]
+            io_s = results["storage"]["read_input_s"] + results["storage"]["write_float32_output_s"]
+            g["overhead_1_worker_without_storage"] = (g["engine_1_worker"]["seconds"] - io_s) / g["in_memory"]["seconds"] - 1
             g["overhead_1_worker"] = g["engine_over_in_memory"] - 1.0
             g["overhead_target"] = 0.15
-            with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as two, \
-                    Client(two) as client:
+            with cluster(workers=2, dashboard=False) as client:
                 g["engine_2_workers"] = _engine_run(client, src, dst, FILTERS["gaussian"])
             g["speedup_2_over_1_workers"] = g["engine_1_worker"]["seconds"] / g["engine_2_workers"]["seconds"]
             g["speedup_target"] = 1.6
@@ -164,6 +168,23 @@ def main() -> None:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
+
+
+def _storage_cost(whole: np.ndarray, src: Path, dst: Path, chunks: int) -> dict[str, float]:
+    """Seconds to read the input volume and to write a float32 volume of its shape, chunked."""
+    import dask
+    import zarr
+
+    from volmla.io import write_volume
+
+    start = time.perf_counter()
+    zarr.open_array(store=str(src / "0"), mode="r")[...]
+    read_s = time.perf_counter() - start
+    out = whole.astype(np.float32)
+    start = time.perf_counter()
+    with dask.config.set(scheduler="synchronous"):
+        write_volume(out, dst, voxel_size=1.0, chunks=chunks, overwrite=True)
+    return {"read_input_s": read_s, "write_float32_output_s": time.perf_counter() - start}
 
 
 def _gpu_vs_cpu(whole: np.ndarray, src: Path, dst: Path) -> dict[str, Any]:

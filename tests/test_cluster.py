@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -88,3 +89,12 @@ def test_bad_cluster_arguments():
     with pytest.raises(VolmlaError, match="gpus must be 0 or more, got -1"):
         with vc.cluster(gpus=-1):
             pass
+
+
+def test_embedded_workers_keep_glibcs_dynamic_mmap_threshold():
+    # MALLOC_TRIM_THRESHOLD_ would make every large block allocation fault its pages again
+    with vc.cluster(workers=1, dashboard=False) as client:
+        seen = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        threads = client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
+    assert list(seen.values()) == [None]
+    assert list(threads.values()) == ["1"]  # the rest of Dask's worker environment stays

@@ -10,7 +10,11 @@
    them), so no block ever reads a halo from beyond its neighbour;
 4. the kernel runs on the extended block, on NumPy or, with ``device="gpu"``, on CuPy
    (moved there and back per block), and the halo is trimmed before anything is
-   written.
+   written. A kernel that can do better than compute the halo and throw it away (a
+   separable filter trims each axis as soon as that axis is filtered: at 256^3 blocks
+   and a halo of 6 that is 10 % extra work instead of 15 %) says so with
+   ``crops=True``: it is handed the extended block and ``halo=(hz, hy, hx)`` and
+   returns the block proper.
 
 Because each output voxel sees exactly the same input values as in the in-memory call,
 the result is bit-identical to running the kernel on the whole array, whatever the
@@ -76,6 +80,7 @@ def halo_map(
     cval: float = 0.0,
     dtype: Any = None,
     device: Literal["cpu", "gpu"] = "cpu",
+    crops: bool = False,
     **kernel_kwargs: Any,
 ) -> da.Array:
     """Apply ``kernel`` to every block of ``array`` with a halo, lazily.
@@ -100,6 +105,10 @@ def halo_map(
     device
         ``"gpu"`` runs the kernel on CuPy blocks (moved per block); blocks come back
         as NumPy either way.
+    crops
+        The kernel trims the halo itself: it is called as
+        ``kernel(extended_block, halo=(hz, hy, hx), **kernel_kwargs)`` and returns the
+        block without its halo.
     **kernel_kwargs
         Passed to ``kernel``.
 
@@ -133,8 +142,16 @@ def halo_map(
         array = da.pad(array, [(h, h) for h in flat], mode=pad_mode, **extra)
         array = array.rechunk({axis: -1 for axis, h in enumerate(flat) if h})
         depth = tuple(0 if f else h for h, f in zip(depth, flat, strict=True))  # type: ignore[assignment]
+    if crops:
+        kernel_kwargs["halo"] = depth
     if not any(depth):
         out = da.map_blocks(run, array, dtype=out_dtype, meta=np.empty((0, 0, 0), out_dtype), **kernel_kwargs)
+    elif crops:
+        # dask merges chunks thinner than the halo, so the blocks proper are the
+        # extended chunks less the halo on both sides
+        ext = da.overlap.overlap(array, depth=dict(enumerate(depth)), boundary=_DASK_BOUNDARY.get(boundary, cval))
+        core = tuple(tuple(c - 2 * h for c in cs) for cs, h in zip(ext.chunks, depth, strict=True))
+        out = da.map_blocks(run, ext, chunks=core, dtype=out_dtype, meta=np.empty((0, 0, 0), out_dtype), **kernel_kwargs)
     else:
         out = da.map_overlap(
             run,

@@ -105,16 +105,29 @@ def gaussian_halo(*, sigma: float, truncate: float = 4.0) -> int:
     return int(truncate * sigma + 0.5)
 
 
-def gaussian_kernel(block: Any, *, sigma: float, truncate: float = 4.0) -> Any:
+def gaussian_kernel(block: Any, *, sigma: float, truncate: float = 4.0, halo: Sequence[int] = (0, 0, 0)) -> Any:
     """Gaussian smoothing of one block (``scipy``/``cupyx`` ``gaussian_filter``, reflect).
+
+    The filter is separable: like ``gaussian_filter`` it runs ``gaussian_filter1d``
+    along z, y, x in turn into a float buffer. ``halo`` voxels are cropped from both
+    sides of each axis as soon as that axis is filtered, so later passes skip them
+    (the values kept are exactly those of the whole-block call, cropped).
 
     Examples
     --------
     >>> gaussian_kernel(np.ones((3, 3, 3), np.uint16), sigma=1.0).dtype
     dtype('float32')
+    >>> gaussian_kernel(np.ones((9, 9, 9), np.uint16), sigma=1.0, halo=(2, 2, 2)).shape
+    (5, 5, 5)
     """
     ndi = ndimage_module(get_array_module(block))
-    return ndi.gaussian_filter(block, sigma, truncate=truncate, mode="reflect", output=_float_dtype(block.dtype))
+    out = block
+    for axis, h in enumerate(halo):
+        out = ndi.gaussian_filter1d(out, sigma, axis=axis, truncate=truncate, mode="reflect",
+                                    output=_float_dtype(block.dtype))
+        if h:
+            out = out[(slice(None),) * axis + (slice(h, out.shape[axis] - h),)]
+    return out
 
 
 def median_halo(*, size: int) -> int:
@@ -363,12 +376,13 @@ def _device(device: str) -> Literal["cpu", "gpu"]:
 
 
 def _halo_step(volume: Volume, kernel: Callable[..., Any], halo: int, dtype: Any, device: str,
-               record: dict[str, Any], **kwargs: Any) -> Volume:
+               record: dict[str, Any], *, crops: bool = False, **kwargs: Any) -> Volume:
     from volmla.cluster import gpu_annotation
 
     dev = _device(device)
     with gpu_annotation(dev):
-        out = halo_map(_data(volume), kernel, halo=halo, boundary="reflect", dtype=dtype, device=dev, **kwargs)
+        out = halo_map(_data(volume), kernel, halo=halo, boundary="reflect", dtype=dtype, device=dev, crops=crops,
+                       **kwargs)
     return _like(volume, out, record)
 
 
@@ -635,7 +649,7 @@ def gaussian(volume: Volume, *, sigma: float = 1.0, truncate: float = 4.0, devic
     p = _validate("gaussian", dict(sigma=sigma, truncate=truncate))
     data = _data(volume)
     return _halo_step(volume, gaussian_kernel, gaussian_halo(**p), _float_dtype(data.dtype), device,
-                      {"step": "gaussian", **p}, **p)
+                      {"step": "gaussian", **p}, crops=True, **p)
 
 
 def median(volume: Volume, *, size: int = 3, device: str = "cpu") -> Volume:
@@ -875,25 +889,125 @@ def radial_profile(
     return RadialProfile(sums.astype(np.float64) / scale, counts, r2, c)
 
 
+_BH_BINS = 1024
+"""Intensity bins of beam-hardening's joint (radius, intensity) histogram."""
+_BH_ITERATIONS = 20
+_BIMODAL = 0.8
+
+
+def _radial_hist_block(
+    block: np.ndarray,
+    *,
+    origin: Sequence[int],
+    center: Sequence[float],
+    nbins: int,
+    lo: float,
+    width: float,
+    vbins: int,
+) -> np.ndarray:
+    """Joint histogram (integer radius x intensity bin) of one block, flattened."""
+    rbin = _plane_rbin(block.shape, origin, center)
+    v = np.floor((block.astype(np.float64) - lo) / width).astype(np.int64)
+    np.clip(v, 0, vbins - 1, out=v)
+    return np.bincount((rbin[None] * vbins + v).ravel(), minlength=nbins * vbins)
+
+
+def _ring_r2(ny: int, nx: int, center: Sequence[float], nbins: int) -> np.ndarray:
+    """Mean squared radius of the plane's pixels in each integer-radius bin (NaN where empty)."""
+    sums, counts = np.zeros(nbins), np.zeros(nbins)
+    step = max(1, 2**20 // max(nx, 1))
+    for y0 in range(0, ny, step):
+        rows = min(step, ny - y0)
+        r2 = _plane_r2((1, rows, nx), (0, y0, 0), center).ravel()
+        k = np.sqrt(r2).astype(np.int64)
+        sums += np.bincount(k, weights=r2, minlength=nbins)
+        counts += np.bincount(k, minlength=nbins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _window_medians(table: np.ndarray, edges: np.ndarray, low: np.ndarray, high: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-radius median and count of the binned values inside ``(low[k], high[k]]``.
+
+    Counts are spread uniformly within a bin, so a window edge may cut a bin.
+    """
+    medians, counts = np.full(len(table), np.nan), np.zeros(len(table))
+    for k, h in enumerate(table):
+        left, right = np.clip(edges[:-1], low[k], high[k]), np.clip(edges[1:], low[k], high[k])
+        inside = h * (right - left) / (edges[1:] - edges[:-1])
+        n = float(inside.sum())
+        counts[k] = n
+        if n <= 0:
+            continue
+        cum = np.cumsum(inside)
+        j = int(np.searchsorted(cum, 0.5 * n))
+        before = cum[j - 1] if j else 0.0
+        medians[k] = left[j] + (0.5 * n - before) / inside[j] * (right[j] - left[j])
+    return medians, counts
+
+
+def _bright_split(hist: Histogram, threshold: float) -> float | None:
+    """Otsu split of the values above ``threshold`` when they form two clear modes, the upper the smaller.
+
+    Otsu's separability (between-class over total variance) is at most 3/4 for a unimodal
+    distribution (a uniform one reaches it); above ``_BIMODAL`` the split is taken to
+    separate a dominant phase from a brighter, less abundant one.
+    """
+    centers = hist.centers
+    keep = (centers > threshold) & (hist.counts > 0)
+    if int(keep.sum()) < 2:
+        return None
+    v, c = centers[keep], hist.counts[keep].astype(np.float64)
+    split = _otsu(Histogram(np.where(keep, hist.counts, 0), hist.first, hist.width, hist.exact))
+    below = v <= split
+    n0, n1 = c[below].sum(), c[~below].sum()
+    if n0 <= 0 or n1 <= 0 or n1 >= n0:
+        return None
+    mean = (c * v).sum() / c.sum()
+    total = (c * (v - mean) ** 2).sum() / c.sum()
+    m0, m1 = (c[below] * v[below]).sum() / n0, (c[~below] * v[~below]).sum() / n1
+    between = n0 * n1 / c.sum() ** 2 * (m0 - m1) ** 2
+    return split if total > 0 and between / total > _BIMODAL else None
+
+
 def beam_hardening(
     volume: Volume,
     *,
     threshold: float | None = None,
+    upper: float | None = None,
     center: tuple[float, float] | None = None,
     order: int = 2,
     min_count: int = 16,
 ) -> Volume:
     """Radial cupping (beam-hardening) correction for cylindrical samples.
 
-    1. the solid phase is the voxels above ``threshold`` (default: Otsu's threshold from
-       the out-of-core :func:`histogram`);
-    2. its mean intensity per integer radius from the z axis through ``center`` is
-       measured out of core (:func:`radial_profile`);
-    3. a polynomial of degree ``order`` in ``r^2`` is fitted to it (weighted by the voxel
-       counts; radii with fewer than ``min_count`` solid voxels are left out);
-    4. every voxel is divided by the fitted profile at its radius (beyond the last fitted
-       radius, the profile there) and multiplied by the solid's mean level, so flat
-       solid stays at its mean intensity. Pointwise, no halo; float32 output.
+    The cupping is measured on one *reference* material, the dominant solid phase, so
+    that phases whose abundance changes with the radius do not bend the profile:
+
+    1. the reference is the voxels in ``(threshold, upper]``: ``threshold`` separates the
+       solid from the background (default Otsu's threshold of the out-of-core
+       :func:`histogram`); ``upper`` leaves out a brighter minor phase (sulphides,
+       metals). By default it is Otsu's split of the values above ``threshold`` when
+       they form two clear modes (Otsu separability above 0.8, which no unimodal
+       distribution reaches) and the brighter one holds fewer voxels; else there is no
+       upper bound;
+    2. a joint histogram of integer radius (distance from the z axis through
+       ``center``) and intensity (1024 bins over the volume's range) is computed out of
+       core (integer counts, so independent of the chunking);
+    3. per radius, the median of the reference values is taken from that table (a
+       median, not a mean: the tails of neighbouring phases and partial-volume voxels
+       inside the window barely move it), and a polynomial of degree ``order`` in
+       ``r^2`` is fitted to it (weighted by the counts; radii with fewer than
+       ``min_count`` reference voxels are left out);
+    4. the window then follows the fitted profile (``threshold`` and ``upper`` scaled
+       by it at each radius) and step 3 is repeated until the profile settles, so a
+       cupping wider than the window's margin still keeps each radius's reference
+       inside it;
+    5. every voxel is divided by the fitted profile at its radius (beyond the last
+       fitted radius, the profile there) and multiplied by its count-weighted mean
+       level, so the reference stays at its mean intensity. Pointwise, no halo;
+       float32 output.
 
     The reductions compute the input (two or three passes). Runs on the CPU.
 
@@ -902,13 +1016,16 @@ def beam_hardening(
     volume
         3-D intensity volume (Dask or xarray).
     threshold
-        Solid threshold in intensity units (default Otsu).
+        Lower bound of the reference window in intensity units (default Otsu).
+    upper
+        Upper bound of the reference window (default: automatic, step 1; a value above
+        the volume's maximum means no bound).
     center
         ``(y, x)`` of the cylinder axis in voxels (default the xy centre).
     order
         Polynomial degree in ``r^2`` (1..4).
     min_count
-        Minimum solid voxels for a radius to enter the fit.
+        Minimum reference voxels for a radius to enter the fit.
 
     Returns
     -------
@@ -922,30 +1039,52 @@ def beam_hardening(
     >>> bool(np.ptp(out) < 0.01 * np.ptp(cupped))
     True
     """
-    p = _validate("beam-hardening", dict(threshold=threshold, center=center, order=order, min_count=min_count))
+    p = _validate("beam-hardening", dict(threshold=threshold, upper=upper, center=center, order=order,
+                                         min_count=min_count))
     data = _data(volume)
-    thr, maxabs = p["threshold"], None
-    if thr is None:
-        hist = histogram(data)
-        thr = _otsu(hist)
-        filled = np.flatnonzero(hist.counts)
-        maxabs = max(abs(hist.first + hist.width * filled[0]), abs(hist.first + hist.width * (filled[-1] + 1)))
-        logger.info("beam-hardening: Otsu solid threshold %g", thr)
-    prof = radial_profile(data, center=p["center"], threshold=thr, maxabs=maxabs)
-    used = prof.counts >= p["min_count"]
-    if int(used.sum()) < p["order"] + 1:
-        raise VolmlaError(
-            f"beam-hardening found solid voxels (above {thr:g}) at only {int(used.sum())} radii: "
-            f"give a lower threshold or a lower order (order {p['order']} needs {p['order'] + 1})"
-        )
-    r2 = prof.r2[used]
-    coeffs = np.polynomial.polynomial.polyfit(r2, prof.mean[used], p["order"], w=np.sqrt(prof.counts[used]))
-    level = float(prof.sums[used].sum() / prof.counts[used].sum())
-    r2_max = float(np.flatnonzero(used)[-1] + 1) ** 2
-    out = _pointwise(data, _cupping_kernel, _float_dtype(data.dtype), center=prof.center,
-                     coeffs=tuple(float(c) for c in coeffs), r2_max=r2_max, level=level)
-    record = {"step": "beam-hardening", **p, "threshold": thr, "center": list(prof.center),
-              "coefficients": [float(c) for c in coeffs], "level": level}
+    hist = histogram(data)
+    filled = np.flatnonzero(hist.counts)
+    lo = hist.first + hist.width * filled[0]
+    hi = hist.first + hist.width * (filled[-1] + (0 if hist.exact else 1))
+    thr = p["threshold"] if p["threshold"] is not None else _otsu(hist)
+    top = p["upper"] if p["upper"] is not None else _bright_split(hist, thr)
+    top = math.inf if top is None else top
+    if top <= thr:
+        raise VolmlaError(f"upper must be above threshold ({thr:g}), got {top:g}")
+    logger.info("beam-hardening: reference window (%g, %g]", thr, top)
+    c = _center_of(data, _center(p["center"]))
+    ny, nx = data.shape[1:]
+    nbins = int(max(math.hypot(y - c[0], x - c[1]) for y in (0, ny - 1) for x in (0, nx - 1))) + 1
+    width = float(max(1, math.ceil((hi - lo + 1) / _BH_BINS))) if hist.exact else ((hi - lo) / _BH_BINS or 1.0)
+    vbins = int(math.floor((hi - lo) / width)) + 1
+    lazy = _block_tables(data, _radial_hist_block, nbins * vbins, center=c, nbins=nbins, lo=lo, width=width,
+                          vbins=vbins)
+    (total,) = _compute(lazy, desc="radial histogram")
+    table = np.asarray(total, np.float64).reshape(nbins, vbins)
+    edges = lo + width * np.arange(vbins + 1, dtype=np.float64)
+    r2 = _ring_r2(ny, nx, c, nbins)
+    gain = np.ones(nbins)
+    for _ in range(_BH_ITERATIONS):
+        medians, counts = _window_medians(table, edges, thr * gain, top * gain)
+        used = (counts >= p["min_count"]) & np.isfinite(r2)
+        if int(used.sum()) < p["order"] + 1:
+            raise VolmlaError(
+                f"beam-hardening found reference voxels (in ({thr:g}, {top:g}]) at only {int(used.sum())} radii: "
+                f"give another threshold/upper or a lower order (order {p['order']} needs {p['order'] + 1})"
+            )
+        coeffs = np.polynomial.polynomial.polyfit(r2[used], medians[used], p["order"], w=np.sqrt(counts[used]))
+        r2_max = float(np.flatnonzero(used)[-1] + 1) ** 2
+        profile = np.polynomial.polynomial.polyval(np.minimum(np.nan_to_num(r2), r2_max), coeffs)
+        level = float((counts[used] * profile[used]).sum() / counts[used].sum())
+        new = np.maximum(profile, 1e-3 * abs(level)) / level
+        done = float(np.abs(new - gain)[used].max()) < 1e-5
+        gain = new
+        if done:
+            break
+    out = _pointwise(data, _cupping_kernel, _float_dtype(data.dtype), center=c,
+                     coeffs=tuple(float(v) for v in coeffs), r2_max=r2_max, level=level)
+    record = {"step": "beam-hardening", **p, "threshold": thr, "upper": None if math.isinf(top) else top,
+              "center": list(c), "coefficients": [float(v) for v in coeffs], "level": level}
     return _like(volume, out, record)
 
 
@@ -1076,6 +1215,8 @@ def _validate(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
         p["center"] = _center(p["center"])
     if p.get("threshold") is not None:
         p["threshold"] = _number("threshold", p["threshold"])
+    if p.get("upper") is not None:
+        p["upper"] = _number("upper", p["upper"])
     if "dtype" in p:
         p["dtype"] = _choice("dtype", p["dtype"], ("float32", "uint8", "uint16"))
     if "low" in p or "high" in p:
