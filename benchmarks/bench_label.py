@@ -42,13 +42,17 @@ def touching_spheres(shape: tuple[int, int, int], *, fraction: float = 0.3, seed
 
     def block(block_info=None):
         loc = block_info[None]["array-location"]
-        out = np.zeros([b - a for a, b in loc], np.uint8)
         lo = np.array([a for a, _ in loc])
         hi = np.array([b for _, b in loc])
+        out = np.zeros(hi - lo, np.uint8)
         near = np.all((centres + radii[:, None] >= lo) & (centres - radii[:, None] < hi), axis=1)
-        grid = np.ogrid[tuple(slice(a, b) for a, b in loc)]
         for c, r in zip(centres[near], radii[near], strict=True):
-            out |= (sum((g - ci) ** 2 for g, ci in zip(grid, c, strict=True)) <= r * r).astype(np.uint8)
+            # paint the sphere inside its bounding box only
+            a = np.maximum(np.floor(c - r).astype(int), lo)
+            b = np.minimum(np.ceil(c + r).astype(int) + 1, hi)
+            grid = np.ogrid[tuple(slice(i, j) for i, j in zip(a, b, strict=True))]
+            inside = sum((g - ci) ** 2 for g, ci in zip(grid, c, strict=True)) <= r * r
+            out[tuple(slice(i - o, j - o) for i, j, o in zip(a, b, lo, strict=True))] |= inside
         return out
 
     return da.map_blocks(block, dtype=np.uint8, chunks=tuple((chunks,) * (s // chunks) + ((s % chunks,) if s % chunks else ()) for s in shape))
@@ -66,10 +70,9 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _worker_rss() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
+def _worker_peak_rss() -> float:
+    """Peak resident memory of this worker process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(size: tuple[int, int, int], *, chunks: int, workers: int, skip_dask_image: bool, dask_image_distributed: bool,
@@ -77,8 +80,8 @@ def run(size: tuple[int, int, int], *, chunks: int, workers: int, skip_dask_imag
     import cc3d
     import dask
     import scipy.ndimage as ndi
-    from distributed import Client, LocalCluster
 
+    from volmla.cluster import cluster
     from volmla.io import open_volume, write_volume
     from volmla.label import label
 
@@ -87,23 +90,26 @@ def run(size: tuple[int, int, int], *, chunks: int, workers: int, skip_dask_imag
     mvox = voxels / 1e6
     result: dict = {"shape": list(size), "chunks": chunks, "workers": workers, "mvoxels": mvox}
     try:
-        with Client(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)) as client:
+        with cluster(workers=workers, dashboard=False) as client:
             write_volume(touching_spheres(size, chunks=chunks), tmp / "mask.zarr", voxel_size=1.0, chunks=chunks)
             mask = open_volume(tmp / "mask.zarr")
             result["foreground_fraction"] = float(mask.data.mean().compute())
+            client.restart()  # fresh workers: their peak RSS is the labelling's own
             client.run(_warm_up)  # imports on the workers are not part of the timing
             t0 = time.perf_counter()
             out = label(mask, connectivity=26)
             t_scan = time.perf_counter() - t0
             write_volume(out.labels, tmp / "labels.zarr", voxel_size=1.0, chunks=chunks, kind="labels")
             t_volmla = time.perf_counter() - t0
-            rss = client.run(_worker_rss)
+            rss = client.run(_worker_peak_rss)
             result["volmla"] = {
                 "seconds": t_volmla,
                 "eager_scan_seconds": t_scan,
                 "mvox_per_s": mvox / t_volmla,
                 "count": out.count,
-                "worker_rss_mb": sorted(rss.values()),
+                "worker_peak_rss_mb": sorted(rss.values()),
+                "driver_peak_rss_mb_after_labelling": _rss_mb(),
+                "total_peak_rss_mb": sum(rss.values()) + _rss_mb(),
                 "note": "Zarr -> Zarr, distributed LocalCluster, workers read/write the chunks",
             }
             _progress("volmla", result["volmla"])
@@ -170,17 +176,19 @@ def main() -> None:
     parser.add_argument("--big", action="store_true", help="2048 x 1024 x 1024 (within 8 GiB; no in-memory peers).")
     parser.add_argument("--skip-dask-image", action="store_true")
     parser.add_argument("--dask-image-distributed", action="store_true")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON output (default benchmarks/results/label.json, label_big.json with --big)")
     args = parser.parse_args()
     size = (args.size,) * 3
     if args.quick:
         size, args.chunks = (128, 128, 128), 64
     if args.big:
-        size, args.chunks, args.skip_dask_image = (2048, 1024, 1024), 256, True
+        size, args.skip_dask_image = (2048, 1024, 1024), True
     result = run(size, chunks=args.chunks, workers=args.workers, skip_dask_image=args.skip_dask_image,
                  dask_image_distributed=args.dask_image_distributed, in_memory=not args.big)
     text = json.dumps(result, indent=2)
     print(text)
-    out = Path(__file__).parent / "results" / "label.json"
+    out = args.out or Path(__file__).parent / "results" / ("label_big.json" if args.big else "label.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
 

@@ -7,8 +7,8 @@ workers. The steps:
 1. **label each block on its own** with ``cc3d.connected_components`` (binary mode; in
    multilabel mode the components of each distinct nonzero value, which cc3d does
    natively). cc3d numbers a block's components ``1..n`` in the block's C order of their
-   first voxel, so each piece's first voxel is found in one linear pass (where the
-   running maximum of the raveled labels increases);
+   first voxel; each piece's first voxel is found in one linear pass
+   (``fastremap.unique`` with ``return_index``);
 2. **offsets from the block's position**: the provisional id of local label ``l`` in the
    block with flat (C-order) index ``f`` is ``f * V + l`` (uint64), ``V`` the voxels of
    the largest block. It depends on the block's position only, never on a running total,
@@ -173,25 +173,23 @@ def first_voxel_keys(
 ) -> np.ndarray:
     """Global C-order linear index of the first voxel of each local label ``1..n``.
 
-    Relies on cc3d numbering labels in the block's C order of first appearance (checked;
-    falls back to :func:`numpy.unique` otherwise). Within a block, block C order and
-    global C order agree, so the block's first voxel is the piece's smallest global index.
+    ``fastremap.unique`` finds each label's first C-order position in one pass. Within a
+    block, block C order and global C order agree, so the block's first voxel is the
+    piece's smallest global index.
 
     Examples
     --------
     >>> first_voxel_keys(np.array([[[0, 1], [2, 1]]]), 2, (0, 0, 0), (1, 2, 2)).tolist()
     [1, 2]
     """
+    import fastremap
+
     if n == 0:
         return np.zeros(0, np.uint64)
-    flat = labels.ravel()
-    running = np.maximum.accumulate(flat)
-    pos = np.flatnonzero(running[1:] != running[:-1]) + 1
-    if flat[0] != 0:
-        pos = np.concatenate([[0], pos])
-    if len(pos) != n or not np.array_equal(flat[pos], np.arange(1, n + 1, dtype=flat.dtype)):
-        values, index = np.unique(flat, return_index=True)
-        pos = index[values > 0]
+    values, index = fastremap.unique(np.ascontiguousarray(labels), return_index=True)
+    pos = np.asarray(index)[np.asarray(values) > 0]
+    if len(pos) != n:
+        raise AssertionError(f"block labels are not 1..{n}: found {len(pos)} distinct nonzero labels")
     local = np.unravel_index(pos, labels.shape)
     coords = tuple(np.asarray(c, np.int64) + o for c, o in zip(local, origin, strict=True))
     return np.ravel_multi_index(coords, shape).astype(np.uint64)
@@ -284,20 +282,25 @@ def block_pairs(
     []
     """
     m1, m2 = low.shape
-    found = []
     fg = low > 0
     if not fg.any():
         return np.zeros((0, 2), np.uint64)
+    # ids -> ranks among the plane's distinct ids, so that a pair is one small integer
+    # and duplicates (most pairs: every voxel of a face meets up to 9 neighbours) go
+    # in one fast 1-D np.unique
+    low_ids, low_rank = np.unique(low, return_inverse=True)
+    high_ids, high_rank = np.unique(high, return_inverse=True)
+    low_rank = low_rank.reshape(low.shape).astype(np.int64)
+    high_rank = high_rank.reshape(high.shape).astype(np.int64)
+    found = []
     for d1, d2 in _in_plane_offsets(connectivity):
-        other = high[1 + d1 : 1 + d1 + m1, 1 + d2 : 1 + d2 + m2]
-        hit = fg & (other > 0)
+        window = (slice(1 + d1, 1 + d1 + m1), slice(1 + d2, 1 + d2 + m2))
+        hit = fg & (high[window] > 0)
         if low_values is not None and high_values is not None:
-            hit &= low_values == high_values[1 + d1 : 1 + d1 + m1, 1 + d2 : 1 + d2 + m2]
-        if hit.any():
-            found.append(np.stack([low[hit], other[hit]], axis=1))
-    if not found:
-        return np.zeros((0, 2), np.uint64)
-    return np.unique(np.concatenate(found), axis=0).astype(np.uint64, copy=False)
+            hit &= low_values == high_values[window]
+        found.append(low_rank[hit] * high_ids.size + high_rank[window][hit])
+    key = np.unique(np.concatenate(found))
+    return np.stack([low_ids[key // high_ids.size], high_ids[key % high_ids.size]], axis=1).astype(np.uint64, copy=False)
 
 
 def _global(lab: np.ndarray, offset: int) -> np.ndarray:

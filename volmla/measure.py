@@ -260,14 +260,18 @@ def block_partial(
         la, lb = _pairs(lab_ext, core, lead, axis)
         pa, pb = _pairs(ph_ext, core, lead, axis)
         diff = la != lb
-        face_counts[axis] = np.bincount(la[diff], minlength=m) + np.bincount(lb[diff], minlength=m)
-        inner = ~diff
-        inner &= pa != pb  # same particle (or both outside, then both phases are 0), two phases
-        pa_in, pb_in = pa[inner].astype(np.int64), pb[inner].astype(np.int64)
-        keys = np.concatenate(
-            [np.minimum(pa_in, pb_in) * 256 + np.maximum(pa_in, pb_in), pa[diff].astype(np.int64), pb[diff].astype(np.int64)]
-        )
-        contact_counts[axis] = np.bincount(keys, minlength=256 * 256)
+        face_counts[axis] = np.bincount(la[diff], minlength=m)
+        face_counts[axis] += np.bincount(lb[diff], minlength=m)
+        # faces between two ids: each side's phase against the outside (key 0 * 256 + p)
+        contact_counts[axis, :256] = np.bincount(pa[diff], minlength=256)
+        contact_counts[axis, :256] += np.bincount(pb[diff], minlength=256)
+        # same particle (or both outside, then both phases are 0), two phases
+        inner = np.greater(pa != pb, diff)
+        if inner.any():
+            a, b = pa[inner], pb[inner]
+            key = np.minimum(a, b).astype(np.uint16) << 8
+            key |= np.maximum(a, b)
+            contact_counts[axis] += np.bincount(key, minlength=256 * 256)
     face_counts[:, 0] = 0  # the outside of particles
     contact_counts[:, 0] = 0  # phase-0 voxels on a particle's surface, and background pairs
     hit = np.flatnonzero(face_counts.any(axis=0))
