@@ -8,8 +8,8 @@ Measures, in one run on one machine:
 2. the engine's overhead for ``gaussian`` on one worker (target <= 15 %);
 3. the speed-up from one to two workers for ``gaussian`` (target >= 1.6x);
 4. what the storage costs on its own: reading the input and encoding + writing the
-   output chunks (Blosc-zstd, bit shuffle, the default), timed in this process on the
-   same data, which the in-memory call does not pay;
+   output chunks (Blosc-zstd, bit shuffle, the default), timed on a worker on the same
+   data, which the in-memory call does not pay;
 5. the peak RSS of every worker process (``getrusage`` inside the workers, reset by a
    worker restart before each run);
 6. GPU (CuPy) against CPU for ``gaussian`` and ``median`` when a GPU works here.
@@ -94,20 +94,56 @@ def _make_input(path: Path, size: int, chunks: int) -> None:
     write_volume(vol, path, voxel_size=1.0, chunks=chunks, overwrite=True)
 
 
-def _engine_run(client: Any, src: Path, dst: Path, step: str, device: str = "cpu") -> dict[str, Any]:
+def _engine_run(client: Any, src: Path, dst: Path, step: str, device: str = "cpu", repeat: int = 1) -> dict[str, Any]:
+    """``repeat`` runs Zarr -> Zarr on fresh workers; the median is the figure (this box is a VM
+    whose runs vary by up to 25 %)."""
     from volmla.io import open_volume, write_volume
     from volmla.preprocess import preprocess
 
-    client.restart()  # fresh worker processes: peak RSS is this run's
-    client.run(_warm_up)  # imports are not part of the measurement
-    vol = open_volume(src)
-    start = time.perf_counter()
-    chunks = tuple(int(c[0]) for c in vol.data.chunks)  # storage chunks = compute blocks
-    write_volume(preprocess(vol, [step], device=device), dst, chunks=chunks, overwrite=True)
-    seconds = time.perf_counter() - start
-    rss = client.run(_worker_peak_rss)
-    return {"seconds": seconds, "mvox_per_s": vol.size / 1e6 / seconds,
-            "peak_rss_mb_per_worker": sorted(round(v / 2**20, 1) for v in rss.values())}
+    runs, peaks = [], []
+    for _ in range(repeat):
+        client.restart()  # fresh worker processes: peak RSS is this run's
+        client.run(_warm_up)  # imports are not part of the measurement
+        vol = open_volume(src)
+        start = time.perf_counter()
+        chunks = tuple(int(c[0]) for c in vol.data.chunks)  # storage chunks = compute blocks
+        write_volume(preprocess(vol, [step], device=device), dst, chunks=chunks, overwrite=True)
+        runs.append(time.perf_counter() - start)
+        peaks.append(max(client.run(_worker_peak_rss).values()))
+    seconds = float(np.median(runs))
+    return {"seconds": seconds, "runs_s": [round(r, 3) for r in runs], "mvox_per_s": vol.size / 1e6 / seconds,
+            "peak_rss_mb_per_worker": round(max(peaks) / 2**20, 1)}
+
+
+def _in_memory_run(thunk: Any, repeat: int) -> tuple[float, list[float]]:
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        thunk()
+        runs.append(time.perf_counter() - start)
+    return float(np.median(runs)), [round(r, 3) for r in runs]
+
+
+def _storage_cost(src: str, dst: str, chunks: int) -> dict[str, float]:
+    """On a worker: seconds to read every input chunk, and to write every chunk as float32
+    (the gaussian's output) to a Zarr array with volmla's codec, one chunk at a time."""
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    inp = zarr.open_array(store=src, mode="r")
+    out = zarr.create_array(store=dst, shape=inp.shape, chunks=(chunks,) * 3, dtype="float32", overwrite=True,
+                            compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
+    read_s = write_s = 0.0
+    for idx in np.ndindex(*(-(-n // chunks) for n in inp.shape)):
+        region = tuple(slice(i * chunks, (i + 1) * chunks) for i in idx)
+        start = time.perf_counter()
+        block = inp[region]
+        read_s += time.perf_counter() - start
+        block = block.astype(np.float32)
+        start = time.perf_counter()
+        out[region] = block
+        write_s += time.perf_counter() - start
+    return {"read_input_s": read_s, "write_float32_output_s": write_s}
 
 
 def main() -> None:
@@ -117,6 +153,7 @@ def main() -> None:
                         help="chunk edge (default size // 2, at least 32: a halo h costs (1 + 2h/c)^3 in compute)")
     parser.add_argument("--quick", action="store_true", help="64^3 and only gaussian + median: proves it runs")
     parser.add_argument("--filters", default=None, help="comma-separated subset of " + ",".join(FILTERS))
+    parser.add_argument("--repeat", type=int, default=3, help="runs of gaussian (engine and in memory); medians reported")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "filters.json")
     args = parser.parse_args()
     size = 64 if args.quick else args.size
@@ -140,17 +177,19 @@ def main() -> None:
         with cluster(workers=1, dashboard=False) as client:
             for name in names:
                 label, thunk = _peer(name, whole)
-                start = time.perf_counter()
-                thunk()
-                in_memory = time.perf_counter() - start
-                engine = _engine_run(client, src, dst, FILTERS[name])
+                repeat = args.repeat if name == "gaussian" else 1
+                in_memory, in_memory_runs = _in_memory_run(thunk, repeat)
+                engine = _engine_run(client, src, dst, FILTERS[name], repeat=repeat)
                 results["filters"][name] = {
                     "step": FILTERS[name],
                     "engine_1_worker": engine,
-                    "in_memory": {"call": label, "seconds": in_memory, "mvox_per_s": whole.size / 1e6 / in_memory},
+                    "in_memory": {"call": label, "seconds": in_memory, "runs_s": in_memory_runs,
+                                  "mvox_per_s": whole.size / 1e6 / in_memory},
                     "engine_over_in_memory": engine["seconds"] / in_memory,
                 }
-        results["storage"] = _storage_cost(whole, src, tmp / "codec.zarr", chunks)
+            client.restart()
+            results["storage"] = client.submit(_storage_cost, str(src / "0"), str(tmp / "codec.zarr"), chunks,
+                                               pure=False).result()
         if "gaussian" in results["filters"]:
             g = results["filters"]["gaussian"]
             io_s = results["storage"]["read_input_s"] + results["storage"]["write_float32_output_s"]
@@ -158,7 +197,7 @@ def main() -> None:
             g["overhead_1_worker"] = g["engine_over_in_memory"] - 1.0
             g["overhead_target"] = 0.15
             with cluster(workers=2, dashboard=False) as client:
-                g["engine_2_workers"] = _engine_run(client, src, dst, FILTERS["gaussian"])
+                g["engine_2_workers"] = _engine_run(client, src, dst, FILTERS["gaussian"], repeat=args.repeat)
             g["speedup_2_over_1_workers"] = g["engine_1_worker"]["seconds"] / g["engine_2_workers"]["seconds"]
             g["speedup_target"] = 1.6
         results["gpu"] = _gpu_vs_cpu(whole, src, dst) if gpu_available() else "skipped: no working CuPy/CUDA device"
@@ -168,23 +207,6 @@ def main() -> None:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
-
-
-def _storage_cost(whole: np.ndarray, src: Path, dst: Path, chunks: int) -> dict[str, float]:
-    """Seconds to read the input volume and to write a float32 volume of its shape, chunked."""
-    import dask
-    import zarr
-
-    from volmla.io import write_volume
-
-    start = time.perf_counter()
-    zarr.open_array(store=str(src / "0"), mode="r")[...]
-    read_s = time.perf_counter() - start
-    out = whole.astype(np.float32)
-    start = time.perf_counter()
-    with dask.config.set(scheduler="synchronous"):
-        write_volume(out, dst, voxel_size=1.0, chunks=chunks, overwrite=True)
-    return {"read_input_s": read_s, "write_float32_output_s": time.perf_counter() - start}
 
 
 def _gpu_vs_cpu(whole: np.ndarray, src: Path, dst: Path) -> dict[str, Any]:

