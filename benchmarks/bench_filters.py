@@ -26,6 +26,7 @@ import json
 import platform
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -101,7 +102,9 @@ def _engine_run(client: Any, src: Path, dst: Path, step: str, device: str = "cpu
     from volmla.preprocess import preprocess
 
     runs, peaks = [], []
-    for _ in range(repeat):
+    for i in range(repeat):
+        print(f"{step}: run {i + 1} of {repeat} on {len(client.scheduler_info()['workers'])} worker(s)", file=sys.stderr,
+              flush=True)
         client.restart()  # fresh worker processes: peak RSS is this run's
         client.run(_warm_up)  # imports are not part of the measurement
         # nor is first-call set-up (Zarr's and Blosc's thread pools, the kernel's first
