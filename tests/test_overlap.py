@@ -103,3 +103,14 @@ def test_halo_larger_than_volume_is_an_error():
         halo_map(x, ndi.gaussian_filter, halo=1, boundary="mirror", sigma=0.2)
     with pytest.raises(VolmlaError, match="3-D Dask array"):
         halo_map(np.zeros((3, 3, 3)), ndi.gaussian_filter, halo=1, sigma=0.2)
+
+
+def test_one_task_per_block_plus_face_slabs():
+    # 4 x 4 x 4 blocks: per block one halo task and at most six face-slab tasks, next to
+    # the reads (dask.array.overlap needs some forty tasks per block)
+    x = da.zeros((32, 32, 32), chunks=8, dtype=np.float32)
+    out = halo_map(x, ndi.gaussian_filter, halo=2, sigma=0.5)
+    layers = out.__dask_graph__().layers
+    own = {name: len(layer) for name, layer in layers.items() if name.startswith("halo-")}
+    assert sum(own.values()) == 7 * 64
+    np.testing.assert_array_equal(out.compute(), 0.0)
