@@ -172,6 +172,45 @@ def test_beam_hardening_flattens_cupping(rng):
     assert abs(out[solid].mean() - cupped[solid].mean()) < 0.01 * cupped[solid].mean()
 
 
+def _two_phase_cupped(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A cupped cylinder of a dominant phase with a bright minor phase whose share grows with r."""
+    shape = (8, 64, 64)
+    _, y, x = np.indices(shape, dtype=np.float64)
+    r = np.hypot(y - 31.5, x - 31.5)
+    solid = r < 30
+    bright = solid & (rng.random(shape) < 0.8 * (r / 30) ** 2)  # 40 % of the solid, most of the rim
+    clean = np.where(bright, 4000.0, np.where(solid, 1500.0, 200.0))
+    cupped = clean * (0.8 + 0.2 * (r / 30) ** 2) + rng.normal(0, 20, shape)
+    return np.clip(cupped, 0, None).astype(np.uint16), solid & ~bright, r
+
+
+def test_beam_hardening_ignores_a_bright_minor_phase(rng):
+    cupped, dominant, r = _two_phase_cupped(rng)
+    rbin = (r[dominant] / 3).astype(int)  # 3-voxel rings: ~100 voxels each
+
+    def spread(a: np.ndarray) -> float:
+        profile = np.bincount(rbin, a[dominant].astype(np.float64)) / np.bincount(rbin)
+        return float(np.ptp(profile[1:]) / profile.mean())
+
+    out = pp.beam_hardening(_chunked(cupped, (3, 32, 21)), threshold=800.0)
+    assert spread(cupped) > 0.15
+    assert spread(out.compute()) < 0.02
+    # without the upper bound the reference mixes in the bright phase, which dominates the rim
+    mixed = pp.beam_hardening(_chunked(cupped, (3, 32, 21)), threshold=800.0, upper=70000.0)
+    assert spread(mixed.compute()) > 3 * spread(out.compute())
+
+
+def test_beam_hardening_window_in_provenance(rng):
+    cupped, _, _ = _two_phase_cupped(rng)
+    vol = xr.DataArray(_chunked(cupped, (4, 32, 32)), dims=("z", "y", "x"), attrs={"voxel_size_um": (1.0,) * 3})
+    record = pp.beam_hardening(vol, threshold=800.0).attrs["provenance"][-1]
+    assert record["step"] == "beam-hardening"
+    assert record["threshold"] == 800.0 and 1500 < record["upper"] < 3200  # between the two phases
+    assert pp.beam_hardening(vol, upper=1e9).attrs["provenance"][-1]["upper"] == 1e9
+    with pytest.raises(VolmlaError, match="upper must be above threshold"):
+        pp.beam_hardening(vol, threshold=900.0, upper=800.0)
+
+
 def test_rings_removes_synthetic_rings(rng):
     shape = (16, 48, 48)
     _, y, x = np.indices(shape, dtype=np.float64)

@@ -96,7 +96,7 @@ def _assemble(
     *,
     sources: list[tuple[tuple[int, int, int], int, int]],
     depth: tuple[int, int, int],
-    missing: tuple[tuple[int, int], ...],
+    missing: tuple[tuple[bool, bool], ...],
     boundary: str,
     cval: float,
 ) -> np.ndarray:
@@ -113,13 +113,13 @@ def _assemble(
     out = np.empty(shape, block.dtype)
     inner = tuple(slice(a, a + n) for (a, _), n in zip(have, block.shape, strict=True))
     out[inner] = block
-    for (offset, axis, _), slab in zip(sources, slabs, strict=True):
+    for (offset, _, _), slab in zip(sources, slabs, strict=True):
         dst, src = [], []
         for a, o in enumerate(offset):
             n, (lo, hi) = block.shape[a], have[a]
-            if o == 0:
+            if o == 0:  # the neighbour spans the block along this axis
                 dst.append(slice(lo, lo + n))
-                src.append(slice(None) if a != axis else slice(None))
+                src.append(slice(None))
             elif o < 0:
                 dst.append(slice(0, lo))
                 src.append(slice(slab.shape[a] - lo, None))

@@ -1217,6 +1217,8 @@ def _validate(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
         p["threshold"] = _number("threshold", p["threshold"])
     if p.get("upper") is not None:
         p["upper"] = _number("upper", p["upper"])
+        if p.get("threshold") is not None and p["upper"] <= p["threshold"]:
+            raise VolmlaError(f"upper must be above threshold ({p['threshold']:g}), got {p['upper']:g}")
     if "dtype" in p:
         p["dtype"] = _choice("dtype", p["dtype"], ("float32", "uint8", "uint16"))
     if "low" in p or "high" in p:
