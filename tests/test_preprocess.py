@@ -264,6 +264,7 @@ def test_parse_step_values():
         ("normalize:low=90,high=10", "step normalize: low must be below high"),
         ("normalize:dtype=int8", "step normalize: dtype must be one of ('float32', 'uint8', 'uint16')"),
         ("beam-hardening:center=[1]", "step beam-hardening: center must be two numbers"),
+        ("beam-hardening:threshold=5,upper=2", "step beam-hardening: upper must be above threshold (5), got 2"),
     ],
 )
 def test_parse_step_errors(text, message):

@@ -42,6 +42,11 @@ Log = Callable[[str], None]
 
 __all__ = ["demo", "run"]
 
+DEMO_RF = {"n_estimators": 32, "max_samples": 30_000}
+"""The demo's random forest: half the default trees and samples, as accurate there and twice as fast."""
+DEMO_UNET_PATCH = (16, 64, 64)
+"""The demo U-Net's patches: flat ones put more labelled voxels (one plane) in every step."""
+
 
 def _quiet(_: str) -> None:
     return None
@@ -333,7 +338,8 @@ def demo(
     truth_held = truth["phases"].isel(z=held)
     scores: dict[str, Any] = {}
     with timed("random forest"):
-        forest = classical.train_random_forest(pre, labels, seed=seed, classes=["void", *names.values()])
+        forest = classical.train_random_forest(pre, labels, seed=seed, classes=["void", *names.values()],
+                                               n_estimators=DEMO_RF["n_estimators"], max_samples=DEMO_RF["max_samples"])
         rf_model = classical.save_random_forest(forest, out / "models" / "random_forest.onnx")
         write_volume(classical.random_forest_segment(pre, model=rf_model), out / "phases_rf.zarr",
                      kind="phases", phases=names, voxel_size=voxel)
@@ -343,7 +349,7 @@ def demo(
         from volmla.segment.train import quick_train_3d, save_model
 
         with timed("unet training"):
-            trained = quick_train_3d(pre, labels, iterations=iterations, seed=seed)
+            trained = quick_train_3d(pre, labels, iterations=iterations, seed=seed, patch=DEMO_UNET_PATCH)
             checkpoint = save_model(trained, out / "models" / "unet3d.pt")
             exported = export(checkpoint, out / "models" / "unet3d.onnx")
         summary["unet_export"] = {"max_abs_logit_diff": exported.max_abs_diff,
