@@ -146,11 +146,21 @@ def unsharp_halo(*, sigma: float, amount: float = 1.0, truncate: float = 4.0) ->
     return gaussian_halo(sigma=sigma, truncate=truncate)
 
 
-def unsharp_kernel(block: Any, *, sigma: float, amount: float = 1.0, truncate: float = 4.0) -> Any:
-    """Unsharp mask ``x + amount * (x - gaussian(x))`` in float32 (float64 stays float64)."""
+def unsharp_kernel(block: Any, *, sigma: float, amount: float = 1.0, truncate: float = 4.0,
+                   halo: Sequence[int] = (0, 0, 0)) -> Any:
+    """Unsharp mask ``x + amount * (x - gaussian(x))`` in float32 (float64 stays float64).
+
+    ``halo`` voxels are cropped from each side (the gaussian crops them as it goes).
+
+    Examples
+    --------
+    >>> unsharp_kernel(np.ones((7, 7, 7), np.uint16), sigma=1.0, halo=(2, 2, 2)).shape
+    (3, 3, 3)
+    """
     x = block.astype(_float_dtype(block.dtype), copy=False)
-    blurred = gaussian_kernel(x, sigma=sigma, truncate=truncate)
-    return x + (x - blurred) * amount
+    blurred = gaussian_kernel(x, sigma=sigma, truncate=truncate, halo=halo)
+    core = x[tuple(slice(h, n - h) for h, n in zip(halo, x.shape, strict=True))]
+    return core + (core - blurred) * amount
 
 
 def bilateral_halo(*, sigma_spatial: float = 1.0, sigma_range: float = 1.0, radius: int = 2) -> int:
@@ -713,7 +723,7 @@ def unsharp(volume: Volume, *, sigma: float = 1.0, amount: float = 1.0, truncate
     p = _validate("unsharp", dict(sigma=sigma, amount=amount, truncate=truncate))
     data = _data(volume)
     return _halo_step(volume, unsharp_kernel, unsharp_halo(**p), _float_dtype(data.dtype), device,
-                      {"step": "unsharp", **p}, **p)
+                      {"step": "unsharp", **p}, crops=True, **p)
 
 
 def bilateral(volume: Volume, *, sigma_spatial: float = 1.0, sigma_range: float, radius: int = 2,
