@@ -138,9 +138,11 @@ def _storage_cost(src: str, dst: str, chunks: int) -> dict[str, float]:
     import zarr
     from zarr.codecs import BloscCodec
 
+    from volmla.io import DEFAULT_CLEVEL
+
     inp = zarr.open_array(store=src, mode="r")
     out = zarr.create_array(store=dst, shape=inp.shape, chunks=(chunks,) * 3, dtype="float32", overwrite=True,
-                            compressors=BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"))
+                            compressors=BloscCodec(cname="zstd", clevel=DEFAULT_CLEVEL, shuffle="bitshuffle"))
     read_s = write_s = 0.0
     for idx in np.ndindex(*(-(-n // chunks) for n in inp.shape)):
         region = tuple(slice(i * chunks, (i + 1) * chunks) for i in idx)

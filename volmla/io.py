@@ -51,6 +51,7 @@ _DONE_DIR = ".volmla-done"
 _ATTR = "volmla"
 
 __all__ = [
+    "DEFAULT_CLEVEL",
     "DIMS",
     "Kind",
     "check_output",
@@ -330,6 +331,10 @@ def _coarsen(data: da.Array, kind: str) -> da.Array:
     return mean.astype(data.dtype)
 
 
+DEFAULT_CLEVEL = 3
+"""Blosc-zstd level of written volumes (zstd's own default; see :func:`write_volume`)."""
+
+
 def write_volume(
     data: xr.DataArray | da.Array | np.ndarray,
     path: str | Path,
@@ -342,7 +347,7 @@ def write_volume(
     levels: int = 1,
     overwrite: bool = False,
     job: Mapping[str, Any] | None = None,
-    clevel: int = 3,
+    clevel: int = DEFAULT_CLEVEL,
 ) -> Path:
     """Write a volume to OME-Zarr, chunk by chunk, resumably.
 

@@ -43,7 +43,6 @@ from volmla.errors import VolmlaError
 
 Boundary = Literal["reflect", "nearest", "wrap", "constant"]
 BOUNDARIES: tuple[str, ...] = ("reflect", "nearest", "wrap", "constant")
-_DASK_BOUNDARY = {"reflect": "reflect", "nearest": "nearest", "wrap": "periodic"}
 
 __all__ = ["Boundary", "halo_map", "normalise_halo"]
 
