@@ -8,9 +8,9 @@ Measures, in one run on one machine:
 2. the engine's overhead for ``gaussian`` on one worker (target <= 15 %);
 3. the speed-up from one to two workers for ``gaussian`` (target >= 1.6x);
 4. what the storage costs on its own: reading the input and encoding + writing the
-   output chunks (Blosc-zstd, bit shuffle, the default), timed on a worker on the same
+   output chunks (volmla's codec for intensities, Blosc-LZ4 bit-shuffled), timed on a worker on the same
    data, which the in-memory call does not pay;
-5. the peak RSS of every worker process (``getrusage`` inside the workers, reset by a
+5. the peak RSS of every worker process (``VmHWM`` inside the workers, reset by a
    worker restart before each run);
 6. GPU (CuPy) against CPU for ``gaussian`` and ``median`` when a GPU works here.
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import shutil
 import sys
 import tempfile
@@ -68,11 +67,6 @@ def _peer(name: str, x: np.ndarray) -> tuple[str, Any]:
     raise KeyError(name)
 
 
-def _worker_peak_rss() -> int:
-    """Peak resident memory of this process in bytes (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 def _warm_up() -> None:
     import scipy.ndimage  # noqa: F401
     import skimage.filters  # noqa: F401
@@ -95,54 +89,60 @@ def _make_input(path: Path, size: int, chunks: int) -> None:
     write_volume(vol, path, voxel_size=1.0, chunks=chunks, overwrite=True)
 
 
-def _engine_run(client: Any, src: Path, dst: Path, step: str, device: str = "cpu", repeat: int = 1) -> dict[str, Any]:
-    """``repeat`` runs Zarr -> Zarr on fresh workers; the median is the figure (this box is a VM
-    whose runs vary by up to 25 %)."""
+def _engine_run(client: Any, src: Path, dst: Path, step: str, device: str = "cpu") -> tuple[float, float]:
+    """One run Zarr -> Zarr on fresh workers: (seconds, peak RSS of the busiest worker in MiB)."""
+    from volmla.cluster import peak_rss
     from volmla.io import open_volume, write_volume
     from volmla.preprocess import preprocess
 
-    runs, peaks = [], []
-    for i in range(repeat):
-        print(f"{step}: run {i + 1} of {repeat} on {len(client.scheduler_info()['workers'])} worker(s)", file=sys.stderr,
-              flush=True)
-        client.restart()  # fresh worker processes: peak RSS is this run's
-        client.run(_warm_up)  # imports are not part of the measurement
-        # nor is first-call set-up (Zarr's and Blosc's thread pools, the kernel's first
-        # run): the same step on a 64^3 volume first, as a long-running worker would be
-        warm = src.with_name("warm.zarr")
-        write_volume(preprocess(open_volume(warm), [step], device=device), warm.with_name("warm_out.zarr"),
-                     overwrite=True)
-        vol = open_volume(src)
-        start = time.perf_counter()
-        chunks = tuple(int(c[0]) for c in vol.data.chunks)  # storage chunks = compute blocks
-        write_volume(preprocess(vol, [step], device=device), dst, chunks=chunks, overwrite=True)
-        runs.append(time.perf_counter() - start)
-        peaks.append(max(client.run(_worker_peak_rss).values()))
+    print(f"{step}: a run on {len(client.scheduler_info()['workers'])} worker(s)", file=sys.stderr, flush=True)
+    client.restart()  # fresh worker processes: peak RSS is this run's
+    client.run(_warm_up)  # imports are not part of the measurement
+    # nor is first-call set-up (Zarr's and Blosc's thread pools, the kernel's first
+    # run): the same step on a 64^3 volume first, as a long-running worker would be
+    warm = src.with_name("warm.zarr")
+    write_volume(preprocess(open_volume(warm), [step], device=device), warm.with_name("warm_out.zarr"),
+                 overwrite=True)
+    vol = open_volume(src)
+    start = time.perf_counter()
+    chunks = tuple(int(c[0]) for c in vol.data.chunks)  # storage chunks = compute blocks
+    write_volume(preprocess(vol, [step], device=device), dst, chunks=chunks, overwrite=True)
+    seconds = time.perf_counter() - start
+    return seconds, max(client.run(peak_rss).values()) / 2**20
+
+
+def _summary(runs: list[float], voxels: int, peaks: list[float] | None = None) -> dict[str, Any]:
     seconds = float(np.median(runs))
-    return {"seconds": seconds, "runs_s": [round(r, 3) for r in runs], "mvox_per_s": vol.size / 1e6 / seconds,
-            "peak_rss_mb_per_worker": round(max(peaks) / 2**20, 1)}
+    out: dict[str, Any] = {"seconds": seconds, "runs_s": [round(r, 3) for r in runs], "mvox_per_s": voxels / 1e6 / seconds}
+    if peaks is not None:
+        out["peak_rss_mb_per_worker"] = round(max(peaks), 1)
+    return out
 
 
-def _in_memory_run(thunk: Any, repeat: int) -> tuple[float, list[float]]:
-    runs = []
+def _paired_runs(client: Any, thunk: Any, src: Path, dst: Path, step: str, repeat: int) -> tuple[list[float], list[float], list[float]]:
+    """``repeat`` pairs of (in-memory call, engine run), interleaved so that the drift of a
+    shared VM (runs vary by up to 25 % here) hits both alike: (in-memory s, engine s, peaks)."""
+    memory, engine, peaks = [], [], []
     for _ in range(repeat):
         start = time.perf_counter()
         thunk()
-        runs.append(time.perf_counter() - start)
-    return float(np.median(runs)), [round(r, 3) for r in runs]
+        memory.append(time.perf_counter() - start)
+        seconds, peak = _engine_run(client, src, dst, step)
+        engine.append(seconds)
+        peaks.append(peak)
+    return memory, engine, peaks
 
 
 def _storage_cost(src: str, dst: str, chunks: int) -> dict[str, float]:
     """On a worker: seconds to read every input chunk, and to write every chunk as float32
     (the gaussian's output) to a Zarr array with volmla's codec, one chunk at a time."""
     import zarr
-    from zarr.codecs import BloscCodec
 
-    from volmla.io import DEFAULT_CLEVEL
+    from volmla.io import compressor
 
     inp = zarr.open_array(store=src, mode="r")
     out = zarr.create_array(store=dst, shape=inp.shape, chunks=(chunks,) * 3, dtype="float32", overwrite=True,
-                            compressors=BloscCodec(cname="zstd", clevel=DEFAULT_CLEVEL, shuffle="bitshuffle"))
+                            compressors=compressor("intensity"))
     read_s = write_s = 0.0
     for idx in np.ndindex(*(-(-n // chunks) for n in inp.shape)):
         region = tuple(slice(i * chunks, (i + 1) * chunks) for i in idx)
@@ -163,7 +163,8 @@ def main() -> None:
                         help="chunk edge (default size // 2, at least 32: a halo h costs (1 + 2h/c)^3 in compute)")
     parser.add_argument("--quick", action="store_true", help="64^3 and only gaussian + median: proves it runs")
     parser.add_argument("--filters", default=None, help="comma-separated subset of " + ",".join(FILTERS))
-    parser.add_argument("--repeat", type=int, default=3, help="runs of gaussian (engine and in memory); medians reported")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="interleaved pairs of gaussian runs (in memory, engine); medians reported")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "filters.json")
     args = parser.parse_args()
     size = 64 if args.quick else args.size
@@ -189,14 +190,13 @@ def main() -> None:
             for name in names:
                 label, thunk = _peer(name, whole)
                 repeat = args.repeat if name == "gaussian" else 1
-                in_memory, in_memory_runs = _in_memory_run(thunk, repeat)
-                engine = _engine_run(client, src, dst, FILTERS[name], repeat=repeat)
+                memory, engine, peaks = _paired_runs(client, thunk, src, dst, FILTERS[name], repeat)
                 results["filters"][name] = {
                     "step": FILTERS[name],
-                    "engine_1_worker": engine,
-                    "in_memory": {"call": label, "seconds": in_memory, "runs_s": in_memory_runs,
-                                  "mvox_per_s": whole.size / 1e6 / in_memory},
-                    "engine_over_in_memory": engine["seconds"] / in_memory,
+                    "engine_1_worker": _summary(engine, whole.size, peaks),
+                    "in_memory": {"call": label, **_summary(memory, whole.size)},
+                    "engine_over_in_memory": float(np.median(engine)) / float(np.median(memory)),
+                    "engine_over_in_memory_per_pair": [round(e / m, 3) for e, m in zip(engine, memory, strict=True)],
                 }
             client.restart()
             results["storage"] = client.submit(_storage_cost, str(src / "0"), str(tmp / "codec.zarr"), chunks,
@@ -209,9 +209,11 @@ def main() -> None:
             g["overhead_1_worker_vs_in_memory_with_storage"] = g["engine_1_worker"]["seconds"] / (
                 g["in_memory"]["seconds"] + io_s) - 1
             g["overhead_1_worker"] = g["engine_over_in_memory"] - 1.0
+            g["overhead_1_worker_median_of_pairs"] = float(np.median(g["engine_over_in_memory_per_pair"])) - 1.0
             g["overhead_target"] = 0.15
             with cluster(workers=2, dashboard=False) as client:
-                g["engine_2_workers"] = _engine_run(client, src, dst, FILTERS["gaussian"], repeat=args.repeat)
+                two = [_engine_run(client, src, dst, FILTERS["gaussian"]) for _ in range(args.repeat)]
+                g["engine_2_workers"] = _summary([t for t, _ in two], whole.size, [p for _, p in two])
             g["speedup_2_over_1_workers"] = g["engine_1_worker"]["seconds"] / g["engine_2_workers"]["seconds"]
             g["speedup_target"] = 1.6
         results["gpu"] = _gpu_vs_cpu(whole, src, dst) if gpu_available() else "skipped: no working CuPy/CUDA device"

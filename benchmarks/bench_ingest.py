@@ -2,11 +2,12 @@
 
 Both peers run in fresh subprocesses on the same files in the same run:
 
-- ``volmla.ingest``: lazy slab reads -> Blosc-zstd OME-Zarr, out of core (Dask threads);
+- ``volmla.ingest``: lazy slab reads -> Blosc-LZ4 OME-Zarr, out of core (Dask threads);
 - ``tifffile.imread(files)``: the usual way, the whole stack read into one NumPy array.
 
 Reported per peer: wall time, throughput (MB/s of uncompressed volume) and peak RSS over
-the process's baseline after imports (``resource.getrusage``), plus the ratios.
+the process's baseline after imports (``VmHWM``, the process's own high-water mark: unlike
+``getrusage`` it does not inherit the parent's), plus the ratios.
 
 Run ``python benchmarks/bench_ingest.py --quick`` to check it works (128^3);
 the full run is ``python benchmarks/bench_ingest.py --size 512`` (512^3 uint16, 256 MiB).
@@ -31,7 +32,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "ingest.json"
 
 _INGEST = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
+    def hwm():
+        return 1024 * next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
     from pathlib import Path
     import numpy as np, tifffile
     from volmla.ingest import ingest
@@ -39,26 +42,28 @@ _INGEST = textwrap.dedent(
     warm.mkdir(exist_ok=True)
     tifffile.imwrite(warm / "0.tif", np.zeros((4, 4), np.uint16))
     ingest(warm, warm.with_suffix(".zarr"), voxel_size=1.0, overwrite=True)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = hwm()
     t = time.perf_counter()
     ingest(sys.argv[1], sys.argv[2], voxel_size=1.0, chunks=int(sys.argv[3]) or None, overwrite=True)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = hwm()
     print(json.dumps({"seconds": seconds, "rss_base": base, "rss_peak": peak}))
     """
 )
 
 _TIFFFILE = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
+    def hwm():
+        return 1024 * next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:"))
     from pathlib import Path
     import natsort, tifffile
     files = natsort.natsorted(str(p) for p in Path(sys.argv[1]).glob("*.tif"))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = hwm()
     t = time.perf_counter()
     vol = tifffile.imread(files)
     seconds = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = hwm()
     assert vol.shape[0] == len(files)
     print(json.dumps({"seconds": seconds, "rss_base": base, "rss_peak": peak}))
     """

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import sys
 import tempfile
@@ -67,12 +66,10 @@ def _warm_up() -> None:
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process in MiB (``VmHWM``, see :func:`volmla.cluster.peak_rss`)."""
+    from volmla.cluster import peak_rss
 
-
-def _worker_peak_rss() -> float:
-    """Peak resident memory of this worker process in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss() / 2**20
 
 
 def run(size: tuple[int, int, int], *, chunks: int, workers: int, skip_dask_image: bool, dask_image_distributed: bool,
@@ -108,7 +105,7 @@ def run(size: tuple[int, int, int], *, chunks: int, workers: int, skip_dask_imag
                 write_volume(out.labels, tmp / "labels.zarr", voxel_size=1.0, chunks=chunks, kind="labels",
                              overwrite=True)
                 runs.append(time.perf_counter() - t0)
-                peaks.append(client.run(_worker_peak_rss))
+                peaks.append(client.run(_rss_mb))
             t_volmla, t_scan = float(np.median(runs)), float(np.median(scans))
             rss = {w: max(p[w] for p in peaks if w in p) for w in peaks[-1]}
             result["volmla"] = {

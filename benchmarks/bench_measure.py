@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -81,12 +80,9 @@ def run_volmla_cluster(labels: np.ndarray, phases: np.ndarray, chunks: int, work
     worker processes that read the chunks themselves. Returns (rows, seconds, worker peak RSS MiB)."""
     import tempfile
 
-    from volmla.cluster import cluster
+    from volmla.cluster import cluster, peak_rss
     from volmla.io import open_volume, write_volume
     from volmla.measure import particles
-
-    def peak() -> float:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     with tempfile.TemporaryDirectory() as tmp:
         tiny_l, tiny_p = make_volume(8, 1)
@@ -99,7 +95,7 @@ def run_volmla_cluster(labels: np.ndarray, phases: np.ndarray, chunks: int, work
             start = time.perf_counter()
             table = particles(open_volume(paths["full"][0]), open_volume(paths["full"][1]))
             seconds = time.perf_counter() - start
-            rss = sorted(client.run(peak).values())
+            rss = sorted(v / 2**20 for v in client.run(peak_rss).values())
     return len(table), seconds, rss
 
 
@@ -158,13 +154,15 @@ def child(args: argparse.Namespace) -> None:
     else:
         done = run_dask_image(labels, phases, args.chunks, min(args.dask_image_labels, n))
     seconds = time.perf_counter() - start
+    from volmla.cluster import peak_rss
+
     result = {
         "method": args.method,
         "seconds": seconds,
         "labels_measured": done,
         "n_particles": n,
         "voxels": int(labels.size),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss() / 2**20,
     }
     if args.method == "dask_image":
         result["extrapolated_seconds"] = seconds * n / max(done, 1)

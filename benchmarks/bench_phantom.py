@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ def _child(mode: str, size: int, chunks: int, workers: int) -> dict[str, float]:
     import dask
     import numpy as np
 
+    from volmla.cluster import peak_rss
     from volmla.synthetic import phantom, write_phantom
 
     dask.config.set(scheduler="threads", num_workers=workers)
@@ -49,7 +49,7 @@ def _child(mode: str, size: int, chunks: int, workers: int) -> dict[str, float]:
     else:
         raise ValueError(mode)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    peak = peak_rss() / 2**20
     return {"seconds": round(seconds, 3), "mvx_per_s": round(size**3 / 1e6 / seconds, 3), "peak_rss_mb": round(peak, 1)}
 
 

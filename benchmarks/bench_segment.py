@@ -34,7 +34,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -45,7 +44,9 @@ import numpy as np
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from volmla.cluster import peak_rss
+
+    return peak_rss() / 2**20
 
 
 def held_out_scores(pred: np.ndarray, truth: np.ndarray, planes: list[int], names: list[str]) -> dict:

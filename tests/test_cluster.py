@@ -100,3 +100,26 @@ def test_embedded_workers_keep_glibcs_dynamic_mmap_threshold_and_use_huge_pages(
     assert list(seen.values()) == [None]
     assert "glibc.malloc.hugetlb=1" in next(iter(tunables.values()))  # huge pages for Blosc/Zarr buffers
     assert list(threads.values()) == ["1"]  # the rest of Dask's worker environment stays
+
+
+def test_peak_rss_is_the_workers_own_and_resets():
+    # getrusage would report the driver's peak in a freshly spawned worker (Linux keeps
+    # the high-water mark across fork + exec); VmHWM is the worker's own
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc")
+    ballast = np.ones(2**27, np.uint8)  # 128 MiB in the driver
+    ballast[::4096] = 2
+    before = vc.peak_rss()
+    assert before >= ballast.nbytes
+    with vc.cluster(workers=1, dashboard=False) as client:
+        worker = next(iter(client.run(vc.peak_rss).values()))
+        assert 0 < worker < before
+
+        def grow_then_reset() -> tuple[int, int]:
+            block = np.ones(2**28, np.uint8)  # 256 MiB touched
+            del block
+            peak = vc.peak_rss(reset=True)  # the mark, then reset to the current RSS
+            return peak, vc.peak_rss()
+
+        peak, after = next(iter(client.run(grow_then_reset).values()))
+    assert peak >= 2**28 and after < peak - 2**27

@@ -294,9 +294,10 @@ def test_cli_ingest_with_levels(tmp_path: Path, rng: np.random.Generator, schedu
 
 _MEMORY_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     from pathlib import Path
     import numpy as np, tifffile
+    from volmla.cluster import peak_rss  # the process's own mark, not its parent's
     from volmla.ingest import ingest
     # warm up: import everything a write needs, so the baseline holds the libraries
     warm = Path(sys.argv[2]).parent / "warm"
@@ -304,9 +305,9 @@ _MEMORY_SCRIPT = textwrap.dedent(
     for z in range(2):
         tifffile.imwrite(warm / f"{z}.tif", np.zeros((3, 4), np.uint16))
     ingest(warm, warm.with_suffix(".zarr"), voxel_size=1.0)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = peak_rss()
     ingest(sys.argv[1], sys.argv[2], voxel_size=1.0, chunks=int(sys.argv[3]))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     print(json.dumps({"base": base, "peak": peak}))
     """
 )

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 _PROGRESS = {"on": False}
 
-__all__ = ["cluster", "compute", "current_client", "gpu_annotation", "progress_enabled", "worker_environ"]
+__all__ = ["cluster", "compute", "current_client", "gpu_annotation", "peak_rss", "progress_enabled", "worker_environ"]
 
 
 @contextlib.contextmanager
@@ -166,6 +166,37 @@ def worker_environ() -> dict[str, Any]:
         tunables.append("glibc.malloc.hugetlb=1")
     env["GLIBC_TUNABLES"] = ":".join(tunables)
     return env
+
+
+def peak_rss(*, reset: bool = False) -> int:
+    """Peak resident memory of the calling process in bytes (Linux), e.g. of every worker
+    through ``client.run(peak_rss)``.
+
+    Read from ``VmHWM`` in ``/proc/self/status``, the high-water mark of this process's
+    own address space. ``getrusage``'s ``ru_maxrss`` is not used: across ``fork`` +
+    ``exec`` Linux carries over the parent's high-water mark, so a worker spawned by a
+    driver holding 1 GB reports 1 GB before doing anything.
+
+    Parameters
+    ----------
+    reset
+        Reset the mark to the current RSS afterwards (``/proc/self/clear_refs``), so the
+        next call reports the peak since this one.
+
+    Returns
+    -------
+    int
+        Bytes; 0 where ``/proc`` is not available.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            kib = next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), 0)
+        if reset:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+                clear.write("5")
+    except OSError:
+        return 0
+    return kib * 1024
 
 
 def _gpu_cluster(gpus: int, memory_limit: str | int | None, dash: str | None) -> Any:

@@ -51,7 +51,7 @@ _DONE_DIR = ".volmla-done"
 _ATTR = "volmla"
 
 __all__ = [
-    "DEFAULT_CLEVEL",
+    "compressor",
     "DIMS",
     "Kind",
     "check_output",
@@ -309,12 +309,28 @@ def _block_slices(chunks: Sequence[int], shape: Sequence[int], idx: Sequence[int
     return tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, chunks, shape, strict=True))
 
 
+def _surely_not_empty(block: np.ndarray) -> bool:
+    """True if a few sampled voxels already differ from the fill value 0.
+
+    Zarr skips writing chunks equal to the fill value, which costs a full comparison pass
+    over every chunk (40 ms of a 130 ms float32 256^3 write here). A chunk with a non-zero
+    voxel among its first, middle and last ones is written without that pass; the others
+    (background-only label chunks, say) still get Zarr's check and are skipped when empty.
+    """
+    flat = block.reshape(-1) if block.flags.c_contiguous else None
+    n = block.size
+    picks = (0, n // 2, n - 1) if n else ()
+    values = [flat[i] for i in picks] if flat is not None else [block[np.unravel_index(i, block.shape)] for i in picks]
+    return any(v != 0 for v in values)
+
+
 def _write_block(block: np.ndarray, store: str, region: tuple[slice, ...], marker: str) -> int:
     """Write one chunk-aligned block, then leave its completion marker."""
     if hasattr(block, "get"):  # a CuPy block that reached the writer
         block = block.get()
-    arr = zarr.open_array(store=store, mode="r+")
-    arr[region] = np.asarray(block, dtype=arr.dtype)
+    block = np.asarray(block)
+    arr = zarr.open_array(store=store, mode="r+", config={"write_empty_chunks": _surely_not_empty(block)})
+    arr[region] = block.astype(arr.dtype, copy=False)
     Path(marker).touch()
     return int(block.size)
 
@@ -331,8 +347,29 @@ def _coarsen(data: da.Array, kind: str) -> da.Array:
     return mean.astype(data.dtype)
 
 
-DEFAULT_CLEVEL = 3
-"""Blosc-zstd level of written volumes (zstd's own default; see :func:`write_volume`)."""
+def compressor(kind: str) -> BloscCodec:
+    """The Blosc codec volmla writes a volume of this ``kind`` with.
+
+    Both shuffle bits first. Intensity volumes get LZ4: their low bits are noise, which no
+    entropy coder shrinks, so zstd buys almost nothing and costs a lot of time. Measured on
+    one core on a 256^3 noisy CT chunk, gaussian-filtered float32: ratio 1.51 (LZ4) vs
+    1.53 (zstd level 3), encode 1120 vs 420 MB/s, decode 1380 vs 1140 MB/s; on raw uint16
+    1.06 vs 1.07. Phase and label volumes get zstd level 3 (zstd's own default): they are
+    piecewise constant and zstd stores them 2-3x smaller than LZ4 (phantom phases 19.3 vs
+    9.4, particle labels 36.5 vs 13.7) at ~500 MB/s.
+
+    Parameters
+    ----------
+    kind
+        ``"intensity"``, ``"phases"`` or ``"labels"``.
+
+    Returns
+    -------
+    zarr.codecs.BloscCodec
+    """
+    if kind == "intensity":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 
 
 def write_volume(
@@ -347,7 +384,7 @@ def write_volume(
     levels: int = 1,
     overwrite: bool = False,
     job: Mapping[str, Any] | None = None,
-    clevel: int = DEFAULT_CLEVEL,
+    codec: BloscCodec | None = None,
 ) -> Path:
     """Write a volume to OME-Zarr, chunk by chunk, resumably.
 
@@ -377,10 +414,9 @@ def write_volume(
     job
         A description of the computation (command and parameters); its fingerprint
         decides whether an interrupted output may be resumed.
-    clevel
-        Blosc-zstd compression level (bit shuffle). The default 3 is zstd's own; on
-        noisy float32 CT it keeps 98 % of level 5's ratio (1.53 vs 1.55) and encodes
-        40 % faster (754 vs 539 MB/s on one core here).
+    codec
+        Blosc codec of every level; default :func:`compressor` of ``kind`` (LZ4 for
+        intensities, zstd for phases and labels, both bit-shuffled).
 
     Returns
     -------
@@ -415,7 +451,8 @@ def write_volume(
     if mode == "replace":
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if mode != "resume":
-        _create_group(path, array.shape, dtype, chunk_shape, levels, vs, kind, phase_attr, steps, fingerprint, clevel,
+        _create_group(path, array.shape, dtype, chunk_shape, levels, vs, kind, phase_attr, steps, fingerprint,
+                      codec or compressor(kind),
                       request=job_fingerprint(job))
 
     level_data = array
@@ -442,7 +479,7 @@ def _create_group(
     phases: dict[str, str],
     provenance: list[Any],
     fingerprint: str,
-    clevel: int,
+    codec: BloscCodec,
     request: str = "",
 ) -> None:
     import warnings
@@ -462,7 +499,7 @@ def _create_group(
             shape=level_shape,
             chunks=tuple(min(c, s) for c, s in zip(chunk_shape, level_shape, strict=True)),
             dtype=dtype,
-            compressors=BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle"),
+            compressors=codec,
             fill_value=0,
             dimension_names=DIMS,
         )
