@@ -5,13 +5,17 @@ Measures, in one run on one machine:
 1. per filter, megavoxels per second of ``volmla.preprocess`` reading and writing OME-Zarr
    on an embedded cluster of one worker, and of the same SciPy / scikit-image call (or our
    kernel, where no 3-D peer exists) on the whole array in memory;
-2. the engine's overhead for ``gaussian`` on one worker (target <= 15 %);
+2. the engine's overhead for ``gaussian`` on one worker (target <= 15 %), two ways:
+   end to end (Zarr in, Zarr out, one worker process) and of the halo engine alone (the
+   same graph over a NumPy-backed Dask array into a NumPy output, one thread); the runs
+   are interleaved with the in-memory call and the median of the per-round ratios taken;
 3. the speed-up from one to two workers for ``gaussian`` (target >= 1.6x);
 4. what the storage costs on its own: reading the input and encoding + writing the
-   output chunks (volmla's codec for intensities, Blosc-LZ4 bit-shuffled), timed on a worker on the same
-   data, which the in-memory call does not pay;
-5. the peak RSS of every worker process (``VmHWM`` inside the workers, reset by a
-   worker restart before each run);
+   output chunks (volmla's codec for intensities, Blosc-LZ4 bit-shuffled), timed on a
+   worker on the same data, which the in-memory call does not pay;
+5. the peak RSS of every worker process (``VmHWM`` inside the workers, reset before
+   each run), and how one worker's peak grows with the volume's
+   depth at fixed chunks;
 6. GPU (CuPy) against CPU for ``gaussian`` and ``median`` when a GPU works here.
 
 Run ``python benchmarks/bench_filters.py --size 512`` for the full measurement,
@@ -76,33 +80,35 @@ def _warm_up() -> None:
     import volmla.preprocess  # noqa: F401
 
 
-def _make_input(path: Path, size: int, chunks: int) -> None:
+def _make_input(path: Path, size: int | tuple[int, int, int], chunks: int) -> None:
     """A noisy two-phase phantom written chunk by chunk (never held whole)."""
     import dask.array as da
 
     from volmla.io import write_volume
 
+    shape = (size,) * 3 if isinstance(size, int) else size
     rs = da.random.RandomState(0)
-    base = rs.normal(12000, 800, (size,) * 3, chunks=chunks)
-    grains = rs.random((size,) * 3, chunks=chunks) > 0.8
+    base = rs.normal(12000, 800, shape, chunks=chunks)
+    grains = rs.random(shape, chunks=chunks) > 0.8
     vol = da.clip(base + 9000 * grains, 0, 65535).astype(np.uint16)
     write_volume(vol, path, voxel_size=1.0, chunks=chunks, overwrite=True)
 
 
 def _engine_run(client: Any, src: Path, dst: Path, step: str, device: str = "cpu") -> tuple[float, float]:
-    """One run Zarr -> Zarr on fresh workers: (seconds, peak RSS of the busiest worker in MiB)."""
+    """One run Zarr -> Zarr: (seconds, peak RSS of the busiest worker during the run, MiB)."""
     from volmla.cluster import peak_rss
     from volmla.io import open_volume, write_volume
     from volmla.preprocess import preprocess
 
     print(f"{step}: a run on {len(client.scheduler_info()['workers'])} worker(s)", file=sys.stderr, flush=True)
-    client.restart()  # fresh worker processes: peak RSS is this run's
     client.run(_warm_up)  # imports are not part of the measurement
     # nor is first-call set-up (Zarr's and Blosc's thread pools, the kernel's first
     # run): the same step on a 64^3 volume first, as a long-running worker would be
     warm = src.with_name("warm.zarr")
     write_volume(preprocess(open_volume(warm), [step], device=device), warm.with_name("warm_out.zarr"),
                  overwrite=True)
+    # the peak from here on (no worker restart: restarts sometimes hung this VM's nannies)
+    client.run(peak_rss, reset=True)
     vol = open_volume(src)
     start = time.perf_counter()
     chunks = tuple(int(c[0]) for c in vol.data.chunks)  # storage chunks = compute blocks
@@ -119,18 +125,79 @@ def _summary(runs: list[float], voxels: int, peaks: list[float] | None = None) -
     return out
 
 
-def _paired_runs(client: Any, thunk: Any, src: Path, dst: Path, step: str, repeat: int) -> tuple[list[float], list[float], list[float]]:
-    """``repeat`` pairs of (in-memory call, engine run), interleaved so that the drift of a
-    shared VM (runs vary by up to 25 % here) hits both alike: (in-memory s, engine s, peaks)."""
-    memory, engine, peaks = [], [], []
+def _engine_in_memory(whole: np.ndarray, step: str, chunks: int) -> float:
+    """Seconds of the halo engine alone: the same step over a NumPy-backed Dask array, into
+    a NumPy output, on one thread (no storage, no inter-process transfer)."""
+    import dask
+    import dask.array as da
+    import xarray as xr
+
+    from volmla.preprocess import preprocess
+
+    vol = xr.DataArray(da.from_array(whole, chunks=chunks, name="bench-input"), dims=("z", "y", "x"),
+                       attrs={"voxel_size_um": (1.0, 1.0, 1.0), "kind": "intensity"})
+    result = preprocess(vol, [step]).data
+    out = np.empty(result.shape, result.dtype)
+    start = time.perf_counter()
+    with dask.config.set(scheduler="threads", num_workers=1):
+        da.store(result, out, lock=False)
+    return time.perf_counter() - start
+
+
+def _paired_runs(client: Any, thunk: Any, src: Path, dst: Path, step: str, repeat: int,
+                 whole: np.ndarray | None = None) -> dict[str, list[float]]:
+    """``repeat`` rounds of (in-memory call, [engine in memory,] engine Zarr -> Zarr),
+    interleaved so that the drift of a shared VM (runs vary by up to 25 % here) hits all
+    alike."""
+    runs: dict[str, list[float]] = {"memory": [], "engine": [], "peaks": [], "engine_in_memory": []}
+    chunks = int(open_zarr_chunks(src))
     for _ in range(repeat):
         start = time.perf_counter()
         thunk()
-        memory.append(time.perf_counter() - start)
+        runs["memory"].append(time.perf_counter() - start)
+        if whole is not None:
+            runs["engine_in_memory"].append(_engine_in_memory(whole, step, chunks))
         seconds, peak = _engine_run(client, src, dst, step)
-        engine.append(seconds)
-        peaks.append(peak)
-    return memory, engine, peaks
+        runs["engine"].append(seconds)
+        runs["peaks"].append(peak)
+    return runs
+
+
+def open_zarr_chunks(src: Path) -> int:
+    """The (cubic) chunk edge of the benchmark's input volume."""
+    from volmla.io import open_volume
+
+    return int(open_volume(src).data.chunks[0][0])
+
+
+def _memory_scaling(size: int) -> dict[str, Any]:
+    """Peak RSS of one worker for the gaussian on volumes of growing depth, at fixed
+    ``size // 4`` chunks: memory follows the chunks and the xy extent, not the depth."""
+    from volmla.cluster import cluster, peak_rss
+    from volmla.io import open_volume, write_volume
+    from volmla.preprocess import preprocess
+
+    chunks = max(16, size // 4)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_filters_mem_"))
+    rows = []
+    try:
+        for depth in (size // 2, size, 2 * size):
+            src = tmp / f"in{depth}.zarr"
+            _make_input(src, (depth, size, size), chunks)
+            with cluster(workers=1, dashboard=False) as client:  # a fresh worker per volume
+                client.run(_warm_up)
+                base = max(client.run(peak_rss).values()) / 2**20
+                start = time.perf_counter()
+                write_volume(preprocess(open_volume(src), [FILTERS["gaussian"]]), tmp / "out.zarr", chunks=chunks,
+                             overwrite=True)
+                seconds = time.perf_counter() - start
+                rows.append({"shape": [depth, size, size], "chunks": chunks, "seconds": round(seconds, 3),
+                             "worker_rss_after_imports_mb": round(base, 1),
+                             "worker_peak_rss_mb": round(max(client.run(peak_rss).values()) / 2**20, 1)})
+                shutil.rmtree(src, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"step": FILTERS["gaussian"], "runs": rows}
 
 
 def _storage_cost(src: str, dst: str, chunks: int) -> dict[str, float]:
@@ -190,15 +257,23 @@ def main() -> None:
             for name in names:
                 label, thunk = _peer(name, whole)
                 repeat = args.repeat if name == "gaussian" else 1
-                memory, engine, peaks = _paired_runs(client, thunk, src, dst, FILTERS[name], repeat)
+                runs = _paired_runs(client, thunk, src, dst, FILTERS[name], repeat,
+                                    whole if name == "gaussian" else None)
+                memory, engine = runs["memory"], runs["engine"]
                 results["filters"][name] = {
                     "step": FILTERS[name],
-                    "engine_1_worker": _summary(engine, whole.size, peaks),
+                    "engine_1_worker": _summary(engine, whole.size, runs["peaks"]),
                     "in_memory": {"call": label, **_summary(memory, whole.size)},
                     "engine_over_in_memory": float(np.median(engine)) / float(np.median(memory)),
                     "engine_over_in_memory_per_pair": [round(e / m, 3) for e, m in zip(engine, memory, strict=True)],
                 }
-            client.restart()
+                if runs["engine_in_memory"]:
+                    alone = runs["engine_in_memory"]
+                    results["filters"][name]["engine_alone_1_thread"] = {
+                        "what": "the halo engine over a NumPy-backed Dask array into a NumPy output, one thread",
+                        **_summary(alone, whole.size),
+                        "over_in_memory_per_pair": [round(e / m, 3) for e, m in zip(alone, memory, strict=True)],
+                    }
             results["storage"] = client.submit(_storage_cost, str(src / "0"), str(tmp / "codec.zarr"), chunks,
                                                pure=False).result()
         if "gaussian" in results["filters"]:
@@ -210,12 +285,17 @@ def main() -> None:
                 g["in_memory"]["seconds"] + io_s) - 1
             g["overhead_1_worker"] = g["engine_over_in_memory"] - 1.0
             g["overhead_1_worker_median_of_pairs"] = float(np.median(g["engine_over_in_memory_per_pair"])) - 1.0
+            if "engine_alone_1_thread" in g:
+                g["overhead_engine_alone_median_of_pairs"] = float(
+                    np.median(g["engine_alone_1_thread"]["over_in_memory_per_pair"])) - 1.0
             g["overhead_target"] = 0.15
             with cluster(workers=2, dashboard=False) as client:
                 two = [_engine_run(client, src, dst, FILTERS["gaussian"]) for _ in range(args.repeat)]
                 g["engine_2_workers"] = _summary([t for t, _ in two], whole.size, [p for _, p in two])
             g["speedup_2_over_1_workers"] = g["engine_1_worker"]["seconds"] / g["engine_2_workers"]["seconds"]
             g["speedup_target"] = 1.6
+        if "gaussian" in results["filters"] and not args.quick:
+            results["memory_scaling_1_worker"] = _memory_scaling(size)
         results["gpu"] = _gpu_vs_cpu(whole, src, dst) if gpu_available() else "skipped: no working CuPy/CUDA device"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
