@@ -150,7 +150,7 @@ def _paired_runs(client: Any, thunk: Any, src: Path, dst: Path, step: str, repea
     interleaved so that the drift of a shared VM (runs vary by up to 25 % here) hits all
     alike."""
     runs: dict[str, list[float]] = {"memory": [], "engine": [], "peaks": [], "engine_in_memory": []}
-    chunks = int(open_zarr_chunks(src))
+    chunks = _input_chunks(src)
     for _ in range(repeat):
         start = time.perf_counter()
         thunk()
@@ -163,7 +163,7 @@ def _paired_runs(client: Any, thunk: Any, src: Path, dst: Path, step: str, repea
     return runs
 
 
-def open_zarr_chunks(src: Path) -> int:
+def _input_chunks(src: Path) -> int:
     """The (cubic) chunk edge of the benchmark's input volume."""
     from volmla.io import open_volume
 
