@@ -157,6 +157,19 @@ def test_codec_by_kind(tmp_path: Path, rng: np.random.Generator) -> None:
     np.testing.assert_array_equal(open_volume(path).values, vol)
 
 
+def test_empty_chunks_are_not_stored_and_full_ones_are(tmp_path: Path) -> None:
+    # a chunk whose sampled voxels are non-zero skips Zarr's emptiness pass; the others
+    # still get it, so background-only label chunks take no space
+    lab = np.zeros((8, 8, 8), np.uint32)
+    lab[0, 0, 0] = 5  # chunk (0, 0, 0): first voxel set
+    lab[6, 0, 0] = 6  # chunk (1, 0, 0): its middle voxel (flat index 32 of 64) set
+    lab[1, 7, 1] = 7  # chunk (0, 1, 0): a voxel no sample sees
+    path = write_volume(lab, tmp_path / "l.zarr", voxel_size=1.0, chunks=4, kind="labels")
+    stored = {p.relative_to(path / "0" / "c").as_posix() for p in (path / "0" / "c").rglob("*") if p.is_file()}
+    assert stored == {"0/0/0", "1/0/0", "0/1/0"}
+    np.testing.assert_array_equal(open_volume(path).values, lab)
+
+
 # ----------------------------------------------------------------------------- resume
 
 

@@ -317,11 +317,8 @@ def _surely_not_empty(block: np.ndarray) -> bool:
     voxel among its first, middle and last ones is written without that pass; the others
     (background-only label chunks, say) still get Zarr's check and are skipped when empty.
     """
-    flat = block.reshape(-1) if block.flags.c_contiguous else None
     n = block.size
-    picks = (0, n // 2, n - 1) if n else ()
-    values = [flat[i] for i in picks] if flat is not None else [block[np.unravel_index(i, block.shape)] for i in picks]
-    return any(v != 0 for v in values)
+    return n > 0 and any(block.flat[i] != 0 for i in (0, n // 2, n - 1))
 
 
 def _write_block(block: np.ndarray, store: str, region: tuple[slice, ...], marker: str) -> int:
