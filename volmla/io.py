@@ -51,10 +51,10 @@ _DONE_DIR = ".volmla-done"
 _ATTR = "volmla"
 
 __all__ = [
-    "compressor",
     "DIMS",
     "Kind",
     "check_output",
+    "compressor",
     "default_chunks",
     "is_volume",
     "open_volume",
