@@ -150,6 +150,8 @@ def test_codec_by_kind(tmp_path: Path, rng: np.random.Generator) -> None:
             assert _codec(path, level)["shuffle"] == "bitshuffle"
         assert compressor(kind).cname.value == cname
         np.testing.assert_array_equal(open_volume(path).values, vol)
+    with pytest.raises(VolmlaError, match="kind must be one of"):
+        compressor("mask")
     from zarr.codecs import BloscCodec
 
     path = write_volume(vol, tmp_path / "own.zarr", voxel_size=1.0, codec=BloscCodec(cname="zlib", clevel=1))

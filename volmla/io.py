@@ -364,6 +364,8 @@ def compressor(kind: str) -> BloscCodec:
     -------
     zarr.codecs.BloscCodec
     """
+    if kind not in KINDS:
+        raise VolmlaError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind == "intensity":
         return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
     return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
