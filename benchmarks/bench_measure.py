@@ -4,9 +4,10 @@ Same quantities for every method: voxel count, bounding box, centroid and the vo
 count of every phase per particle, on a synthetic volume of ``--n-particles`` particles
 (random boxes, one per 8^3 grid cell; phases constant over 4^3 grains).
 
-- ``volmla``: :func:`volmla.measure.particles` (one pass, per-block partial tables;
-  it also computes surface areas and border flags, which the peers do not), on in-memory
-  arrays with Dask's threaded scheduler;
+- ``volmla``: :func:`volmla.measure.particles` (one compiled pass per block, per-block
+  partial tables; it also computes surface areas, phase contacts and border flags,
+  which the peers do not), called on the in-memory NumPy arrays as a user would, with
+  Dask's threaded scheduler (the library picks the blocks);
 - ``volmla_cluster``: the same from Zarr on an embedded cluster of 2 worker processes
   (how the CLI runs it), with each worker's peak RSS;
 - ``regionprops``: ``skimage.measure.regionprops_table`` with ``intensity_image`` =
@@ -15,7 +16,9 @@ count of every phase per particle, on a synthetic volume of ``--n-particles`` pa
   ``labeled_comprehension`` (phase counts) on a subset of ``--dask-image-labels``
   labels, extrapolated linearly to all labels (it costs one pass per label).
 
-Each method runs in its own subprocess so that its peak RSS is its own.
+Each method runs in its own subprocess so that its peak RSS is its own, after a
+warm-up on a tiny volume (imports, Numba's compiled kernels); ``volmla`` and
+``regionprops`` are timed ``--repeat`` times and the median is reported.
 
 Run ``python benchmarks/bench_measure.py --quick`` to check it works;
 full size: ``python benchmarks/bench_measure.py --n-particles 100000``.
@@ -64,20 +67,20 @@ def make_volume(n_particles: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return labels, phases.astype(np.uint8)
 
 
-def run_volmla(labels: np.ndarray, phases: np.ndarray, chunks: int) -> int:
+def run_volmla(labels: np.ndarray, phases: np.ndarray) -> int:
     import dask
-    import dask.array as da
 
     from volmla.measure import particles
 
     with dask.config.set(scheduler="threads"):
-        table = particles(da.from_array(labels, chunks=chunks), da.from_array(phases, chunks=chunks), voxel_size=1.0)
+        table = particles(labels, phases, voxel_size=1.0)
     return len(table)
 
 
-def run_volmla_cluster(labels: np.ndarray, phases: np.ndarray, chunks: int, workers: int = 2) -> tuple[int, float, list[float]]:
+def run_volmla_cluster(labels: np.ndarray, phases: np.ndarray, chunks: int, repeat: int, workers: int = 2
+                       ) -> tuple[int, list[float], list[float]]:
     """``volmla.measure.particles`` as the CLI runs it: Zarr inputs, an embedded cluster of
-    worker processes that read the chunks themselves. Returns (rows, seconds, worker peak RSS MiB)."""
+    worker processes that read the chunks themselves. Returns (rows, seconds of each run, worker peak RSS MiB)."""
     import tempfile
 
     from volmla.cluster import cluster, peak_rss
@@ -92,11 +95,13 @@ def run_volmla_cluster(labels: np.ndarray, phases: np.ndarray, chunks: int, work
                            write_volume(ph, f"{tmp}/{name}_p.zarr", voxel_size=1.0, chunks=chunks, kind="phases"))
         with cluster(workers=workers, dashboard=False) as client:
             particles(open_volume(paths["tiny"][0]), open_volume(paths["tiny"][1]))  # warm-up
-            start = time.perf_counter()
-            table = particles(open_volume(paths["full"][0]), open_volume(paths["full"][1]))
-            seconds = time.perf_counter() - start
+            runs = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                table = particles(open_volume(paths["full"][0]), open_volume(paths["full"][1]))
+                runs.append(time.perf_counter() - start)
             rss = sorted(v / 2**20 for v in client.run(peak_rss).values())
-    return len(table), seconds, rss
+    return len(table), runs, rss
 
 
 def run_regionprops(labels: np.ndarray, phases: np.ndarray) -> int:
@@ -128,37 +133,46 @@ def run_dask_image(labels: np.ndarray, phases: np.ndarray, chunks: int, subset: 
 
 
 def child(args: argparse.Namespace) -> None:
+    import dask.array as da
+
     labels, phases = make_volume(args.n_particles, args.seed)
     n = int(labels.max())
     # imports and first-call set-up outside the timed region: a warm-up on a tiny volume
     tiny_l, tiny_p = make_volume(8, args.seed + 1)
     if args.method == "volmla_cluster":
         pass  # warmed up inside, on its own cluster
-    elif args.method == "volmla":
-        run_volmla(tiny_l, tiny_p, 8)
+    elif args.method == "volmla":  # in blocks of 8, so that the kernel between blocks is compiled too
+        from volmla.measure import particles
+
+        particles(da.from_array(tiny_l, chunks=8), da.from_array(tiny_p, chunks=8), voxel_size=1.0)
     elif args.method == "regionprops":
         run_regionprops(tiny_l, tiny_p)
     else:
         run_dask_image(tiny_l, tiny_p, 8, 2)
     if args.method == "volmla_cluster":
-        done, seconds, rss = run_volmla_cluster(labels, phases, args.chunks)
-        print(json.dumps({"method": args.method, "seconds": seconds, "labels_measured": done, "n_particles": n,
+        done, runs, rss = run_volmla_cluster(labels, phases, args.chunks, args.repeat)
+        print(json.dumps({"method": args.method, "seconds": float(np.median(runs)), "runs_s": [round(r, 3) for r in runs],
+                          "labels_measured": done, "n_particles": n,
                           "voxels": int(labels.size), "worker_peak_rss_mb": rss,
                           "note": "Zarr inputs, 2 worker processes (embedded cluster)"}))
         return
-    start = time.perf_counter()
-    if args.method == "volmla":
-        done = run_volmla(labels, phases, args.chunks)
-    elif args.method == "regionprops":
-        done = run_regionprops(labels, phases)
-    else:
-        done = run_dask_image(labels, phases, args.chunks, min(args.dask_image_labels, n))
-    seconds = time.perf_counter() - start
+    runs = []
+    for _ in range(args.repeat if args.method in ("volmla", "regionprops") else 1):
+        start = time.perf_counter()
+        if args.method == "volmla":
+            done = run_volmla(labels, phases)
+        elif args.method == "regionprops":
+            done = run_regionprops(labels, phases)
+        else:
+            done = run_dask_image(labels, phases, args.chunks, min(args.dask_image_labels, n))
+        runs.append(time.perf_counter() - start)
+    seconds = float(np.median(runs))
     from volmla.cluster import peak_rss
 
     result = {
         "method": args.method,
         "seconds": seconds,
+        "runs_s": [round(r, 3) for r in runs],
         "labels_measured": done,
         "n_particles": n,
         "voxels": int(labels.size),
@@ -177,6 +191,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=128)
     parser.add_argument("--dask-image-labels", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of volmla and regionprops (median)")
     parser.add_argument("--method", choices=("volmla", "volmla_cluster", "regionprops", "dask_image"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,7 +205,8 @@ def main() -> None:
     results = {}
     for method in ("volmla", "volmla_cluster", "regionprops", "dask_image"):
         cmd = [sys.executable, __file__, "--method", method, "--n-particles", str(args.n_particles), "--chunks",
-               str(args.chunks), "--dask-image-labels", str(args.dask_image_labels), "--seed", str(args.seed)]
+               str(args.chunks), "--dask-image-labels", str(args.dask_image_labels), "--seed", str(args.seed),
+               "--repeat", str(args.repeat)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
     ours = results["volmla"]["seconds"]

@@ -230,3 +230,39 @@ def test_single_voxel_chunks_many_labels(rng: np.random.Generator) -> None:
     ref = reference_particles(lab, ph, np.zeros_like(lab), (1.0, 1.0, 1.0), {1: "1", 2: "2"}).drop(columns="n_grains")
     got = measure.particles(da.from_array(lab, chunks=1), da.from_array(ph, chunks=1), voxel_size=1.0)
     _compare(got.drop(columns="n_grains"), ref)
+
+
+@pytest.mark.parametrize("offset", [0, 2**40])
+def test_offset_and_renumbered_ids_agree(small_phantom: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch,
+                                         offset: int) -> None:
+    """Blocks index their ids by an offset when the ids span a narrow range and are
+    renumbered otherwise: both give the brute-force tables, for small and huge ids."""
+    lab = small_phantom["particles"].astype(np.uint64)
+    lab[lab > 0] += offset
+    ph, gr = small_phantom["phases"], small_phantom["grains"]
+    names = {1: "1", 2: "2", 3: "3"}
+    ref = reference_particles(lab, ph, gr, (1.0, 1.0, 1.0), names).drop(columns="n_grains")
+    for span in (measure._DENSE_SPAN, 0):  # 0: every block renumbered
+        monkeypatch.setattr(measure, "_DENSE_SPAN", span)
+        got = measure.particles(da.from_array(lab, chunks=(7, 9, 11)), da.from_array(ph, chunks=(7, 9, 11)),
+                                voxel_size=1.0, phase_names=names)
+        _compare(got.drop(columns="n_grains"), ref)
+
+
+def test_numpy_input_is_cut_into_views_not_copied() -> None:
+    lab = np.zeros((40, 30, 20), np.uint32)
+    blocks = measure._views(lab, (16, 16, 16))
+    assert blocks.numblocks == (3, 2, 2)
+    first = blocks.dask[(blocks.name, 0, 0, 0)]
+    assert np.shares_memory(first, lab) and first.shape == (16, 16, 16)
+    np.testing.assert_array_equal(blocks.compute(), lab)
+
+
+def test_bad_ids_are_one_line_errors() -> None:
+    lab = np.zeros((4, 4, 4), np.int32)
+    lab[1:3, 1:3, 1:3] = 1
+    with pytest.raises(VolmlaError, match="phase ids must lie in 0..255"):
+        measure.particles(lab, lab.astype(np.uint16) * 300, voxel_size=1.0)
+    lab[0, 0, 0] = -2
+    with pytest.raises(VolmlaError, match="must not be negative"):
+        measure.particles(lab, (lab > 0).astype(np.uint8), voxel_size=1.0)

@@ -4,31 +4,33 @@ The tables are reductions, never one mask or one task per label (the
 ``labeled_comprehension`` anti-pattern):
 
 1. the particle volume is cut into its Dask blocks; phases (and grains) are rechunked
-   to the same blocks. Each block is read with a one-voxel halo on its *high* side
-   only (the neighbour's first plane along z, y and x);
-2. a pure NumPy kernel (:func:`block_partial`) reduces one block to small partial
-   tables keyed by the global label: the block's labels are renumbered
-   (``fastremap.renumber``), ``cc3d.statistics`` gives voxel counts, bounding boxes and
-   centroids (turned back into exact integer coordinate sums), one ``np.bincount`` on
-   the combined key ``(label, phase)`` gives the voxel count of every phase in every
-   particle, and the grain ids give ``(grain, particle, phase, count)`` rows;
-3. surface area is a voxel-face count (option (b) of the design): a face between
-   voxel ``i`` and ``i + 1`` along an axis belongs to the block that holds voxel
-   ``i`` (hence the high-side halo); faces on the volume's low faces belong to the
-   first block. Every face whose two voxels carry different particle ids counts for
-   each non-zero side (the block's labels plus halo are renumbered so the counts are
-   one dense ``np.bincount`` per axis). The same pairs give the phase-contact matrix:
-   faces between two phases inside one particle, and faces between a particle's phase
-   and anything outside the particle (``background``: the void or another particle);
-   phase-0 voxels inside a particle count as background for their neighbours. Face counts are kept per axis as integers
+   to the same blocks. Each block task reads its own block only (no halo); in-memory
+   NumPy inputs are cut into views, never copied or hashed whole;
+2. a compiled kernel (:func:`block_partial`, Numba, :mod:`volmla._scan`) reduces one
+   block in a single pass to small partial tables keyed by the global label: voxel
+   count per (particle, phase), exact integer coordinate sums, bounding boxes, and the
+   faces described in 3. Particle ids index dense per-block tables: offset by the
+   block's smallest id when the ids of a block span a narrow range (as after
+   :func:`volmla.label.label`), renumbered with ``fastremap`` otherwise. Grain ids
+   give ``(grain, particle, phase, count)`` rows;
+3. surface area is a voxel-face count (option (b) of the design). A face between two
+   voxels of one block, or between a voxel and the outside of the volume, is counted
+   by that block's kernel; a face between two blocks by a small task
+   (:func:`face_partial`) on the last plane of the one and the first plane of the
+   other, which the block task hands on. Every face whose two voxels carry different
+   particle ids counts for each non-zero side. The same pairs give the phase-contact
+   matrix: faces between two phases inside one particle, and faces between a
+   particle's phase and anything outside the particle (``background``: the void or
+   another particle); phase-0 voxels inside a particle count as background for their
+   neighbours. Face counts are kept per axis as integers
    and turned into areas with the per-axis face areas (anisotropic voxels) times the
    stereological correction ``2/3`` (:data:`SURFACE_CORRECTION`): a voxelised surface
    of isotropic orientation has on average 1.5 times its true area, since
    ``E[|n_z| + |n_y| + |n_x|] = 3/2`` for a uniformly distributed unit normal;
 4. the partial tables of all blocks are computed with :func:`volmla.cluster.compute`
-   (the merge is an inherently global reduction) and merged by label with pandas
-   ``groupby`` sum / min / max. Every merged quantity is an integer, so the tables are
-   exactly the same for any chunking;
+   (the merge is an inherently global reduction) and merged by label: one sort of
+   the ids, then ``reduceat`` sums, minima and maxima. Every merged quantity is an
+   integer, so the tables are exactly the same for any chunking;
 5. the derived columns follow: volume, equivalent sphere diameter, surface area,
    sphericity ``pi^(1/3) (6 V)^(2/3) / A``, centroid (micrometres, voxel centres at
    ``index * voxel_size`` like :func:`volmla.io.open_volume`'s coordinates), half-open
@@ -44,14 +46,16 @@ low by the factor 2/3. Sphericity is not clipped to 1.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
-import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
+from dask.base import tokenize
+from dask.typing import DaskCollection
 
 from volmla.errors import VolmlaError
 
@@ -63,6 +67,7 @@ SURFACE_CORRECTION = 2.0 / 3.0
 BACKGROUND = "background"
 
 _AXES = ("z", "y", "x")
+Partial = dict[str, dict[str, np.ndarray]]
 _BASE_COLUMNS = [
     "particle_id",
     "volume_voxels",
@@ -91,6 +96,7 @@ __all__ = [
     "SURFACE_CORRECTION",
     "Tables",
     "block_partial",
+    "face_partial",
     "grains",
     "measure",
     "particle_columns",
@@ -122,41 +128,66 @@ def particle_columns(phase_names: Sequence[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- kernel
 
+_BLOCK_BYTES = 16 * 2**20
+"""Block size in bytes of the particle ids when in-memory arrays are measured."""
 
-def _pairs(ext: np.ndarray, core: tuple[int, int, int], lead: tuple[int, int, int], axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """The (low, high) voxel pairs across every face along ``axis`` owned by the block.
+_DENSE_SPAN = 1 << 18
+"""Largest label span of a block indexed by ``label - min`` (above it, or above an
+eighth of the block's voxels, the block's labels are renumbered)."""
 
-    ``ext`` is the block with ``lead[a]`` (0 or 1) padding voxels before the core and
-    exactly one voxel (halo or zero padding) after it, along every axis.
+
+def _indexing(labels: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """``(block, base, ids)`` such that ``block - base`` indexes ``ids`` (original ids).
+
+    Labels whose span in the block is small (as after :func:`volmla.label.label`, which
+    numbers components block by block) are offset, with no pass over the block; sparse
+    spans are renumbered with ``fastremap``.
     """
-    sel_lo: list[slice] = []
-    sel_hi: list[slice] = []
-    for a in range(3):
-        if a == axis:
-            n = lead[a] + core[a]
-            sel_lo.append(slice(0, n))
-            sel_hi.append(slice(1, n + 1))
-        else:
-            s = slice(lead[a], lead[a] + core[a])
-            sel_lo.append(s)
-            sel_hi.append(s)
-    return ext[tuple(sel_lo)], ext[tuple(sel_hi)]
+    from volmla._scan import nonzero_range
+
+    lo, hi = nonzero_range(labels)
+    if hi < lo:
+        return labels, 0, np.zeros(1, np.uint64)
+    if hi - lo < min(_DENSE_SPAN, labels.size // 8):
+        ids = np.arange(lo - 1, hi + 1, dtype=np.uint64)
+        ids[0] = 0
+        return labels, lo - 1, ids
+    ids, renum = _renumber(labels)
+    return renum.astype(np.uint32, copy=False), 0, ids
 
 
-def _ext(block: np.ndarray, core: tuple[int, int, int], low_edge: Sequence[bool], high_edge: Sequence[bool]) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """Pad a high-halo block with zeros: one voxel before the volume's low faces and
-    one voxel after the volume's high faces (where the block has no halo)."""
-    pad = [(int(lo), int(hi)) for lo, hi in zip(low_edge, high_edge, strict=True)]
-    lead = tuple(int(lo) for lo in low_edge)
-    if any(p != (0, 0) for p in pad):
-        block = np.pad(block, pad)
-    for a in range(3):
-        if block.shape[a] != lead[a] + core[a] + 1:
-            raise ValueError(f"block with halo has shape {block.shape}, expected core {core} + halo")
-    return block, lead  # type: ignore[return-value]
+def _check_block(labels: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """C-contiguous labels and uint8 phases, and the number of phase ids (max + 1)."""
+    labels = np.ascontiguousarray(labels)
+    phases = np.ascontiguousarray(phases)
+    if labels.shape != phases.shape:
+        raise ValueError(f"labels {labels.shape} and phases {phases.shape} differ")
+    if labels.dtype.kind != "u":
+        if labels.dtype.kind != "i":
+            raise VolmlaError(f"particle ids must be integers, got dtype {labels.dtype}")
+        if labels.size and int(labels.min()) < 0:
+            raise VolmlaError(f"particle ids must not be negative, got {int(labels.min())}")
+        labels = labels.view(labels.dtype.str.replace("i", "u"))
+    if phases.dtype.kind not in "iub":
+        raise VolmlaError(f"phases must hold integer ids, got dtype {phases.dtype}")
+    n_phases = int(phases.max()) + 1 if phases.size else 1
+    if n_phases > 256 or (phases.size and int(phases.min()) < 0):
+        raise VolmlaError(f"phase ids must lie in 0..255, got {int(phases.min())}..{n_phases - 1}")
+    return labels, phases.astype(np.uint8, copy=False), n_phases
 
 
-Partial = dict[str, dict[str, np.ndarray]]
+def _face_tables(ids: np.ndarray, face_counts: np.ndarray, contact_counts: np.ndarray
+                 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The ``faces`` and ``contacts`` column dicts from the counts of a scan."""
+    face_counts[:, 0] = 0  # the outside of particles
+    hit = np.flatnonzero(face_counts.any(axis=0))
+    faces = {"particle_id": ids[hit], **{f"faces_{ax}": face_counts[a, hit] for a, ax in enumerate(_AXES)}}
+    # (0, p): phase p against the outside of its particle; (a, b), a < b: inside one particle
+    contact_counts[:, 0, 0] = 0  # phase-0 voxels on a particle's surface, and the outside
+    a, b = np.nonzero(contact_counts.any(axis=0))
+    contacts = {"a": a.astype(np.int64), "b": b.astype(np.int64),
+                **{f"faces_{ax}": contact_counts[i, a, b] for i, ax in enumerate(_AXES)}}
+    return faces, contacts
 
 
 def block_partial(
@@ -164,22 +195,22 @@ def block_partial(
     phases: np.ndarray,
     grains: np.ndarray | None = None,
     *,
-    core: tuple[int, int, int],
-    origin: tuple[int, int, int] = (0, 0, 0),
+    origin: Sequence[int] = (0, 0, 0),
     low_edge: Sequence[bool] = (True, True, True),
     high_edge: Sequence[bool] = (True, True, True),
 ) -> Partial:
     """Reduce one block to partial tables keyed by global label.
 
+    The faces between two voxels of the block count here, and so do those on the
+    volume's faces; the faces towards a neighbouring block are counted by
+    :func:`face_partial`.
+
     Parameters
     ----------
     labels, phases
-        The block's particle ids and phase ids, ``core`` voxels plus one halo voxel
-        on the high side of every axis that is not at the volume's high face.
+        The block's particle ids and phase ids (0..255).
     grains
-        The block's grain ids (core only, no halo), or None.
-    core
-        Shape of the block proper.
+        The block's grain ids, or None.
     origin
         Global index of the block's first voxel.
     low_edge, high_edge
@@ -198,94 +229,68 @@ def block_partial(
     Examples
     --------
     >>> lab = np.zeros((3, 3, 3), np.uint32); lab[1, 1, 1] = 7
-    >>> out = block_partial(lab, (lab > 0).astype(np.uint8), core=(3, 3, 3))
+    >>> out = block_partial(lab, (lab > 0).astype(np.uint8))
     >>> int(out["faces"]["faces_z"][0]), int(out["particles"]["n"][0])
     (2, 1)
     """
-    import cc3d
+    from volmla._scan import scan
 
-    core = tuple(int(c) for c in core)  # type: ignore[assignment]
-    labels = np.asarray(labels)
-    phases = np.asarray(phases)
-    if labels.shape != phases.shape:
-        raise ValueError(f"labels {labels.shape} and phases {phases.shape} differ")
-    lab_core = labels[: core[0], : core[1], : core[2]]
-    ph_core = phases[: core[0], : core[1], : core[2]]
-    # block + halo renumbered once to 0..m-1 (dense counting below)
-    ext_ids, ext_renum = _renumber(np.ascontiguousarray(labels))
-    m = ext_ids.size
-
-    # 1. per-particle counts, boxes, coordinate sums and phase counts
-    renum = np.ascontiguousarray(ext_renum[: core[0], : core[1], : core[2]])
-    ids = ext_ids
-    if m > renum.size:  # tiny block with more labels in its halo than voxels: cc3d's limit
-        ids_core, renum = _renumber(renum)
-        ids = ext_ids[ids_core.astype(np.int64)]
-    n_ph = int(ph_core.max()) + 1 if ph_core.size else 1
-    stats = cc3d.statistics(renum, no_slice_conversion=True)
-    counts = np.zeros(ids.size, np.int64)
-    got = np.asarray(stats["voxel_counts"], dtype=np.int64)
-    counts[: got.size] = got[: ids.size]
-    present = np.flatnonzero(counts[1:]) + 1
-    part: dict[str, np.ndarray] = {"particle_id": ids[present]}
-    if present.size:
-        boxes = np.asarray(stats["bounding_boxes"], dtype=np.int64)[present]
-        cents = np.asarray(stats["centroids"], dtype=np.float64)[present]
-        c = counts[present]
-        part["n"] = c
-        for a, ax in enumerate(_AXES):
-            # exact integer coordinate sums from cc3d's float centroids
-            part[f"s{ax}"] = np.rint(cents[:, a] * c).astype(np.int64) + origin[a] * c
-        for a, ax in enumerate(_AXES):
-            part[f"{ax}0"] = boxes[:, 2 * a] + origin[a]
-            part[f"{ax}1"] = boxes[:, 2 * a + 1] + 1 + origin[a]
-        key = renum.astype(np.intp).ravel() * n_ph
-        key += ph_core.ravel()
-        per_phase = np.bincount(key, minlength=ids.size * n_ph).reshape(ids.size, n_ph)[present]
-        for p in range(n_ph):
-            part[f"ph{p}"] = per_phase[:, p].astype(np.int64)
-    else:
-        for col in ("n", "sz", "sy", "sx", "z0", "z1", "y0", "y1", "x0", "x1"):
-            part[col] = np.zeros(0, np.int64)
-
-    # 2. faces (surface per particle) and phase contacts, owned by the low voxel;
-    #    labels renumbered over block + halo so that counting is a dense bincount
-    # phase of particle voxels, 0 outside particles (phase-0 voxels in particles: dropped)
-    owned = np.where(ext_renum != 0, phases, 0).astype(np.uint8)
-    lab_ext, lead = _ext(ext_renum, core, low_edge, high_edge)
-    ph_ext, _ = _ext(owned, core, low_edge, high_edge)
-    face_counts = np.zeros((3, m), np.int64)
-    contact_counts = np.zeros((3, 256 * 256), np.int64)
-    for axis in range(3):
-        la, lb = _pairs(lab_ext, core, lead, axis)
-        pa, pb = _pairs(ph_ext, core, lead, axis)
-        diff = la != lb
-        face_counts[axis] = np.bincount(la[diff], minlength=m)
-        face_counts[axis] += np.bincount(lb[diff], minlength=m)
-        # faces between two ids: each side's phase against the outside (key 0 * 256 + p)
-        contact_counts[axis, :256] = np.bincount(pa[diff], minlength=256)
-        contact_counts[axis, :256] += np.bincount(pb[diff], minlength=256)
-        # same particle (or both outside, then both phases are 0), two phases
-        inner = np.greater(pa != pb, diff)
-        if inner.any():
-            a, b = pa[inner], pb[inner]
-            key = np.minimum(a, b).astype(np.uint16) << 8
-            key |= np.maximum(a, b)
-            contact_counts[axis] += np.bincount(key, minlength=256 * 256)
-    face_counts[:, 0] = 0  # the outside of particles
-    contact_counts[:, 0] = 0  # phase-0 voxels on a particle's surface, and background pairs
-    hit = np.flatnonzero(face_counts.any(axis=0))
-    faces = {"particle_id": ext_ids[hit], "faces_z": face_counts[0, hit], "faces_y": face_counts[1, hit], "faces_x": face_counts[2, hit]}
-    # key = lo * 256 + hi with lo <= hi; lo = 0 is the outside of the particle
-    key = np.flatnonzero(contact_counts.any(axis=0))
-    contacts = {"a": key // 256, "b": key % 256, "faces_z": contact_counts[0, key], "faces_y": contact_counts[1, key],
-                "faces_x": contact_counts[2, key]}
+    labels, phases, n_phases = _check_block(labels, phases)
+    block, base, ids = _indexing(labels)
+    counts, sums, low, high, face_counts, contact_counts = scan(
+        block, phases, base, ids.size, n_phases, np.asarray(low_edge, np.bool_), np.asarray(high_edge, np.bool_))
+    n = counts.sum(axis=1)
+    n[0] = 0
+    present = np.flatnonzero(n)
+    part: dict[str, np.ndarray] = {"particle_id": ids[present], "n": n[present]}
+    for a, ax in enumerate(_AXES):
+        part[f"s{ax}"] = sums[present, a] + origin[a] * n[present]
+    for a, ax in enumerate(_AXES):
+        part[f"{ax}0"] = low[present, a] + origin[a]
+        part[f"{ax}1"] = high[present, a] + 1 + origin[a]
+    for p in range(n_phases):
+        part[f"ph{p}"] = counts[present, p]
+    faces, contacts = _face_tables(ids, face_counts, contact_counts)
     out = {"particles": part, "faces": faces, "contacts": contacts}
-
-    # 3. grains: (grain, particle, phase, count) rows from the core
-    if grains is not None:
-        out["grains"] = _grain_partial(np.asarray(grains)[: core[0], : core[1], : core[2]], lab_core, ph_core.astype(np.int64))
+    if grains is not None:  # (grain, particle, phase, count) rows
+        out["grains"] = _grain_partial(np.asarray(grains), labels, phases.astype(np.int64))
     return out
+
+
+def face_partial(labels: np.ndarray, phases: np.ndarray, *, axis: int) -> Partial:
+    """The faces between two adjacent blocks along ``axis``.
+
+    Parameters
+    ----------
+    labels, phases
+        Shape ``(2, n, m)``: the last plane of the low block and the first plane of
+        the high block (particle ids and phase ids).
+    axis
+        The axis (0, 1, 2 = z, y, x) the two planes are stacked along.
+
+    Returns
+    -------
+    dict of column dicts
+        ``"faces"`` and ``"contacts"`` as in :func:`block_partial` (counts along
+        ``axis`` only).
+
+    Examples
+    --------
+    >>> lab = np.array([[[1, 0]], [[2, 0]]], np.uint32)
+    >>> face_partial(lab, (lab > 0).astype(np.uint8), axis=0)["faces"]["faces_z"].tolist()
+    [1, 1]
+    """
+    from volmla._scan import scan_faces
+
+    labels, phases, n_phases = _check_block(labels, phases)
+    block, base, ids = _indexing(labels)
+    one_faces, one_contacts = scan_faces(block, phases, base, ids.size, n_phases)
+    face_counts = np.zeros((3, ids.size), np.int64)
+    contact_counts = np.zeros((3, n_phases, n_phases), np.int64)
+    face_counts[axis] = one_faces[0]
+    contact_counts[axis] = one_contacts[0]
+    faces, contacts = _face_tables(ids, face_counts, contact_counts)
+    return {"faces": faces, "contacts": contacts}
 
 
 def _renumber(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -328,12 +333,31 @@ def _as_dask(x: Any, name: str) -> tuple[da.Array, dict[str, Any]]:
     attrs = dict(getattr(x, "attrs", {}) or {})
     data = getattr(x, "data", x) if hasattr(x, "dims") else x
     if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=-1)
+        from volmla.io import default_chunks
+
+        data = np.asarray(data)
+        if data.ndim != 3:
+            raise VolmlaError(f"{name} must be a 3-D (z, y, x) volume, got shape {data.shape}")
+        data = _views(data, default_chunks(data.shape, data.dtype, target_bytes=_BLOCK_BYTES))
     if data.ndim != 3:
         raise VolmlaError(f"{name} must be a 3-D (z, y, x) volume, got shape {data.shape}")
     if not np.issubdtype(data.dtype, np.integer):
         raise VolmlaError(f"{name} must hold integer ids, got dtype {data.dtype}")
     return data, attrs
+
+
+def _views(x: np.ndarray, chunks: tuple[int, int, int]) -> da.Array:
+    """A Dask array whose blocks are views of ``x``: unlike ``dask.array.from_array``,
+    neither a copy of the whole array nor a hash of it (two passes over its memory)."""
+    from uuid import uuid4
+
+    from dask.array.core import normalize_chunks
+
+    grid = normalize_chunks(chunks, x.shape)
+    name = f"volmla-views-{uuid4().hex}"
+    dsk = {(name, *idx): x[tuple(slice(o, o + n) for o, n in zip(origin, size, strict=True))]
+           for idx, origin, size in _blocks(grid)}
+    return da.Array(dsk, name, chunks=grid, dtype=x.dtype)
 
 
 def _voxel_size(voxel_size: Any, *attrs: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -394,35 +418,76 @@ def resolve_phase_names(
     return names
 
 
-def _blocks(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+def _blocks(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """``(index, origin, size)`` of every block of a chunk grid, in C order."""
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
     out = []
     for idx in np.ndindex(*(len(c) for c in chunks)):
         origin = tuple(int(starts[a][i]) for a, i in enumerate(idx))
         size = tuple(int(chunks[a][i]) for a, i in enumerate(idx))
-        out.append((origin, size))
+        out.append((tuple(int(i) for i in idx), origin, size))
     return out
 
 
+def _edge_plane(block: np.ndarray, axis: int, side: int) -> np.ndarray:
+    take = [slice(None)] * 3
+    take[axis] = slice(0, 1) if side == 0 else slice(block.shape[axis] - 1, None)
+    return np.ascontiguousarray(block[tuple(take)])
+
+
+def _block_task(labels: np.ndarray, phases: np.ndarray, grains: np.ndarray | None, *, origin: Sequence[int],
+                low_edge: tuple[bool, ...], high_edge: tuple[bool, ...]) -> dict[str, Any]:
+    """:func:`block_partial`, and the block's first and last planes along every axis
+    where a neighbour needs them (``planes[(axis, side)] = (labels, phases)``)."""
+    planes = {(a, side): (_edge_plane(labels, a, side), _edge_plane(phases, a, side))
+              for a in range(3) for side, edge in ((0, low_edge[a]), (1, high_edge[a])) if not edge}
+    return {"partial": block_partial(labels, phases, grains, origin=origin, low_edge=low_edge, high_edge=high_edge),
+            "planes": planes}
+
+
+def _face_task(low: dict[str, Any], high: dict[str, Any], *, axis: int) -> Partial:
+    """:func:`face_partial` between the last plane of ``low`` and the first of ``high``."""
+    (lab_lo, ph_lo), (lab_hi, ph_hi) = low["planes"][(axis, 1)], high["planes"][(axis, 0)]
+    return face_partial(np.stack([lab_lo.squeeze(axis), lab_hi.squeeze(axis)]),
+                        np.stack([ph_lo.squeeze(axis), ph_hi.squeeze(axis)]), axis=axis)
+
+
 def _partial_tasks(lab: da.Array, ph: da.Array, gr: da.Array | None) -> list[Any]:
-    """One delayed :func:`block_partial` per block, each block with its high-side halo
-    (``dask.array.overlap`` with depth ``(0, 1)`` per axis, none beyond the volume)."""
-    shape = lab.shape
-    depth = {a: (0, 1) for a in range(3)}
-    lab_blocks = da.overlap.overlap(lab, depth=depth, boundary="none").to_delayed().ravel()
-    ph_blocks = da.overlap.overlap(ph, depth=depth, boundary="none").to_delayed().ravel()
-    gr_blocks = gr.to_delayed().ravel() if gr is not None else [None] * len(lab_blocks)
-    kernel = dask.delayed(block_partial, pure=True)
-    tasks = []
-    for i, (origin, size) in enumerate(_blocks(lab.chunks)):
+    """One :func:`block_partial` per block (no halo: each task reads its own block
+    only), and one :func:`face_partial` per pair of adjacent blocks, on the two planes
+    that meet there; as delayed objects over one hand-built graph (a few tasks per
+    block, no per-call tokenising)."""
+    import operator
+
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    token = tokenize(lab, ph, gr)
+    block_name, part_name, face_name = (f"measure-{k}-{token}" for k in ("block", "partial", "faces"))
+    dsk: dict[Any, Any] = {}
+    keys = []
+    grid = {idx: (origin, size) for idx, origin, size in _blocks(lab.chunks)}
+    for idx, (origin, size) in grid.items():
         low = tuple(o == 0 for o in origin)
-        high = tuple(o + s == n for o, s, n in zip(origin, size, shape, strict=True))
-        tasks.append(kernel(lab_blocks[i], ph_blocks[i], gr_blocks[i], core=size, origin=origin, low_edge=low, high_edge=high))
-    return tasks
+        high = tuple(o + s == n for o, s, n in zip(origin, size, lab.shape, strict=True))
+        kernel = functools.partial(_block_task, origin=origin, low_edge=low, high_edge=high)
+        dsk[(block_name, *idx)] = (kernel, (lab.name, *idx), (ph.name, *idx), None if gr is None else (gr.name, *idx))
+        dsk[(part_name, *idx)] = (operator.getitem, (block_name, *idx), "partial")
+        keys.append((part_name, *idx))
+        for axis in range(3):
+            nxt = tuple(i + (a == axis) for a, i in enumerate(idx))
+            if nxt in grid:
+                dsk[(face_name, *idx, axis)] = (functools.partial(_face_task, axis=axis), (block_name, *idx),
+                                                 (block_name, *nxt))
+                keys.append((face_name, *idx, axis))
+    deps = [cast(DaskCollection, x) for x in (lab, ph, gr) if x is not None]
+    graph = HighLevelGraph.from_collections(block_name, dsk, dependencies=deps)
+    return [Delayed(key, graph, layer=block_name) for key in keys]
 
 
-def _concat(partials: list[Partial], key: str) -> pd.DataFrame:
-    """One DataFrame from the column dicts of all blocks (missing columns are 0)."""
+def _columns(partials: list[Partial], key: str) -> dict[str, np.ndarray]:
+    """The column dicts of all blocks, concatenated (columns missing in a block are 0)."""
+    partials = [p for p in partials if key in p]
     columns: dict[str, list[np.ndarray]] = {}
     for p in partials:
         for col in p[key]:
@@ -432,21 +497,48 @@ def _concat(partials: list[Partial], key: str) -> pd.DataFrame:
         rows = next(iter(part.values())).size if part else 0
         for col, chunks in columns.items():
             chunks.append(part[col] if col in part else np.zeros(rows, np.int64))
-    return pd.DataFrame({col: np.concatenate(chunks) for col, chunks in columns.items()})
+    return {col: np.concatenate(chunks) for col, chunks in columns.items()}
+
+
+def _concat(partials: list[Partial], key: str) -> pd.DataFrame:
+    return pd.DataFrame(_columns(partials, key))
+
+
+def _reduce_by(keys: np.ndarray, columns: Mapping[str, np.ndarray], ops: Mapping[str, np.ufunc]
+               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Rows grouped by ``keys``: the sorted unique keys, and per column its
+    ``ops[column].reduceat`` over the groups (the columns of one op in one call)."""
+    order = np.argsort(keys, kind="stable")
+    k = keys[order]
+    if not k.size:
+        return k, {name: col[:0] for name, col in columns.items()}
+    starts = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
+    out: dict[str, np.ndarray] = {}
+    for op in set(ops.values()):
+        names = [name for name in columns if ops[name] is op]
+        stacked = np.stack([columns[name] for name in names], axis=1)[order]
+        reduced = op.reduceat(stacked, starts, axis=0)
+        out.update({name: reduced[:, i] for i, name in enumerate(names)})
+    return k[starts], {name: out[name] for name in columns}
 
 
 def _merge(partials: list[Partial]) -> dict[str, pd.DataFrame]:
-    parts = _concat(partials, "particles")
-    sums = [c for c in parts.columns if c in ("n", "sz", "sy", "sx") or c.startswith("ph")]
-    agg: dict[str, str] = {c: "sum" for c in sums}
-    agg.update({f"{a}0": "min" for a in _AXES})
-    agg.update({f"{a}1": "max" for a in _AXES})
-    merged = parts.groupby("particle_id", sort=True).agg(agg)
-    faces = _concat(partials, "faces").groupby("particle_id", sort=True).sum()
-    merged = merged.join(faces, how="left").fillna({"faces_z": 0, "faces_y": 0, "faces_x": 0})
+    parts = _columns(partials, "particles")
+    ops: dict[str, np.ufunc] = {c: np.add for c in parts}
+    ops.update({f"{a}0": np.minimum for a in _AXES})
+    ops.update({f"{a}1": np.maximum for a in _AXES})
+    ids, cols = _reduce_by(parts.pop("particle_id"), parts, ops)
+    faces = _columns(partials, "faces")
+    face_ids, face_cols = _reduce_by(faces.pop("particle_id"), faces, dict.fromkeys(faces, np.add))
+    at = np.searchsorted(ids, face_ids)  # a particle with faces has voxels in some block
+    for col in ("faces_z", "faces_y", "faces_x"):
+        cols[col] = np.zeros(ids.size, np.int64)
+        cols[col][at] = face_cols[col]
+    merged = pd.DataFrame({c: v.astype(np.int64, copy=False) for c, v in cols.items()},
+                          index=pd.Index(ids, name="particle_id"), copy=False)
     contacts = _concat(partials, "contacts").groupby(["a", "b"], sort=True).sum().reset_index()
-    out = {"particles": merged.astype(np.int64), "contacts": contacts}
-    if partials and "grains" in partials[0]:
+    out = {"particles": merged, "contacts": contacts}
+    if any("grains" in p for p in partials):
         keyed = _concat(partials, "grains").groupby("grain_id", sort=True).agg(
             particle_id=("particle_id", "first"),
             phase=("phase", "first"),
@@ -577,7 +669,7 @@ def _particle_frame(
         border |= (out[f"bbox_{ax}0"].to_numpy() == 0) | (out[f"bbox_{ax}1"].to_numpy() == shape[a])
     out["touches_border"] = border
     if grains is None:
-        out["n_grains"] = pd.array([pd.NA] * len(out), dtype="Int64")
+        out["n_grains"] = pd.arrays.IntegerArray(np.zeros(len(out), np.int64), np.ones(len(out), bool))
     else:
         per = grains.groupby("particle_id").size()
         ids = out["particle_id"].to_numpy()
