@@ -329,7 +329,9 @@ def _grain_partial(grain_core: np.ndarray, lab_core: np.ndarray, ph_core: np.nda
 # --------------------------------------------------------------------------- wiring
 
 
-def _as_dask(x: Any, name: str) -> tuple[da.Array, dict[str, Any]]:
+def _as_dask(x: Any, name: str, like: da.Array | None = None) -> tuple[da.Array, dict[str, Any]]:
+    """A Dask array and the attributes of ``x``; in-memory data is cut into views, in
+    the blocks of ``like`` when the shapes agree (no rechunk then)."""
     attrs = dict(getattr(x, "attrs", {}) or {})
     data = getattr(x, "data", x) if hasattr(x, "dims") else x
     if not isinstance(data, da.Array):
@@ -338,7 +340,10 @@ def _as_dask(x: Any, name: str) -> tuple[da.Array, dict[str, Any]]:
         data = np.asarray(data)
         if data.ndim != 3:
             raise VolmlaError(f"{name} must be a 3-D (z, y, x) volume, got shape {data.shape}")
-        data = _views(data, default_chunks(data.shape, data.dtype, target_bytes=_BLOCK_BYTES))
+        if like is not None and like.shape == data.shape:
+            data = _views(data, like.chunks)
+        else:
+            data = _views(data, default_chunks(data.shape, data.dtype, target_bytes=_BLOCK_BYTES))
     if data.ndim != 3:
         raise VolmlaError(f"{name} must be a 3-D (z, y, x) volume, got shape {data.shape}")
     if not np.issubdtype(data.dtype, np.integer):
@@ -346,7 +351,7 @@ def _as_dask(x: Any, name: str) -> tuple[da.Array, dict[str, Any]]:
     return data, attrs
 
 
-def _views(x: np.ndarray, chunks: tuple[int, int, int]) -> da.Array:
+def _views(x: np.ndarray, chunks: Sequence[int] | tuple[tuple[int, ...], ...]) -> da.Array:
     """A Dask array whose blocks are views of ``x``: unlike ``dask.array.from_array``,
     neither a copy of the whole array nor a hash of it (two passes over its memory)."""
     from uuid import uuid4
@@ -594,13 +599,13 @@ def measure(
     from volmla.cluster import compute
 
     lab, lab_attrs = _as_dask(particles, "particles")
-    ph, ph_attrs = _as_dask(phases, "phases")
+    ph, ph_attrs = _as_dask(phases, "phases", like=lab)
     if lab.shape != ph.shape:
         raise VolmlaError(f"phases and particles must have the same shape, got {ph.shape} and {lab.shape}")
     vs = _voxel_size(voxel_size, ph_attrs, lab_attrs)
     gr = None
     if grains is not None:
-        gr, gr_attrs = _as_dask(grains, "grains")
+        gr, gr_attrs = _as_dask(grains, "grains", like=lab)
         if gr.shape != lab.shape:
             raise VolmlaError(f"grains and particles must have the same shape, got {gr.shape} and {lab.shape}")
         _voxel_size(vs, ph_attrs, lab_attrs, gr_attrs)  # grains must share the voxel size too
