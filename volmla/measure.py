@@ -140,8 +140,8 @@ def _indexing(labels: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     """``(block, base, ids)`` such that ``block - base`` indexes ``ids`` (original ids).
 
     Labels whose span in the block is small (as after :func:`volmla.label.label`, which
-    numbers components block by block) are offset, with no pass over the block; sparse
-    spans are renumbered with ``fastremap``.
+    numbers components block by block) are offset by the smallest, found in one
+    vectorised pass; sparse spans are renumbered with ``fastremap`` (a hash table).
     """
     from volmla._scan import nonzero_range
 
@@ -610,8 +610,6 @@ def measure(
             raise VolmlaError(f"grains and particles must have the same shape, got {gr.shape} and {lab.shape}")
         _voxel_size(vs, ph_attrs, lab_attrs, gr_attrs)  # grains must share the voxel size too
         gr = gr.rechunk(lab.chunks)
-    if ph.dtype.itemsize > 1 and ph.dtype != np.uint8:
-        logger.info("phases of dtype %s: ids above 255 are not supported", ph.dtype)
     ph = ph.rechunk(lab.chunks)
     attr_phases = ph_attrs.get("phases") or None
     if phase_names is not None:  # validate early against the attribute, when there is one
