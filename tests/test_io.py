@@ -16,7 +16,15 @@ from hypothesis import strategies as st
 
 from volmla.cli import main
 from volmla.errors import VolmlaError
-from volmla.io import compressor, default_chunks, normalise_voxel_size, open_volume, write_volume
+from volmla.io import (
+    as_blocks,
+    block_grid,
+    compressor,
+    default_chunks,
+    normalise_voxel_size,
+    open_volume,
+    write_volume,
+)
 
 ODD = (97, 131, 203)
 DTYPES = ("uint8", "uint16", "int16", "uint32", "float32")
@@ -310,3 +318,19 @@ def test_info_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["info", str(tmp_path / "half.zarr")]) == 2
     err = capsys.readouterr().err
     assert "incomplete" in err and err.count("\n") == 1
+
+
+def test_numpy_input_is_cut_into_views_not_copied() -> None:
+    lab = np.zeros((40, 30, 20), np.uint32)
+    blocks = as_blocks(lab, chunks=(16, 16, 16))
+    assert blocks.numblocks == (3, 2, 2)
+    first = blocks.dask[(blocks.name, 0, 0, 0)]
+    assert np.shares_memory(first, lab) and first.shape == (16, 16, 16)
+    np.testing.assert_array_equal(blocks.compute(), lab)
+
+
+def test_block_grid_origins_and_sizes() -> None:
+    grid = block_grid(((3, 2), (4,), (1, 1, 1)))
+    assert len(grid) == 6
+    assert grid[0] == ((0, 0, 0), (0, 0, 0), (3, 4, 1))
+    assert grid[-1] == ((1, 0, 2), (3, 0, 2), (2, 4, 1))

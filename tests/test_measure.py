@@ -249,13 +249,14 @@ def test_offset_and_renumbered_ids_agree(small_phantom: dict[str, np.ndarray], m
         _compare(got.drop(columns="n_grains"), ref)
 
 
-def test_numpy_input_is_cut_into_views_not_copied() -> None:
-    lab = np.zeros((40, 30, 20), np.uint32)
-    blocks = measure._views(lab, (16, 16, 16))
-    assert blocks.numblocks == (3, 2, 2)
-    first = blocks.dask[(blocks.name, 0, 0, 0)]
-    assert np.shares_memory(first, lab) and first.shape == (16, 16, 16)
-    np.testing.assert_array_equal(blocks.compute(), lab)
+def test_numpy_input_is_measured_in_place_and_left_unchanged(small_phantom: dict[str, np.ndarray]) -> None:
+    lab, ph = small_phantom["particles"], small_phantom["phases"]
+    before = lab.copy(), ph.copy()
+    dask_input = measure.particles(da.from_array(lab, chunks=(7, 9, 11)), da.from_array(ph, chunks=(7, 9, 11)),
+                                   voxel_size=1.0)
+    pd.testing.assert_frame_equal(measure.particles(lab, ph, voxel_size=1.0), dask_input)
+    np.testing.assert_array_equal(lab, before[0])
+    np.testing.assert_array_equal(ph, before[1])
 
 
 def test_bad_ids_are_one_line_errors() -> None:

@@ -335,34 +335,21 @@ def _as_dask(x: Any, name: str, like: da.Array | None = None) -> tuple[da.Array,
     attrs = dict(getattr(x, "attrs", {}) or {})
     data = getattr(x, "data", x) if hasattr(x, "dims") else x
     if not isinstance(data, da.Array):
-        from volmla.io import default_chunks
+        from volmla.io import as_blocks, default_chunks
 
         data = np.asarray(data)
         if data.ndim != 3:
             raise VolmlaError(f"{name} must be a 3-D (z, y, x) volume, got shape {data.shape}")
         if like is not None and like.shape == data.shape:
-            data = _views(data, like.chunks)
+            chunks: Any = like.chunks
         else:
-            data = _views(data, default_chunks(data.shape, data.dtype, target_bytes=_BLOCK_BYTES))
+            chunks = default_chunks(data.shape, data.dtype, target_bytes=_BLOCK_BYTES)
+        data = as_blocks(data, chunks=chunks)
     if data.ndim != 3:
         raise VolmlaError(f"{name} must be a 3-D (z, y, x) volume, got shape {data.shape}")
     if not np.issubdtype(data.dtype, np.integer):
         raise VolmlaError(f"{name} must hold integer ids, got dtype {data.dtype}")
     return data, attrs
-
-
-def _views(x: np.ndarray, chunks: Sequence[int] | tuple[tuple[int, ...], ...]) -> da.Array:
-    """A Dask array whose blocks are views of ``x``: unlike ``dask.array.from_array``,
-    neither a copy of the whole array nor a hash of it (two passes over its memory)."""
-    from uuid import uuid4
-
-    from dask.array.core import normalize_chunks
-
-    grid = normalize_chunks(chunks, x.shape)
-    name = f"volmla-views-{uuid4().hex}"
-    dsk = {(name, *idx): x[tuple(slice(o, o + n) for o, n in zip(origin, size, strict=True))]
-           for idx, origin, size in _blocks(grid)}
-    return da.Array(dsk, name, chunks=grid, dtype=x.dtype)
 
 
 def _voxel_size(voxel_size: Any, *attrs: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -423,28 +410,11 @@ def resolve_phase_names(
     return names
 
 
-def _blocks(chunks: tuple[tuple[int, ...], ...]) -> list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
-    """``(index, origin, size)`` of every block of a chunk grid, in C order."""
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
-    out = []
-    for idx in np.ndindex(*(len(c) for c in chunks)):
-        origin = tuple(int(starts[a][i]) for a, i in enumerate(idx))
-        size = tuple(int(chunks[a][i]) for a, i in enumerate(idx))
-        out.append((tuple(int(i) for i in idx), origin, size))
-    return out
-
-
-def _edge_plane(block: np.ndarray, axis: int, side: int) -> np.ndarray:
-    take = [slice(None)] * 3
-    take[axis] = slice(0, 1) if side == 0 else slice(block.shape[axis] - 1, None)
-    return np.ascontiguousarray(block[tuple(take)])
-
-
 def _block_task(labels: np.ndarray, phases: np.ndarray, grains: np.ndarray | None, *, origin: Sequence[int],
                 low_edge: tuple[bool, ...], high_edge: tuple[bool, ...]) -> dict[str, Any]:
     """:func:`block_partial`, and the block's first and last planes along every axis
     where a neighbour needs them (``planes[(axis, side)] = (labels, phases)``)."""
-    planes = {(a, side): (_edge_plane(labels, a, side), _edge_plane(phases, a, side))
+    planes = {(a, side): (np.take(labels, [-side], axis=a), np.take(phases, [-side], axis=a))
               for a in range(3) for side, edge in ((0, low_edge[a]), (1, high_edge[a])) if not edge}
     return {"partial": block_partial(labels, phases, grains, origin=origin, low_edge=low_edge, high_edge=high_edge),
             "planes": planes}
@@ -471,7 +441,9 @@ def _partial_tasks(lab: da.Array, ph: da.Array, gr: da.Array | None) -> list[Any
     block_name, part_name, face_name = (f"measure-{k}-{token}" for k in ("block", "partial", "faces"))
     dsk: dict[Any, Any] = {}
     keys = []
-    grid = {idx: (origin, size) for idx, origin, size in _blocks(lab.chunks)}
+    from volmla.io import block_grid
+
+    grid = {idx: (origin, size) for idx, origin, size in block_grid(lab.chunks)}
     for idx, (origin, size) in grid.items():
         low = tuple(o == 0 for o in origin)
         high = tuple(o + s == n for o, s, n in zip(origin, size, lab.shape, strict=True))

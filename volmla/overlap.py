@@ -252,7 +252,7 @@ def halo_map(
     # extension SciPy makes) and crop it again after the kernel.
     flat = [h if n == 1 and h else 0 for h, n in zip(depth, array.shape, strict=True)]
     if any(flat):
-        pad_mode = {"reflect": "symmetric", "nearest": "edge", "wrap": "wrap", "constant": "constant"}[boundary]
+        pad_mode = _PAD_MODE[boundary]
         extra = {"constant_values": cval} if boundary == "constant" else {}
         array = da.pad(array, [(h, h) for h in flat], mode=pad_mode, **extra)
         array = array.rechunk({axis: -1 for axis, h in enumerate(flat) if h})
