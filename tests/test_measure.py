@@ -249,6 +249,51 @@ def test_offset_and_renumbered_ids_agree(small_phantom: dict[str, np.ndarray], m
         _compare(got.drop(columns="n_grains"), ref)
 
 
+@pytest.mark.parametrize("dense", [True, False])
+def test_merge_dense_and_sorted_agree(small_phantom: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch,
+                                      dense: bool) -> None:
+    """Partial tables are merged in dense arrays (narrow id spans) or by sorting (wide)."""
+    lab, ph, gr = small_phantom["particles"], small_phantom["phases"], small_phantom["grains"]
+    names = {1: "1", 2: "2", 3: "3"}
+    monkeypatch.setattr(measure, "_DENSE_MERGE", 10**9 if dense else 0)
+    got = measure.measure(da.from_array(lab, chunks=(7, 9, 11)), da.from_array(ph, chunks=(7, 9, 11)),
+                          voxel_size=1.0, phase_names=names)
+    _compare(got.particles.drop(columns="n_grains"),
+             reference_particles(lab, ph, gr, (1.0, 1.0, 1.0), names).drop(columns="n_grains"))
+    pd.testing.assert_frame_equal(got.contacts, measure.measure(lab, ph, voxel_size=1.0, phase_names=names).contacts)
+
+
+@pytest.mark.parametrize("chunks", [(9, 8, 7), (2, 3, 4), (1, 8, 1), (4, 1, 7)])
+def test_contacts_with_phase_0_inside_particles(chunks: tuple[int, int, int]) -> None:
+    """Touching particles, and phase-0 voxels inside particles, which count as background
+    for their neighbours: the contact matrix and the face counts by brute force."""
+    rng = np.random.default_rng(7)
+    lab = rng.integers(0, 4, size=(9, 8, 7)).astype(np.uint32)
+    ph = rng.integers(0, 3, size=lab.shape).astype(np.uint8) * (lab > 0)
+    got = measure.measure(da.from_array(lab, chunks=chunks), da.from_array(ph, chunks=chunks), voxel_size=1.0)
+    lp, pp = np.pad(lab, 1), np.pad(ph, 1)
+    expected: dict[tuple[str, str], list[int]] = {}
+    faces = {i: [0, 0, 0] for i in range(1, 4)}
+    for a in range(3):
+        n = lp.shape[a]
+        la, lb = np.take(lp, range(n - 1), axis=a), np.take(lp, range(1, n), axis=a)
+        pa, pb = np.take(pp, range(n - 1), axis=a), np.take(pp, range(1, n), axis=a)
+        for i in range(1, 4):
+            faces[i][a] = int(((la == i) & (lb != i)).sum() + ((lb == i) & (la != i)).sum())
+        # p against the outside of its particle: another id, or phase 0 of the same particle
+        for p in (1, 2):
+            own = ((la != 0) & (pa == p) & ((la != lb) | (pb == 0))).sum() + ((lb != 0) & (pb == p) & ((la != lb) | (pa == 0))).sum()
+            expected.setdefault((str(p), "background"), [0, 0, 0])[a] = int(own)
+        inner = (la == lb) & (la != 0) & (((pa == 1) & (pb == 2)) | ((pa == 2) & (pb == 1)))
+        expected.setdefault(("1", "2"), [0, 0, 0])[a] = int(inner.sum())
+    rows = {(r.phase_a, r.phase_b): [r.faces_z, r.faces_y, r.faces_x] for r in got.contacts.itertuples()}
+    assert rows == {k: v for k, v in expected.items() if any(v)}
+    table = got.particles.set_index("particle_id")
+    for i in range(1, 4):
+        area = measure.SURFACE_CORRECTION * sum(faces[i])
+        assert table.loc[i, "surface_um2"] == pytest.approx(area, rel=1e-12)
+
+
 def test_numpy_input_is_measured_in_place_and_left_unchanged(small_phantom: dict[str, np.ndarray]) -> None:
     lab, ph = small_phantom["particles"], small_phantom["phases"]
     before = lab.copy(), ph.copy()

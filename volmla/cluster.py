@@ -245,19 +245,20 @@ def gpu_annotation(device: str) -> contextlib.AbstractContextManager[Any]:
     return dask.annotate(resources={"GPU": 1})
 
 
-def compute(tasks: Sequence[Any], *, desc: str = "computing") -> list[Any]:
+def compute(tasks: Sequence[Any], *, desc: str = "computing", optimize: bool = True) -> list[Any]:
     """Compute Dask collections or delayed objects; the one place writers call compute.
 
     Runs on the current distributed client if any (else the threaded scheduler) and
-    shows a progress bar when :func:`progress_enabled` is on.
+    shows a progress bar when :func:`progress_enabled` is on. ``optimize=False`` skips
+    Dask's graph optimisation (for graphs built by hand, which it cannot improve).
     """
     tasks = list(tasks)
     client = current_client()
     if client is None:
         if _show_progress():
-            return _threaded_with_progress(tasks, desc)
-        return list(dask.compute(*tasks))
-    futures = client.compute(tasks)
+            return _threaded_with_progress(tasks, desc, optimize)
+        return list(dask.compute(*tasks, optimize_graph=optimize))
+    futures = client.compute(tasks, optimize_graph=optimize)
     if _show_progress():
         from distributed import as_completed
         from rich.progress import Progress
@@ -281,7 +282,7 @@ def _stderr_console() -> Any:
     return Console(stderr=True)
 
 
-def _threaded_with_progress(tasks: list[Any], desc: str) -> list[Any]:
+def _threaded_with_progress(tasks: list[Any], desc: str, optimize: bool) -> list[Any]:
     from dask.callbacks import Callback
     from rich.progress import Progress
 
@@ -296,4 +297,4 @@ def _threaded_with_progress(tasks: list[Any], desc: str) -> list[Any]:
                 bar.advance(job)
 
         with _Rich():
-            return list(dask.compute(*tasks))
+            return list(dask.compute(*tasks, optimize_graph=optimize))

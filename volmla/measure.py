@@ -5,7 +5,8 @@ The tables are reductions, never one mask or one task per label (the
 
 1. the particle volume is cut into its Dask blocks; phases (and grains) are rechunked
    to the same blocks. Each block task reads its own block only (no halo); in-memory
-   NumPy inputs are cut into views, never copied or hashed whole;
+   NumPy inputs are cut into slabs of whole planes (or rows), which are contiguous
+   views: never copied or hashed;
 2. a compiled kernel (:func:`block_partial`, Numba, :mod:`volmla._scan`) reduces one
    block in a single pass to small partial tables keyed by the global label: voxel
    count per (particle, phase), exact integer coordinate sums, bounding boxes, and the
@@ -13,24 +14,28 @@ The tables are reductions, never one mask or one task per label (the
    block's smallest id when the ids of a block span a narrow range (as after
    :func:`volmla.label.label`), renumbered with ``fastremap`` otherwise. Grain ids
    give ``(grain, particle, phase, count)`` rows;
-3. surface area is a voxel-face count (option (b) of the design). A face between two
-   voxels of one block, or between a voxel and the outside of the volume, is counted
-   by that block's kernel; a face between two blocks by a small task
-   (:func:`face_partial`) on the last plane of the one and the first plane of the
-   other, which the block task hands on. Every face whose two voxels carry different
-   particle ids counts for each non-zero side. The same pairs give the phase-contact
-   matrix: faces between two phases inside one particle, and faces between a
-   particle's phase and anything outside the particle (``background``: the void or
-   another particle); phase-0 voxels inside a particle count as background for their
-   neighbours. Face counts are kept per axis as integers
-   and turned into areas with the per-axis face areas (anisotropic voxels) times the
-   stereological correction ``2/3`` (:data:`SURFACE_CORRECTION`): a voxelised surface
-   of isotropic orientation has on average 1.5 times its true area, since
+3. surface area is a voxel-face count (option (b) of the design): every face between a
+   particle voxel and a voxel of another id (another particle, or the void, or the
+   outside of the volume) counts for the particle. The kernel never visits the
+   outside: it counts, per particle and axis, the voxels ``n`` and the pairs ``s`` of
+   next neighbours inside the particle, and the particle has ``2 n - 2 s`` faces
+   across that axis. A block is so measured as if it were alone; the pairs across the
+   face between two blocks are counted by a small task (:func:`face_partial`) on the
+   last plane of the one and the first plane of the other, which the block task hands
+   on, and subtracted. The same pairs, per ordered pair of phases, give the
+   phase-contact matrix: faces between two phases inside one particle, and faces
+   between a particle's phase and anything outside the particle (``background``: the
+   void or another particle); phase-0 voxels inside a particle count as background for
+   their neighbours. Face counts are kept per axis as integers and turned into areas
+   with the per-axis face areas (anisotropic voxels) times the stereological
+   correction ``2/3`` (:data:`SURFACE_CORRECTION`): a voxelised surface of isotropic
+   orientation has on average 1.5 times its true area, since
    ``E[|n_z| + |n_y| + |n_x|] = 3/2`` for a uniformly distributed unit normal;
 4. the partial tables of all blocks are computed with :func:`volmla.cluster.compute`
-   (the merge is an inherently global reduction) and merged by label: one sort of
-   the ids, then ``reduceat`` sums, minima and maxima. Every merged quantity is an
-   integer, so the tables are exactly the same for any chunking;
+   (the merge is an inherently global reduction) and merged by label: sums, minima
+   and maxima scattered into dense arrays indexed by ``id - min`` when the ids span a
+   narrow range, else one sort of the ids and ``reduceat``. Every merged quantity is
+   an integer, so the tables are exactly the same for any chunking;
 5. the derived columns follow: volume, equivalent sphere diameter, surface area,
    sphericity ``pi^(1/3) (6 V)^(2/3) / A``, centroid (micrometres, voxel centres at
    ``index * voxel_size`` like :func:`volmla.io.open_volume`'s coordinates), half-open
@@ -58,6 +63,7 @@ from dask.base import tokenize
 from dask.typing import DaskCollection
 
 from volmla.errors import VolmlaError
+from volmla.overlap import _face_slab
 
 logger = logging.getLogger(__name__)
 
@@ -136,28 +142,48 @@ _DENSE_SPAN = 1 << 18
 eighth of the block's voxels, the block's labels are renumbered)."""
 
 
-def _indexing(labels: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """``(block, base, ids)`` such that ``block - base`` indexes ``ids`` (original ids).
+def _slab_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, int, int]:
+    """Blocks of about :data:`_BLOCK_BYTES` that are C-contiguous views of a C-ordered
+    array (whole planes, else whole rows of one plane), so the kernel reads them in
+    place: the measurement needs no halo, so the blocks' shape costs nothing else.
+
+    Examples
+    --------
+    >>> _slab_chunks((376, 376, 376), 4), _slab_chunks((4, 5000, 5000), 4)
+    ((29, 376, 376), (1, 838, 5000))
+    """
+    nz, ny, nx = shape
+    row = max(1, nx * itemsize)
+    plane = row * ny
+    if plane <= _BLOCK_BYTES:
+        return (max(1, min(nz, _BLOCK_BYTES // plane)), ny, nx)
+    return (1, max(1, min(ny, _BLOCK_BYTES // row)), nx)
+
+
+def _indexing(labels: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, int]:
+    """``(block, base, ids, n_phases)`` such that ``block - base`` indexes ``ids``
+    (original ids), and the number of phase ids (largest + 1).
 
     Labels whose span in the block is small (as after :func:`volmla.label.label`, which
     numbers components block by block) are offset by the smallest, found in one
     vectorised pass; sparse spans are renumbered with ``fastremap`` (a hash table).
     """
-    from volmla._scan import nonzero_range
+    from volmla._scan import block_ranges
 
-    lo, hi = nonzero_range(labels)
+    lo, hi, top = block_ranges(labels, phases)
     if hi < lo:
-        return labels, 0, np.zeros(1, np.uint64)
+        return labels, 0, np.zeros(1, np.uint64), top + 1
     if hi - lo < min(_DENSE_SPAN, labels.size // 8):
         ids = np.arange(lo - 1, hi + 1, dtype=np.uint64)
         ids[0] = 0
-        return labels, lo - 1, ids
+        return labels, lo - 1, ids, top + 1
     ids, renum = _renumber(labels)
-    return renum.astype(np.uint32, copy=False), 0, ids
+    return renum.astype(np.uint32, copy=False), 0, ids, top + 1
 
 
-def _check_block(labels: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """C-contiguous labels and uint8 phases, and the number of phase ids (max + 1)."""
+def _check_block(labels: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """C-contiguous unsigned labels and uint8 phases (the inputs themselves when they
+    are such already)."""
     labels = np.ascontiguousarray(labels)
     phases = np.ascontiguousarray(phases)
     if labels.shape != phases.shape:
@@ -168,21 +194,36 @@ def _check_block(labels: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, np
         if labels.size and int(labels.min()) < 0:
             raise VolmlaError(f"particle ids must not be negative, got {int(labels.min())}")
         labels = labels.view(labels.dtype.str.replace("i", "u"))
-    if phases.dtype.kind not in "iub":
-        raise VolmlaError(f"phases must hold integer ids, got dtype {phases.dtype}")
-    n_phases = int(phases.max()) + 1 if phases.size else 1
-    if n_phases > 256 or (phases.size and int(phases.min()) < 0):
-        raise VolmlaError(f"phase ids must lie in 0..255, got {int(phases.min())}..{n_phases - 1}")
-    return labels, phases.astype(np.uint8, copy=False), n_phases
+    if phases.dtype != np.uint8:
+        if phases.dtype.kind not in "iub":
+            raise VolmlaError(f"phases must hold integer ids, got dtype {phases.dtype}")
+        if phases.size and (int(phases.min()) < 0 or int(phases.max()) > 255):
+            raise VolmlaError(f"phase ids must lie in 0..255, got {int(phases.min())}..{int(phases.max())}")
+        phases = phases.astype(np.uint8)
+    return labels, phases
 
 
-def _face_tables(ids: np.ndarray, face_counts: np.ndarray, contact_counts: np.ndarray
+def _face_tables(ids: np.ndarray, voxels: np.ndarray, phase_voxels: np.ndarray, same: np.ndarray, pairs: np.ndarray
                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The ``faces`` and ``contacts`` column dicts from the counts of a scan."""
-    face_counts[:, 0] = 0  # the outside of particles
+    """The ``faces`` and ``contacts`` column dicts from the voxels and the pairs of a scan.
+
+    ``voxels[k]`` and ``phase_voxels[p]`` are voxel counts per particle index and per
+    phase (zeros in a face task, which only corrects), ``same[axis, k]`` the pairs of
+    next neighbours inside particle ``k``, ``pairs[axis, p * P + q]`` those pairs by the
+    phases of the lower and the upper voxel.
+    """
+    face_counts = 2 * voxels[None, :] - 2 * same
+    face_counts[:, 0] = 0  # index 0: outside particles
     hit = np.flatnonzero(face_counts.any(axis=0))
     faces = {"particle_id": ids[hit], **{f"faces_{ax}": face_counts[a, hit] for a, ax in enumerate(_AXES)}}
-    # (0, p): phase p against the outside of its particle; (a, b), a < b: inside one particle
+    n_phases = phase_voxels.size
+    ordered = pairs.reshape(3, n_phases, n_phases)
+    both = ordered + ordered.transpose(0, 2, 1)  # unordered pairs (twice on the diagonal)
+    # (a, b), 0 < a < b: two phases inside one particle; (0, p): phase p against the outside
+    # of its particle: each face of its voxels not shared with the particle, and the faces
+    # against phase-0 voxels of the particle
+    contact_counts = np.triu(both, 1)
+    contact_counts[:, 0, :] = 2 * phase_voxels[None, :] - both.sum(axis=2) + both[:, 0, :]
     contact_counts[:, 0, 0] = 0  # phase-0 voxels on a particle's surface, and the outside
     a, b = np.nonzero(contact_counts.any(axis=0))
     contacts = {"a": a.astype(np.int64), "b": b.astype(np.int64),
@@ -196,14 +237,12 @@ def block_partial(
     grains: np.ndarray | None = None,
     *,
     origin: Sequence[int] = (0, 0, 0),
-    low_edge: Sequence[bool] = (True, True, True),
-    high_edge: Sequence[bool] = (True, True, True),
 ) -> Partial:
     """Reduce one block to partial tables keyed by global label.
 
-    The faces between two voxels of the block count here, and so do those on the
-    volume's faces; the faces towards a neighbouring block are counted by
-    :func:`face_partial`.
+    The block is measured as if it were alone: the faces of its voxels towards the
+    outside of the block count as faces. Where a neighbouring block continues a
+    particle, :func:`face_partial` takes those faces off again.
 
     Parameters
     ----------
@@ -213,8 +252,6 @@ def block_partial(
         The block's grain ids, or None.
     origin
         Global index of the block's first voxel.
-    low_edge, high_edge
-        Per axis, whether the block touches the volume's low / high face.
 
     Returns
     -------
@@ -235,12 +272,10 @@ def block_partial(
     """
     from volmla._scan import scan
 
-    labels, phases, n_phases = _check_block(labels, phases)
-    block, base, ids = _indexing(labels)
-    counts, sums, low, high, face_counts, contact_counts = scan(
-        block, phases, base, ids.size, n_phases, np.asarray(low_edge, np.bool_), np.asarray(high_edge, np.bool_))
+    labels, phases = _check_block(labels, phases)
+    block, base, ids, n_phases = _indexing(labels, phases)
+    counts, sums, low, high, same, pairs = scan(block, phases, base, ids.size, n_phases)
     n = counts.sum(axis=1)
-    n[0] = 0
     present = np.flatnonzero(n)
     part: dict[str, np.ndarray] = {"particle_id": ids[present], "n": n[present]}
     for a, ax in enumerate(_AXES):
@@ -250,7 +285,7 @@ def block_partial(
         part[f"{ax}1"] = high[present, a] + 1 + origin[a]
     for p in range(n_phases):
         part[f"ph{p}"] = counts[present, p]
-    faces, contacts = _face_tables(ids, face_counts, contact_counts)
+    faces, contacts = _face_tables(ids, n, counts.sum(axis=0), same, pairs)
     out = {"particles": part, "faces": faces, "contacts": contacts}
     if grains is not None:  # (grain, particle, phase, count) rows
         out["grains"] = _grain_partial(np.asarray(grains), labels, phases.astype(np.int64))
@@ -258,7 +293,12 @@ def block_partial(
 
 
 def face_partial(labels: np.ndarray, phases: np.ndarray, *, axis: int) -> Partial:
-    """The faces between two adjacent blocks along ``axis``.
+    """The correction for the face between two adjacent blocks along ``axis``.
+
+    :func:`block_partial` counts every face on a block's boundary; where the voxels on
+    both sides of a face belong to one particle, this takes the face off again (twice:
+    once per side) and moves the phase contact from the outside of the particle to
+    the pair of phases.
 
     Parameters
     ----------
@@ -271,25 +311,27 @@ def face_partial(labels: np.ndarray, phases: np.ndarray, *, axis: int) -> Partia
     Returns
     -------
     dict of column dicts
-        ``"faces"`` and ``"contacts"`` as in :func:`block_partial` (counts along
-        ``axis`` only).
+        ``"faces"`` and ``"contacts"`` as in :func:`block_partial`, as corrections
+        (zero or negative face counts, along ``axis`` only).
 
     Examples
     --------
-    >>> lab = np.array([[[1, 0]], [[2, 0]]], np.uint32)
+    One particle continues across the face; another ends there.
+
+    >>> lab = np.array([[[1, 3]], [[1, 0]]], np.uint32)
     >>> face_partial(lab, (lab > 0).astype(np.uint8), axis=0)["faces"]["faces_z"].tolist()
-    [1, 1]
+    [-2]
     """
     from volmla._scan import scan_faces
 
-    labels, phases, n_phases = _check_block(labels, phases)
-    block, base, ids = _indexing(labels)
-    one_faces, one_contacts = scan_faces(block, phases, base, ids.size, n_phases)
-    face_counts = np.zeros((3, ids.size), np.int64)
-    contact_counts = np.zeros((3, n_phases, n_phases), np.int64)
-    face_counts[axis] = one_faces[0]
-    contact_counts[axis] = one_contacts[0]
-    faces, contacts = _face_tables(ids, face_counts, contact_counts)
+    labels, phases = _check_block(labels, phases)
+    block, base, ids, n_phases = _indexing(labels, phases)
+    one_same, one_pairs = scan_faces(block, phases, base, ids.size, n_phases)
+    same = np.zeros((3, ids.size), np.int64)
+    pairs = np.zeros((3, n_phases * n_phases), np.int64)
+    same[axis] = one_same[0]
+    pairs[axis] = one_pairs[0]
+    faces, contacts = _face_tables(ids, np.zeros(ids.size, np.int64), np.zeros(n_phases, np.int64), same, pairs)
     return {"faces": faces, "contacts": contacts}
 
 
@@ -335,7 +377,7 @@ def _as_dask(x: Any, name: str, like: da.Array | None = None) -> tuple[da.Array,
     attrs = dict(getattr(x, "attrs", {}) or {})
     data = getattr(x, "data", x) if hasattr(x, "dims") else x
     if not isinstance(data, da.Array):
-        from volmla.io import as_blocks, default_chunks
+        from volmla.io import as_blocks
 
         data = np.asarray(data)
         if data.ndim != 3:
@@ -343,7 +385,7 @@ def _as_dask(x: Any, name: str, like: da.Array | None = None) -> tuple[da.Array,
         if like is not None and like.shape == data.shape:
             chunks: Any = like.chunks
         else:
-            chunks = default_chunks(data.shape, data.dtype, target_bytes=_BLOCK_BYTES)
+            chunks = _slab_chunks(data.shape, data.itemsize)
         data = as_blocks(data, chunks=chunks)
     if data.ndim != 3:
         raise VolmlaError(f"{name} must be a 3-D (z, y, x) volume, got shape {data.shape}")
@@ -411,13 +453,12 @@ def resolve_phase_names(
 
 
 def _block_task(labels: np.ndarray, phases: np.ndarray, grains: np.ndarray | None, *, origin: Sequence[int],
-                low_edge: tuple[bool, ...], high_edge: tuple[bool, ...]) -> dict[str, Any]:
-    """:func:`block_partial`, and the block's first and last planes along every axis
-    where a neighbour needs them (``planes[(axis, side)] = (labels, phases)``)."""
-    planes = {(a, side): (np.take(labels, [-side], axis=a), np.take(phases, [-side], axis=a))
-              for a in range(3) for side, edge in ((0, low_edge[a]), (1, high_edge[a])) if not edge}
-    return {"partial": block_partial(labels, phases, grains, origin=origin, low_edge=low_edge, high_edge=high_edge),
-            "planes": planes}
+                sides: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """:func:`block_partial`, and the block's first (``side`` 0) or last (1) plane along
+    an axis for each ``(axis, side)`` a neighbour needs (``planes[(axis, side)] =
+    (labels, phases)``)."""
+    planes = {(a, side): (_face_slab(labels, a, side, 1), _face_slab(phases, a, side, 1)) for a, side in sides}
+    return {"partial": block_partial(labels, phases, grains, origin=origin), "planes": planes}
 
 
 def _face_task(low: dict[str, Any], high: dict[str, Any], *, axis: int) -> Partial:
@@ -445,9 +486,9 @@ def _partial_tasks(lab: da.Array, ph: da.Array, gr: da.Array | None) -> list[Any
 
     grid = {idx: (origin, size) for idx, origin, size in block_grid(lab.chunks)}
     for idx, (origin, size) in grid.items():
-        low = tuple(o == 0 for o in origin)
-        high = tuple(o + s == n for o, s, n in zip(origin, size, lab.shape, strict=True))
-        kernel = functools.partial(_block_task, origin=origin, low_edge=low, high_edge=high)
+        sides = [(a, side) for a in range(3) for side, inner in ((0, origin[a] > 0), (1, origin[a] + size[a] < lab.shape[a]))
+                 if inner]
+        kernel = functools.partial(_block_task, origin=origin, sides=sides)
         dsk[(block_name, *idx)] = (kernel, (lab.name, *idx), (ph.name, *idx), None if gr is None else (gr.name, *idx))
         dsk[(part_name, *idx)] = (operator.getitem, (block_name, *idx), "partial")
         keys.append((part_name, *idx))
@@ -481,40 +522,73 @@ def _concat(partials: list[Partial], key: str) -> pd.DataFrame:
     return pd.DataFrame(_columns(partials, key))
 
 
-def _reduce_by(keys: np.ndarray, columns: Mapping[str, np.ndarray], ops: Mapping[str, np.ufunc]
+_DENSE_MERGE = 4
+"""Ids are merged in dense arrays when their span is below this many times the rows."""
+
+_IDENTITY: dict[np.ufunc, int] = {np.add: 0, np.minimum: np.iinfo(np.int64).max, np.maximum: np.iinfo(np.int64).min}
+
+
+def _reduce_by(tables: list[dict[str, np.ndarray]], ops: Mapping[str, np.ufunc]
                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Rows grouped by ``keys``: the sorted unique keys, and per column its
-    ``ops[column].reduceat`` over the groups (the columns of one op in one call)."""
+    """Rows of column dicts grouped by ``particle_id`` (unique within a table): the
+    sorted unique ids, and per column of ``ops`` its reduction (``np.add``,
+    ``np.minimum`` or ``np.maximum``; a column missing in a table is its identity).
+
+    Ids that span a range not much wider than the rows (as after
+    :func:`volmla.label.label`) are reduced into dense arrays indexed by ``id - min``,
+    one scatter per table and column; others by one sort of all ids and ``reduceat``.
+    """
+    tables = [t for t in tables if t["particle_id"].size]
+    if not tables:
+        return np.zeros(0, np.uint64), {name: np.zeros(0, np.int64) for name in ops}
+    lo = min(int(t["particle_id"].min()) for t in tables)
+    hi = max(int(t["particle_id"].max()) for t in tables)
+    if hi - lo < _DENSE_MERGE * sum(t["particle_id"].size for t in tables):
+        seen = np.zeros(hi - lo + 1, np.bool_)
+        acc = {name: np.full(hi - lo + 1, _IDENTITY[op], np.int64) for name, op in ops.items()}
+        for t in tables:
+            at = (t["particle_id"] - np.uint64(lo)).astype(np.intp)
+            seen[at] = True
+            for name in ops.keys() & t.keys():
+                acc[name][at] = ops[name](acc[name][at], t[name])
+        if seen.all():  # every id in the span is present (no gather then)
+            return np.arange(lo, hi + 1, dtype=np.uint64), acc
+        keep = np.flatnonzero(seen)
+        return keep.astype(np.uint64) + np.uint64(lo), {name: acc[name][keep] for name in ops}
+    keys = np.concatenate([t["particle_id"] for t in tables])
     order = np.argsort(keys, kind="stable")
     k = keys[order]
-    if not k.size:
-        return k, {name: col[:0] for name, col in columns.items()}
     starts = np.flatnonzero(np.concatenate([[True], k[1:] != k[:-1]]))
-    out: dict[str, np.ndarray] = {}
-    for op in set(ops.values()):
-        names = [name for name in columns if ops[name] is op]
-        stacked = np.stack([columns[name] for name in names], axis=1)[order]
-        reduced = op.reduceat(stacked, starts, axis=0)
-        out.update({name: reduced[:, i] for i, name in enumerate(names)})
-    return k[starts], {name: out[name] for name in columns}
+    out = {}
+    for name, op in ops.items():
+        column = np.concatenate([t.get(name, np.full(t["particle_id"].size, _IDENTITY[op], np.int64)) for t in tables])
+        out[name] = op.reduceat(column[order], starts)
+    return k[starts], out
 
 
-def _merge(partials: list[Partial]) -> dict[str, pd.DataFrame]:
-    parts = _columns(partials, "particles")
-    ops: dict[str, np.ufunc] = {c: np.add for c in parts}
+def _merge_contacts(tables: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The contact rows of all blocks summed per phase pair ``(a, b)``, sorted, without
+    the pairs whose counts cancel to zero."""
+    faces = np.zeros((3, 256, 256), np.int64)
+    for t in tables:
+        for i, ax in enumerate(_AXES):
+            np.add.at(faces[i], (t["a"], t["b"]), t[f"faces_{ax}"])
+    a, b = np.nonzero(faces.any(axis=0))
+    return {"a": a, "b": b, **{f"faces_{ax}": faces[i, a, b] for i, ax in enumerate(_AXES)}}
+
+
+def _merge(partials: list[Partial]) -> dict[str, Any]:
+    """The partial tables merged: ``particles`` (a column dict), ``contacts`` and
+    ``grains`` (DataFrames)."""
+    names = dict.fromkeys(c for p in partials if "particles" in p for c in p["particles"] if c != "particle_id")
+    ops: dict[str, np.ufunc] = dict.fromkeys(names, np.add)
     ops.update({f"{a}0": np.minimum for a in _AXES})
     ops.update({f"{a}1": np.maximum for a in _AXES})
-    ids, cols = _reduce_by(parts.pop("particle_id"), parts, ops)
-    faces = _columns(partials, "faces")
-    face_ids, face_cols = _reduce_by(faces.pop("particle_id"), faces, dict.fromkeys(faces, np.add))
-    at = np.searchsorted(ids, face_ids)  # a particle with faces has voxels in some block
-    for col in ("faces_z", "faces_y", "faces_x"):
-        cols[col] = np.zeros(ids.size, np.int64)
-        cols[col][at] = face_cols[col]
-    merged = pd.DataFrame({c: v.astype(np.int64, copy=False) for c, v in cols.items()},
-                          index=pd.Index(ids, name="particle_id"), copy=False)
-    contacts = _concat(partials, "contacts").groupby(["a", "b"], sort=True).sum().reset_index()
-    out = {"particles": merged, "contacts": contacts}
+    ops.update(dict.fromkeys(("faces_z", "faces_y", "faces_x"), np.add))
+    # a particle with faces has voxels in some block: the faces add no ids
+    ids, cols = _reduce_by([p[part] for p in partials for part in ("particles", "faces") if part in p], ops)
+    merged = {"particle_id": ids, **cols}
+    out = {"particles": merged, "contacts": _merge_contacts([p["contacts"] for p in partials if "contacts" in p])}
     if any("grains" in p for p in partials):
         keyed = _concat(partials, "grains").groupby("grain_id", sort=True).agg(
             particle_id=("particle_id", "first"),
@@ -591,12 +665,12 @@ def measure(
             resolve_phase_names(phase_names, None, None)
     tasks = _partial_tasks(lab, ph, gr)
     logger.info("measuring %d blocks of %s", len(tasks), lab.shape)
-    partials = compute(tasks, desc="measuring particles")
+    partials = compute(tasks, desc="measuring particles", optimize=False)  # the graph is built by hand
     merged = _merge(partials)
     table = merged["particles"]
-    ph_cols = [c for c in table.columns if c.startswith("ph")]
+    ph_cols = [c for c in table if c.startswith("ph")]
     present = [int(c[2:]) for c in ph_cols if table[c].sum() > 0 and int(c[2:]) > 0]
-    contact_ids = set(merged["contacts"].a) | set(merged["contacts"].b)
+    contact_ids = {*merged["contacts"]["a"].tolist(), *merged["contacts"]["b"].tolist()}
     max_phase = max([*present, *(int(i) for i in contact_ids)], default=0)
     names = resolve_phase_names(phase_names, attr_phases, max_phase)
     unnamed = [p for p in present if p not in names]
@@ -620,41 +694,37 @@ def _face_area(faces_z: Any, faces_y: Any, faces_x: Any, vs: tuple[float, float,
 
 
 def _particle_frame(
-    t: pd.DataFrame, names: dict[int, str], vs: tuple[float, float, float], shape: tuple[int, ...], grains: pd.DataFrame | None
+    t: Mapping[str, np.ndarray], names: dict[int, str], vs: tuple[float, float, float], shape: tuple[int, ...],
+    grains: pd.DataFrame | None,
 ) -> pd.DataFrame:
-    n = t["n"].to_numpy(np.int64)
-    voxel_volume = vs[0] * vs[1] * vs[2]
-    volume = n * voxel_volume
-    area = _face_area(t["faces_z"].to_numpy(np.float64), t["faces_y"].to_numpy(np.float64), t["faces_x"].to_numpy(np.float64), vs)
-    out = pd.DataFrame({"particle_id": t.index.to_numpy().astype(np.uint64)})
-    out["volume_voxels"] = n
-    out["volume_um3"] = volume
-    out["esd_um"] = np.cbrt(6.0 * volume / np.pi)
-    out["surface_um2"] = area
+    """The particle table (:func:`particle_columns`) from the merged integer columns."""
+    n = t["n"]
+    volume = n * (vs[0] * vs[1] * vs[2])
+    area = _face_area(t["faces_z"].astype(np.float64), t["faces_y"].astype(np.float64), t["faces_x"].astype(np.float64), vs)
+    out: dict[str, Any] = {"particle_id": t["particle_id"].astype(np.uint64, copy=False), "volume_voxels": n,
+                           "volume_um3": volume, "esd_um": np.cbrt(6.0 * volume / np.pi), "surface_um2": area}
     with np.errstate(divide="ignore", invalid="ignore"):
         out["sphericity"] = np.where(area > 0, np.pi ** (1 / 3) * (6.0 * volume) ** (2 / 3) / np.where(area > 0, area, 1), np.nan)
     for a, ax in enumerate(_AXES):
-        out[f"centroid_{ax}"] = t[f"s{ax}"].to_numpy(np.float64) / n * vs[a]
+        out[f"centroid_{ax}"] = t[f"s{ax}"] / n * vs[a]
     for ax in _AXES:
-        out[f"bbox_{ax}0"] = t[f"{ax}0"].to_numpy(np.int64)
+        out[f"bbox_{ax}0"] = t[f"{ax}0"]
     for ax in _AXES:
-        out[f"bbox_{ax}1"] = t[f"{ax}1"].to_numpy(np.int64)
-    border = np.zeros(len(out), bool)
+        out[f"bbox_{ax}1"] = t[f"{ax}1"]
+    border = np.zeros(n.size, bool)
     for a, ax in enumerate(_AXES):
-        border |= (out[f"bbox_{ax}0"].to_numpy() == 0) | (out[f"bbox_{ax}1"].to_numpy() == shape[a])
+        border |= (t[f"{ax}0"] == 0) | (t[f"{ax}1"] == shape[a])
     out["touches_border"] = border
     if grains is None:
-        out["n_grains"] = pd.arrays.IntegerArray(np.zeros(len(out), np.int64), np.ones(len(out), bool))
+        out["n_grains"] = pd.arrays.IntegerArray(np.zeros(n.size, np.int64), np.ones(n.size, bool))
     else:
         per = grains.groupby("particle_id").size()
-        ids = out["particle_id"].to_numpy()
-        out["n_grains"] = pd.array(per.reindex(ids, fill_value=0).to_numpy(np.int64), dtype="Int64")
+        out["n_grains"] = pd.array(per.reindex(out["particle_id"], fill_value=0).to_numpy(np.int64), dtype="Int64")
     for pid, name in names.items():
-        col = f"ph{pid}"
-        out[f"vox_{name}"] = t[col].to_numpy(np.int64) if col in t.columns else np.zeros(len(out), np.int64)
+        out[f"vox_{name}"] = t.get(f"ph{pid}", np.zeros(n.size, np.int64))
     for name in names.values():
-        out[f"grade_{name}"] = out[f"vox_{name}"].to_numpy(np.float64) / n
-    return out.reset_index(drop=True)
+        out[f"grade_{name}"] = out[f"vox_{name}"] / n
+    return pd.DataFrame(out, copy=False)  # the columns are new arrays: no consolidating copy
 
 
 def _grain_frame(g: pd.DataFrame, names: dict[int, str], vs: tuple[float, float, float]) -> pd.DataFrame:
@@ -673,20 +743,22 @@ def _grain_frame(g: pd.DataFrame, names: dict[int, str], vs: tuple[float, float,
     return out
 
 
-def _contact_frame(c: pd.DataFrame, names: dict[int, str], vs: tuple[float, float, float]) -> pd.DataFrame:
+def _contact_frame(c: Mapping[str, np.ndarray], names: dict[int, str], vs: tuple[float, float, float]) -> pd.DataFrame:
     def name(p: int) -> str:
         return BACKGROUND if p == 0 else names.get(p, str(p))
 
+    keep = (c["a"] != 0) | (c["b"] != 0)  # phase-0 voxels on a particle's surface: not a phase
+    a, b = c["a"][keep], c["b"][keep]
     # a <= b, a = 0 is the outside of the particle: put the phase first
-    rows = []
-    c = c[(c["a"] != 0) | (c["b"] != 0)]  # phase-0 voxels on a particle's surface: not a phase
-    for a, b, fz, fy, fx in c[["a", "b", "faces_z", "faces_y", "faces_x"]].itertuples(index=False):
-        first, second = (b, a) if a == 0 else (a, b)
-        rows.append((name(int(first)), name(int(second)), int(fz), int(fy), int(fx)))
-    out = pd.DataFrame(rows, columns=CONTACT_COLUMNS[:5])
-    out = out.astype({"faces_z": np.int64, "faces_y": np.int64, "faces_x": np.int64})
-    out["area_um2"] = _face_area(out["faces_z"].to_numpy(np.float64), out["faces_y"].to_numpy(np.float64), out["faces_x"].to_numpy(np.float64), vs)
-    return out
+    first, second = np.where(a == 0, b, a), np.where(a == 0, a, b)
+    faces = {f"faces_{ax}": c[f"faces_{ax}"][keep].astype(np.int64) for ax in _AXES}
+    return pd.DataFrame({
+        "phase_a": pd.array([name(int(p)) for p in first], dtype="str"),
+        "phase_b": pd.array([name(int(p)) for p in second], dtype="str"),
+        **faces,
+        "area_um2": _face_area(faces["faces_z"].astype(np.float64), faces["faces_y"].astype(np.float64),
+                               faces["faces_x"].astype(np.float64), vs),
+    }, columns=CONTACT_COLUMNS)
 
 
 # --------------------------------------------------------------------------- public
