@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--dask-image-labels", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of volmla and regionprops (median)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "measure.json")
     parser.add_argument("--method", choices=("volmla", "volmla_cluster", "regionprops", "dask_image"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -224,9 +225,8 @@ def main() -> None:
     }
     text = json.dumps(report, indent=2)
     print(text)
-    out = Path(__file__).parent / "results" / "measure.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(text + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

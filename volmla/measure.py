@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
@@ -142,22 +143,30 @@ _DENSE_SPAN = 1 << 18
 eighth of the block's voxels, the block's labels are renumbered)."""
 
 
-def _slab_chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, int, int]:
-    """Blocks of about :data:`_BLOCK_BYTES` that are C-contiguous views of a C-ordered
-    array (whole planes, else whole rows of one plane), so the kernel reads them in
-    place: the measurement needs no halo, so the blocks' shape costs nothing else.
+def _slab_chunks(shape: tuple[int, ...], itemsize: int, *, threads: int = 1) -> tuple[int, int, int]:
+    """Blocks that are C-contiguous views of a C-ordered array (whole planes, else
+    whole rows of one plane), so that the kernel reads them in place: the measurement
+    needs no halo, so the blocks' shape costs nothing else.
+
+    A block holds at most :data:`_BLOCK_BYTES`, and small volumes are cut into at least
+    two blocks per thread (of 1 MiB at least) of about equal size, so that every
+    thread has work to the end.
 
     Examples
     --------
     >>> _slab_chunks((376, 376, 376), 4), _slab_chunks((4, 5000, 5000), 4)
     ((29, 376, 376), (1, 838, 5000))
+    >>> _slab_chunks((176, 176, 176), 4, threads=2)
+    (44, 176, 176)
     """
     nz, ny, nx = shape
     row = max(1, nx * itemsize)
     plane = row * ny
-    if plane <= _BLOCK_BYTES:
-        return (max(1, min(nz, _BLOCK_BYTES // plane)), ny, nx)
-    return (1, max(1, min(ny, _BLOCK_BYTES // row)), nx)
+    target = min(_BLOCK_BYTES, max(2**20, plane * nz // (2 * threads)))
+    if plane > target:
+        return (1, max(1, min(ny, target // row)), nx)
+    slabs = max(1, -(-nz // max(1, target // plane)))  # the fewest slabs of that size ...
+    return (max(1, -(-nz // slabs)), ny, nx)  # ... evened out
 
 
 def _indexing(labels: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, int]:
@@ -385,7 +394,7 @@ def _as_dask(x: Any, name: str, like: da.Array | None = None) -> tuple[da.Array,
         if like is not None and like.shape == data.shape:
             chunks: Any = like.chunks
         else:
-            chunks = _slab_chunks(data.shape, data.itemsize)
+            chunks = _slab_chunks(data.shape, data.itemsize, threads=os.cpu_count() or 1)
         data = as_blocks(data, chunks=chunks)
     if data.ndim != 3:
         raise VolmlaError(f"{name} must be a 3-D (z, y, x) volume, got shape {data.shape}")
@@ -655,8 +664,8 @@ def measure(
         if gr.shape != lab.shape:
             raise VolmlaError(f"grains and particles must have the same shape, got {gr.shape} and {lab.shape}")
         _voxel_size(vs, ph_attrs, lab_attrs, gr_attrs)  # grains must share the voxel size too
-        gr = gr.rechunk(lab.chunks)
-    ph = ph.rechunk(lab.chunks)
+        gr = gr if gr.chunks == lab.chunks else gr.rechunk(lab.chunks)
+    ph = ph if ph.chunks == lab.chunks else ph.rechunk(lab.chunks)
     attr_phases = ph_attrs.get("phases") or None
     if phase_names is not None:  # validate early against the attribute, when there is one
         if attr_phases:
