@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -258,16 +259,32 @@ def compute(tasks: Sequence[Any], *, desc: str = "computing", optimize: bool = T
         if _show_progress():
             return _threaded_with_progress(tasks, desc, optimize)
         return list(dask.compute(*tasks, optimize_graph=optimize))
-    futures = client.compute(tasks, optimize_graph=optimize)
-    if _show_progress():
-        from distributed import as_completed
-        from rich.progress import Progress
+    from distributed import as_completed
 
-        with Progress(console=_stderr_console(), transient=True) as bar:
+    futures = client.compute(tasks, optimize_graph=optimize)
+    index: dict[Any, list[int]] = {}
+    for i, f in enumerate(futures):
+        index.setdefault(f.key, []).append(i)
+    results: list[Any] = [None] * len(futures)
+    # each result is fetched as soon as it is ready and its future dropped, so that the
+    # workers do not hold every result until the last one is done
+    with contextlib.ExitStack() as stack:
+        advance = None
+        if _show_progress():
+            from rich.progress import Progress
+
+            bar = stack.enter_context(Progress(console=_stderr_console(), transient=True))
             job = bar.add_task(desc, total=len(futures))
-            for _ in as_completed(futures):
-                bar.advance(job)
-    return list(client.gather(futures))
+            advance = functools.partial(bar.advance, job)
+        done = as_completed(futures, with_results=True)
+        futures.clear()
+        for future, result in done:
+            for i in index.pop(future.key, []):  # a key asked for twice arrives once
+                results[i] = result
+            del future
+            if advance is not None:
+                advance()
+    return results
 
 
 def _show_progress() -> bool:
