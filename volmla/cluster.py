@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -259,32 +258,16 @@ def compute(tasks: Sequence[Any], *, desc: str = "computing", optimize: bool = T
         if _show_progress():
             return _threaded_with_progress(tasks, desc, optimize)
         return _local_compute(tasks, optimize)
-    from distributed import as_completed
-
     futures = client.compute(tasks, optimize_graph=optimize)
-    index: dict[Any, list[int]] = {}
-    for i, f in enumerate(futures):
-        index.setdefault(f.key, []).append(i)
-    results: list[Any] = [None] * len(futures)
-    # each result is fetched as soon as it is ready and its future dropped, so that the
-    # workers do not hold every result until the last one is done
-    with contextlib.ExitStack() as stack:
-        advance = None
-        if _show_progress():
-            from rich.progress import Progress
+    if _show_progress():
+        from distributed import as_completed
+        from rich.progress import Progress
 
-            bar = stack.enter_context(Progress(console=_stderr_console(), transient=True))
+        with Progress(console=_stderr_console(), transient=True) as bar:
             job = bar.add_task(desc, total=len(futures))
-            advance = functools.partial(bar.advance, job)
-        done = as_completed(futures, with_results=True)
-        futures.clear()
-        for future, result in done:
-            for i in index.pop(future.key, []):  # a key asked for twice arrives once
-                results[i] = result
-            del future
-            if advance is not None:
-                advance()
-    return results
+            for _ in as_completed(futures):
+                bar.advance(job)
+    return list(client.gather(futures))
 
 
 def _local_compute(tasks: list[Any], optimize: bool) -> list[Any]:
@@ -295,7 +278,7 @@ def _local_compute(tasks: list[Any], optimize: bool) -> list[Any]:
     from dask.delayed import Delayed
     from dask.highlevelgraph import HighLevelGraph
 
-    if optimize or not all(isinstance(t, Delayed) for t in tasks):
+    if optimize or not tasks or not all(isinstance(t, Delayed) for t in tasks):
         return list(dask.compute(*tasks, optimize_graph=optimize))
     graph = HighLevelGraph.merge(*(t.__dask_graph__() for t in tasks))
     scheduler = get_scheduler(collections=tasks)
