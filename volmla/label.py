@@ -57,6 +57,7 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.typing import DaskCollection
 
 from volmla.errors import VolmlaError
+from volmla.io import block_grid
 
 logger = logging.getLogger(__name__)
 
@@ -476,17 +477,16 @@ def label(
 
     grid = data.numblocks
     shape = tuple(int(s) for s in data.shape)
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in data.chunks]
     stride = math.prod(max(c) for c in data.chunks)
-    flat = {idx: f for f, idx in enumerate(np.ndindex(*grid))}
+    origins = {idx: origin for idx, origin, _ in block_grid(data.chunks)}  # in C order
+    flat = {idx: f for f, idx in enumerate(origins)}
     order = list(flat)
 
     # Steps 1-3 as a plain task graph (Delayed objects cost milliseconds each to build).
     token = tokenize(data, connectivity, multilabel)
     scan, pairs_name = f"volmla-label-scan-{token}", f"volmla-label-pairs-{token}"
     dsk: dict[Any, Any] = {}
-    for idx in order:
-        origin = tuple(int(starts[a][idx[a]]) for a in range(3))
+    for idx, origin in origins.items():
         kernel = functools.partial(
             _scan_block, origin=origin, shape=shape, connectivity=connectivity, multilabel=multilabel
         )

@@ -64,6 +64,7 @@ from dask.base import tokenize
 from dask.typing import DaskCollection
 
 from volmla.errors import VolmlaError
+from volmla.io import as_blocks, block_grid
 from volmla.overlap import _face_slab
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def particle_columns(phase_names: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- kernel
 
 _BLOCK_BYTES = 16 * 2**20
-"""Block size in bytes of the particle ids when in-memory arrays are measured."""
+"""Largest block, in bytes of particle ids, that in-memory arrays are cut into."""
 
 _DENSE_SPAN = 1 << 18
 """Largest label span of a block indexed by ``label - min`` (above it, or above an
@@ -386,8 +387,6 @@ def _as_dask(x: Any, name: str, like: da.Array | None = None) -> tuple[da.Array,
     attrs = dict(getattr(x, "attrs", {}) or {})
     data = getattr(x, "data", x) if hasattr(x, "dims") else x
     if not isinstance(data, da.Array):
-        from volmla.io import as_blocks
-
         data = np.asarray(data)
         if data.ndim != 3:
             raise VolmlaError(f"{name} must be a 3-D (z, y, x) volume, got shape {data.shape}")
@@ -491,8 +490,6 @@ def _partial_tasks(lab: da.Array, ph: da.Array, gr: da.Array | None) -> list[Any
     block_name, part_name, face_name = (f"measure-{k}-{token}" for k in ("block", "partial", "faces"))
     dsk: dict[Any, Any] = {}
     keys = []
-    from volmla.io import block_grid
-
     grid = {idx: (origin, size) for idx, origin, size in block_grid(lab.chunks)}
     for idx, (origin, size) in grid.items():
         sides = [(a, side) for a in range(3) for side, inner in ((0, origin[a] > 0), (1, origin[a] + size[a] < lab.shape[a]))
@@ -512,23 +509,10 @@ def _partial_tasks(lab: da.Array, ph: da.Array, gr: da.Array | None) -> list[Any
     return [Delayed(key, graph, layer=block_name) for key in keys]
 
 
-def _columns(partials: list[Partial], key: str) -> dict[str, np.ndarray]:
-    """The column dicts of all blocks, concatenated (columns missing in a block are 0)."""
-    partials = [p for p in partials if key in p]
-    columns: dict[str, list[np.ndarray]] = {}
-    for p in partials:
-        for col in p[key]:
-            columns.setdefault(col, [])
-    for p in partials:
-        part = p[key]
-        rows = next(iter(part.values())).size if part else 0
-        for col, chunks in columns.items():
-            chunks.append(part[col] if col in part else np.zeros(rows, np.int64))
-    return {col: np.concatenate(chunks) for col, chunks in columns.items()}
-
-
 def _concat(partials: list[Partial], key: str) -> pd.DataFrame:
-    return pd.DataFrame(_columns(partials, key))
+    """The ``key`` tables of all blocks that have one, stacked (they share their columns)."""
+    tables = [p[key] for p in partials if key in p]
+    return pd.DataFrame({col: np.concatenate([t[col] for t in tables]) for col in tables[0]})
 
 
 _DENSE_MERGE = 4
