@@ -150,3 +150,21 @@ def scan_faces(lab: np.ndarray, ph: np.ndarray, base: int, m: int, n_phases: int
                 same[0, np.int64(v) - base] += 1
                 pairs[0, np.int64(ph[0, i, j]) * n_phases + ph[1, i, j]] += 1
     return same, pairs
+
+
+@numba.njit(nogil=True, cache=True)
+def scatter_rows(acc: np.ndarray, at: np.ndarray, values: np.ndarray, first: int, ops: np.ndarray) -> None:
+    """Merge the rows ``values[i]`` into the columns ``acc[first:, at[i]]`` in place, per
+    column by ``ops`` (0: sum, 1: minimum, 2: maximum)."""
+    width = values.shape[1]
+    for i in range(at.size):
+        k = at[i]
+        for j in range(width):
+            c = first + j
+            v = values[i, j]
+            if ops[c] == 0:
+                acc[c, k] += v
+            elif ops[c] == 1:
+                acc[c, k] = min(acc[c, k], v)
+            else:
+                acc[c, k] = max(acc[c, k], v)
