@@ -168,3 +168,37 @@ def scatter_rows(acc: np.ndarray, at: np.ndarray, values: np.ndarray, first: int
                 acc[c, k] = min(acc[c, k], v)
             else:
                 acc[c, k] = max(acc[c, k], v)
+
+
+@numba.njit(nogil=True, cache=True)
+def pack_rows(counts: np.ndarray, sums: np.ndarray, low: np.ndarray, high: np.ndarray, same: np.ndarray,
+              origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The particle rows of a :func:`scan`: ``(present, values)``, the particle indices
+    with voxels and per index the columns of :data:`volmla.measure.PARTIAL_COLUMNS`
+    (global coordinates: ``origin`` added; faces ``2 n - 2 s`` per axis), then the voxels
+    per phase."""
+    m, n_phases = counts.shape
+    n = np.zeros(m, np.int64)
+    k = 0
+    for r in range(m):
+        for p in range(n_phases):
+            n[r] += counts[r, p]
+        k += n[r] > 0
+    present = np.empty(k, np.int64)
+    values = np.empty((k, 13 + n_phases), np.int64)
+    i = 0
+    for r in range(m):
+        if n[r] == 0:
+            continue
+        present[i] = r
+        row = values[i]
+        row[0] = n[r]
+        for a in range(3):
+            row[1 + a] = sums[r, a] + origin[a] * n[r]
+            row[4 + a] = low[r, a] + origin[a]
+            row[7 + a] = high[r, a] + 1 + origin[a]
+            row[10 + a] = 2 * n[r] - 2 * same[a, r]
+        for p in range(n_phases):
+            row[13 + p] = counts[r, p]
+        i += 1
+    return present, values

@@ -300,22 +300,13 @@ def block_partial(
     {'n': 1, 'sz': 1, 'sy': 1, 'sx': 1, 'z0': 1, 'y0': 1, 'x0': 1, 'z1': 2, 'y1': 2, 'x1': 2, \
 'faces_z': 2, 'faces_y': 2, 'faces_x': 2, 'id': 7}
     """
-    from volmla._scan import scan
+    from volmla._scan import pack_rows, scan
 
     labels, phases = _check_block(labels, phases)
     block, base, ids, n_phases = _indexing(labels, phases)
     counts, sums, low, high, same, pairs = scan(block, phases, base, ids.size, n_phases)
-    n = counts.sum(axis=1)
-    present = np.flatnonzero(n)
-    at = np.asarray(origin, np.int64)
-    values = np.empty((present.size, _FACES + 3 + n_phases), np.int64)
-    values[:, 0] = n[present]
-    values[:, 1:4] = sums[present] + at * values[:, :1]
-    values[:, 4:7] = low[present] + at
-    values[:, 7:10] = high[present] + (at + 1)
     # measured alone, the block's particles have 2 n - 2 s faces across each axis
-    values[:, _FACES:_FACES + 3] = 2 * values[:, :1] - 2 * same[:, present].T
-    values[:, _FACES + 3:] = counts[present]
+    present, values = pack_rows(counts, sums, low, high, same, np.asarray(origin, np.int64))
     out = {"particles": Rows(ids[present], values), "contacts": _contacts(counts.sum(axis=0), pairs)}
     if grains is not None:  # (grain, particle, phase, count) rows
         out["grains"] = _grain_partial(np.asarray(grains), labels, phases.astype(np.int64))
