@@ -294,11 +294,15 @@ def block_partial(
 
     Examples
     --------
-    >>> lab = np.zeros((3, 3, 3), np.uint32); lab[1, 1, 1] = 7
-    >>> rows = block_partial(lab, (lab > 0).astype(np.uint8))["particles"]
-    >>> dict(zip(PARTIAL_COLUMNS, rows.values[0].tolist())) | {"id": int(rows.ids[0])}
-    {'n': 1, 'sz': 1, 'sy': 1, 'sx': 1, 'z0': 1, 'y0': 1, 'x0': 1, 'z1': 2, 'y1': 2, 'x1': 2, \
-'faces_z': 2, 'faces_y': 2, 'faces_x': 2, 'id': 7}
+    Two voxels of particle 7 along x, in a block whose first voxel is (10, 20, 30):
+
+    >>> lab = np.zeros((3, 3, 4), np.uint32); lab[1, 1, 1:3] = 7
+    >>> rows = block_partial(lab, (lab > 0).astype(np.uint8), origin=(10, 20, 30))["particles"]
+    >>> int(rows.ids[0]), dict(zip(PARTIAL_COLUMNS, rows.values[0].tolist()))
+    (7, {'n': 2, 'sz': 22, 'sy': 42, 'sx': 63, 'z0': 11, 'y0': 21, 'x0': 31, 'z1': 12, 'y1': 22, \
+'x1': 33, 'faces_z': 4, 'faces_y': 4, 'faces_x': 2})
+    >>> rows.values[0, len(PARTIAL_COLUMNS):].tolist()  # voxels of phases 0 and 1
+    [0, 2]
     """
     from volmla._scan import pack_rows, scan
 
