@@ -734,7 +734,7 @@ def _particle_frame(
         out[f"vox_{name}"] = t.get(f"ph{pid}", np.zeros(n.size, np.int64))
     for name in names.values():
         out[f"grade_{name}"] = out[f"vox_{name}"] / n
-    return pd.DataFrame(out, copy=False)  # the columns are new arrays: no consolidating copy
+    return pd.DataFrame(out, copy=False)  # new arrays and rows of the merged array: no consolidating copy
 
 
 def _grain_frame(g: pd.DataFrame, names: dict[int, str], vs: tuple[float, float, float]) -> pd.DataFrame:
