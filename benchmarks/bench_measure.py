@@ -155,21 +155,14 @@ def child(args: argparse.Namespace) -> None:
     n = int(labels.max())
     # imports and first-call set-up outside the timed region: a warm-up on a tiny volume
     tiny_l, tiny_p = make_volume(8, args.seed + 1)
-    if args.method == "volmla_cluster":
-        pass  # warmed up inside, on its own cluster
-    elif args.method == "volmla":  # in blocks of 8, so that the kernel between blocks is compiled too
+    # (volmla_cluster warms up inside, on its own cluster)
+    if args.method in ("volmla", "paired"):  # in blocks of 8, so that the kernel between blocks is compiled too
         from volmla.measure import particles
 
         particles(da.from_array(tiny_l, chunks=8), da.from_array(tiny_p, chunks=8), voxel_size=1.0)
-    elif args.method in ("regionprops", "paired"):
+    if args.method in ("regionprops", "paired"):
         run_regionprops(tiny_l, tiny_p)
-        if args.method == "paired":
-            import dask.array as da
-
-            from volmla.measure import particles
-
-            particles(da.from_array(tiny_l, chunks=8), da.from_array(tiny_p, chunks=8), voxel_size=1.0)
-    else:
+    if args.method == "dask_image":
         run_dask_image(tiny_l, tiny_p, 8, 2)
     if args.method == "volmla_cluster":
         done, runs, rss, warm = run_volmla_cluster(labels, phases, args.chunks, args.repeat)

@@ -252,7 +252,8 @@ def test_offset_and_renumbered_ids_agree(small_phantom: dict[str, np.ndarray], m
 @pytest.mark.parametrize("dense", [True, False])
 def test_merge_dense_and_sorted_agree(small_phantom: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch,
                                       dense: bool) -> None:
-    """Partial tables are merged in dense arrays (narrow id spans) or by sorting (wide)."""
+    """Partial rows are merged by ``id - min`` (narrow id spans) or by the rank among the
+    sorted unique ids (wide)."""
     lab, ph, gr = small_phantom["particles"], small_phantom["phases"], small_phantom["grains"]
     names = {1: "1", 2: "2", 3: "3"}
     monkeypatch.setattr(measure, "_DENSE_MERGE", 10**9 if dense else 0)

@@ -18,7 +18,10 @@ Conventions (those of :func:`volmla.measure.block_partial`):
   caller into ``1..m-1``); index 0 is never written;
 - :func:`scan` counts the pairs inside one block; :func:`scan_faces` those across the
   face between two adjacent blocks, from the last plane of one and the first plane of
-  the next.
+  the next;
+- :func:`pack_rows` turns a scan into the block's rows (the columns of
+  :data:`volmla.measure.PARTIAL_COLUMNS`, then the voxels per phase), and
+  :func:`scatter_rows` merges the rows of every block by particle id.
 """
 
 from __future__ import annotations

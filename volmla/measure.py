@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, cast
@@ -681,7 +682,7 @@ def _measured(particles: Any, phases: Any, grains: Any, voxel_size: float | Sequ
         else:
             resolve_phase_names(phase_names, None, None)
     tasks = _partial_tasks(lab, ph, gr)
-    logger.info("measuring %d blocks of %s", len(tasks), lab.shape)
+    logger.info("measuring %d blocks of %s", math.prod(lab.numblocks), lab.shape)
     partials = compute(tasks, desc="measuring particles", optimize=False)  # the graph is built by hand
     merged = _merge(partials)
     table = merged["particles"]
