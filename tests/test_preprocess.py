@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def test_local_kernels_leave_their_block_unchanged(noisy, step, kernel, params, 
     before = block.copy()
     kernel(block, **params)
     np.testing.assert_array_equal(block, before)
-    if "halo" in kernel.__code__.co_varnames:  # the cropping form the engine calls
+    if "halo" in inspect.signature(kernel).parameters:  # the cropping form the engine calls
         kernel(block, halo=(2, 2, 2), **params)
         np.testing.assert_array_equal(block, before)
 
