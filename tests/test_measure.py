@@ -223,6 +223,25 @@ def test_grain_spanning_two_particles_is_an_error() -> None:
                        da.from_array(np.ones_like(lab, dtype=np.uint8), chunks=2), voxel_size=1.0)
 
 
+@pytest.mark.parametrize("dtype", [np.uint32, np.int64, np.uint64])
+def test_grain_over_background_or_two_phases_is_an_error(dtype) -> None:
+    """The checks compare particle ids and phases in the inputs' own dtypes."""
+    lab = np.zeros((4, 4, 4), dtype)
+    lab[1:3, 1:3, 1:3] = 2**31 + 5 if np.dtype(dtype).itemsize == 8 else 5
+    ph = (lab > 0).astype(np.uint8)
+    grain = (lab > 0).astype(np.uint32)
+    grain[0, 0, 0] = 2  # a grain on a background voxel only
+    with pytest.raises(VolmlaError, match="covers background"):
+        measure.grains(grain, lab, ph, voxel_size=1.0)
+    ph[1, 1, 1] = 2  # a second phase under the same grain
+    with pytest.raises(VolmlaError, match="spans several"):
+        measure.grains((lab > 0).astype(np.uint32), lab, ph, voxel_size=1.0)
+    ph[1, 1, 1] = 1
+    table = measure.grains((lab > 0).astype(np.uint32), lab, ph, voxel_size=1.0)
+    assert table.particle_id.dtype == np.uint64
+    assert table.particle_id.tolist() == [int(lab.max())] and table.volume_voxels.tolist() == [8]
+
+
 def test_single_voxel_chunks_many_labels(rng: np.random.Generator) -> None:
     """Blocks of one voxel whose halo holds more labels than the block has voxels."""
     lab = rng.integers(0, 40, size=(4, 5, 3)).astype(np.uint32)

@@ -314,7 +314,7 @@ def block_partial(
     present, values = pack_rows(counts, sums, low, high, same, np.asarray(origin, np.int64))
     out = {"particles": Rows(ids[present], values), "contacts": _contacts(counts.sum(axis=0), pairs)}
     if grains is not None:  # (grain, particle, phase, count) rows
-        out["grains"] = _grain_partial(np.asarray(grains), labels, phases.astype(np.int64))
+        out["grains"] = _grain_partial(np.asarray(grains), labels, phases)
     return out
 
 
@@ -374,15 +374,18 @@ def _renumber(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids, renum
 
 
-def _grain_partial(grain_core: np.ndarray, lab_core: np.ndarray, ph_core: np.ndarray) -> dict[str, np.ndarray]:
-    gids, renum = _renumber(np.ascontiguousarray(grain_core))
+def _grain_partial(grains: np.ndarray, labels: np.ndarray, phases: np.ndarray) -> dict[str, np.ndarray]:
+    """``(grain_id, particle_id, phase, n)`` rows of one block: the particle and phase
+    of every grain, checked to be one each, and its voxels. ``labels`` and ``phases``
+    are compared in their own dtypes (no block-sized copies); the rows are widened."""
+    gids, renum = _renumber(np.ascontiguousarray(grains))
     n = gids.size - 1
     flat = renum.ravel()
-    lab_flat = lab_core.ravel().astype(np.uint64)
-    ph_flat = ph_core.ravel()
+    lab_flat = labels.ravel()
+    ph_flat = phases.ravel()
     counts = np.bincount(flat, minlength=n + 1).astype(np.int64)
-    owner = np.zeros(n + 1, np.uint64)
-    phase = np.zeros(n + 1, np.int64)
+    owner = np.zeros(n + 1, lab_flat.dtype)
+    phase = np.zeros(n + 1, ph_flat.dtype)
     owner[flat] = lab_flat
     phase[flat] = ph_flat
     bad = (flat != 0) & ((owner[flat] != lab_flat) | (phase[flat] != ph_flat))
@@ -392,7 +395,8 @@ def _grain_partial(grain_core: np.ndarray, lab_core: np.ndarray, ph_core: np.nda
     if (owner[1:] == 0).any():
         g = int(gids[1:][owner[1:] == 0][0])
         raise VolmlaError(f"grains must lie inside particles, but grain {g} covers background")
-    return {"grain_id": gids[1:], "particle_id": owner[1:], "phase": phase[1:], "n": counts[1:]}
+    return {"grain_id": gids[1:], "particle_id": owner[1:].astype(np.uint64), "phase": phase[1:].astype(np.int64),
+            "n": counts[1:]}
 
 
 # --------------------------------------------------------------------------- wiring
