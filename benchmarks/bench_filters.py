@@ -103,7 +103,7 @@ def _make_input(path: Path, size: int | tuple[int, int, int], chunks: int) -> No
 
 def _engine_run(client: Any, src: Path, dst: Path, step: str, device: str = "cpu") -> tuple[float, float]:
     """One run Zarr -> Zarr: (seconds, peak RSS of the busiest worker during the run, MiB)."""
-    from volmla.cluster import peak_rss
+    from volmla.engine.cluster import peak_rss
     from volmla.io import open_volume, write_volume
     from volmla.preprocess import preprocess
 
@@ -201,7 +201,7 @@ def _input_chunks(src: Path) -> int:
 def _memory_scaling(size: int) -> dict[str, Any]:
     """Peak RSS of one worker for the gaussian on volumes of growing depth, at fixed
     ``size // 4`` chunks: memory follows the chunks and the xy extent, not the depth."""
-    from volmla.cluster import cluster, peak_rss
+    from volmla.engine.cluster import cluster, peak_rss
     from volmla.io import open_volume, write_volume
     from volmla.preprocess import preprocess
 
@@ -269,8 +269,8 @@ def main() -> None:
 
     import zarr
 
-    from volmla.backend import gpu_available
-    from volmla.cluster import cluster
+    from volmla.engine.backend import gpu_available
+    from volmla.engine.cluster import cluster
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_filters_"))
     src, dst = tmp / "in.zarr", tmp / "out.zarr"

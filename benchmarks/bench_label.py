@@ -1,4 +1,4 @@
-"""Benchmark: distributed connected components (volmla.label) against its peers.
+"""Benchmark: distributed connected components (volmla.particles.label) against its peers.
 
 A uint8 field of touching spheres (~30 % foreground) is written to Zarr, then labelled
 
@@ -62,12 +62,12 @@ def _warm_up() -> None:
     import fastremap  # noqa: F401
     import zarr  # noqa: F401
 
-    import volmla.label  # noqa: F401
+    import volmla.particles.label  # noqa: F401
 
 
 def _rss_mb() -> float:
-    """Peak resident memory of this process in MiB (``VmHWM``, see :func:`volmla.cluster.peak_rss`)."""
-    from volmla.cluster import peak_rss
+    """Peak resident memory of this process in MiB (``VmHWM``, see :func:`volmla.engine.cluster.peak_rss`)."""
+    from volmla.engine.cluster import peak_rss
 
     return peak_rss() / 2**20
 
@@ -78,9 +78,9 @@ def run(size: tuple[int, int, int], *, chunks: int, workers: int, skip_dask_imag
     import dask
     import scipy.ndimage as ndi
 
-    from volmla.cluster import cluster
+    from volmla.engine.cluster import cluster
     from volmla.io import open_volume, write_volume
-    from volmla.label import label
+    from volmla.particles.label import label
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-label-"))
     voxels = int(np.prod(size))

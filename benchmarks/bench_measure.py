@@ -4,7 +4,7 @@ Same quantities for every method: voxel count, bounding box, centroid and the vo
 count of every phase per particle, on a synthetic volume of ``--n-particles`` particles
 (random boxes, one per 8^3 grid cell; phases constant over 4^3 grains).
 
-- ``volmla``: :func:`volmla.measure.particles` (one compiled pass per block, per-block
+- ``volmla``: :func:`volmla.measure.particle_table` (one compiled pass per block, per-block
   partial tables; it also computes surface areas, phase contacts and border flags,
   which the peers do not), called on the in-memory NumPy arrays as a user would, with
   Dask's threaded scheduler (the library picks the blocks);
@@ -74,23 +74,23 @@ def make_volume(n_particles: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
 def run_volmla(labels: np.ndarray, phases: np.ndarray) -> int:
     import dask
 
-    from volmla.measure import particles
+    from volmla.measure import particle_table
 
     with dask.config.set(scheduler="threads"):
-        table = particles(labels, phases, voxel_size=1.0)
+        table = particle_table(labels, phases, voxel_size=1.0)
     return len(table)
 
 
 def run_volmla_cluster(labels: np.ndarray, phases: np.ndarray, chunks: int, repeat: int, workers: int = 2
                        ) -> tuple[int, list[float], list[float], list[float]]:
-    """``volmla.measure.particles`` as the CLI runs it: Zarr inputs, an embedded cluster of
+    """``volmla.measure.particle_table`` as the CLI runs it: Zarr inputs, an embedded cluster of
     worker processes that read the chunks themselves. Returns (rows, seconds of each run,
     worker peak RSS MiB, worker peak RSS MiB after the warm-up)."""
     import tempfile
 
-    from volmla.cluster import cluster, peak_rss
+    from volmla.engine.cluster import cluster, peak_rss
     from volmla.io import open_volume, write_volume
-    from volmla.measure import particles
+    from volmla.measure import particle_table
 
     with tempfile.TemporaryDirectory() as tmp:
         tiny_l, tiny_p = make_volume(8, 1)
@@ -99,13 +99,13 @@ def run_volmla_cluster(labels: np.ndarray, phases: np.ndarray, chunks: int, repe
             paths[name] = (write_volume(lab, f"{tmp}/{name}_l.zarr", voxel_size=1.0, chunks=chunks, kind="labels"),
                            write_volume(ph, f"{tmp}/{name}_p.zarr", voxel_size=1.0, chunks=chunks, kind="phases"))
         with cluster(workers=workers, dashboard=False) as client:
-            particles(open_volume(paths["tiny"][0]), open_volume(paths["tiny"][1]))  # warm-up
+            particle_table(open_volume(paths["tiny"][0]), open_volume(paths["tiny"][1]))  # warm-up
             client.run(_warm_worker)  # every worker: imports and Numba's kernels, to read its base RSS
             warm = sorted(v / 2**20 for v in client.run(peak_rss).values())
             runs = []
             for _ in range(repeat):
                 start = time.perf_counter()
-                table = particles(open_volume(paths["full"][0]), open_volume(paths["full"][1]))
+                table = particle_table(open_volume(paths["full"][0]), open_volume(paths["full"][1]))
                 runs.append(time.perf_counter() - start)
             rss = sorted(v / 2**20 for v in client.run(peak_rss).values())
     return len(table), runs, rss, warm
@@ -157,9 +157,9 @@ def child(args: argparse.Namespace) -> None:
     tiny_l, tiny_p = make_volume(8, args.seed + 1)
     # (volmla_cluster warms up inside, on its own cluster)
     if args.method in ("volmla", "paired"):  # in blocks of 8, so that the kernel between blocks is compiled too
-        from volmla.measure import particles
+        from volmla.measure import particle_table
 
-        particles(da.from_array(tiny_l, chunks=8), da.from_array(tiny_p, chunks=8), voxel_size=1.0)
+        particle_table(da.from_array(tiny_l, chunks=8), da.from_array(tiny_p, chunks=8), voxel_size=1.0)
     if args.method in ("regionprops", "paired"):
         run_regionprops(tiny_l, tiny_p)
     if args.method == "dask_image":
@@ -198,7 +198,7 @@ def child(args: argparse.Namespace) -> None:
             done = run_dask_image(labels, phases, args.chunks, min(args.dask_image_labels, n))
         runs.append(time.perf_counter() - start)
     seconds = float(np.median(runs))
-    from volmla.cluster import peak_rss
+    from volmla.engine.cluster import peak_rss
 
     result = {
         "method": args.method,

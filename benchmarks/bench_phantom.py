@@ -30,7 +30,7 @@ def _child(mode: str, size: int, chunks: int, workers: int) -> dict[str, float]:
     import dask
     import numpy as np
 
-    from volmla.cluster import peak_rss
+    from volmla.engine.cluster import peak_rss
     from volmla.synthetic import phantom, write_phantom
 
     dask.config.set(scheduler="threads", num_workers=workers)

@@ -44,7 +44,7 @@ import numpy as np
 
 
 def peak_rss_mb() -> float:
-    from volmla.cluster import peak_rss
+    from volmla.engine.cluster import peak_rss
 
     return peak_rss() / 2**20
 
@@ -85,14 +85,14 @@ def grain_oracle(intensity: np.ndarray, phases: np.ndarray, grains: np.ndarray) 
 
 def accuracy(args: argparse.Namespace, work: Path) -> dict:
     from volmla.io import open_volume, write_volume
+    from volmla.io.sparse import encode_sparse_labels
     from volmla.preprocess import beam_hardening
-    from volmla.segment import sparse_labels
-    from volmla.segment.classical import (
+    from volmla.segment.export import export
+    from volmla.segment.forest import (
         random_forest_segment,
         save_random_forest,
         train_random_forest,
     )
-    from volmla.segment.export import export
     from volmla.segment.infer import segment
     from volmla.segment.train import TrainConfig, save_model, train
     from volmla.synthetic import write_phantom
@@ -118,7 +118,7 @@ def accuracy(args: argparse.Namespace, work: Path) -> dict:
     planes = [n // 4, n // 2, 3 * n // 4]
     mask = np.zeros(truth.shape, bool)
     mask[planes] = True
-    labels_path = write_volume(sparse_labels(truth, mask), work / "labels.zarr", voxel_size=intensity.attrs["voxel_size_um"],
+    labels_path = write_volume(encode_sparse_labels(truth, mask), work / "labels.zarr", voxel_size=intensity.attrs["voxel_size_um"],
                                chunks=64, kind="labels", phases=phases.attrs["phases"])
     labels = open_volume(labels_path)
     names = ["void", *(phases.attrs["phases"][k] for k in sorted(phases.attrs["phases"]))]
@@ -163,8 +163,9 @@ def cpu_speed(args: argparse.Namespace, work: Path) -> dict:
     import torch
 
     from volmla.segment.export import export
-    from volmla.segment.infer import clear_sessions, segment
+    from volmla.segment.infer import segment
     from volmla.segment.model import UNet, receptive_halo
+    from volmla.segment.sessions import clear_sessions
     from volmla.segment.train import TrainConfig, TrainResult, save_model
 
     torch.manual_seed(0)
@@ -234,7 +235,7 @@ def cpu_speed(args: argparse.Namespace, work: Path) -> dict:
 
 
 def gpu_speed(args: argparse.Namespace, work: Path) -> dict:
-    from volmla.backend import gpu_available
+    from volmla.engine.backend import gpu_available
 
     if not gpu_available():
         return {"skipped": "no CUDA device with CuPy here"}

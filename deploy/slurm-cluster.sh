@@ -4,7 +4,7 @@
 set -euo pipefail
 config=${1:?usage: slurm-cluster.sh CONFIG.yaml}
 sched_file=$PWD/scheduler-$SLURM_JOB_ID.json
-# Transparent huge pages for malloc'd chunk buffers (see volmla.cluster.worker_environ).
+# Transparent huge pages for malloc'd chunk buffers (see volmla.engine.cluster.worker_environ).
 export GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 dask scheduler --scheduler-file "$sched_file" &
 sleep 10

@@ -14,7 +14,7 @@ def rng() -> np.random.Generator:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``gpu`` tests cleanly where CuPy and a CUDA device are absent."""
-    from volmla.backend import gpu_available
+    from volmla.engine.backend import gpu_available
 
     if gpu_available():
         return

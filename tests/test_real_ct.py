@@ -17,8 +17,8 @@ import tifffile
 
 from volmla.cli import main
 from volmla.io import open_volume
-from volmla.label import label
 from volmla.particles import otsu_threshold
+from volmla.particles.label import label
 
 CEMENT = Path(__file__).parent / "data" / "cement_128x128x128.tif"
 

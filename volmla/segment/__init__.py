@@ -2,10 +2,14 @@
 
 The package is split so that inference never imports torch:
 
+- :mod:`volmla.segment.dispatch` (:func:`segment_phases`): the one entry point that
+  picks a method (``unet``, ``rf``, ``threshold``, ``kmeans``) and returns lazy phases;
 - :mod:`volmla.segment.model`, :mod:`~volmla.segment.train`, :mod:`~volmla.segment.export`
   need torch (the ``train`` extra);
-- :mod:`volmla.segment.infer` (ONNX Runtime, tiled, chunk by chunk),
-  :mod:`~volmla.segment.classical` (threshold / k-means / random forest) and
+- :mod:`volmla.segment.sessions` (ONNX models, providers, the session cache),
+  :mod:`~volmla.segment.infer` (tiled U-Net inference, chunk by chunk),
+  :mod:`~volmla.segment.classical` (multi-Otsu threshold, k-means),
+  :mod:`~volmla.segment.forest` (filter features, random forest) and
   :mod:`~volmla.segment.evaluate` (confusion matrices) do not.
 
 Label conventions
@@ -24,26 +28,21 @@ from __future__ import annotations
 
 import numpy as np
 
-SPARSE_LABEL_OFFSET = 1
-"""Sparse label volumes store ``phase + 1``; 0 is unlabelled."""
+from volmla.io.sparse import SPARSE_LABEL_OFFSET, encode_sparse_labels
+from volmla.segment.dispatch import METHODS, PhaseSegmentation, SegmentMethod, segment_phases
 
 PARTICLE_CLASSES = ("background", "interior", "boundary")
 
-__all__ = ["PARTICLE_CLASSES", "SPARSE_LABEL_OFFSET", "particle_targets", "sparse_labels"]
-
-
-def sparse_labels(phases: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Sparse label block (``phase + 1`` where ``mask``, else 0) from a phase block.
-
-    Examples
-    --------
-    >>> sparse_labels(np.array([0, 1, 2]), np.array([True, False, True])).tolist()
-    [1, 0, 3]
-    """
-    out = phases.astype(np.uint16) + SPARSE_LABEL_OFFSET
-    if mask is not None:
-        out[~np.asarray(mask, bool)] = 0
-    return out.astype(np.uint8) if out.max(initial=0) < 256 else out
+__all__ = [
+    "METHODS",
+    "PARTICLE_CLASSES",
+    "SPARSE_LABEL_OFFSET",
+    "PhaseSegmentation",
+    "SegmentMethod",
+    "encode_sparse_labels",
+    "particle_targets",
+    "segment_phases",
+]
 
 
 def particle_targets(particles: np.ndarray) -> np.ndarray:
@@ -52,6 +51,16 @@ def particle_targets(particles: np.ndarray) -> np.ndarray:
     A particle voxel is *boundary* when one of its 6 face neighbours holds a different
     id (background or another particle), so touching particles are separated by a
     boundary layer; the block's own faces are not boundaries.
+
+    Parameters
+    ----------
+    particles
+        A block of particle ids (0 = background).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 classes, same shape.
 
     Examples
     --------

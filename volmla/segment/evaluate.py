@@ -23,8 +23,10 @@ from typing import Any, Literal, NamedTuple
 import dask.array as da
 import numpy as np
 
+from volmla.engine.blocks import as_volume
 from volmla.errors import VolmlaError
-from volmla.segment import SPARSE_LABEL_OFFSET
+from volmla.io.sparse import SPARSE_LABEL_OFFSET
+from volmla.types import VolumeLike
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,20 @@ class Evaluation(NamedTuple):
 def confusion_block(truth: np.ndarray, pred: np.ndarray, *, n_classes: int, labelled: bool = False) -> np.ndarray:
     """One block's ``(C, C)`` confusion counts (``labelled``: truth is ``phase + 1``, 0 skipped).
 
+    Parameters
+    ----------
+    truth, pred
+        Blocks of the same shape.
+    n_classes
+        Number of classes ``C``.
+    labelled
+        Whether ``truth`` holds sparse labels.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``(C, C)``, rows truth, columns prediction.
+
     Examples
     --------
     >>> confusion_block(np.array([0, 1, 1]), np.array([0, 1, 0]), n_classes=2).tolist()
@@ -85,21 +101,14 @@ def _block_counts(truth: np.ndarray, pred: np.ndarray, *, n_classes: int, labell
     return confusion_block(truth, pred, n_classes=n_classes, labelled=labelled)[None, None, None]
 
 
-def _data(volume: Any) -> da.Array:
-    data = volume.data if hasattr(volume, "dims") else volume
-    if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=64)
-    return data
-
-
 def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
 
 
 def evaluate(
-    pred: Any,
-    truth: Any,
+    pred: VolumeLike,
+    truth: VolumeLike,
     *,
     mask: Literal["all", "labelled"] = "all",
     n_classes: int | None = None,
@@ -131,11 +140,12 @@ def evaluate(
     >>> ev.confusion.tolist(), round(ev.accuracy_excluding_void, 2)
     ([[1, 0, 0], [0, 1, 1], [0, 0, 0]], 0.5)
     """
-    from volmla.cluster import compute
+    from volmla.engine.cluster import compute
 
     if mask not in ("all", "labelled"):
         raise VolmlaError(f"mask must be 'all' or 'labelled', got {mask!r}")
-    p, t = _data(pred), _data(truth)
+    p = as_volume(pred, name="pred").data
+    t = as_volume(truth, name="truth").data
     if p.shape != t.shape:
         raise VolmlaError(f"prediction shape {p.shape} differs from the truth shape {t.shape}")
     labelled = mask == "labelled"
@@ -178,7 +188,20 @@ def evaluate(
 
 
 def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``confusion.csv``, ``confusion.png``, ``metrics.csv`` and ``metrics.json`` into ``out_dir``."""
+    """Write ``confusion.csv``, ``confusion.png``, ``metrics.csv`` and ``metrics.json`` into ``out_dir``.
+
+    Parameters
+    ----------
+    ev
+        From :func:`evaluate`.
+    out_dir
+        The folder (made if missing).
+
+    Returns
+    -------
+    dict
+        File kind -> path.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from volmla.errors import VolmlaError
-from volmla.segment.infer import UNET_FORMAT
 from volmla.segment.model import size_multiple
+from volmla.segment.sessions import UNET_FORMAT
 from volmla.segment.train import load_model
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,24 @@ def _metadata(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def parity(model: torch.nn.Module, onnx_path: str | Path, shapes: list[tuple[int, ...]], *, seed: int = 0) -> tuple[float, float]:
-    """Max |logit difference| and argmax agreement between torch and ONNX Runtime (CPU)."""
+    """Max |logit difference| and argmax agreement between torch and ONNX Runtime (CPU).
+
+    Parameters
+    ----------
+    model
+        The torch network (eval mode).
+    onnx_path
+        Its export.
+    shapes
+        Input shapes to try, ``(N, 1, ...)``.
+    seed
+        Seed of the random inputs.
+
+    Returns
+    -------
+    tuple of float
+        ``(max_abs_diff, argmax_agreement)``.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -115,7 +132,7 @@ def export(checkpoint: str | Path, out: str | Path, *, atol: float = 1e-4, overw
 
     out = Path(out)
     if out.exists() and not overwrite:
-        raise VolmlaError(f"output {out} exists: pass --overwrite to replace it")
+        raise VolmlaError(f"output {out} exists: pass overwrite=True to replace it")
     model, meta = load_model(checkpoint)
     dim = int(meta["arch"]["dim"])
     m = size_multiple(int(meta["arch"]["depth"]))

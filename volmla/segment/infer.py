@@ -1,21 +1,10 @@
 """Chunked U-Net inference on ONNX Runtime (never imports torch).
 
-1. Model: the ONNX file is inspected once (input ``(N, 1, Z, Y, X)`` or ``(N, 1, Y, X)``
-   for a slice-wise 2-D model, output ``(N, C, ...)`` scores). A volmla model carries
-   ``volmla`` metadata (class names, intensity normalisation, halo, tile, size multiple);
-   any other model runs on raw intensities cast to float32 and needs ``halo``. A model
-   expecting more than one input channel, or naming a different number of classes than
-   it outputs, is refused with a one-line error.
-2. Sessions: every worker process keeps one ``InferenceSession`` per (model, providers,
-   fp16, threads) in a module-level cache, created on first use and reused by all its
-   blocks. Providers are tried TensorRT -> CUDA -> CPU in order of availability;
-   ONNX Runtime falls back silently, so the providers actually taken
-   (``session.get_providers()``) are checked and logged. CUDA uses cuDNN's HEURISTIC
-   convolution algorithm search; TensorRT caches its engines. ``fp16`` (GPU only)
-   converts the model with onnxconverter-common (float32 inputs and outputs kept) or,
-   without it, uses TensorRT's fp16 mode; on the CUDA provider without the converter
-   the model runs in float32 (logged).
-3. Blocks: :func:`volmla.overlap.halo_map` extends every block by the model's halo
+1. Model and session: the ONNX file is inspected once and every worker process keeps
+   one cached session per (model, providers, fp16, threads) (:mod:`volmla.segment.sessions`:
+   metadata, checks, TensorRT -> CUDA -> CPU providers, fp16).
+2. Chunks are aligned to the model's pooling grid and made at least as thick as its halo.
+3. Blocks: :func:`volmla.engine.overlap.halo_map` extends every block by the model's halo
    (reflect at the volume's faces; chunks are first aligned to the model's pooling grid).
    Inside the block, fixed-shape tiles overlapping by ``overlap`` (and by at least twice the
    model's context, capped at half a tile) run in batches; their softmax scores are
@@ -33,254 +22,32 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import dask.array as da
 import numpy as np
 
+from volmla.engine.blocks import as_volume
 from volmla.errors import VolmlaError
+from volmla.segment.sessions import (
+    GPU_PROVIDERS,
+    ModelInfo,
+    get_session,
+    inspect_model,
+    select_providers,
+)
+from volmla.types import Device, VolumeLike
 
 logger = logging.getLogger(__name__)
 
-UNET_FORMAT = "volmla-unet"
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-
 __all__ = [
-    "ModelInfo",
-    "SESSION_STATS",
     "Segmentation",
-    "clear_sessions",
-    "get_session",
-    "inspect_model",
     "predict_block",
-    "read_metadata",
-    "select_providers",
     "segment",
 ]
-
-_SESSIONS: dict[tuple[Any, ...], Any] = {}
-_LOCK = threading.Lock()
-SESSION_STATS = {"created": 0}
-"""Sessions created in this process (the cache makes it one per model and provider set)."""
-
-
-# ----------------------------------------------------------------------------- model
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``volmla`` metadata block of an ONNX model (``{}`` for a foreign model)."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise VolmlaError(f"model {path} does not exist")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise VolmlaError(f"{path} is not an ONNX model: {exc}") from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    return json.loads(props["volmla"]) if "volmla" in props else {}
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What inference needs to know about a model."""
-
-    path: str
-    dim: int
-    """2 (slice-wise) or 3."""
-    n_classes: int | None
-    """Output channels (None when the model leaves them symbolic and names no classes)."""
-    classes: tuple[str, ...]
-    norm: tuple[float, float] | None
-    """Intensities mapped to 0 and 1, or None (raw intensities cast to float32)."""
-    halo: int
-    tile: tuple[int, ...] | None
-    multiple: int
-    """Spatial tile sizes must be multiples of this."""
-    input_name: str
-    output_name: str
-    metadata: dict[str, Any]
-
-
-def inspect_model(model: str | Path, *, halo: int | None = None) -> ModelInfo:
-    """Read and check a segmentation model's inputs, outputs and volmla metadata.
-
-    Raises
-    ------
-    VolmlaError
-        Not a single-input model of rank 4 or 5, more than one input channel, class names
-        that do not match the output channels, or a foreign model without ``halo``.
-    """
-    import onnx
-
-    path = Path(model)
-    meta = read_metadata(path)
-    if meta.get("format") not in (None, UNET_FORMAT):
-        raise VolmlaError(f"model {path} is a {meta['format']!r} model, not a U-Net: use it with --method rf")
-    proto = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in inits]
-    if len(inputs) != 1 or len(proto.graph.output) < 1:
-        raise VolmlaError(f"model {path} must have one input and one output, got {len(inputs)} inputs")
-
-    def dims(value: Any) -> list[int | str]:
-        return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in value.type.tensor_type.shape.dim]
-
-    in_dims, out_dims = dims(inputs[0]), dims(proto.graph.output[0])
-    if len(in_dims) not in (4, 5):
-        raise VolmlaError(f"model {path} input must be (N, 1, Z, Y, X) or (N, 1, Y, X), got rank {len(in_dims)}")
-    if isinstance(in_dims[1], int) and in_dims[1] != 1:
-        raise VolmlaError(f"model {path} expects {in_dims[1]} input channels, but a CT volume gives 1")
-    if len(out_dims) != len(in_dims):
-        raise VolmlaError(f"model {path} output rank {len(out_dims)} differs from its input rank {len(in_dims)}")
-    n_classes = out_dims[1] if isinstance(out_dims[1], int) and out_dims[1] > 0 else None
-    classes = tuple(meta.get("classes", ()))
-    if classes and n_classes is not None and len(classes) != n_classes:
-        raise VolmlaError(f"model {path} outputs {n_classes} channels but its metadata names {len(classes)} classes")
-    if n_classes is None and classes:
-        n_classes = len(classes)
-    if n_classes is not None and not 2 <= n_classes <= 255:
-        raise VolmlaError(f"model {path} must output 2..255 class channels, got {n_classes}")
-    if halo is None:
-        if "halo" not in meta:
-            raise VolmlaError(f"model {path} carries no volmla metadata: pass --halo N (voxels of context it needs)")
-        halo = int(meta["halo"])
-    if int(halo) != halo or halo < 0:
-        raise VolmlaError(f"halo must be a non-negative integer, got {halo!r}")
-    fixed = [d for d in in_dims[2:] if isinstance(d, int) and d > 0]
-    tile = tuple(int(t) for t in meta["tile"]) if meta.get("tile") else (tuple(fixed) if len(fixed) == len(in_dims) - 2 else None)
-    norm = tuple(float(v) for v in meta["norm"]) if meta.get("norm") else None
-    return ModelInfo(
-        path=str(path.resolve()),
-        dim=len(in_dims) - 2,
-        n_classes=n_classes,
-        classes=classes,
-        norm=norm,  # type: ignore[arg-type]
-        halo=int(halo),
-        tile=tile,
-        multiple=int(meta.get("multiple", 1)),
-        input_name=inputs[0].name,
-        output_name=proto.graph.output[0].name,
-        metadata=meta,
-    )
-
-
-# ----------------------------------------------------------------------------- sessions
-
-
-def select_providers(device: Literal["auto", "cpu", "gpu"] = "auto") -> tuple[str, ...]:
-    """Execution providers in order of preference: TensorRT, CUDA (when available), CPU."""
-    import onnxruntime as ort
-
-    if device not in ("auto", "cpu", "gpu"):
-        raise VolmlaError(f"device must be one of ('auto', 'cpu', 'gpu'), got {device!r}")
-    if device == "cpu":
-        return ("CPUExecutionProvider",)
-    have = ort.get_available_providers()
-    gpu = tuple(p for p in GPU_PROVIDERS if p in have)
-    if device == "gpu" and not gpu:
-        raise VolmlaError(f"device gpu asked for, but ONNX Runtime offers only {have} (install onnxruntime-gpu)")
-    if gpu:
-        from volmla.backend import gpu_available
-
-        if not gpu_available():  # CUDA EP present but no working device: skip it
-            if device == "gpu":
-                raise VolmlaError("device gpu asked for, but no CUDA device works here")
-            gpu = ()
-    return (*gpu, "CPUExecutionProvider")
-
-
-def _provider_options(name: str, fp16: bool) -> dict[str, Any]:
-    if name == "TensorrtExecutionProvider":
-        cache = os.environ.get("VOLMLA_TRT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "volmla", "trt"))
-        os.makedirs(cache, exist_ok=True)
-        return {"trt_fp16_enable": fp16, "trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
-                "trt_timing_cache_enable": True}
-    if name == "CUDAExecutionProvider":
-        return {"cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": True}
-    return {}
-
-
-def _fp16_bytes(path: str, providers: Sequence[str]) -> bytes | None:
-    """The model converted to float16 (float32 inputs/outputs kept), or None when TensorRT does fp16 itself."""
-    try:
-        import onnx
-        from onnxconverter_common import float16
-    except ImportError:
-        if "TensorrtExecutionProvider" in providers:
-            logger.info("onnxconverter-common missing: fp16 through TensorRT's trt_fp16_enable")
-        else:
-            logger.warning("fp16 asked for, but onnxconverter-common is not installed: the CUDA provider runs float32")
-        return None
-    converted = float16.convert_float_to_float16(onnx.load(path), keep_io_types=True)
-    return bytes(converted.SerializeToString())
-
-
-def get_session(
-    model: str | Path,
-    *,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
-    fp16: bool = False,
-    threads: int | None = None,
-) -> Any:
-    """The process's cached ``onnxruntime.InferenceSession`` for ``model`` (created once).
-
-    Parameters
-    ----------
-    model
-        ONNX file.
-    providers
-        Execution providers in order of preference (:func:`select_providers`).
-    fp16
-        Half precision on the GPU (refused with only the CPU provider).
-    threads
-        ``intra_op_num_threads`` (None: ONNX Runtime's default, one per physical core).
-
-    Returns
-    -------
-    onnxruntime.InferenceSession
-    """
-    import onnxruntime as ort
-
-    providers = tuple(providers)
-    if fp16 and not any(p in GPU_PROVIDERS for p in providers):
-        raise VolmlaError("fp16 needs a GPU provider (CUDA or TensorRT); run without --fp16 on the CPU")
-    key = (str(Path(model).resolve()), providers, fp16, threads)
-    with _LOCK:
-        session = _SESSIONS.get(key)
-        if session is not None:
-            return session
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
-        source: Any = key[0]
-        if fp16:
-            source = _fp16_bytes(key[0], providers) or source
-        session = ort.InferenceSession(source, sess_options=options,
-                                       providers=[(p, _provider_options(p, fp16)) for p in providers])
-        taken = session.get_providers()
-        if taken[0] != providers[0]:
-            logger.warning("ONNX Runtime fell back from %s to %s for %s", providers[0], taken[0], key[0])
-        SESSION_STATS["created"] += 1
-        _SESSIONS[key] = session
-        return session
-
-
-def clear_sessions() -> None:
-    """Drop this process's cached sessions."""
-    with _LOCK:
-        _SESSIONS.clear()
 
 
 # ----------------------------------------------------------------------------- per block
@@ -356,8 +123,32 @@ def predict_block(
     context around the block: only the voxels inside it are predicted reliably (the
     halo's own labels are not meant to be used). Works on NumPy or CuPy blocks (the
     result is on the block's device).
+
+    Parameters
+    ----------
+    block
+        The halo-extended intensity block.
+    session
+        An ONNX Runtime session of the model.
+    info
+        The model's :class:`~volmla.segment.sessions.ModelInfo`.
+    tile
+        Tile shape, or None.
+    overlap
+        Fraction of a tile shared with its neighbours (blended).
+    batch
+        Tiles per inference call.
+    fixed_batch
+        Pad the last batch to ``batch`` (models with a fixed batch size).
+    halo
+        Context (z, y, x) around the block's own voxels.
+
+    Returns
+    -------
+    tuple
+        ``(class_ids, max_probability)`` on the block's device.
     """
-    from volmla.backend import get_array_module
+    from volmla.engine.backend import get_array_module
 
     xp = get_array_module(block)
     x = block.astype(xp.float32)
@@ -438,7 +229,7 @@ def _segment_block(
     uncertainty: bool,
     context: tuple[int, int, int],
 ) -> np.ndarray:
-    from volmla.backend import to_device, to_numpy
+    from volmla.engine.backend import to_device, to_numpy
 
     session = get_session(info.path, providers=providers, fp16=fp16, threads=threads)
     on_gpu = session.get_providers()[0] in GPU_PROVIDERS
@@ -510,14 +301,14 @@ def _aligned(data: da.Array, multiple: int, depth: Sequence[int]) -> da.Array:
 
 
 def segment(
-    volume: Any,
+    volume: VolumeLike,
     *,
     model: str | Path,
     halo: int | None = None,
     tile: int | Sequence[int] | Literal["block"] | None = None,
     overlap: float = 0.25,
     batch: int = 4,
-    device: Literal["auto", "cpu", "gpu"] = "auto",
+    device: Device = "auto",
     fp16: bool = False,
     uncertainty: bool = False,
     threads: int | None = None,
@@ -558,12 +349,10 @@ def segment(
     >>> out = segment(open_volume("scan.zarr"), model="model.onnx")  # doctest: +SKIP
     >>> write_volume(out.phases, "phases.zarr", kind="phases")  # doctest: +SKIP
     """
-    from volmla.overlap import halo_map
+    from volmla.engine.overlap import halo_map
 
     info = inspect_model(model, halo=halo)
-    data = volume.data if hasattr(volume, "dims") else volume
-    if not isinstance(data, da.Array) or data.ndim != 3:
-        raise VolmlaError(f"volume must be a 3-D Dask-backed volume, got {type(data).__name__}")
+    data = as_volume(volume).data
     if not 0 <= overlap < 1:
         raise VolmlaError(f"overlap must lie in [0, 1), got {overlap!r}")
     if batch < 1:

@@ -36,7 +36,17 @@ __all__ = ["NORMS", "UNet", "receptive_halo", "size_multiple"]
 
 
 def size_multiple(depth: int) -> int:
-    """Spatial sizes the U-Net accepts are multiples of this (``2 ** (depth - 1)``)."""
+    """Spatial sizes the U-Net accepts are multiples of this (``2 ** (depth - 1)``).
+
+    Parameters
+    ----------
+    depth
+        U-Net levels.
+
+    Returns
+    -------
+    int
+    """
     return 2 ** (depth - 1)
 
 
@@ -47,6 +57,16 @@ def receptive_halo(depth: int) -> int:
     decoder level (``4 * 2**level`` wide together), 2-wide pooling between levels; the
     pooling grid can shift the field by up to ``2**(depth-1) - 1`` to one side. The result
     is rounded up to a multiple of :func:`size_multiple` so tiles stay on the pooling grid.
+
+    Parameters
+    ----------
+    depth
+        U-Net levels.
+
+    Returns
+    -------
+    int
+        Halo in voxels.
 
     Examples
     --------

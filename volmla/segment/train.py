@@ -9,7 +9,7 @@
    validation set (the last ``val_fraction`` of them in z order); validation labels
    never enter training (they are masked out of training patches).
 3. Normalisation: the 1st and 99th intensity percentiles from an out-of-core histogram
-   (:func:`volmla.segment.classical.histogram`) map intensities to about [0, 1]; they
+   (:func:`volmla.engine.reduce.histogram`, :func:`~volmla.engine.reduce.histogram_percentile`) map intensities to about [0, 1]; they
    are stored with the model and applied again at inference.
 4. Sampling: each patch is centred near a random labelled voxel of a training plane
    (the plane in the middle half of the patch in z, so anisotropic patches such as
@@ -25,6 +25,12 @@
    best state (lowest validation loss) is kept and training stops after ``patience``
    rounds without improvement. Runs are seeded and use deterministic algorithms, so the
    same inputs and config give the same weights.
+
+This module is one piece although it passes 500 lines: the steps above share the
+:class:`TrainConfig`, the torch device and the seeded random state of one training run,
+and the patch sampler, augmentation, loss and validation exist only for :func:`train`
+(the model itself is :mod:`volmla.segment.model`; export is :mod:`volmla.segment.export`).
+Splitting them would spread one loop's state over modules without a second user.
 """
 
 from __future__ import annotations
@@ -44,10 +50,12 @@ import scipy.ndimage as ndi
 import torch
 import torch.nn.functional as F
 
+from volmla.engine.blocks import as_volume
 from volmla.errors import VolmlaError
 from volmla.segment import PARTICLE_CLASSES, SPARSE_LABEL_OFFSET, particle_targets
-from volmla.segment.classical import read_region
+from volmla.segment.forest import read_region
 from volmla.segment.model import NORMS, UNet, receptive_halo, size_multiple
+from volmla.types import VolumeLike
 
 logger = logging.getLogger(__name__)
 
@@ -196,16 +204,6 @@ def _tile_shape(config: TrainConfig) -> tuple[int, ...]:
     return tuple(max(m, -(-v // m) * m) for v in values)
 
 
-def _as_dask(volume: Any, name: str) -> tuple[da.Array, dict[str, Any]]:
-    attrs = dict(getattr(volume, "attrs", {}) or {})
-    data = getattr(volume, "data", volume) if hasattr(volume, "dims") else volume
-    if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=64)
-    if data.ndim != 3:
-        raise VolmlaError(f"{name} must be a 3-D (z, y, x) volume, got shape {data.shape}")
-    return data, attrs
-
-
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -297,7 +295,20 @@ def _batch(samples: list[tuple[np.ndarray, np.ndarray]], dim: int, device: torch
 
 
 def masked_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy + soft Dice over labelled voxels (``target >= 0``; -1 is unlabelled)."""
+    """Cross-entropy + soft Dice over labelled voxels (``target >= 0``; -1 is unlabelled).
+
+    Parameters
+    ----------
+    logits
+        ``(N, C, ...)`` scores.
+    target
+        ``(N, ...)`` class ids, -1 where unlabelled.
+
+    Returns
+    -------
+    torch.Tensor
+        A scalar.
+    """
     n_classes = logits.shape[1]
     mask = target >= 0
     safe = target.clamp(min=0)
@@ -336,7 +347,7 @@ def _class_names(config: TrainConfig, attrs: dict[str, Any], n_classes: int) -> 
     return ("void", *(phases.get(k, f"phase{k}") for k in range(1, n_classes)))
 
 
-def train(intensity: Any, labels: Any, *, config: TrainConfig | None = None) -> TrainResult:
+def train(intensity: VolumeLike, labels: VolumeLike, *, config: TrainConfig | None = None) -> TrainResult:
     """Train a U-Net on (sparse) labels.
 
     Parameters
@@ -359,12 +370,12 @@ def train(intensity: Any, labels: Any, *, config: TrainConfig | None = None) -> 
     >>> result = train(vol, labels, config=TrainConfig(iterations=200))  # doctest: +SKIP
     >>> save_model(result, "model.pt")  # doctest: +SKIP
     """
-    from volmla.cluster import compute
-    from volmla.segment.classical import histogram, percentiles
+    from volmla.engine.cluster import compute
+    from volmla.engine.reduce import histogram, histogram_percentile
 
     config = _validate(config or TrainConfig())
-    image, _ = _as_dask(intensity, "intensity")
-    lab, lab_attrs = _as_dask(labels, "labels")
+    image = as_volume(intensity, name="intensity").data
+    lab, lab_attrs = as_volume(labels, name="labels")
     if image.shape != lab.shape:
         raise VolmlaError(f"labels shape {lab.shape} differs from the intensity shape {image.shape}")
     patch = _patch_shape(config)
@@ -386,8 +397,8 @@ def train(intensity: Any, labels: Any, *, config: TrainConfig | None = None) -> 
     classes = _class_names(config, lab_attrs, n_classes)
 
     # 3. normalisation
-    counts, edges = histogram(image)
-    lo, hi = percentiles(counts, edges, config.percentiles)
+    hist = histogram(image)
+    lo, hi = (histogram_percentile(hist, q) for q in config.percentiles)
     if hi <= lo:
         hi = lo + 1.0
     scale = 1.0 / (hi - lo)
@@ -498,7 +509,19 @@ def _validate_model(model: UNet, val_set: list[tuple[np.ndarray, np.ndarray]], d
 
 
 def save_model(result: TrainResult, path: str | Path) -> Path:
-    """Save a trained model (weights, architecture, classes, normalisation, halo, tile) to ``.pt``."""
+    """Save a trained model (weights, architecture, classes, normalisation, halo, tile) to ``.pt``.
+
+    Parameters
+    ----------
+    result
+        From :func:`train`.
+    path
+        The ``.pt`` file.
+
+    Returns
+    -------
+    pathlib.Path
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = result.config
@@ -519,7 +542,18 @@ def save_model(result: TrainResult, path: str | Path) -> Path:
 
 
 def load_model(path: str | Path) -> tuple[UNet, dict[str, Any]]:
-    """Load a ``.pt`` saved by :func:`save_model`: the network (eval mode, CPU) and its metadata."""
+    """Load a ``.pt`` saved by :func:`save_model`: the network (eval mode, CPU) and its metadata.
+
+    Parameters
+    ----------
+    path
+        A ``.pt`` file.
+
+    Returns
+    -------
+    tuple
+        ``(UNet, metadata)``.
+    """
     path = Path(path)
     if not path.is_file():
         raise VolmlaError(f"model {path} does not exist")
@@ -535,8 +569,8 @@ def load_model(path: str | Path) -> tuple[UNet, dict[str, Any]]:
 
 
 def quick_train_3d(
-    intensity: Any,
-    labels: Any,
+    intensity: VolumeLike,
+    labels: VolumeLike,
     *,
     iterations: int = 300,
     seed: int = 0,
@@ -558,6 +592,10 @@ def quick_train_3d(
     patch, lr, gain
         Patch edge or ``(z, y, x)``, Adam learning rate, gain augmentation (see
         :class:`TrainConfig`).
+
+    Returns
+    -------
+    TrainResult
 
     Examples
     --------

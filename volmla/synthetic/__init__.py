@@ -1,15 +1,29 @@
 """Synthetic volumes with exact ground truth: the CT phantom (and correlative data).
 
 ``from volmla.synthetic import phantom, write_phantom`` gives the lazy phantom and its
-OME-Zarr writer (see :mod:`volmla.synthetic.phantom`).
+OME-Zarr writer (:mod:`volmla.synthetic.phantom`), built from the seeded catalogue
+(:mod:`volmla.synthetic.catalogue`), the block renderer (:mod:`volmla.synthetic.render`)
+and the counter-based noise (:mod:`volmla.synthetic.noise`).
 """
 
 from __future__ import annotations
 
-from volmla.synthetic.correlative import correlative_labels, simulate_element_maps  # noqa: F401
-from volmla.synthetic.phantom import ATTENUATION as ATTENUATION
-from volmla.synthetic.phantom import PHASES as PHASES
-from volmla.synthetic.phantom import Phantom as Phantom
-from volmla.synthetic.phantom import check_phantom_output as check_phantom_output
-from volmla.synthetic.phantom import phantom as phantom
-from volmla.synthetic.phantom import write_phantom as write_phantom
+from volmla.synthetic.catalogue import PHASES, Catalogue
+from volmla.synthetic.correlative import correlative_labels, simulate_element_maps
+from volmla.synthetic.noise import normal_noise
+from volmla.synthetic.phantom import Phantom, check_phantom_output, phantom, write_phantom
+from volmla.synthetic.render import ATTENUATION, grain_block
+
+__all__ = [
+    "ATTENUATION",
+    "PHASES",
+    "Catalogue",
+    "Phantom",
+    "check_phantom_output",
+    "correlative_labels",
+    "grain_block",
+    "normal_noise",
+    "phantom",
+    "simulate_element_maps",
+    "write_phantom",
+]

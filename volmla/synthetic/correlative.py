@@ -34,10 +34,6 @@ from volmla.correlate import (
     Axis,
     ElementMaps,
     LabelPlane,
-    _oblique,
-    _plane_axes,
-    _slab,
-    _slab_range,
     assign_minerals,
     denoise_maps,
     erode_labels,
@@ -48,8 +44,9 @@ from volmla.correlate import (
     register_map,
     registration_image,
 )
+from volmla.correlate.planes import _oblique, _plane_axes, _slab, _slab_range
 from volmla.errors import VolmlaError
-from volmla.segment import SPARSE_LABEL_OFFSET
+from volmla.io.sparse import SPARSE_LABEL_OFFSET
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,124 @@
+"""Attaching to a running scheduler, from Python and from the command line."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from volmla.cli import main
+from volmla.engine import cluster as vc
+from volmla.errors import VolmlaError
+from volmla.io import open_volume, write_volume
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """A scheduler with one in-process worker on loopback, shared by this module."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp", host="127.0.0.1",
+                      dashboard_address=None) as local:
+        yield local.scheduler_address
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _worker_address() -> str:
+    from distributed import get_worker
+
+    return str(get_worker().address)
+
+
+def test_attach_to_scheduler_and_compute(scheduler):
+    x = da.arange(1000, chunks=100)
+    with vc.cluster(scheduler=scheduler) as client:
+        assert client.scheduler.address == scheduler
+        assert vc.current_client() is client
+        (total,) = vc.compute([x.sum()])
+        assert total == 499500
+        assert len(client.scheduler_info()["workers"]) == 1
+        # the work ran on the attached cluster's worker
+        (where,) = vc.compute([dask.delayed(_worker_address)()])
+        assert where == next(iter(client.scheduler_info()["workers"]))
+    assert vc.current_client() is None
+
+
+def test_cli_preprocess_on_attached_scheduler(scheduler, tmp_path, capsys, rng):
+    x = rng.integers(0, 4000, (12, 14, 13)).astype(np.uint16)
+    scan = write_volume(x, tmp_path / "scan.zarr", voxel_size=1.0, chunks=7)
+    out = tmp_path / "med.zarr"
+    code = main(["--scheduler", scheduler, "preprocess", str(scan), "-o", str(out), "--step", "median:size=3"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "dask dashboard" in captured.err
+    import scipy.ndimage as ndi
+
+    np.testing.assert_array_equal(open_volume(out).values, ndi.median_filter(x, size=3))
+
+
+def test_scheduler_that_does_not_answer_fails_fast(tmp_path, capsys, rng):
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    with pytest.raises(VolmlaError, match=f"scheduler {address} does not answer"):
+        with vc.cluster(scheduler=address, timeout=1.0):
+            pass
+    scan = write_volume(rng.integers(0, 9, (6, 6, 6)).astype(np.uint8), tmp_path / "s.zarr", voxel_size=1.0)
+    start = time.monotonic()
+    code = main(["--scheduler", address, "preprocess", str(scan), "-o", str(tmp_path / "o.zarr"), "--step", "median"])
+    elapsed = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"volmla: error: scheduler {address} does not answer") and err.count("\n") == 1
+    assert elapsed < 15  # a correctness bound ("does not hang"), not a benchmark
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_bad_cluster_arguments():
+    with pytest.raises(VolmlaError, match="workers must be at least 1, got 0"):
+        with vc.cluster(workers=0):
+            pass
+    with pytest.raises(VolmlaError, match="gpus must be 0 or more, got -1"):
+        with vc.cluster(gpus=-1):
+            pass
+
+
+def test_embedded_workers_keep_glibcs_dynamic_mmap_threshold_and_use_huge_pages():
+    # MALLOC_TRIM_THRESHOLD_ would make every large block allocation fault its pages again
+    with vc.cluster(workers=1, dashboard=False) as client:
+        seen = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        threads = client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
+        tunables = client.run(lambda: os.environ.get("GLIBC_TUNABLES"))
+    assert list(seen.values()) == [None]
+    assert "glibc.malloc.hugetlb=1" in next(iter(tunables.values()))  # huge pages for Blosc/Zarr buffers
+    assert list(threads.values()) == ["1"]  # the rest of Dask's worker environment stays
+
+
+def test_peak_rss_is_the_workers_own_and_resets():
+    # getrusage would report the driver's peak in a freshly spawned worker (Linux keeps
+    # the high-water mark across fork + exec); VmHWM is the worker's own
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc")
+    ballast = np.ones(2**27, np.uint8)  # 128 MiB in the driver, every page touched
+    before = vc.peak_rss()
+    assert before >= ballast.nbytes
+    with vc.cluster(workers=1, dashboard=False) as client:
+        worker = next(iter(client.run(vc.peak_rss).values()))
+        assert 0 < worker < before
+
+        def grow_then_reset() -> tuple[int, int]:
+            block = np.ones(2**28, np.uint8)  # 256 MiB touched
+            del block
+            peak = vc.peak_rss(reset=True)  # the mark, then reset to the current RSS
+            return peak, vc.peak_rss()
+
+        peak, after = next(iter(client.run(grow_then_reset).values()))
+    assert peak >= 2**28 and after < peak - 2**27

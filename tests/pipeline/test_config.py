@@ -1,0 +1,60 @@
+"""Pipeline config validation: every key checked once, one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from volmla.errors import VolmlaError
+from volmla.pipeline.config import InputConfig, load_config, validate_config
+
+
+def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text(
+        "out: results\ninput: scan.zarr\npreprocess: [gaussian:sigma=1]\n"
+        "segment: {method: threshold, classes: 3}\nparticles: {min_size: 5}\n"
+    )
+    cfg = load_config(tmp_path / "run.yaml")
+    assert cfg.out == tmp_path / "results"
+    assert cfg.input == InputConfig(zarr=tmp_path / "scan.zarr")
+    assert cfg.segment is not None and cfg.segment.method == "threshold"
+    assert cfg.particles.options() == {"min_size": 5}
+    assert cfg.grains is True
+
+
+def test_ingest_input_paths_become_a_list(tmp_path: Path) -> None:
+    cfg = validate_config({"out": "o", "input": {"paths": "scan", "voxel_size": 2.0}}, base=tmp_path)
+    assert cfg.input.paths == [tmp_path / "scan"]
+    assert cfg.segment is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ([1, 2], "must be a YAML mapping"),
+        ({"out": "o"}, "needs at least 'out'"),
+        ({"out": "o", "input": "x.zarr", "segmnt": {}}, "unknown config section 'segmnt'"),
+        ({"out": "o", "input": {"path": "x"}}, "unknown key 'path' in config section 'input'"),
+        ({"out": "o", "input": {"paths": []}}, "must list at least one"),
+        ({"out": "o", "input": "x.zarr", "segment": {"method": "svm"}}, "segment.method must be one of"),
+        ({"out": "o", "input": "x.zarr", "segment": {"method": "model"}}, "needs segment.model"),
+        ({"out": "o", "input": "x.zarr", "segment": {"method": "rf"}}, "needs segment.labels"),
+        ({"out": "o", "input": "x.zarr", "segment": {"method": "kmeans"}}, "needs segment.classes"),
+        ({"out": "o", "input": "x.zarr", "preprocess": "gaussian"}, "must be a list"),
+        ({"out": "o", "input": "x.zarr", "grains": "yes"}, "'grains' must be true or false"),
+        ({"out": "o", "input": "x.zarr", "liberation": {"densities": [1]}}, "needs a 'segment' section"),
+        ({"out": "o", "input": "x.zarr", "particles": {"size": 3}}, "unknown key 'size'"),
+    ],
+)
+def test_bad_configs_name_the_problem(raw: object, message: str, tmp_path: Path) -> None:
+    with pytest.raises(VolmlaError, match=message):
+        validate_config(raw, base=tmp_path)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(VolmlaError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("out: [unclosed\n")
+    with pytest.raises(VolmlaError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")

@@ -1,0 +1,86 @@
+"""Whole runs: ``volmla run CONFIG.yaml`` resumes and skips finished stages; demo guards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from volmla.cli import main
+from volmla.io import open_volume
+from volmla.pipeline import run
+from volmla.pipeline.demo import _held_out_planes, _label_planes
+from volmla.synthetic import write_phantom
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("phantom")
+    return write_phantom(out, shape=(48, 64, 64), seed=3, chunks=24, esd_range=(10.0, 24.0))
+
+
+def _config(tmp_path: Path, scan: dict[str, Path]) -> Path:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"out: results\ninput: {scan['intensity']}\n"
+        "preprocess: [median:size=3]\n"
+        "segment: {method: threshold, classes: 4, phase_names: [quartz, feldspar, pyrite]}\n"
+        "particles: {min_size: 10, split: true, max_radius: 12}\n"
+        "liberation: {n_boot: 20, pieces: 4}\n"
+    )
+    return config
+
+
+def test_run_writes_every_stage_and_a_report(tmp_path: Path, scan: dict[str, Path]) -> None:
+    result = run(_config(tmp_path, scan))
+    out = tmp_path / "results"
+    for name in ("preprocessed", "phases", "particles", "grains"):
+        assert open_volume(out / f"{name}.zarr").shape == (48, 64, 64)
+    phases = open_volume(out / "phases.zarr")
+    assert phases.attrs["phases"] == {1: "quartz", 2: "feldspar", 3: "pyrite"}
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["n_particles"] == result["summary"]["n_particles"] > 0
+    assert set(summary["modal_mineralogy"]) == {"quartz", "feldspar", "pyrite"}
+    table = pd.read_parquet(out / "report" / "particles.parquet")
+    # the particles table agrees with the stored particle volume
+    ids = np.unique(open_volume(out / "particles.zarr").values)
+    assert set(table["particle_id"]) == set(ids[ids > 0].tolist())
+
+
+def test_rerun_keeps_finished_stages(tmp_path: Path, scan: dict[str, Path]) -> None:
+    config = _config(tmp_path, scan)
+    run(config)
+    phases = tmp_path / "results" / "phases.zarr" / "zarr.json"
+    stamp = phases.stat().st_mtime_ns
+    lines: list[str] = []
+    run(config, log=lines.append)
+    assert phases.stat().st_mtime_ns == stamp
+    assert any("phases.zarr: complete, kept" in line for line in lines)
+
+
+def test_run_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.yaml").write_text("out: o\ninput: x.zarr\nsegment: {method: svm}\n")
+    assert main(["run", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("volmla: error: segment.method must be one of") and "\n" not in err
+
+
+def test_demo_refuses_an_existing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "keep.txt").write_text("precious")
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert "exists: pass --overwrite" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path), "--overwrite"]) == 2
+    assert "not a volmla demo folder" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+    assert main(["demo", "--out", str(tmp_path / "new"), "--shape", "8", "8", "8"]) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_label_and_held_out_planes_are_disjoint() -> None:
+    labelled = _label_planes(128)
+    assert labelled == [2, 64, 125]
+    held = _held_out_planes(128, labelled)
+    assert len(held) == 4 and all(abs(h - p) >= 8 for h in held for p in labelled)

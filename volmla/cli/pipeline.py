@@ -1,0 +1,61 @@
+"""``volmla run`` and ``volmla demo``: whole runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from volmla.cli.app import STATE, OverwriteOpt, app, running
+
+
+@app.command("run")
+def run_command(
+    config: Annotated[Path, typer.Argument(help="Pipeline YAML (sections out, input, preprocess, segment, particles, grains, liberation).")],
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Run a whole pipeline from a YAML config; a rerun resumes where it stopped."""
+    from volmla.pipeline import load_config, run
+
+    cfg = load_config(config)  # every section checked before the cluster starts
+    with running():
+        result = run(cfg, overwrite=overwrite, device=STATE.device, log=_log)
+    typer.echo(json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=2))
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("volmla-demo"),
+    shape: Annotated[tuple[int, int, int], typer.Option(help="Phantom shape Z Y X.")] = (128, 128, 128),
+    seed: Annotated[int, typer.Option(help="Phantom and training seed.")] = 0,
+    unet: Annotated[bool, typer.Option("--unet/--no-unet", help="Train the 3D U-Net (needs torch).")] = True,
+    iterations: Annotated[int, typer.Option(help="U-Net training iterations.")] = 300,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """The whole pipeline on a generated phantom, on an embedded cluster, ending in a report."""
+    from volmla.pipeline import demo
+
+    with running():
+        summary = demo(out, shape=shape, seed=seed, unet=unet, iterations=iterations, overwrite=overwrite,
+                       device=STATE.device, log=_log)
+    _print_demo(summary)
+
+
+def _log(line: str) -> None:
+    if not STATE.quiet:
+        typer.echo(line, err=True)
+
+
+def _print_demo(summary: dict[str, Any]) -> None:
+    seg = summary["segmentation"]
+    typer.echo("held-out accuracy (excluding void): " + ", ".join(
+        f"{k} {v['accuracy_excluding_void']:.3f}" for k, v in seg["scores"].items()) + f"; used {seg['used']}")
+    typer.echo(f"particles: {summary['particles']['measured']} measured, {summary['particles']['truth']} in the truth "
+               "(not touching the border)")
+    typer.echo(f"{'phase':12s} {'LD measured':>12s} {'LD truth':>10s} {'modal meas.':>12s} {'modal truth':>12s}")
+    for phase, row in summary["liberation"].items():
+        cells = [row["ld_measured"], row["ld_truth"], row["modal_measured"], row["modal_truth"]]
+        typer.echo(f"{phase:12s} " + " ".join(f"{'-' if c is None else f'{c:.3f}':>12s}" for c in cells))
+    typer.echo(f"report: {summary['report']}")

@@ -1,0 +1,39 @@
+"""``volmla preprocess``: filters with halos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from volmla.cli.app import STATE, OverwriteOpt, app, device, running
+
+
+@app.command("preprocess")
+def preprocess_command(
+    input_path: Annotated[Path, typer.Argument(metavar="IN", help="Intensity volume (OME-Zarr).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output volume (OME-Zarr).")],
+    steps: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--step",
+            help="NAME[:key=value,...], repeatable, applied in order. Names: normalize, gaussian, median, "
+            "bilateral, nlmeans, unsharp, beam-hardening, rings; e.g. --step gaussian:sigma=1.5",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML list of steps ({name: ..., params: {...}}), run before --step.")
+    ] = None,
+    chunks: Annotated[int | None, typer.Option("--chunks", help="Output chunk edge in voxels (default: the input's).")] = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Filter an intensity volume chunk by chunk (halos exact at chunk borders); resumable."""
+    from volmla.preprocess import plan_preprocess, write_preprocessed
+
+    plan = plan_preprocess(input_path, output, steps=steps or [], config=config, chunks=chunks, device=device(),
+                           overwrite=overwrite)
+    with running():
+        path = write_preprocessed(plan)
+    if not STATE.quiet:
+        typer.echo(f"wrote {path}")

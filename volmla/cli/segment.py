@@ -1,0 +1,164 @@
+"""``volmla train``, ``export``, ``segment``, ``evaluate``: phases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from volmla.cli.app import STATE, OverwriteOpt, app, device, running
+from volmla.errors import VolmlaError
+
+
+def _refuse_existing(path: Path | None, overwrite: bool) -> None:
+    if path is not None and path.exists() and not overwrite:
+        raise VolmlaError(f"output {path} exists: pass --overwrite to replace it")
+
+
+@app.command("train")
+def train_command(
+    image: Annotated[Path, typer.Option("--image", help="Intensity volume (OME-Zarr).")],
+    labels: Annotated[Path, typer.Option("--labels", help="Sparse labels: phase + 1 (0 = unlabelled, 1 = void, 2 = phase 1 ...); particle ids with --target particles.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model checkpoint to write (.pt).")],
+    dim: Annotated[int, typer.Option("--dim", help="2 (slice-wise) or 3.")] = 3,
+    depth: Annotated[int, typer.Option("--depth", help="U-Net resolution levels (1..5).")] = 3,
+    base: Annotated[int, typer.Option("--base", help="Channels of the first level.")] = 8,
+    norm: Annotated[str, typer.Option("--norm", help="batch | instance | group | none.")] = "batch",
+    patch: Annotated[int, typer.Option("--patch", help="Patch edge in voxels.")] = 32,
+    batch: Annotated[int, typer.Option("--batch", help="Patches per step.")] = 4,
+    iterations: Annotated[int, typer.Option("--iterations", "--epochs", help="Maximum optimisation steps.")] = 500,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate.")] = 3e-3,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled planes held out.")] = 0.34,
+    patience: Annotated[int, typer.Option("--patience", help="Validation rounds without improvement before stopping.")] = 8,
+    target: Annotated[str, typer.Option("--target", help="phases | particles (background/interior/boundary).")] = "phases",
+    tile: Annotated[int | None, typer.Option("--tile", help="Inference tile edge stored in the model.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train a U-Net on sparse labels (needs torch: pip install 'volmla[train]')."""
+    from volmla.io import open_volume
+
+    _refuse_existing(output, overwrite)
+    try:
+        from volmla.segment.train import TrainConfig, save_model, train
+    except ImportError as exc:
+        raise VolmlaError(f"training needs torch ({exc}): pip install 'volmla[train]'") from None
+    config = TrainConfig(dim=dim, depth=depth, base=base, norm=norm, patch=patch, batch=batch,  # type: ignore[arg-type]
+                         iterations=iterations, lr=lr, val_fraction=val_fraction, patience=patience,
+                         target=target, tile=tile, threads=threads, seed=seed, device=STATE.device)  # type: ignore[arg-type]
+    result = train(open_volume(image), open_volume(labels), config=config)
+    save_model(result, output)
+    last = result.history[-1] if result.history else {}
+    typer.echo(f"wrote {output} (best iteration {result.best_iteration}, "
+               + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "iteration") + ")", err=STATE.quiet)
+
+
+@app.command("export")
+def export_command(
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Checkpoint from volmla train (.pt).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write (weights inline).")],
+    atol: Annotated[float, typer.Option("--atol", help="Allowed max |logit difference| torch vs ONNX Runtime.")] = 1e-4,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Export a trained model to ONNX with its metadata; checks parity with torch."""
+    _refuse_existing(output, overwrite)
+    try:
+        from volmla.segment.export import export
+    except ImportError as exc:
+        raise VolmlaError(f"export needs torch ({exc}): pip install 'volmla[train]'") from None
+    report = export(model, output, atol=atol, overwrite=overwrite)
+    typer.echo(f"wrote {output} (max |logit diff| {report.max_abs_diff:.3g}, argmax agreement "
+               f"{100 * report.argmax_agreement:.2f} %, halo {report.metadata['halo']})", err=STATE.quiet)
+
+
+@app.command("segment")
+def segment_command(
+    input_path: Annotated[Path, typer.Argument(metavar="IN", help="Intensity volume (OME-Zarr).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Phase volume to write (uint8).")],
+    model: Annotated[Path | None, typer.Option("--model", help="ONNX model: a U-Net (volmla or foreign) or a volmla random forest.")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="unet | threshold | kmeans | rf (default: unet with --model).")] = None,
+    classes: Annotated[int | None, typer.Option("--classes", help="K classes for threshold / kmeans (0..K-1 by intensity).")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Sparse labels (phase + 1, 0 unlabelled) to train --method rf.")] = None,
+    save_model: Annotated[Path | None, typer.Option("--save-model", help="Write the random forest trained on --labels here (ONNX; default: beside the output, OUTPUT.rf.onnx).")] = None,
+    halo: Annotated[int | None, typer.Option("--halo", help="Context voxels (required for models without volmla metadata).")] = None,
+    tile: Annotated[tuple[int, int, int] | None, typer.Option("--tile", help="Tile Z Y X (default: the model's).")] = None,
+    overlap: Annotated[float, typer.Option("--overlap", help="Tile overlap fraction (Gaussian blending).")] = 0.25,
+    batch: Annotated[int, typer.Option("--batch", help="Tiles per ONNX Runtime call.")] = 4,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Half precision (GPU only).")] = False,
+    uncertainty: Annotated[Path | None, typer.Option("--uncertainty", help="Also write the max class probability (uint8, x255) here.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime threads per worker.")] = None,
+    sigmas: Annotated[str | None, typer.Option("--sigmas", help="Feature scales for --method rf, e.g. 0.7,1,1.6,3.5,5 (the default).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for kmeans / rf.")] = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Segment phases: ONNX U-Net, or classical threshold / kmeans / random forest."""
+    from volmla.io import check_output, open_volume, write_volume
+    from volmla.segment.dispatch import METHODS, check_options, segment_phases
+
+    if method is not None and method not in METHODS:
+        raise VolmlaError(f"--method must be one of {METHODS}, got {method!r}")
+    try:
+        scales = tuple(float(v) for v in sigmas.split(",")) if sigmas else None
+    except ValueError:
+        raise VolmlaError(f"--sigmas must be comma-separated numbers, got {sigmas!r}") from None
+    forest_path = save_model
+    if labels is not None and forest_path is None:  # a forest trained here is kept beside the output
+        forest_path = output.parent / f"{output.name.removesuffix('.zarr')}.rf.onnx"
+    method = check_options(method, model=model, labels=labels, save_model=forest_path, classes=classes,
+                           uncertainty=uncertainty is not None)
+    vol = open_volume(input_path)
+    job = {"command": "segment", "input": str(input_path.resolve()), "method": method,
+           "model": str(model.resolve()) if model else None, "classes": classes, "halo": halo,
+           "tile": list(tile) if tile else None, "overlap": overlap, "seed": seed,
+           "labels": str(labels.resolve()) if labels else None, "sigmas": sigmas}
+    check_output(output, overwrite=overwrite, job=job)
+    if uncertainty is not None:
+        check_output(uncertainty, overwrite=overwrite, job={**job, "output": "uncertainty"})
+    if method == "rf" and labels is not None:
+        _refuse_existing(forest_path, overwrite)
+    chunks = [int(c[0]) for c in vol.data.chunks]
+    steps = [{"step": "segment", **{k: v for k, v in job.items() if k not in ("command", "input")}}]
+    with running():
+        seg = segment_phases(vol, method=method, model=model, labels=open_volume(labels) if labels else None,
+                             save_model=forest_path, classes=classes, seed=seed, sigmas=scales, halo=halo,
+                             tile=tile, overlap=overlap, batch=batch, device=device(), fp16=fp16,
+                             uncertainty=uncertainty is not None, threads=threads)
+        if seg.train_accuracy is not None:
+            typer.echo(f"random forest: training accuracy {seg.train_accuracy:.3f}", err=True)
+            typer.echo(f"wrote {seg.model}", err=STATE.quiet)
+        phase_names = {i: n for i, n in enumerate(seg.classes) if i > 0}
+        write_volume(seg.phases, output, voxel_size=vol.attrs["voxel_size_um"], chunks=chunks, kind="phases",
+                     phases=phase_names, provenance=[*vol.attrs["provenance"], *steps], overwrite=overwrite, job=job)
+        if seg.confidence is not None and uncertainty is not None:
+            write_volume(seg.confidence, uncertainty, voxel_size=vol.attrs["voxel_size_um"], chunks=chunks,
+                         kind="intensity",
+                         provenance=[*vol.attrs["provenance"], *steps, {"step": "max class probability x 255"}],
+                         overwrite=overwrite, job={**job, "output": "uncertainty"})
+    typer.echo(f"wrote {output}", err=STATE.quiet)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    pred: Annotated[Path, typer.Option("--pred", help="Predicted phase volume.")],
+    truth: Annotated[Path, typer.Option("--truth", help="True phases, or sparse labels (phase + 1) with --mask labelled.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for confusion.csv/.png, metrics.csv/.json.")] = None,
+    mask: Annotated[str, typer.Option("--mask", help="all | labelled (labelled-only: truth is sparse labels).")] = "all",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Confusion matrix, per-class accuracy, IoU, accuracy excluding void, abundances."""
+    from volmla.io import open_volume
+    from volmla.segment.evaluate import evaluate, write_report
+
+    mask = {"labelled-only": "labelled"}.get(mask, mask)
+    if mask not in ("all", "labelled"):
+        raise VolmlaError(f"--mask must be 'all' or 'labelled', got {mask!r}")
+    if out is not None and (out / "metrics.json").exists() and not overwrite:
+        raise VolmlaError(f"output {out} holds an evaluation: pass --overwrite to replace it")
+    ev = evaluate(open_volume(pred), open_volume(truth), mask=mask)  # type: ignore[arg-type]
+    summary = ev.as_dict()
+    if out is not None:
+        write_report(ev, out)
+    typer.echo(json.dumps({k: summary[k] for k in ("accuracy", "accuracy_excluding_void", "mean_iou", "iou", "per_class_accuracy")}, indent=2))

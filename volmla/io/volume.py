@@ -1,0 +1,421 @@
+"""OME-Zarr volumes: the data contract every stage reads and writes.
+
+A volmla volume is an OME-Zarr (NGFF 0.5, Zarr v3) group:
+
+1. ``multiscales`` metadata (written through ome-zarr-py) with axes ``z, y, x`` in
+   micrometres and the physical voxel size as the ``scale`` of level 0; optional
+   downsampled levels ``1, 2, ...`` (mean for intensity, nearest for phases/labels);
+2. a ``volmla`` attribute block: ``kind`` (intensity | phases | labels), ``phases``
+   (``{"1": "albite", ...}``), ``voxel_size_um``, ``provenance`` (a list of steps) and
+   ``complete``;
+3. while a write is under way, ``complete`` is false and every finished chunk leaves an
+   empty marker file under ``.volmla-done/<level>/``. A rerun of the same job (same
+   ``job`` fingerprint, shape, dtype and chunks) skips the marked chunks, so an
+   interrupted write resumes and a recomputed task rewrites the same bytes. Only when
+   every level is written is ``complete`` set and the markers removed.
+
+Volumes open lazily as Dask-backed :class:`xarray.DataArray` with dims ``(z, y, x)``
+and coordinates in micrometres.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from volmla.engine.blocks import DIMS, as_volume, normalise_chunks
+from volmla.errors import VolmlaError
+from volmla.io.ngff import read_multiscales
+from volmla.io.outputs import ATTR, DONE_DIR, check_output, is_volume, job_fingerprint, volmla_block
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["intensity", "phases", "labels"]
+KINDS: tuple[str, ...] = ("intensity", "phases", "labels")
+SUPPORTED_DTYPES = tuple(
+    np.dtype(t)
+    for t in ("uint8", "uint16", "int16", "uint32", "int32", "uint64", "float32", "float64")
+)
+
+__all__ = ["KINDS", "SUPPORTED_DTYPES", "Kind", "compressor", "normalise_voxel_size", "open_volume", "write_volume"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def normalise_voxel_size(voxel_size: float | Sequence[float] | None) -> tuple[float, float, float]:
+    """Return a ``(z, y, x)`` voxel size in micrometres, validated.
+
+    Parameters
+    ----------
+    voxel_size
+        One number (isotropic) or three, in micrometres.
+
+    Returns
+    -------
+    tuple of float
+        ``(z, y, x)`` micrometres, all positive and finite.
+
+    Examples
+    --------
+    >>> normalise_voxel_size(2.5)
+    (2.5, 2.5, 2.5)
+    """
+    if voxel_size is None:
+        raise VolmlaError("voxel size is missing: give voxel_size=UM (micrometres)")
+    values: list[Any] = [voxel_size] if np.isscalar(voxel_size) else list(cast(Sequence[float], voxel_size))
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise VolmlaError(f"voxel size must be one number or three (z, y, x), got {values}")
+    try:
+        z, y, x = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise VolmlaError(f"voxel size must be numbers, got {values}") from None
+    out = (z, y, x)
+    if not all(np.isfinite(v) and v > 0 for v in out):
+        raise VolmlaError(f"voxel size must be positive micrometres, got {list(out)}")
+    return out
+
+
+def _check_dtype(dtype: Any) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype == np.bool_:
+        return np.dtype(np.uint8)
+    if dtype not in SUPPORTED_DTYPES:
+        allowed = ", ".join(str(t) for t in SUPPORTED_DTYPES)
+        raise VolmlaError(f"unsupported dtype {dtype}: volumes must be one of {allowed}")
+    return dtype
+
+
+def _phases_attr(phases: Mapping[Any, str] | Sequence[str] | None) -> dict[str, str]:
+    if phases is None:
+        return {}
+    if isinstance(phases, Mapping):
+        items = {str(int(k)): str(v) for k, v in phases.items()}
+    else:
+        items = {str(i + 1): str(v) for i, v in enumerate(phases)}
+    if any(int(k) < 1 or int(k) > 255 for k in items):
+        raise VolmlaError(f"phase ids must lie in 1..255, got {sorted(items)}")
+    return dict(sorted(items.items(), key=lambda kv: int(kv[0])))
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def open_volume(path: str | Path, *, level: int = 0, allow_incomplete: bool = False) -> xr.DataArray:
+    """Open an OME-Zarr volume lazily.
+
+    Parameters
+    ----------
+    path
+        The OME-Zarr group (a folder ending in ``.zarr`` by convention).
+    level
+        Multiscale level; 0 is full resolution.
+    allow_incomplete
+        Open a volume whose write has not finished (normally refused).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dask-backed, dims ``("z", "y", "x")``, coordinates in micrometres (voxel
+        centres), attrs ``voxel_size_um``, ``unit``, ``kind``, ``phases`` (``{int: name}``),
+        ``provenance``, ``path`` and ``level``.
+
+    Examples
+    --------
+    >>> vol = open_volume("scan.zarr")  # doctest: +SKIP
+    >>> vol.attrs["voxel_size_um"]  # doctest: +SKIP
+    (2.3, 2.3, 2.3)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolmlaError(f"volume {path} does not exist")
+    if not is_volume(path):
+        raise VolmlaError(f"{path} is not an OME-Zarr volume (no multiscales metadata)")
+    ms = read_multiscales(path)
+    if not 0 <= level < len(ms.paths):
+        raise VolmlaError(f"level must lie in 0..{len(ms.paths) - 1}, got {level}")
+    if list(ms.axes) != list(DIMS):
+        raise VolmlaError(f"volume axes must be {list(DIMS)}, got {list(ms.axes)} in {path}")
+    block = volmla_block(path)
+    if block and not block.get("complete", False) and not allow_incomplete:
+        raise VolmlaError(f"volume {path} is incomplete (an interrupted write): rerun the command that makes it")
+    scale = [float(s) for s in ms.scales[level]]
+    arr = zarr.open_array(store=str(path / ms.paths[level]), mode="r")
+    data = da.from_zarr(arr)
+    coords = {d: np.arange(n, dtype=np.float64) * s for d, n, s in zip(DIMS, arr.shape, scale, strict=True)}
+    phases = {int(k): str(v) for k, v in block.get("phases", {}).items()}
+    out_attrs = {
+        "voxel_size_um": tuple(scale),
+        "unit": "micrometer",
+        "kind": block.get("kind", "intensity"),
+        "phases": phases,
+        "provenance": list(block.get("provenance", [])),
+        "path": str(path),
+        "level": level,
+    }
+    return xr.DataArray(data, dims=DIMS, coords=coords, attrs=out_attrs, name=path.stem)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _as_dask(data: Any) -> tuple[da.Array, dict[str, Any]]:
+    # In-memory input becomes one view block; write_volume rechunks it to the storage chunks.
+    shape = getattr(data, "shape", None)
+    vol = as_volume(data, chunks=shape if shape is not None and len(shape) == 3 else None)
+    return vol.data, vol.attrs
+
+
+def _block_slices(chunks: Sequence[int], shape: Sequence[int], idx: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(idx, chunks, shape, strict=True))
+
+
+def _surely_not_empty(block: np.ndarray) -> bool:
+    """True if a few sampled voxels already differ from the fill value 0.
+
+    Zarr skips writing chunks equal to the fill value, which costs a full comparison pass
+    over every chunk (40 ms of a 130 ms float32 256^3 write here). A chunk with a non-zero
+    voxel among its first, middle and last ones is written without that pass; the others
+    (background-only label chunks, say) still get Zarr's check and are skipped when empty.
+    """
+    n = block.size
+    return n > 0 and any(block.flat[i] != 0 for i in (0, n // 2, n - 1))
+
+
+def _write_block(block: np.ndarray, store: str, region: tuple[slice, ...], marker: str) -> int:
+    """Write one chunk-aligned block, then leave its completion marker."""
+    if hasattr(block, "get"):  # a CuPy block that reached the writer
+        block = block.get()
+    block = np.asarray(block)
+    arr = zarr.open_array(store=store, mode="r+", config={"write_empty_chunks": _surely_not_empty(block)})
+    arr[region] = block.astype(arr.dtype, copy=False)
+    Path(marker).touch()
+    return int(block.size)
+
+
+def _coarsen(data: da.Array, kind: str) -> da.Array:
+    """One pyramid step to ``ceil(shape / 2)``: 2x2x2 mean (intensity), nearest (phases, labels)."""
+    if kind != "intensity":
+        return data[::2, ::2, ::2]
+    even = da.pad(data, [(0, s % 2) for s in data.shape], mode="edge")
+    mean = da.coarsen(np.mean, even.astype(np.float64), {0: 2, 1: 2, 2: 2})
+    if np.issubdtype(data.dtype, np.integer):
+        info = np.iinfo(data.dtype)
+        mean = da.clip(da.round(mean), info.min, info.max)
+    return mean.astype(data.dtype)
+
+
+def compressor(kind: str) -> BloscCodec:
+    """The Blosc codec volmla writes a volume of this ``kind`` with.
+
+    Both shuffle bits first. Intensity volumes get LZ4: their low bits are noise, which no
+    entropy coder shrinks, so zstd buys almost nothing and costs a lot of time. Measured on
+    one core on a 256^3 noisy CT chunk, gaussian-filtered float32: ratio 1.51 (LZ4) vs
+    1.53 (zstd level 3), encode 1120 vs 420 MB/s, decode 1380 vs 1140 MB/s; on raw uint16
+    1.06 vs 1.07. Phase and label volumes get zstd level 3 (zstd's own default): they are
+    piecewise constant and zstd stores them 2-3x smaller than LZ4 (phantom phases 19.3 vs
+    9.4, particle labels 36.5 vs 13.7) at ~500 MB/s.
+
+    Parameters
+    ----------
+    kind
+        ``"intensity"``, ``"phases"`` or ``"labels"``.
+
+    Returns
+    -------
+    zarr.codecs.BloscCodec
+    """
+    if kind not in KINDS:
+        raise VolmlaError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "intensity":
+        return BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+def write_volume(
+    data: xr.DataArray | da.Array | np.ndarray,
+    path: str | Path,
+    *,
+    voxel_size: float | Sequence[float] | None = None,
+    chunks: int | Sequence[int] | None = None,
+    kind: Kind | None = None,
+    phases: Mapping[Any, str] | Sequence[str] | None = None,
+    provenance: Sequence[Mapping[str, Any]] | None = None,
+    levels: int = 1,
+    overwrite: bool = False,
+    job: Mapping[str, Any] | None = None,
+    codec: BloscCodec | None = None,
+) -> Path:
+    """Write a volume to OME-Zarr, chunk by chunk, resumably.
+
+    Parameters
+    ----------
+    data
+        A 3-D (z, y, x) array: lazy Dask (never materialised), an xarray.DataArray
+        (its ``voxel_size_um``, ``kind``, ``phases`` and ``provenance`` attrs are used
+        where the keywords are not given) or a NumPy array.
+    path
+        Output group.
+    voxel_size
+        Micrometres, one number or ``(z, y, x)``.
+    chunks
+        Storage chunk edge(s); default about 64 MiB per chunk, isotropic.
+    kind
+        ``"intensity"``, ``"phases"`` or ``"labels"``; decides how pyramids downsample.
+    phases
+        Phase names, ``{1: "albite", ...}`` or a list for ids 1..N.
+    provenance
+        Steps to record (earlier steps of the input are kept in front).
+    levels
+        Number of multiscale levels (1 = full resolution only).
+    overwrite
+        Replace an existing output. Without it an existing complete output is an error,
+        and an incomplete one of the same ``job`` resumes.
+    job
+        A description of the computation (command and parameters); its fingerprint
+        decides whether an interrupted output may be resumed.
+    codec
+        Blosc codec of every level; default :func:`compressor` of ``kind`` (LZ4 for
+        intensities, zstd for phases and labels, both bit-shuffled).
+
+    Returns
+    -------
+    pathlib.Path
+        The written group.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> vol = np.zeros((4, 5, 6), np.uint8)
+    >>> write_volume(vol, "/tmp/doc.zarr", voxel_size=2.0, overwrite=True)  # doctest: +SKIP
+    """
+    path = Path(path)
+    array, in_attrs = _as_dask(data)
+    dtype = _check_dtype(array.dtype)
+    if array.dtype != dtype:
+        array = array.astype(dtype)
+    kind = kind or in_attrs.get("kind", "intensity")
+    if kind not in KINDS:
+        raise VolmlaError(f"kind must be one of {KINDS}, got {kind!r}")
+    vs = normalise_voxel_size(voxel_size if voxel_size is not None else in_attrs.get("voxel_size_um"))
+    chunk_shape = normalise_chunks(chunks, array.shape, dtype)
+    if not isinstance(levels, int) or levels < 1:
+        raise VolmlaError(f"levels must be a positive integer, got {levels!r}")
+    phase_attr = _phases_attr(phases if phases is not None else in_attrs.get("phases") or None)
+    steps = [*in_attrs.get("provenance", []), *(provenance or [])]
+    job_desc = dict(job or {})
+    job_desc.update(shape=list(array.shape), dtype=str(dtype), chunks=list(chunk_shape), levels=levels)
+    fingerprint = job_fingerprint(job_desc)
+
+    mode = check_output(path, overwrite=overwrite, job=job_desc)
+    if mode == "replace":
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if mode != "resume":
+        _create_group(path, array.shape, dtype, chunk_shape, levels, vs, kind, phase_attr, steps, fingerprint,
+                      codec or compressor(kind),
+                      request=job_fingerprint(job))
+
+    level_data = array
+    for level in range(levels):
+        if level:
+            level_data = _coarsen(da.from_zarr(zarr.open_array(store=str(path / str(level - 1)), mode="r")), kind)
+        _store_level(level_data, path, level)
+    group = zarr.open_group(store=str(path), mode="r+")
+    block = dict(cast(Mapping[str, Any], group.attrs[ATTR]))
+    block["complete"] = True
+    group.attrs[ATTR] = block
+    shutil.rmtree(path / DONE_DIR, ignore_errors=True)
+    return path
+
+
+def _create_group(
+    path: Path,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunk_shape: tuple[int, int, int],
+    levels: int,
+    voxel_size: tuple[float, float, float],
+    kind: str,
+    phases: dict[str, str],
+    provenance: list[Any],
+    fingerprint: str,
+    codec: BloscCodec,
+    request: str = "",
+) -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        # ome-zarr-py >= 0.14 instantiates its deprecated Scaler as a default argument
+        # when ome_zarr.writer is first imported.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ome_zarr.writer import write_multiscales_metadata
+
+    group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
+    datasets = []
+    level_shape = tuple(shape)
+    for level in range(levels):
+        group.create_array(
+            name=str(level),
+            shape=level_shape,
+            chunks=tuple(min(c, s) for c, s in zip(chunk_shape, level_shape, strict=True)),
+            dtype=dtype,
+            compressors=codec,
+            fill_value=0,
+            dimension_names=DIMS,
+        )
+        scale = [v * 2**level for v in voxel_size]
+        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
+        (path / DONE_DIR / str(level)).mkdir(parents=True, exist_ok=True)
+        level_shape = tuple((s + 1) // 2 for s in level_shape)
+    write_multiscales_metadata(
+        group,
+        datasets,
+        axes=list(DIMS),
+        axes_units={d: "micrometer" for d in DIMS},
+        name=path.stem,
+    )
+    group.attrs[ATTR] = {
+        "kind": kind,
+        "phases": phases,
+        "voxel_size_um": list(voxel_size),
+        "provenance": provenance,
+        "complete": False,
+        "job": fingerprint,
+        "request": request,
+    }
+
+
+def _store_level(data: da.Array, path: Path, level: int) -> None:
+    """Write every chunk of one level that has no completion marker yet."""
+    store = str(path / str(level))
+    target = zarr.open_array(store=store, mode="r")
+    chunk_shape = target.chunks
+    data = data.rechunk(chunk_shape)
+    done_dir = path / DONE_DIR / str(level)
+    done_dir.mkdir(parents=True, exist_ok=True)
+    done = {p.name for p in done_dir.iterdir()}
+    blocks = data.to_delayed(optimize_graph=True)
+    tasks = []
+    for idx in np.ndindex(blocks.shape):
+        name = ".".join(map(str, idx))
+        if name in done:
+            continue
+        region = _block_slices(chunk_shape, target.shape, idx)
+        tasks.append(dask.delayed(_write_block, pure=True)(blocks[idx], store, region, str(done_dir / name)))
+    logger.info("level %d of %s: %d of %d chunks to write", level, path, len(tasks), blocks.size)
+    if tasks:
+        from volmla.engine.cluster import compute
+
+        compute(tasks, desc=f"writing {path.name}" + (f" level {level}" if level else ""))

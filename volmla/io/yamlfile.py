@@ -1,0 +1,74 @@
+"""The one YAML reader: configs, step lists, cluster tables, abundances."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from volmla.errors import VolmlaError
+
+__all__ = ["read_mapping", "read_yaml"]
+
+
+def read_yaml(path: str | Path, *, what: str = "config") -> Any:
+    """Parse a YAML (or JSON) file safely, with one-line errors.
+
+    Parameters
+    ----------
+    path
+        The file.
+    what
+        What the file is, for error messages (``"config"``, ``"step config"``, ...).
+
+    Returns
+    -------
+    object
+        The parsed document (``yaml.safe_load``: no Python objects are built).
+
+    Examples
+    --------
+    >>> read_yaml("/nonexistent.yaml")
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: config /nonexistent.yaml does not exist
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise VolmlaError(f"{what} {path} does not exist")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VolmlaError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise VolmlaError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def read_mapping(path: str | Path, *, what: str) -> dict[Any, Any]:
+    """A YAML/JSON file holding a non-empty mapping (a cluster table, XRD abundances).
+
+    Parameters
+    ----------
+    path
+        The file.
+    what
+        What it holds, for error messages.
+
+    Returns
+    -------
+    dict
+
+    Examples
+    --------
+    >>> read_mapping("/nonexistent.yaml", what="xrd")
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: xrd /nonexistent.yaml does not exist
+    """
+    data = read_yaml(path, what=what)
+    if not isinstance(data, dict) or not data:
+        raise VolmlaError(f"{what} {path} must be a non-empty mapping, got {type(data).__name__}")
+    return data

@@ -1,0 +1,321 @@
+"""The liberation analysis of a pair of volumes: checks, orchestration, atomic writes.
+
+:func:`analyse` is the one call behind ``volmla liberation`` and the pipeline's last
+stage:
+
+1. every option and the volumes' metadata are checked once, before any computation
+   (:func:`check_out_dir`, :func:`check_options`, :func:`check_volumes`);
+2. without a grain volume the grains are derived (:func:`volmla.particles.label_grains`);
+3. one measurement pass (:func:`volmla.measure.measure`) gives the particle, grain and
+   phase-contact tables;
+4. the statistics follow from the tables: the summary
+   (:func:`volmla.liberation.summary.liberation_summary`), association, the
+   grade-recovery curves, and where asked the 2-D sections and stereology
+   (:mod:`volmla.liberation.sectioning`), the representativeness check
+   (:mod:`volmla.liberation.subvolumes`) and the bootstrap intervals
+   (:mod:`volmla.liberation.uncertainty`);
+5. the data contract (``particles.parquet``, ``grains.parquet``, ``contacts.parquet``,
+   ``grade_recovery.parquet``, ``stereology.parquet``, ``representativeness.parquet``,
+   ``summary.json``, PNG plots and a self-contained ``report.html``) is written through
+   a temporary folder next to the output that is renamed into place at the end, so a
+   crash never leaves a complete-looking report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from volmla.errors import VolmlaError
+from volmla.liberation.report import plots, write_html
+from volmla.liberation.sectioning import sections, stereology
+from volmla.liberation.stats import (
+    SizeBy,
+    _check_edges,
+    _check_threshold,
+    _densities,
+    association,
+    grade_recovery,
+)
+from volmla.liberation.subvolumes import representativeness
+from volmla.liberation.summary import Summary, _nan_to_none, liberation_summary
+from volmla.liberation.uncertainty import bootstrap
+from volmla.types import VolumeLike
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["analyse", "check_options", "check_out_dir", "check_volumes"]
+
+
+def check_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Validate an output folder before any work: refuse a non-empty one without
+    ``overwrite``, and a parent that does not exist.
+
+    Parameters
+    ----------
+    out_dir
+        The output folder.
+    overwrite
+        Accept a non-empty folder (it is replaced at the end).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir`` as a path.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise VolmlaError(f"output {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise VolmlaError(f"output folder {out} exists and is not empty: pass overwrite=True to replace it")
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise VolmlaError(f"the parent folder of the output, {parent}, does not exist")
+    return out
+
+
+def check_options(
+    *,
+    free_threshold: float = 0.99,
+    size_edges: Sequence[float] | np.ndarray | None = None,
+    by: str = "esd",
+    densities: Sequence[float] | Mapping[str, float] | None = None,
+    phase_names: Sequence[str] | Mapping[int, str] | None = None,
+    section_step: int | None = None,
+    pieces: int | None = None,
+    n_boot: int = 0,
+) -> tuple[float, np.ndarray | None]:
+    """Validate the options of :func:`analyse` (cheap; before any computation).
+
+    Parameters
+    ----------
+    free_threshold, size_edges, by, densities, phase_names, section_step, pieces, n_boot
+        As in :func:`analyse`.
+
+    Returns
+    -------
+    (float, numpy.ndarray or None)
+        The threshold and the size-class edges as :func:`analyse` uses them.
+    """
+    thr = _check_threshold(free_threshold)
+    edges = _check_edges(size_edges)
+    if by not in ("esd", "volume"):
+        raise VolmlaError(f"by must be one of ('esd', 'volume'), got by={by!r}")
+    if densities is not None:
+        seq = list(densities.values()) if isinstance(densities, Mapping) else list(densities)
+        bad = [d for d in seq if not (math.isfinite(float(d)) and float(d) > 0)]
+        if bad:
+            raise VolmlaError(f"densities must be positive (g/cm3), got {seq}")
+        if phase_names is not None and not isinstance(densities, Mapping) and len(seq) != len(phase_names):
+            raise VolmlaError(f"densities must give one value per phase name ({len(phase_names)}), got {len(seq)}")
+    if pieces is not None and (not isinstance(pieces, int | np.integer) or pieces < 2):
+        raise VolmlaError(f"pieces must be an integer of at least 2, got pieces={pieces!r}")
+    if section_step is not None and (not isinstance(section_step, int | np.integer) or section_step < 1):
+        raise VolmlaError(f"section_step must be a positive integer, got {section_step!r}")
+    if not isinstance(n_boot, int | np.integer) or n_boot < 0:
+        raise VolmlaError(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    return thr, edges
+
+
+def check_volumes(
+    phases: VolumeLike,
+    particles: VolumeLike,
+    *,
+    grains: VolumeLike | None = None,
+    phase_names: Sequence[str] | Mapping[int, str] | None = None,
+    voxel_size: float | Sequence[float] | None = None,
+) -> None:
+    """Validate shapes, voxel sizes and phase names from the volumes' metadata only.
+
+    Parameters
+    ----------
+    phases, particles, grains, phase_names, voxel_size
+        As in :func:`analyse`.
+
+    Returns
+    -------
+    None
+        Raises :class:`~volmla.errors.VolmlaError` on the first problem.
+    """
+    from volmla.measure import resolve_phase_names, resolve_voxel_size
+
+    shapes = {"phases": tuple(phases.shape), "particles": tuple(particles.shape)}
+    if grains is not None:
+        shapes["grains"] = tuple(grains.shape)
+    if len(set(shapes.values())) > 1:
+        raise VolmlaError(f"phases, particles (and grains) must have the same shape, got {shapes}")
+    attrs = [dict(getattr(v, "attrs", {}) or {}) for v in (phases, particles, grains) if v is not None]
+    resolve_voxel_size(voxel_size if voxel_size is not None else 1.0, *attrs)
+    attr_phases = attrs[0].get("phases") or None
+    if phase_names is not None and attr_phases:
+        resolve_phase_names(phase_names, attr_phases)
+
+
+def analyse(
+    phases: VolumeLike,
+    particles: VolumeLike,
+    *,
+    grains: VolumeLike | None = None,
+    out_dir: str | Path,
+    phase_names: Sequence[str] | Mapping[int, str] | None = None,
+    densities: Sequence[float] | Mapping[str, float] | None = None,
+    free_threshold: float = 0.99,
+    size_edges: Sequence[float] | np.ndarray | None = None,
+    by: SizeBy = "esd",
+    include_border: bool = False,
+    section_step: int | None = 10,
+    pieces: int | None = 8,
+    n_boot: int = 200,
+    seed: int = 0,
+    voxel_size: float | Sequence[float] | None = None,
+    derive_grains: bool = True,
+    overwrite: bool = False,
+    cluster: Callable[[], AbstractContextManager[Any]] | None = None,
+) -> Summary:
+    """Measure the particles and write every liberation output into ``out_dir``.
+
+    Parameters
+    ----------
+    phases, particles
+        Phase and particle volumes (lazy xarray / Dask, same shape and voxel size).
+    grains
+        Grain volume. Without it the grains are derived (``derive_grains``) as the
+        26-connected components of each phase in each particle
+        (:func:`volmla.particles.label_grains`, one more pass and a small union-find), or,
+        with ``derive_grains=False``, ``grains.parquet`` is written empty and
+        ``n_grains`` is missing.
+    out_dir
+        Output folder (created; must be empty or absent unless ``overwrite``).
+    phase_names
+        Names of phases 1..N; default the phase volume's attribute, else ``"1", ...``.
+    densities
+        Per-phase densities for mass-based statistics (positive).
+    free_threshold, size_edges, by, include_border
+        As in :func:`volmla.liberation.summary.liberation_summary`.
+    section_step
+        Stereology: every ``section_step``-th plane per axis (None: skipped).
+    pieces
+        Representativeness: number of equal sub-volumes (None: skipped).
+    n_boot, seed
+        Bootstrap resamples and seed (``n_boot=0``: skipped).
+    voxel_size
+        Override of the volumes' voxel size (um).
+    derive_grains
+        Derive the grains when no grain volume is given.
+    overwrite
+        Replace an existing output folder.
+    cluster
+        Called after every check and before any computation: the context to compute in
+        (the CLI passes :func:`volmla.cli.app.running`, which starts its Dask cluster);
+        default the current Dask scheduler.
+
+    Returns
+    -------
+    Summary
+        The ``summary.json`` content (with ``files``: the names written).
+
+    Examples
+    --------
+    >>> from volmla.synthetic import phantom
+    >>> ph = phantom(shape=(48, 48, 48), seed=1, esd_range=(8, 16))  # doctest: +SKIP
+    >>> s = analyse(ph.phases, ph.particles, grains=ph.grains, out_dir="lib")  # doctest: +SKIP
+    """
+    from volmla.measure import SURFACE_CORRECTION, measure
+
+    out = check_out_dir(out_dir, overwrite=overwrite)
+    thr, edges = check_options(free_threshold=free_threshold, size_edges=size_edges, by=by, densities=densities,
+                               phase_names=phase_names, section_step=section_step, pieces=pieces, n_boot=n_boot)
+    check_volumes(phases, particles, grains=grains, phase_names=phase_names, voxel_size=voxel_size)
+    with cluster() if cluster is not None else contextlib.nullcontext():
+        if grains is None and derive_grains:
+            from volmla.particles import label_grains as _grains
+
+            logger.info("no grain volume given: deriving grains (26-connected phase components per particle)")
+            grains = _grains(particles, phases, connectivity=26).labels
+        tables = measure(particles, phases, grains=grains, voxel_size=voxel_size, phase_names=phase_names)
+        names = list(tables.phase_names.values())
+        rho = _densities(densities, names)
+        pdf = tables.particles
+        summary = liberation_summary(
+            pdf, phase_names=names, free_threshold=thr, size_edges=edges, by=by, densities=rho,
+            include_border=include_border, voxel_size=tables.voxel_size_um,
+        )
+        summary["shape"] = list(tables.shape)
+        summary["association"] = _nan_to_none(association(tables.contacts, phase_names=names))
+        summary["surface_correction"] = SURFACE_CORRECTION
+        extras: dict[str, Any] = {"contacts": tables.contacts}
+        extras["grade_recovery"] = grade_recovery(pdf, phase_names=names, densities=rho, include_border=include_border)
+        if section_step is not None:
+            sec = sections(phases, particles, step=int(section_step), phase_names=tables.phase_names)
+            stereo = stereology(sec, pdf, phase_names=names, free_threshold=thr, include_border=include_border)
+            extras["stereology"] = stereo
+            summary["stereology"] = _nan_to_none(
+                {"step": int(section_step), "n_sections_2d_particles": len(sec), "table": stereo.to_dict(orient="records")}
+            )
+        if pieces is not None:
+            rep, meta = representativeness(
+                pdf, shape=tables.shape, voxel_size=tables.voxel_size_um, pieces=int(pieces), size_edges=edges, by=by,
+                include_border=include_border,
+            )
+            extras["representativeness"] = rep
+            summary["representativeness"] = _nan_to_none({**meta, "table": rep.to_dict(orient="records")})
+        if n_boot:
+            summary["uncertainty"] = _nan_to_none(
+                bootstrap(pdf, phase_names=names, free_threshold=thr, densities=rho, n_boot=int(n_boot), seed=seed,
+                          include_border=include_border)
+            )
+
+        grains_df = tables.grains if tables.grains is not None else pd.DataFrame(
+            {"grain_id": pd.Series([], dtype=np.uint64), "particle_id": pd.Series([], dtype=np.uint64),
+             "phase": pd.Series([], dtype=str), "volume_voxels": pd.Series([], dtype=np.int64),
+             "volume_um3": pd.Series([], dtype=np.float64)}
+        )
+        return _write(out, overwrite, summary, pdf, grains_df, extras, names, rho)
+
+
+def _write(
+    out: Path, overwrite: bool, summary: Summary, pdf: pd.DataFrame, grains_df: pd.DataFrame,
+    extras: dict[str, Any], names: list[str], rho: dict[str, float] | None,
+) -> Summary:
+    """Write everything into a temporary sibling folder, then rename it into place."""
+    parent = out.resolve().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    try:
+        pdf.to_parquet(tmp / "particles.parquet", index=False)
+        grains_df.to_parquet(tmp / "grains.parquet", index=False)
+        extras["contacts"].to_parquet(tmp / "contacts.parquet", index=False)
+        extras["grade_recovery"].to_parquet(tmp / "grade_recovery.parquet", index=False)
+        for key in ("stereology", "representativeness"):
+            if key in extras:
+                extras[key].to_parquet(tmp / f"{key}.parquet", index=False)
+        pngs = plots(tmp, summary=summary, particles=pdf, grains=grains_df, extras=extras, phase_names=names,
+                     densities=rho)
+        files = sorted(p.name for p in tmp.iterdir()) + ["report.html", "summary.json"]
+        summary["files"] = sorted(set(files))
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+        write_html(tmp / "report.html", summary=summary, pngs=pngs, extras=extras)
+        if out.exists():
+            if not overwrite and any(out.iterdir()):
+                raise VolmlaError(f"output folder {out} appeared while computing: pass overwrite=True to replace it")
+            old = parent / f".{out.name}.old-{tmp.name[-8:]}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("liberation outputs written to %s", out)
+    return summary

@@ -1,0 +1,170 @@
+"""The liberation summary: the ``summary.json`` data contract and the dict that holds it.
+
+:class:`Summary` types the keys; :func:`liberation_summary` fills those computed from the
+particle table alone (the statistics of :mod:`volmla.liberation.stats`), and
+:func:`volmla.liberation.analysis.analyse` adds the others (``shape``, ``association``,
+``surface_correction``, ``stereology``, ``representativeness``, ``uncertainty`` and
+``files``). NaN is written as ``None`` (JSON ``null``) by :func:`_nan_to_none`, so the
+summary dumps with ``allow_nan=False``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, NotRequired, TypedDict, cast
+
+import numpy as np
+import pandas as pd
+
+from volmla.liberation.stats import (
+    SizeBy,
+    _check_edges,
+    _check_threshold,
+    _densities,
+    _phases,
+    _population,
+    liberation_by_size,
+    liberation_degree,
+    liberation_spectrum,
+    locking,
+    modal_mineralogy,
+)
+from volmla.liberation.uncertainty import Uncertainty
+
+__all__ = ["SPECTRUM_ENCODING", "Summary", "liberation_summary"]
+
+SPECTRUM_ENCODING = (
+    "grade_lo/grade_hi in percent: (0, 0) exactly 0 %, (100, 100) exactly 100 %, "
+    "(a, b) the interval (a, b], except (90, 100) which is open at both ends"
+)
+"""The ``spectrum_classes`` entry of the summary: how spectrum classes are encoded."""
+
+
+class Summary(TypedDict):
+    """The ``summary.json`` content (NaN as ``None``).
+
+    The keys up to ``locking`` come from :func:`liberation_summary`; the others are
+    added by :func:`volmla.liberation.analysis.analyse`.
+    """
+
+    voxel_size_um: list[float] | None
+    n_particles: int
+    n_particles_total: int
+    n_border: int
+    free_threshold: float
+    include_border: bool
+    size_by: SizeBy
+    phases: list[str]
+    densities: dict[str, float] | None
+    modal_mineralogy: dict[str, float | None]
+    modal_mineralogy_mass: dict[str, float | None] | None
+    liberation_degree: dict[str, float | None]
+    liberation_by_size: dict[str, list[dict[str, Any]]]
+    liberation_spectrum: dict[str, list[dict[str, float | None]]]
+    liberation_spectrum_by_number: dict[str, list[dict[str, float | None]]]
+    spectrum_classes: str
+    locking: dict[str, dict[str, dict[str, float | None]]]
+    shape: NotRequired[list[int]]
+    association: NotRequired[dict[str, dict[str, float | None]]]
+    surface_correction: NotRequired[float]
+    stereology: NotRequired[dict[str, Any]]
+    representativeness: NotRequired[dict[str, Any]]
+    uncertainty: NotRequired[Uncertainty]
+    files: NotRequired[list[str]]
+
+
+def _nan_to_none(value: Any) -> Any:
+    """A JSON-ready copy: non-finite floats as ``None``, NumPy scalars as Python ones."""
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_to_none(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating | float):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def liberation_summary(
+    particles_df: pd.DataFrame,
+    *,
+    phase_names: Sequence[str],
+    free_threshold: float = 0.99,
+    size_edges: Sequence[float] | np.ndarray | None = None,
+    by: SizeBy = "esd",
+    densities: Sequence[float] | Mapping[str, float] | None = None,
+    include_border: bool = False,
+    voxel_size: Sequence[float] | None = None,
+) -> Summary:
+    """The ``summary.json`` content computed from the particle table.
+
+    Parameters
+    ----------
+    particles_df
+        The particle table (:func:`volmla.measure.particle_table`).
+    phase_names
+        Phases to report (``vox_<phase>`` columns).
+    free_threshold
+        A particle is free in a phase whose grade exceeds this (strictly).
+    size_edges
+        Size-class edges for Eq. 2 (um for ESD, um^3 for volume); default 8
+        log-spaced classes.
+    by
+        ``"esd"`` or ``"volume"``.
+    densities
+        Per-phase densities (g/cm3) for mass-based modal mineralogy.
+    include_border
+        Also count particles touching the volume border.
+    voxel_size
+        ``(z, y, x)`` um, recorded as ``voxel_size_um``.
+
+    Returns
+    -------
+    Summary
+        Keys ``voxel_size_um, n_particles, n_particles_total, n_border,
+        free_threshold, include_border, size_by, modal_mineralogy,
+        modal_mineralogy_mass, liberation_degree, liberation_by_size,
+        liberation_spectrum, liberation_spectrum_by_number, spectrum_classes, locking``
+        (NaN as ``None``).
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"particle_id": [1, 2], "vox_a": [10, 5], "volume_voxels": [10, 10],
+    ...     "esd_um": [2.0, 3.0], "volume_um3": [10.0, 10.0], "touches_border": [False, False]})
+    >>> liberation_summary(df, phase_names=["a"])["liberation_degree"]
+    {'a': 0.6666666666666666}
+    """
+    names = _phases(particles_df, phase_names)
+    thr = _check_threshold(free_threshold)
+    rho = _densities(densities, names)
+    pop = _population(particles_df, include_border)
+    modal = modal_mineralogy(particles_df, phase_names=names, densities=densities, include_border=include_border)
+    edges = _check_edges(size_edges)
+    summary = {
+        "voxel_size_um": list(voxel_size) if voxel_size is not None else None,
+        "n_particles": len(pop),
+        "n_particles_total": len(particles_df),
+        "n_border": int(particles_df["touches_border"].astype(bool).sum()),
+        "free_threshold": thr,
+        "include_border": bool(include_border),
+        "size_by": by,
+        "phases": names,
+        "densities": rho,
+        "modal_mineralogy": modal["volume"],
+        "modal_mineralogy_mass": modal["mass"],
+        "liberation_degree": liberation_degree(particles_df, phase_names=names, free_threshold=thr, include_border=include_border),
+        "liberation_by_size": liberation_by_size(
+            particles_df, phase_names=names, free_threshold=thr, size_edges=edges, by=by, include_border=include_border
+        ),
+        "liberation_spectrum": liberation_spectrum(particles_df, phase_names=names, include_border=include_border),
+        "liberation_spectrum_by_number": liberation_spectrum(
+            particles_df, phase_names=names, weight="number", include_border=include_border
+        ),
+        "spectrum_classes": SPECTRUM_ENCODING,
+        "locking": locking(particles_df, phase_names=names, free_threshold=thr, include_border=include_border),
+    }
+    return cast(Summary, _nan_to_none(summary))

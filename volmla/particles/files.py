@@ -1,0 +1,250 @@
+"""From OME-Zarr volumes to a label volume: the file-level jobs behind ``volmla label``,
+``volmla particles`` and ``volmla grains``.
+
+1. :func:`plan_label`, :func:`plan_particles` and :func:`plan_grains` validate the
+   options, open the inputs, check them against each other and check the output (an
+   existing one is refused without ``overwrite=True``; an unfinished one of the same job
+   resumes), all before anything is computed, so a mistake costs no cluster start;
+2. :func:`write_labels` labels lazily (:func:`volmla.particles.label.label`,
+   :func:`~volmla.particles.label_particles` or :func:`~volmla.particles.label_grains`)
+   and writes the labels with the input's voxel size and chunks, the job's fingerprint
+   and a provenance record holding the label count.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import xarray as xr
+
+from volmla.errors import VolmlaError
+from volmla.particles.api import label_particles
+from volmla.particles.grains import label_grains
+from volmla.particles.label import Labels, check_connectivity, label
+from volmla.particles.split import split_halo
+from volmla.types import Connectivity
+
+__all__ = ["LabelsPlan", "plan_grains", "plan_label", "plan_particles", "write_labels"]
+
+
+class LabelsPlan(NamedTuple):
+    """A checked labelling job, ready to run (see :func:`write_labels`)."""
+
+    step: Literal["label", "particles", "grains"]
+    """Which labelling: components, particles or grains."""
+    inputs: tuple[xr.DataArray, ...]
+    """The opened inputs: ``(mask,)``, ``(volume,)`` or ``(particles, phases)``; the first
+    gives the output its voxel size and chunks."""
+    output: Path
+    options: dict[str, Any]
+    """The keywords of the labelling function (also recorded in the provenance)."""
+    overwrite: bool
+    job: dict[str, Any]
+    """What the output's fingerprint is taken from: command, inputs, options."""
+
+
+def plan_label(
+    mask: str | Path,
+    output: str | Path,
+    *,
+    connectivity: Connectivity = 26,
+    multilabel: bool = False,
+    overwrite: bool = False,
+) -> LabelsPlan:
+    """Check a connected-component labelling job on files, computing nothing.
+
+    Parameters
+    ----------
+    mask
+        Binary mask (or, with ``multilabel``, an integer volume), OME-Zarr.
+    output
+        Output label volume (OME-Zarr).
+    connectivity
+        6, 18 or 26.
+    multilabel
+        Label the components of each nonzero value separately.
+    overwrite
+        Replace an existing output.
+
+    Returns
+    -------
+    LabelsPlan
+    """
+    from volmla.io import check_output, open_volume
+
+    connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
+    vol = open_volume(mask)
+    options = {"connectivity": connectivity, "multilabel": bool(multilabel)}
+    job = {"command": "label", "input": str(Path(mask).resolve()), **options}
+    check_output(output, overwrite=overwrite, job=job)
+    return LabelsPlan("label", (vol,), Path(output), options, overwrite, job)
+
+
+def _threshold(value: Any, path: Path, kind: str) -> Literal["otsu"] | float | None:
+    """The threshold :func:`~volmla.particles.label_particles` gets for a volume of ``kind``."""
+    if kind != "intensity":
+        if not (isinstance(value, str) and value == "auto"):
+            raise VolmlaError(f"threshold applies to intensity volumes, but {path} is a {kind} volume (nonzero = solid)")
+        return None
+    if isinstance(value, str):
+        if value in ("auto", "otsu"):
+            return "otsu"
+        try:
+            return float(value)
+        except ValueError:
+            raise VolmlaError(f"threshold must be otsu or a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not math.isfinite(value):
+        raise VolmlaError(f"threshold must be otsu or a number, got {value!r}")
+    return float(value)
+
+
+def plan_particles(
+    volume: str | Path,
+    output: str | Path,
+    *,
+    threshold: Literal["auto", "otsu"] | float | str = "auto",
+    min_size: int = 0,
+    fill_holes: bool = False,
+    split: bool = True,
+    h: float = 2.0,
+    max_radius: float = 24.0,
+    connectivity: Connectivity = 26,
+    overwrite: bool = False,
+) -> LabelsPlan:
+    """Check a particle labelling job on files, computing nothing.
+
+    Parameters
+    ----------
+    volume
+        Intensity volume, or a phase (or label) volume whose nonzero voxels are solid,
+        OME-Zarr.
+    output
+        Output particle labels (OME-Zarr).
+    threshold
+        For intensity volumes: ``"otsu"``, a value (solid is above it, a number or its
+        text) or ``"auto"`` (Otsu). Other volumes take ``"auto"`` (nonzero is solid).
+    min_size, fill_holes, split, h, max_radius, connectivity
+        As for :func:`~volmla.particles.label_particles`.
+    overwrite
+        Replace an existing output.
+
+    Returns
+    -------
+    LabelsPlan
+    """
+    from volmla.io import check_output, open_volume
+
+    connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
+    split_halo(max_radius)
+    if isinstance(min_size, bool) or not isinstance(min_size, int | np.integer) or min_size < 0:
+        raise VolmlaError(f"min_size must be 0 or more voxels, got {min_size}")
+    if not h > 0:
+        raise VolmlaError(f"h must be a positive number of voxels, got {h}")
+    path = Path(volume)
+    vol = open_volume(path)
+    value = _threshold(threshold, path, vol.attrs.get("kind", "intensity"))
+    options = {"threshold": value, "min_size": int(min_size), "fill_holes": bool(fill_holes), "split": bool(split),
+               "h": h, "max_radius": max_radius, "connectivity": connectivity}
+    job = {"command": "particles", "input": str(path.resolve()), **options}
+    check_output(output, overwrite=overwrite, job=job)
+    return LabelsPlan("particles", (vol,), Path(output), options, overwrite, job)
+
+
+def plan_grains(
+    particles: str | Path,
+    phases: str | Path,
+    output: str | Path,
+    *,
+    connectivity: Connectivity = 26,
+    overwrite: bool = False,
+) -> LabelsPlan:
+    """Check a grain labelling job on files, computing nothing.
+
+    Parameters
+    ----------
+    particles
+        Particle labels (OME-Zarr).
+    phases
+        Phase volume (OME-Zarr, uint8) of the same shape and voxel size.
+    output
+        Output grain labels (OME-Zarr).
+    connectivity
+        6, 18 or 26.
+    overwrite
+        Replace an existing output.
+
+    Returns
+    -------
+    LabelsPlan
+    """
+    from volmla.io import check_output, open_volume
+
+    connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
+    part, ph = open_volume(particles), open_volume(phases)
+    if part.shape != ph.shape:
+        raise VolmlaError(f"particles and phases must have the same shape, got {list(part.shape)} and {list(ph.shape)}")
+    if not np.allclose(part.attrs["voxel_size_um"], ph.attrs["voxel_size_um"], rtol=1e-6):
+        raise VolmlaError(
+            f"particles and phases must have the same voxel size, got {list(part.attrs['voxel_size_um'])} "
+            f"and {list(ph.attrs['voxel_size_um'])} um"
+        )
+    options = {"connectivity": connectivity}
+    job = {"command": "grains", "particles": str(Path(particles).resolve()), "phases": str(Path(phases).resolve()),
+           **options}
+    check_output(output, overwrite=overwrite, job=job)
+    return LabelsPlan("grains", (part, ph), Path(output), options, overwrite, job)
+
+
+def write_labels(plan: LabelsPlan) -> Labels:
+    """Run a checked labelling job and write its labels (computes).
+
+    The output gets the first input's voxel size and chunks, ``kind="labels"`` and a
+    provenance record of the step, its options and the label count. Particle labelling
+    stores the watershed keys once in a scratch folder beside the output, removed
+    afterwards.
+
+    Parameters
+    ----------
+    plan
+        From :func:`plan_label`, :func:`plan_particles` or :func:`plan_grains`.
+
+    Returns
+    -------
+    Labels
+        The labels as written (lazy) and their count.
+    """
+    like = plan.inputs[0]
+    if plan.step == "label":
+        result = label(like, **plan.options)
+    elif plan.step == "grains":
+        result = label_grains(like, plan.inputs[1], **plan.options)
+    else:
+        folder = plan.output.resolve().parent
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{plan.output.name}-", dir=folder) as scratch:
+            result = label_particles(like, scratch=scratch, **plan.options)
+            _write(plan, result)  # the labels read the scratch keys: written before it goes
+        return result
+    _write(plan, result)
+    return result
+
+
+def _write(plan: LabelsPlan, result: Labels) -> None:
+    """Write a Labels result with the input's voxel size, chunks and provenance."""
+    from volmla.io import write_volume
+
+    like = plan.inputs[0]
+    write_volume(
+        like.copy(data=result.labels),
+        plan.output,
+        chunks=tuple(int(c[0]) for c in like.data.chunks),
+        kind="labels",
+        phases={},
+        provenance=[{"step": plan.step, **plan.options, "count": int(result.count)}],
+        overwrite=plan.overwrite,
+        job=plan.job,
+    )

@@ -1,0 +1,63 @@
+"""Grains: the connected components of each phase inside each particle.
+
+1. every voxel gets the key ``particle_id * 256 + phase`` (uint64; 0 outside particles
+   and for phase 0), block by block;
+2. :func:`volmla.particles.label.label` in multilabel mode labels the components of each
+   key, so a grain never crosses a particle or phase boundary, and numbers them ``1..n``
+   by their first voxel.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+
+from volmla.engine.blocks import as_volume
+from volmla.errors import VolmlaError
+from volmla.particles.label import Labels, check_connectivity, label
+from volmla.types import VolumeLike
+
+__all__ = ["label_grains"]
+
+
+def label_grains(particles: VolumeLike, phases: VolumeLike, *, connectivity: Literal[6, 18, 26] = 26) -> Labels:
+    """Grains: connected components of one phase inside one particle.
+
+    Parameters
+    ----------
+    particles
+        Particle labels (0 = background).
+    phases
+        Phase volume (uint8, 0 = void) of the same shape.
+    connectivity
+        6, 18 or 26.
+
+    Returns
+    -------
+    Labels
+        Grain ids ``1..count``; voxels outside particles or of phase 0 are 0.
+
+    Examples
+    --------
+    >>> p = np.array([[[1, 1, 1, 2]]], np.uint32); f = np.array([[[1, 2, 1, 1]]], np.uint8)
+    >>> label_grains(p, f).labels.compute().tolist()
+    [[[1, 2, 3, 4]]]
+    """
+    connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
+    part, phase = as_volume(particles, name="particles").data, as_volume(phases, name="phases").data
+    if part.shape != phase.shape:
+        raise VolmlaError(f"particles and phases must have the same shape, got {part.shape} and {phase.shape}")
+    if not np.issubdtype(phase.dtype, np.integer) or phase.dtype.itemsize > 1:
+        raise VolmlaError(f"phases must be uint8, got dtype {phase.dtype}")
+    if not np.issubdtype(part.dtype, np.integer):
+        raise VolmlaError(f"particles must be integer labels, got dtype {part.dtype}")
+    key = da.map_blocks(_grain_key, part, phase, dtype=np.uint64, meta=np.empty((0, 0, 0), np.uint64))
+    return label(key, connectivity=connectivity, multilabel=True)
+
+
+def _grain_key(part: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    key = part.astype(np.uint64) * np.uint64(256) + phase.astype(np.uint64)
+    key[(part == 0) | (phase == 0)] = 0
+    return key

@@ -1,0 +1,469 @@
+"""Pipeline configuration: one YAML file that describes a whole run, checked once.
+
+``volmla run CONFIG.yaml`` reads a file like::
+
+    out: results/                 # every output goes in this folder
+    input:                        # scanner output to ingest ...
+      paths: [scan/]              #   TIFF folder(s) / stacks / MHA / raw
+      voxel_size: 2.3             #   micrometres (else from the files' metadata)
+      chunks: 128
+    # input: scan.zarr            # ... or an OME-Zarr volume already ingested
+    preprocess:                   # steps, in order (see ``volmla preprocess --help``)
+      - median:size=3
+      - gaussian:sigma=1
+    segment:                      # one of: unet (ONNX; also spelled model), rf, threshold, kmeans
+      method: rf
+      labels: sparse_labels.zarr  # sparse labels (phase + 1, 0 unlabelled) for rf
+      phase_names: [quartz, feldspar, pyrite]
+    particles: {min_size: 50, split: true, h: 2.0, max_radius: 16}
+    grains: true
+    liberation: {densities: [2.65, 2.6, 5.0], free_threshold: 0.99}
+
+:func:`load_config` reads the file (through :func:`volmla.io.yamlfile.read_yaml`) and
+:func:`validate_config` turns the parsed mapping into a :class:`PipelineConfig`: typed,
+frozen dataclasses, one per section. Every section, key and value is checked there,
+before any stage runs, and an unknown key or a wrong value is a one-line error naming
+it. Relative paths are taken relative to the config file. The stage options a user left
+out stay out (``options()`` returns only those given), so each stage uses its library
+defaults and records the same job as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+from volmla.errors import VolmlaError
+from volmla.segment.dispatch import SegmentMethod
+
+SECTIONS = ("out", "input", "preprocess", "segment", "particles", "grains", "liberation")
+_SEGMENT_METHODS = ("unet", "model", "rf", "threshold", "kmeans")
+"""Accepted spellings: ``model`` is the older name of ``unet``."""
+
+__all__ = [
+    "SECTIONS",
+    "InputConfig",
+    "LiberationConfig",
+    "ParticlesConfig",
+    "PipelineConfig",
+    "SegmentConfig",
+    "load_config",
+    "validate_config",
+]
+
+
+# ----------------------------------------------------------------------------- value checks
+
+Check = Callable[[str, Any], Any]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise VolmlaError(f"config {where} must be true or false, got {value!r}")
+    return value
+
+
+def _int(where: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise VolmlaError(f"config {where} must be an integer, got {value!r}")
+    return value
+
+
+def _number(where: str, value: Any) -> float:
+    if not _is_number(value):
+        raise VolmlaError(f"config {where} must be a number, got {value!r}")
+    return cast(float, value)
+
+
+def _str(where: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise VolmlaError(f"config {where} must be a string, got {value!r}")
+    return value
+
+
+def _numbers(where: str, value: Any) -> list[float]:
+    if not isinstance(value, list) or not all(_is_number(v) for v in value):
+        raise VolmlaError(f"config {where} must be a list of numbers, got {value!r}")
+    return value
+
+
+def _ints(where: str, value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise VolmlaError(f"config {where} must be a list of integers, got {value!r}")
+    return value
+
+
+def _number_or_numbers(where: str, value: Any) -> float | list[float]:
+    return _number(where, value) if not isinstance(value, list) else _numbers(where, value)
+
+
+def _int_or_ints(where: str, value: Any) -> int | list[int]:
+    return _int(where, value) if not isinstance(value, list) else _ints(where, value)
+
+
+def _names(where: str, value: Any) -> list[str] | dict[Any, str]:
+    items = value.values() if isinstance(value, Mapping) else value
+    if not isinstance(value, list | Mapping) or not all(isinstance(v, str) for v in items):
+        raise VolmlaError(f"config {where} must be a list of names, got {value!r}")
+    return cast("list[str] | dict[Any, str]", value)
+
+
+def _densities(where: str, value: Any) -> list[float] | dict[str, float]:
+    if isinstance(value, Mapping):
+        if not all(_is_number(v) for v in value.values()):
+            raise VolmlaError(f"config {where} must map phase names to numbers, got {value!r}")
+        return dict(value)
+    return _numbers(where, value)
+
+
+def _optional(check: Check) -> Check:
+    return lambda where, value: None if value is None else check(where, value)
+
+
+def _choice(*allowed: Any) -> Check:
+    def check(where: str, value: Any) -> Any:
+        if value not in allowed:
+            raise VolmlaError(f"config {where} must be one of {allowed}, got {value!r}")
+        return value
+
+    return check
+
+
+def _threshold(where: str, value: Any) -> Any:
+    if value is None or value == "otsu":
+        return value
+    return _number(where, value)
+
+
+def _tile(where: str, value: Any) -> Any:
+    if value is None or value == "block":
+        return value
+    return _int_or_ints(where, value)
+
+
+def _section(section: str, value: Any, checks: Mapping[str, Check]) -> dict[str, Any]:
+    """A mapping section with only known keys, each value checked."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise VolmlaError(f"config section '{section}' must be a mapping, got {type(value).__name__}")
+    unknown = sorted(set(value) - set(checks))
+    if unknown:
+        raise VolmlaError(f"unknown key '{unknown[0]}' in config section '{section}': choose from {', '.join(sorted(checks))}")
+    return {key: checks[key](f"{section}.{key}", v) for key, v in value.items()}
+
+
+def _path(base: Path, value: Any, what: str) -> Path:
+    if not isinstance(value, str | Path) or not str(value):
+        raise VolmlaError(f"{what} must be a path, got {value!r}")
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where the volume comes from: an OME-Zarr (``zarr``) or scanner files to ingest (``paths``)."""
+
+    zarr: Path | None = None
+    paths: list[Path] = field(default_factory=list)
+    voxel_size: float | list[float] | None = None
+    chunks: int | None = None
+    glob: str | None = None
+    stitch: bool | None = None
+    overlap: int | None = None
+    shape: list[int] | None = None
+    dtype: str | None = None
+    byteorder: Literal["little", "big"] | None = None
+    given: tuple[str, ...] = ()
+    """The ingest options the config names (the others keep :func:`volmla.ingest.load`'s defaults)."""
+
+    def options(self) -> dict[str, Any]:
+        """The ingest keyword arguments given (``paths`` aside).
+
+        Returns
+        -------
+        dict
+        """
+        return {k: getattr(self, k) for k in self.given}
+
+
+_INPUT_CHECKS: dict[str, Check] = {
+    "paths": lambda where, value: value,  # made a list of paths below
+    "voxel_size": _optional(_number_or_numbers),
+    "chunks": _optional(_int),
+    "glob": _str,
+    "stitch": _bool,
+    "overlap": _optional(_int),
+    "shape": _optional(_ints),
+    "dtype": _optional(_str),
+    "byteorder": _choice("little", "big"),
+}
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """The ``segment`` section: a method of :func:`volmla.segment.segment_phases` and its options."""
+
+    method: SegmentMethod
+    model: Path | None = None
+    labels: Path | None = None
+    classes: int | None = None
+    phase_names: list[str] | None = None
+    halo: int | None = None
+    tile: int | list[int] | Literal["block"] | None = None
+    save_model: Path | None = None
+    spelled: str = ""
+    """The method as the config spelled it (``model`` or ``unet`` for the U-Net)."""
+    given: tuple[str, ...] = ()
+    """The keys the config names."""
+
+    def job(self) -> dict[str, str]:
+        """The section as recorded in the ``phases`` job (values as strings, as always).
+
+        The method keeps the config's spelling, so outputs written before ``unet`` was
+        a name still count as the same job.
+
+        Returns
+        -------
+        dict
+        """
+        values = {k: getattr(self, k) for k in self.given}
+        return {**{k: str(v) for k, v in values.items()}, "method": self.spelled}
+
+
+_SEGMENT_CHECKS: dict[str, Check] = {
+    "method": lambda where, value: value,  # checked below, with a message naming the methods
+    "model": lambda where, value: value,
+    "labels": lambda where, value: value,
+    "save_model": lambda where, value: value,
+    "classes": _optional(_int),
+    "phase_names": _optional(_names),
+    "halo": _optional(_int),
+    "tile": _tile,
+}
+
+
+@dataclass(frozen=True)
+class ParticlesConfig:
+    """Options of :func:`volmla.particles.label_particles` (``threshold`` defaults to None: phases > 0)."""
+
+    threshold: Literal["otsu"] | float | None = None
+    min_size: int | None = None
+    fill_holes: bool | None = None
+    split: bool | None = None
+    h: float | None = None
+    max_radius: float | None = None
+    connectivity: Literal[6, 18, 26] | None = None
+    given: tuple[str, ...] = ()
+
+    def options(self) -> dict[str, Any]:
+        """The options the config names.
+
+        Returns
+        -------
+        dict
+        """
+        return {k: getattr(self, k) for k in self.given}
+
+
+_PARTICLE_CHECKS: dict[str, Check] = {
+    "threshold": _threshold,
+    "min_size": _int,
+    "fill_holes": _bool,
+    "split": _bool,
+    "h": _number,
+    "max_radius": _number,
+    "connectivity": _choice(6, 18, 26),
+}
+
+
+@dataclass(frozen=True)
+class LiberationConfig:
+    """Options of :func:`volmla.liberation.analyse`."""
+
+    phase_names: list[str] | dict[Any, str] | None = None
+    densities: list[float] | dict[str, float] | None = None
+    free_threshold: float | None = None
+    size_edges: list[float] | None = None
+    by: str | None = None
+    include_border: bool | None = None
+    section_step: int | None = None
+    pieces: int | None = None
+    n_boot: int | None = None
+    seed: int | None = None
+    given: tuple[str, ...] = ()
+
+    def options(self) -> dict[str, Any]:
+        """The options the config names.
+
+        Returns
+        -------
+        dict
+        """
+        return {k: getattr(self, k) for k in self.given}
+
+
+_LIBERATION_CHECKS: dict[str, Check] = {
+    "phase_names": _optional(_names),
+    "densities": _optional(_densities),
+    "free_threshold": _number,
+    "size_edges": _optional(_numbers),
+    "by": _str,
+    "include_border": _bool,
+    "section_step": _optional(_int),
+    "pieces": _optional(_int),
+    "n_boot": _int,
+    "seed": _int,
+}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A whole run, validated: what :func:`volmla.pipeline.run` executes."""
+
+    out: Path
+    input: InputConfig
+    preprocess: list[Any] = field(default_factory=list)
+    """Steps as written (``"name:key=value"`` strings or mappings), each already checked."""
+    segment: SegmentConfig | None = None
+    particles: ParticlesConfig = field(default_factory=ParticlesConfig)
+    grains: bool = True
+    liberation: LiberationConfig = field(default_factory=LiberationConfig)
+
+
+# ----------------------------------------------------------------------------- load and validate
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline YAML file; paths become absolute.
+
+    Parameters
+    ----------
+    path
+        The YAML file.
+
+    Returns
+    -------
+    PipelineConfig
+
+    Examples
+    --------
+    >>> cfg = load_config("run.yaml")  # doctest: +SKIP
+    """
+    from volmla.io.yamlfile import read_yaml
+
+    path = Path(path)
+    raw = read_yaml(path, what="config")
+    return validate_config(raw, base=path.parent)
+
+
+def _input(raw: Any, base: Path) -> InputConfig:
+    if isinstance(raw, str | Path):
+        return InputConfig(zarr=_path(base, raw, "input"))
+    section = _section("input", raw, _INPUT_CHECKS)
+    paths = section.pop("paths", None)
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    if not paths:
+        raise VolmlaError("config input.paths must list at least one file or folder")
+    if not isinstance(paths, list):
+        raise VolmlaError(f"config input.paths must be a path or a list of paths, got {paths!r}")
+    return InputConfig(paths=[_path(base, p, "input.paths") for p in paths], given=tuple(section), **section)
+
+
+def _preprocess(raw: Any) -> list[Any]:
+    from volmla.preprocess import make_step, parse_step
+
+    steps = raw or []
+    if not isinstance(steps, list):
+        raise VolmlaError("config section 'preprocess' must be a list of steps")
+    for step in steps:  # checked now; the run passes them on as written
+        if isinstance(step, str):
+            parse_step(step)
+        elif isinstance(step, Mapping):
+            make_step(cast(str, step.get("name")), step.get("params"))
+        else:
+            raise VolmlaError(f"config preprocess steps must be 'name:key=value' strings or mappings, got {step!r}")
+    return steps
+
+
+def _segment(raw: Any, base: Path) -> SegmentConfig | None:
+    if raw is None:
+        return None
+    seg = _section("segment", raw, _SEGMENT_CHECKS)
+    spelled = seg.get("method", "model" if "model" in seg else None)
+    if spelled not in _SEGMENT_METHODS:
+        raise VolmlaError(f"segment.method must be one of {_SEGMENT_METHODS}, got {spelled!r}")
+    method = "unet" if spelled == "model" else spelled
+    if method == "unet" and "model" not in seg:
+        raise VolmlaError(f"segment.method {spelled} needs segment.model (an ONNX file)")
+    if method == "rf" and "labels" not in seg and "model" not in seg:
+        raise VolmlaError("segment.method rf needs segment.labels (sparse labels) or segment.model")
+    if method in ("threshold", "kmeans") and not isinstance(seg.get("classes"), int):
+        raise VolmlaError(f"segment.method {method} needs segment.classes (an integer)")
+    for key in ("model", "labels", "save_model"):
+        if key in seg:
+            seg[key] = _path(base, seg[key], f"segment.{key}")
+    given = tuple(k for k in seg if k != "method")
+    options = {k: v for k, v in seg.items() if k != "method"}
+    return SegmentConfig(method=cast(SegmentMethod, method), spelled=spelled, given=(*given, "method"), **options)
+
+
+def validate_config(raw: Any, *, base: Path = Path(".")) -> PipelineConfig:
+    """Check a parsed config mapping, every section at once, and return it typed.
+
+    Parameters
+    ----------
+    raw
+        The parsed YAML document.
+    base
+        Folder that relative paths are taken from (the config file's).
+
+    Returns
+    -------
+    PipelineConfig
+        Absolute paths, defaults filled in.
+
+    Examples
+    --------
+    >>> cfg = validate_config({"out": "/tmp/o", "input": "/tmp/scan.zarr"})
+    >>> cfg.input.zarr, cfg.segment, cfg.grains
+    (PosixPath('/tmp/scan.zarr'), None, True)
+    """
+    if not isinstance(raw, Mapping):
+        raise VolmlaError("config must be a YAML mapping with sections " + ", ".join(SECTIONS))
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise VolmlaError(f"unknown config section '{unknown[0]}': choose from {', '.join(SECTIONS)}")
+    if "out" not in raw or "input" not in raw:
+        raise VolmlaError("config needs at least 'out' (output folder) and 'input'")
+    out = _path(base, raw["out"], "out")
+    source = _input(raw["input"], base)
+    steps = _preprocess(raw.get("preprocess"))
+    segment = _segment(raw.get("segment"), base)
+    particles = _section("particles", raw.get("particles"), _PARTICLE_CHECKS)
+    grains = raw.get("grains", True)
+    if not isinstance(grains, bool):
+        raise VolmlaError(f"config 'grains' must be true or false, got {grains!r}")
+    liberation = _section("liberation", raw.get("liberation"), _LIBERATION_CHECKS)
+    if liberation and segment is None:
+        raise VolmlaError("config 'liberation' needs a 'segment' section (phases to measure)")
+    return PipelineConfig(
+        out=out,
+        input=source,
+        preprocess=steps,
+        segment=segment,
+        particles=ParticlesConfig(given=tuple(particles), **particles),
+        grains=grains,
+        liberation=LiberationConfig(given=tuple(liberation), **liberation),
+    )
+

@@ -1,0 +1,184 @@
+"""Whole runs: ``volmla run CONFIG.yaml``.
+
+A run is a chain of stages, each reading the OME-Zarr volumes the previous ones wrote
+(workers read them from disk themselves) and writing its own:
+
+1. ``input``: ingest scanner output to ``intensity.zarr`` (or start from an OME-Zarr);
+2. ``preprocess``: the configured filter steps -> ``preprocessed.zarr``;
+3. ``segment``: U-Net (ONNX), random forest, k-means or threshold, through
+   :func:`volmla.segment.segment_phases` -> ``phases.zarr``;
+4. ``particles``: solid mask, distributed labelling, watershed split -> ``particles.zarr``;
+5. ``grains``: components of (particle, phase) -> ``grains.zarr``;
+6. ``liberation``: tables, statistics, plots and the report -> ``report/``.
+
+The whole config is checked (:func:`volmla.pipeline.config.validate_config`) before the
+first stage runs. Each stage records a job description in its output; a rerun keeps
+stages whose output is complete for the same job and resumes an interrupted one chunk
+by chunk (:func:`volmla.io.outputs.output_state` decides), so an interrupted run picks
+up where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import xarray as xr
+
+from volmla.io import open_volume, output_state, write_volume
+from volmla.pipeline.config import PipelineConfig, SegmentConfig, load_config, validate_config
+from volmla.types import Device
+
+logger = logging.getLogger(__name__)
+
+Log = Callable[[str], None]
+
+__all__ = ["Log", "run"]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def _stage(
+    path: Path, job: Mapping[str, Any], make: Callable[[], Any], *, log: Log, overwrite: bool, **write: Any
+) -> xr.DataArray:
+    """Write ``make()`` to ``path`` unless it is already complete for ``job``; open it."""
+    if output_state(path, job=job, overwrite=overwrite) == "done":
+        log(f"  {path.name}: complete, kept")
+        return open_volume(path)
+    start = time.perf_counter()
+    write_volume(make(), path, job=job, overwrite=overwrite, **write)
+    log(f"  {path.name}: written in {time.perf_counter() - start:.1f} s")
+    return open_volume(path)
+
+
+def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: bool = False,
+        device: Device = "auto", log: Log = _quiet) -> dict[str, Any]:
+    """Run the stages a config describes (see :mod:`volmla.pipeline.config`).
+
+    Parameters
+    ----------
+    config
+        A YAML path, a parsed mapping (validated here) or a :class:`PipelineConfig`.
+    overwrite
+        Recompute every stage, replacing existing outputs.
+    device
+        ``auto``, ``cpu`` or ``gpu`` for filters and models.
+    log
+        Called with one line per stage.
+
+    Returns
+    -------
+    dict
+        The paths written and the liberation summary (if that stage ran).
+
+    Examples
+    --------
+    >>> run("run.yaml")  # doctest: +SKIP
+    """
+    if isinstance(config, PipelineConfig):
+        cfg = config
+    elif isinstance(config, str | Path):
+        cfg = load_config(config)
+    else:
+        cfg = validate_config(config)
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"out": str(out)}
+
+    # 1. input
+    source = cfg.input
+    if source.zarr is not None:
+        volume = open_volume(source.zarr)
+        log(f"input: {source.zarr}")
+    else:
+        from volmla.ingest import load
+
+        options = source.options()
+        job = {"stage": "ingest", "paths": [str(p) for p in source.paths], **options}
+        log("ingest")
+        volume = _stage(out / "intensity.zarr", job, lambda: load(source.paths, **options),
+                        log=log, overwrite=overwrite)
+    result["intensity"] = volume.attrs["path"]
+
+    # 2. preprocess
+    if cfg.preprocess:
+        from volmla.preprocess import preprocess
+
+        job = {"stage": "preprocess", "input": volume.attrs["path"], "steps": cfg.preprocess}
+        log("preprocess")
+        source_volume = volume
+        volume = _stage(out / "preprocessed.zarr", job,
+                        lambda: preprocess(source_volume, cfg.preprocess, device=device),
+                        log=log, overwrite=overwrite)
+        result["preprocessed"] = volume.attrs["path"]
+
+    if cfg.segment is None:
+        return result
+
+    # 3. segment
+    seg = cfg.segment
+    log(f"segment ({seg.spelled})")
+    phases = _stage(out / "phases.zarr", {"stage": "segment", "input": volume.attrs["path"], **seg.job()},
+                    lambda: _segment(volume, seg, device=device, out=out), log=log, overwrite=overwrite,
+                    kind="phases", phases=_phase_names(seg), voxel_size=volume.attrs["voxel_size_um"])
+    result["phases"] = phases.attrs["path"]
+
+    # 4-5. particles and grains
+    particles, grains = _particles_and_grains(phases, cfg.particles.options(), cfg.grains, out=out, log=log,
+                                              overwrite=overwrite)
+    result["particles"] = particles.attrs["path"]
+    if grains is not None:
+        result["grains"] = grains.attrs["path"]
+
+    # 6. liberation
+    from volmla.liberation import analyse
+
+    log("liberation")
+    result["summary"] = analyse(phases, particles, grains=grains, out_dir=out / "report",
+                                overwrite=True, **cfg.liberation.options())
+    result["report"] = str(out / "report" / "report.html")
+    return result
+
+
+def _phase_names(seg: SegmentConfig) -> dict[int, str] | None:
+    names = seg.phase_names
+    return {i + 1: str(n) for i, n in enumerate(names)} if names else None
+
+
+def _segment(volume: xr.DataArray, seg: SegmentConfig, *, device: Device, out: Path) -> da.Array:
+    """The config's segmentation: a saved forest is used as is; else one is trained on the labels."""
+    from volmla.segment import segment_phases
+
+    labels = open_volume(seg.labels) if seg.method == "rf" and seg.model is None and seg.labels else None
+    save_model = seg.save_model or out / "random_forest.onnx"
+    return segment_phases(volume, method=seg.method, model=seg.model, labels=labels,
+                          save_model=save_model if labels is not None else None, classes=seg.classes,
+                          halo=seg.halo, tile=seg.tile, device=device).phases
+
+
+def _particles_and_grains(
+    phases: xr.DataArray, options: Mapping[str, Any], with_grains: bool, *, out: Path, log: Log, overwrite: bool
+) -> tuple[xr.DataArray, xr.DataArray | None]:
+    from volmla.particles import label_grains, label_particles
+
+    opts = {"threshold": None, **options}
+    log("particles")
+    with tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
+        particles = _stage(out / "particles.zarr", {"stage": "particles", "input": phases.attrs["path"], **opts},
+                           lambda: label_particles(phases, scratch=scratch, **opts).labels, log=log,
+                           overwrite=overwrite, kind="labels", voxel_size=phases.attrs["voxel_size_um"])
+    if not with_grains:
+        return particles, None
+    log("grains")
+    grains = _stage(out / "grains.zarr", {"stage": "grains", "particles": particles.attrs["path"],
+                                          "phases": phases.attrs["path"]},
+                    lambda: label_grains(particles, phases).labels, log=log, overwrite=overwrite,
+                    kind="labels", voxel_size=phases.attrs["voxel_size_um"])
+    return particles, grains

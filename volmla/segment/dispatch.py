@@ -1,0 +1,249 @@
+"""One segmentation dispatch: a method name and its options -> a lazy phase volume.
+
+The command line (``volmla segment``), whole runs (``volmla run``) and the demo all
+segment through :func:`segment_phases`:
+
+1. Method: ``unet`` (an ONNX U-Net, :mod:`volmla.segment.infer`), ``rf`` (a random
+   forest on filter features, :mod:`volmla.segment.forest`), ``threshold`` (multi-Otsu)
+   or ``kmeans`` (:mod:`volmla.segment.classical`). Without a method, a ``model`` is
+   looked at: a volmla random forest means ``rf``, anything else ``unet``. The old
+   spelling ``model`` for the U-Net method is accepted (:data:`METHOD_ALIASES`).
+2. Checks: every option the method needs is there before anything is computed
+   (errors name the keyword: ``classes=``, ``model=``, ``labels=``, ``save_model=``).
+3. ``rf`` with ``labels`` and no saved forest trains one (a small global pass over the
+   labels and regions around the labelled planes) and writes it to ``save_model``, a
+   path the caller chooses; the phases are then predicted with that file.
+4. The phases come back lazy (uint8, 0 = void) with the class names (index = phase id)
+   and, for a U-Net with ``uncertainty=True``, the maximum class probability.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, cast
+
+import dask.array as da
+
+from volmla.errors import VolmlaError
+from volmla.types import Device, VolumeLike
+
+logger = logging.getLogger(__name__)
+
+SegmentMethod = Literal["unet", "rf", "threshold", "kmeans"]
+METHODS: tuple[SegmentMethod, ...] = ("unet", "rf", "threshold", "kmeans")
+METHOD_ALIASES: dict[str, SegmentMethod] = {"model": "unet"}
+"""Older spellings of a method (pipeline configs said ``model`` for the U-Net)."""
+
+__all__ = [
+    "METHODS",
+    "METHOD_ALIASES",
+    "PhaseSegmentation",
+    "SegmentMethod",
+    "check_options",
+    "resolve_method",
+    "segment_phases",
+]
+
+
+class PhaseSegmentation(NamedTuple):
+    """What :func:`segment_phases` returns."""
+
+    phases: da.Array
+    """Lazy uint8 phase ids (0 = void)."""
+    classes: tuple[str, ...]
+    """Class names; the index is the phase id (``classes[0]`` is void)."""
+    confidence: da.Array | None
+    """uint8 maximum class probability x 255 (U-Net with ``uncertainty=True``), else None."""
+    method: SegmentMethod
+    """The method used (resolved from the model when none was given)."""
+    model: Path | None
+    """The model file used (the forest written to ``save_model`` when one was trained)."""
+    train_accuracy: float | None
+    """Training accuracy of a forest trained here, else None."""
+
+
+def resolve_method(method: str | None, *, model: str | Path | None = None) -> SegmentMethod:
+    """The segmentation method a name (or, without one, a model file) stands for.
+
+    Parameters
+    ----------
+    method
+        ``unet``, ``rf``, ``threshold``, ``kmeans``, an alias (``model``), or None.
+    model
+        ONNX file: with no ``method``, a volmla random forest means ``rf``, any other
+        model ``unet``.
+
+    Returns
+    -------
+    str
+        One of :data:`METHODS`.
+
+    Examples
+    --------
+    >>> resolve_method("model")
+    'unet'
+    >>> resolve_method("kmeans")
+    'kmeans'
+    """
+    if method is None:
+        if model is None:
+            raise VolmlaError("give model=M.onnx or method=threshold|kmeans|rf")
+        from volmla.segment.forest import RF_FORMAT
+        from volmla.segment.sessions import read_metadata
+
+        return "rf" if read_metadata(model).get("format") == RF_FORMAT else "unet"
+    method = METHOD_ALIASES.get(method, method)
+    if method not in METHODS:
+        raise VolmlaError(f"method must be one of {METHODS}, got {method!r}")
+    return cast(SegmentMethod, method)
+
+
+def check_options(
+    method: str | None,
+    *,
+    model: str | Path | None = None,
+    labels: VolumeLike | str | Path | None = None,
+    save_model: str | Path | None = None,
+    classes: int | None = None,
+    uncertainty: bool = False,
+) -> SegmentMethod:
+    """Resolve the method and check that it has what it needs, computing nothing.
+
+    :func:`segment_phases` calls this first; a caller that starts a cluster or checks
+    outputs may call it earlier, so a user error comes before any work.
+
+    Parameters
+    ----------
+    method, model, labels, save_model, classes, uncertainty
+        As for :func:`segment_phases` (``labels`` may be a path here: only whether
+        they are given matters).
+
+    Returns
+    -------
+    str
+        The method (one of :data:`METHODS`).
+
+    Examples
+    --------
+    >>> check_options("threshold")
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: method threshold needs classes=K
+    """
+    resolved = resolve_method(method, model=model)
+    if resolved in ("threshold", "kmeans") and classes is None:
+        raise VolmlaError(f"method {resolved} needs classes=K")
+    if resolved == "unet" and model is None:
+        raise VolmlaError("method unet needs model=M.onnx")
+    if resolved == "rf":
+        if (model is None) == (labels is None):
+            raise VolmlaError("method rf needs either labels=SPARSE_LABELS (to train) or model=rf.onnx")
+        if labels is not None and save_model is None:
+            raise VolmlaError("training a random forest needs save_model=rf.onnx (where to write it)")
+    if uncertainty and resolved != "unet":
+        raise VolmlaError("uncertainty=True works with U-Net models only")
+    return resolved
+
+
+def segment_phases(
+    volume: VolumeLike,
+    *,
+    method: SegmentMethod | Literal["model"] | None = None,
+    model: str | Path | None = None,
+    labels: VolumeLike | None = None,
+    save_model: str | Path | None = None,
+    classes: int | None = None,
+    seed: int = 0,
+    sigmas: Sequence[float] | None = None,
+    forest_options: Mapping[str, Any] | None = None,
+    halo: int | None = None,
+    tile: int | Sequence[int] | Literal["block"] | None = None,
+    overlap: float = 0.25,
+    batch: int = 4,
+    device: Device = "auto",
+    fp16: bool = False,
+    uncertainty: bool = False,
+    threads: int | None = None,
+) -> PhaseSegmentation:
+    """Segment an intensity volume into phases with one of the four methods, lazily.
+
+    Parameters
+    ----------
+    volume
+        Intensity volume (NumPy, Dask or xarray).
+    method
+        ``unet``, ``rf``, ``threshold`` or ``kmeans`` (``model`` is an alias of
+        ``unet``); None: from ``model`` (a volmla forest -> ``rf``, else ``unet``).
+    model
+        ONNX file: the U-Net, or a saved random forest.
+    labels
+        Sparse labels (``phase + 1``, 0 unlabelled) to train a forest (``rf`` without
+        ``model``).
+    save_model
+        Where to write a forest trained on ``labels`` (``.onnx``).
+    classes
+        K classes for ``threshold`` and ``kmeans`` (0..K-1 by intensity).
+    seed
+        Seed of ``kmeans`` and of forest training.
+    sigmas
+        Feature scales of a forest trained here (default
+        :data:`volmla.segment.forest.DEFAULT_SIGMAS`).
+    forest_options
+        Other keywords of :func:`volmla.segment.forest.train_random_forest`
+        (``n_estimators``, ``max_samples``, ``classes`` names, ...).
+    halo, tile, overlap, batch, device, fp16, uncertainty, threads
+        U-Net inference options (:func:`volmla.segment.infer.segment`); ``device`` is
+        ignored by the other methods.
+
+    Returns
+    -------
+    PhaseSegmentation
+        Lazy phases, class names, confidence (or None), the method and model used,
+        and the training accuracy of a forest trained here.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> image = np.repeat([10, 200], 32).reshape(1, 8, 8).astype(np.uint8)
+    >>> out = segment_phases(image, method="kmeans", classes=2)
+    >>> out.classes, np.bincount(out.phases.compute().ravel()).tolist()
+    (('void', 'class1'), [32, 32])
+    """
+    resolved = check_options(method, model=model, labels=labels, save_model=save_model, classes=classes,
+                             uncertainty=uncertainty)
+    if resolved in ("threshold", "kmeans"):
+        from volmla.segment.classical import kmeans_segment, threshold_segment
+
+        assert classes is not None
+        phases = (threshold_segment(volume, classes=classes) if resolved == "threshold"
+                  else kmeans_segment(volume, classes=classes, seed=seed))
+        names = ("void", *(f"class{i}" for i in range(1, classes)))
+        return PhaseSegmentation(phases, names, None, resolved, None, None)
+    if resolved == "rf":
+        from volmla.segment.forest import (
+            DEFAULT_SIGMAS,
+            load_random_forest,
+            random_forest_segment,
+            save_random_forest,
+            train_random_forest,
+        )
+
+        accuracy = None
+        if labels is not None:
+            assert save_model is not None
+            forest = train_random_forest(volume, labels, sigmas=DEFAULT_SIGMAS if sigmas is None else sigmas,
+                                         seed=seed, **dict(forest_options or {}))
+            logger.info("random forest: training accuracy %.3f", forest.train_accuracy)
+            model, accuracy = save_random_forest(forest, save_model), forest.train_accuracy
+        assert model is not None
+        path = Path(model)
+        phases = random_forest_segment(volume, model=path)
+        return PhaseSegmentation(phases, load_random_forest(path).classes, None, resolved, path, accuracy)
+    from volmla.segment.infer import segment
+
+    assert model is not None
+    seg = segment(volume, model=model, halo=halo, tile=tile, overlap=overlap, batch=batch, device=device,
+                  fp16=fp16, uncertainty=uncertainty, threads=threads)
+    return PhaseSegmentation(seg.phases, seg.classes, seg.confidence, resolved, Path(model), None)
