@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from volmla.engine.blocks import DIMS, as_blocks, block_grid, default_chunks
 from volmla.io.ngff import Multiscales, VolumeInfo, read_multiscales, volume_info
-from volmla.io.outputs import check_output, is_volume, job_fingerprint, output_state, read_attrs
+from volmla.io.outputs import (
+    check_output,
+    input_fingerprint,
+    is_volume,
+    job_fingerprint,
+    output_state,
+    read_attrs,
+)
 from volmla.io.volume import (
     KINDS,
     SUPPORTED_DTYPES,
@@ -28,6 +35,7 @@ __all__ = [
     "check_output",
     "compressor",
     "default_chunks",
+    "input_fingerprint",
     "is_volume",
     "job_fingerprint",
     "normalise_voxel_size",

@@ -6,29 +6,210 @@ chunks; ``request``: the caller's job alone, known before anything is computed).
 these :func:`output_state` tells each caller (a command, ``volmla run``, the phantom
 writer) the same answer: write it new, resume an interrupted write of the same job,
 replace it (``overwrite``), or keep it (complete, same job).
+
+A job's identity is more than its description:
+
+1. every existing path the job names (``"input": path``, lists of paths) is one of its
+   inputs, and :func:`job_fingerprint` folds in each input's content fingerprint
+   (:func:`input_fingerprint`: metadata, the chunk listing with sizes and a sampled
+   hash), so an input replaced between an interrupted write and its rerun never lets the
+   rerun resume (it would mix chunks of two inputs);
+2. an output that is one of its inputs, lies inside one or holds one is refused before
+   anything is touched (:func:`check_not_input`): a lazy read of the input would read
+   what the write is replacing;
+3. an output another volmla process is writing is refused at once (the advisory lock of
+   :mod:`volmla.io.lock`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from volmla.errors import VolmlaError
+from volmla.io.lock import busy_error, lock_holder
 
 ATTR = "volmla"
 DONE_DIR = ".volmla-done"
+INPUTS_KEY = "input_fingerprints"
 
 OutputState = Literal["new", "resume", "replace", "done"]
 
-__all__ = ["ATTR", "DONE_DIR", "OutputState", "check_output", "is_volume", "job_fingerprint",
-           "output_state", "read_attrs", "volmla_block"]
+__all__ = ["ATTR", "DONE_DIR", "INPUTS_KEY", "OutputState", "check_not_input", "check_output", "decide_output",
+           "input_fingerprint", "is_volume", "job_fingerprint", "job_identity", "job_inputs", "output_state",
+           "read_attrs", "volmla_block"]
+
+# keys of a job that name what it is or what it writes, never an input
+_NOT_PATHS = frozenset({"command", "stage", "output", "out", "out_dir", "save_model", "scratch", INPUTS_KEY})
+_METADATA = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+_SAMPLES = 8  # chunk files whose bytes are hashed
+_SAMPLE_BYTES = 1 << 16  # from the head and the tail of each (a crc32c chunk ends in its checksum)
+
+
+def _looks_like_path(value: str) -> bool:
+    return 0 < len(value) < 4096 and "\n" not in value and ("/" in value or os.sep in value or value.endswith(".zarr"))
+
+
+def job_inputs(job: Mapping[str, Any] | None) -> dict[str, str]:
+    """The existing paths a job names: its inputs, by key (``"input"``, ``"registration[1]"``).
+
+    Top-level string values, and strings in top-level lists, that look like paths (hold a
+    ``/`` or end in ``.zarr``) and exist; ``command`` and ``stage`` are names, and
+    ``output``, ``out``, ``out_dir``, ``save_model`` and ``scratch`` are what the job
+    writes.
+
+    Parameters
+    ----------
+    job
+        A job description.
+
+    Returns
+    -------
+    dict
+        ``{key: path}``.
+
+    Examples
+    --------
+    >>> job_inputs({"command": "label", "input": "/", "connectivity": 26})
+    {'input': '/'}
+    """
+    found: dict[str, str] = {}
+    for key, value in (job or {}).items():
+        if key in _NOT_PATHS:
+            continue
+        items = [(key, value)] if isinstance(value, str) else (
+            [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list | tuple) else [])
+        for name, item in items:
+            if isinstance(item, str) and _looks_like_path(item) and os.path.exists(item):
+                found[name] = item
+    return found
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file())
+
+
+def _sample(files: list[tuple[str, int, str]]) -> list[tuple[str, int, str]]:
+    if len(files) <= _SAMPLES:
+        return files
+    picks = sorted({round(i * (len(files) - 1) / (_SAMPLES - 1)) for i in range(_SAMPLES)})
+    return [files[i] for i in picks]
+
+
+def _hash_ends(digest: Any, path: str, size: int) -> None:
+    with open(path, "rb") as f:
+        if size <= 2 * _SAMPLE_BYTES:
+            digest.update(f.read())
+            return
+        digest.update(f.read(_SAMPLE_BYTES))
+        f.seek(size - _SAMPLE_BYTES)
+        digest.update(f.read(_SAMPLE_BYTES))
+
+
+def input_fingerprint(path: str | Path) -> str:
+    """A cheap fingerprint of an input's content, for a job's identity.
+
+    A Zarr volume: every metadata document (array shape, dtype, chunks, codecs and the
+    group's attributes), the listing of its stored chunk files (names and sizes) and the
+    bytes of up to 8 chunk files sampled across the listing (64 KiB from each end; a
+    chunk written with crc32c ends in its checksum). Markers of an unfinished write
+    (dot folders) are left out. Another file or folder: the names, sizes and
+    modification times of the file (or of the folder's files, not recursing, lock files
+    left out) and the sampled bytes.
+
+    Parameters
+    ----------
+    path
+        An existing input.
+
+    Returns
+    -------
+    str
+        16 hex digits; equal for an unchanged input, different (all but surely) for a
+        replaced one.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile
+    >>> from volmla.io import write_volume
+    >>> out = write_volume(np.ones((4, 4, 4), np.uint8), tempfile.mkdtemp() + "/v.zarr", voxel_size=1.0)
+    >>> input_fingerprint(out) == input_fingerprint(out)
+    True
+    """
+    root = Path(path)
+    if not root.exists():
+        raise VolmlaError(f"input {path} does not exist")
+    digest = hashlib.sha256()
+    files: list[tuple[str, int, str]] = []  # (name, size, full path)
+    if _is_zarr(root):
+        digest.update(b"zarr")
+        for folder, dirs, names in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            rel = os.path.relpath(folder, root)
+            for name in sorted(names):
+                full = os.path.join(folder, name)
+                key = name if rel == "." else f"{rel}/{name}"
+                if name in _METADATA:
+                    with open(full, "rb") as f:
+                        digest.update(f"{key}\0".encode() + f.read() + b"\0")
+                elif not name.startswith("."):
+                    files.append((key, os.path.getsize(full), full))
+        for key, size, _ in files:
+            digest.update(f"{key}:{size}\n".encode())
+    else:
+        entries = [root] if not root.is_dir() else sorted(
+            p for p in root.iterdir() if p.is_file() and not p.name.endswith(".lock"))
+        for entry in entries:
+            st = entry.stat()
+            files.append((entry.name, st.st_size, str(entry)))
+            digest.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    for key, size, full in _sample(files):
+        digest.update(key.encode())
+        _hash_ends(digest, full, size)
+    return digest.hexdigest()[:16]
+
+
+def job_identity(job: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``job`` with the content fingerprint of each input folded in (``input_fingerprints``).
+
+    The inputs fingerprinted are the Zarr groups and the files among
+    :func:`job_inputs`. Other folders are not: an ingest of a folder of slices whose read
+    failed on a missing slice resumes once the slice is back. A job that names no such
+    input is returned as it is; one that already carries the fingerprints is not
+    fingerprinted again.
+
+    Parameters
+    ----------
+    job
+        A job description.
+
+    Returns
+    -------
+    dict
+
+    Examples
+    --------
+    >>> job_identity({"command": "phantom", "seed": 1})
+    {'command': 'phantom', 'seed': 1}
+    """
+    desc = dict(job or {})
+    if INPUTS_KEY in desc:
+        return desc
+    inputs = {key: p for key, p in job_inputs(desc).items() if os.path.isfile(p) or _is_zarr(Path(p))}
+    if inputs:
+        desc[INPUTS_KEY] = {key: input_fingerprint(p) for key, p in inputs.items()}
+    return desc
 
 
 def job_fingerprint(job: Mapping[str, Any] | None) -> str:
-    """A stable hash of a job description, used to decide whether a write may resume.
+    """A stable hash of a job's identity, used to decide whether a write may resume.
+
+    The identity is :func:`job_identity`: the description with the content fingerprint
+    of every input it names, so the same command on a replaced input is another job.
 
     Parameters
     ----------
@@ -45,7 +226,7 @@ def job_fingerprint(job: Mapping[str, Any] | None) -> str:
     >>> job_fingerprint({"a": 1, "b": [2]}) == job_fingerprint({"b": [2], "a": 1})
     True
     """
-    text = json.dumps(job or {}, sort_keys=True, default=str)
+    text = json.dumps(job_identity(job), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -112,18 +293,107 @@ def volmla_block(path: str | Path) -> dict[str, Any]:
     return dict(_attrs_or_empty(Path(path)).get(ATTR, {}))
 
 
+def _resolved(path: str | Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def check_not_input(output: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output that is one of the inputs, lies inside one, or holds one.
+
+    Writing there would replace (or, with ``overwrite``, delete) what the lazy read of
+    the input still has to read. Paths are compared resolved (links followed).
+
+    Parameters
+    ----------
+    output
+        The output path.
+    inputs
+        The paths the job reads.
+
+    Examples
+    --------
+    >>> check_not_input("/data/out.zarr", ["/data/scan.zarr"])
+    >>> check_not_input("/data/scan.zarr", ["/data/scan.zarr"])
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: output /data/scan.zarr is also the input: write the result to another path
+    """
+    out = _resolved(output)
+    for item in inputs:
+        inp = _resolved(item)
+        if inp == out:
+            raise VolmlaError(f"output {output} is also the input: write the result to another path")
+        if inp in out.parents:
+            raise VolmlaError(f"output {output} lies inside the input {item}: write the result to another path")
+        if out in inp.parents:
+            raise VolmlaError(f"input {item} lies inside the output {output}: write the result to another path")
+
+
+def _changed_inputs(block: Mapping[str, Any], identity: Mapping[str, Any]) -> list[str]:
+    """The inputs (by path) whose fingerprint differs from the one the output recorded."""
+    recorded, now = block.get("inputs") or {}, identity.get(INPUTS_KEY) or {}
+    paths = job_inputs(identity)
+    return [paths.get(k, k) for k in sorted(now) if k in recorded and recorded[k] != now[k]]
+
+
+def decide_output(
+    path: Path, fingerprint: str, *, overwrite: bool, identity: Mapping[str, Any] | None = None
+) -> OutputState:
+    """:func:`output_state` for a job already fingerprinted, without the input and lock checks.
+
+    For :func:`~volmla.io.write_volume`, which has checked both and holds the lock.
+
+    Parameters
+    ----------
+    path
+        The output.
+    fingerprint
+        The job's :func:`job_fingerprint`.
+    overwrite
+        Whether an existing output may be replaced.
+    identity
+        The job's :func:`job_identity`, to say which input changed.
+
+    Returns
+    -------
+    str
+        As :func:`output_state`.
+    """
+    if not os.path.lexists(path):
+        return "new"
+    if overwrite:
+        return "replace"
+    why = ""
+    if is_volume(path):
+        block = volmla_block(path)
+        # "job" fingerprints the full write (with shape, dtype, chunks); "request" only the
+        # caller's job, so a command can check for a resumable output before computing.
+        if fingerprint in (block.get("job"), block.get("request")):
+            return "done" if block.get("complete", False) else "resume"
+        changed = _changed_inputs(block, identity or {})
+        if changed:
+            state = "written" if block.get("complete", False) else "started"
+            why = f" (the input {changed[0]} changed since it was {state})"
+    raise VolmlaError(f"output {path} exists: pass overwrite=True to replace it{why}")
+
+
 def output_state(
     path: str | Path, *, job: Mapping[str, Any] | None = None, overwrite: bool = False
 ) -> OutputState:
     """What writing ``job``'s output to ``path`` would do, without touching anything.
+
+    Refuses, each with one line: an output that is one of the job's inputs (or lies
+    inside one, or holds one), an output another volmla process is writing, and an
+    existing output of another job (another input content included) without
+    ``overwrite``.
 
     Parameters
     ----------
     path
         The output (a volume group, usually).
     job
-        A description of the computation; its fingerprint is compared with the one the
-        output recorded.
+        A description of the computation; its fingerprint (with its inputs' content) is
+        compared with the one the output recorded.
     overwrite
         Whether an existing output may be replaced.
 
@@ -141,17 +411,12 @@ def output_state(
     'new'
     """
     path = Path(path)
-    if not path.exists():
-        return "new"
-    if overwrite:
-        return "replace"
-    if is_volume(path):
-        block = volmla_block(path)
-        # "job" fingerprints the full write (with shape, dtype, chunks); "request" only the
-        # caller's job, so a command can check for a resumable output before computing.
-        if job_fingerprint(job) in (block.get("job"), block.get("request")):
-            return "done" if block.get("complete", False) else "resume"
-    raise VolmlaError(f"output {path} exists: pass overwrite=True to replace it")
+    identity = job_identity(job)
+    check_not_input(path, job_inputs(identity).values())
+    who = lock_holder(path)
+    if who is not None:
+        raise busy_error(path, who)
+    return decide_output(path, job_fingerprint(identity), overwrite=overwrite, identity=identity)
 
 
 def check_output(

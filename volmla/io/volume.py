@@ -12,31 +12,61 @@ A volmla volume is an OME-Zarr (NGFF 0.5, Zarr v3) group:
    empty marker file under ``.volmla-done/<level>/``. A rerun of the same job (same
    ``job`` fingerprint, shape, dtype and chunks) skips the marked chunks, so an
    interrupted write resumes and a recomputed task rewrites the same bytes. Only when
-   every level is written is ``complete`` set and the markers removed.
+   every level is written is ``complete`` set and the markers removed;
+4. every chunk is stored Blosc-compressed and then checksummed (crc32c, a Zarr v3
+   codec), and a chunk that fails to decode (checksum mismatch, a Blosc error) is one
+   line naming the volume, the chunk and its file, raised where the chunk is read
+   (:mod:`volmla.io.reader`).
+
+Writes are safe against the user and against each other (:func:`write_volume`): an
+output that is one of the inputs is refused before anything is touched, an output
+another volmla process is writing is refused at once (:mod:`volmla.io.lock`), and an
+``overwrite`` is written beside the old output and swapped in only once complete
+(:mod:`volmla.io.atomic`).
 
 Volumes open lazily as Dask-backed :class:`xarray.DataArray` with dims ``(z, y, x)``
 and coordinates in micrometres.
+
+The module is one piece (past 500 lines) because it is the contract itself: what
+:func:`open_volume` reads is exactly what :func:`write_volume`'s steps (check, lock,
+create, store each level, mark complete, swap) wrote, and those steps share one job's
+state.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from volmla.engine.blocks import DIMS, as_volume, normalise_chunks
 from volmla.errors import VolmlaError
+from volmla.io.atomic import recover, remove, remove_stale, swap_in, tmp_sibling
+from volmla.io.lock import output_lock, write_error
 from volmla.io.ngff import read_multiscales
-from volmla.io.outputs import ATTR, DONE_DIR, check_output, is_volume, job_fingerprint, volmla_block
+from volmla.io.outputs import (
+    ATTR,
+    DONE_DIR,
+    INPUTS_KEY,
+    check_not_input,
+    decide_output,
+    is_volume,
+    job_fingerprint,
+    job_identity,
+    job_inputs,
+    volmla_block,
+)
+from volmla.io.reader import lazy_level, read_sources
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +182,8 @@ def open_volume(path: str | Path, *, level: int = 0, allow_incomplete: bool = Fa
     if block and not block.get("complete", False) and not allow_incomplete:
         raise VolmlaError(f"volume {path} is incomplete (an interrupted write): rerun the command that makes it")
     scale = [float(s) for s in ms.scales[level]]
-    arr = zarr.open_array(store=str(path / ms.paths[level]), mode="r")
-    data = da.from_zarr(arr)
-    coords = {d: np.arange(n, dtype=np.float64) * s for d, n, s in zip(DIMS, arr.shape, scale, strict=True)}
+    data = lazy_level(path / ms.paths[level], path, level)
+    coords = {d: np.arange(n, dtype=np.float64) * s for d, n, s in zip(DIMS, data.shape, scale, strict=True)}
     phases = {int(k): str(v) for k, v in block.get("phases", {}).items()}
     out_attrs = {
         "voxel_size_um": tuple(scale),
@@ -194,14 +223,17 @@ def _surely_not_empty(block: np.ndarray) -> bool:
     return n > 0 and any(block.flat[i] != 0 for i in (0, n // 2, n - 1))
 
 
-def _write_block(block: np.ndarray, store: str, region: tuple[slice, ...], marker: str) -> int:
+def _write_block(block: np.ndarray, store: str, region: tuple[slice, ...], marker: str, output: str) -> int:
     """Write one chunk-aligned block, then leave its completion marker."""
     if hasattr(block, "get"):  # a CuPy block that reached the writer
         block = block.get()
     block = np.asarray(block)
-    arr = zarr.open_array(store=store, mode="r+", config={"write_empty_chunks": _surely_not_empty(block)})
-    arr[region] = block.astype(arr.dtype, copy=False)
-    Path(marker).touch()
+    try:
+        arr = zarr.open_array(store=store, mode="r+", config={"write_empty_chunks": _surely_not_empty(block)})
+        arr[region] = block.astype(arr.dtype, copy=False)
+        Path(marker).touch()
+    except OSError as exc:  # a read-only or full disk: the output's problem, not the input's
+        raise write_error(output, exc) from exc
     return int(block.size)
 
 
@@ -258,7 +290,18 @@ def write_volume(
     job: Mapping[str, Any] | None = None,
     codec: BloscCodec | None = None,
 ) -> Path:
-    """Write a volume to OME-Zarr, chunk by chunk, resumably.
+    """Write a volume to OME-Zarr, chunk by chunk, resumably, never losing an earlier output.
+
+    1. Refuses (one line, before touching anything) an output that is one of the inputs,
+       lies inside one or holds one: the paths ``job`` names and the volumes ``data``
+       reads lazily.
+    2. Takes the output's advisory lock; another volmla process writing it is refused.
+    3. A new output (or an interrupted write of the same job) is written in place,
+       resumably; a replacement (``overwrite``) is written into a temporary sibling and
+       swapped in once complete, so the old output stays whole until then and whole if
+       the write fails (the sibling is then removed; after a kill or Ctrl-C it stays,
+       and a rerun of the same job resumes it).
+    4. Every chunk carries a crc32c checksum after its Blosc compression.
 
     Parameters
     ----------
@@ -281,11 +324,14 @@ def write_volume(
     levels
         Number of multiscale levels (1 = full resolution only).
     overwrite
-        Replace an existing output. Without it an existing complete output is an error,
-        and an incomplete one of the same ``job`` resumes.
+        Replace an existing output (once the new one is complete). Without it an
+        existing complete output is an error, and an incomplete one of the same ``job``
+        resumes.
     job
-        A description of the computation (command and parameters); its fingerprint
-        decides whether an interrupted output may be resumed.
+        A description of the computation (command, parameters, input paths); its
+        fingerprint, with the content fingerprint of every input path it names
+        (:func:`~volmla.io.outputs.job_identity`), decides whether an interrupted output
+        may be resumed.
     codec
         Blosc codec of every level; default :func:`compressor` of ``kind`` (LZ4 for
         intensities, zstd for phases and labels, both bit-shuffled).
@@ -315,45 +361,105 @@ def write_volume(
         raise VolmlaError(f"levels must be a positive integer, got {levels!r}")
     phase_attr = _phases_attr(phases if phases is not None else in_attrs.get("phases") or None)
     steps = [*in_attrs.get("provenance", []), *(provenance or [])]
-    job_desc = dict(job or {})
+    identity = job_identity(job)
+    inputs = set(job_inputs(identity).values()) | read_sources(array)
+    if in_attrs.get("path"):
+        inputs.add(str(in_attrs["path"]))
+    check_not_input(path, inputs)
+    job_desc = dict(identity)
     job_desc.update(shape=list(array.shape), dtype=str(dtype), chunks=list(chunk_shape), levels=levels)
     fingerprint = job_fingerprint(job_desc)
+    group = _GroupSpec(array.shape, dtype, chunk_shape, levels, vs, kind, phase_attr, steps, fingerprint,
+                       codec or compressor(kind), job_fingerprint(identity), identity.get(INPUTS_KEY, {}), path.stem)
 
-    mode = check_output(path, overwrite=overwrite, job=job_desc)
-    if mode == "replace":
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    if mode != "resume":
-        _create_group(path, array.shape, dtype, chunk_shape, levels, vs, kind, phase_attr, steps, fingerprint,
-                      codec or compressor(kind),
-                      request=job_fingerprint(job))
-
-    level_data = array
-    for level in range(levels):
-        if level:
-            level_data = _coarsen(da.from_zarr(zarr.open_array(store=str(path / str(level - 1)), mode="r")), kind)
-        _store_level(level_data, path, level)
-    group = zarr.open_group(store=str(path), mode="r+")
-    block = dict(cast(Mapping[str, Any], group.attrs[ATTR]))
-    block["complete"] = True
-    group.attrs[ATTR] = block
-    shutil.rmtree(path / DONE_DIR, ignore_errors=True)
+    with output_lock(path):
+        try:
+            recover(path)
+        except OSError as exc:
+            raise write_error(path, exc) from exc
+        mode = decide_output(path, fingerprint, overwrite=overwrite, identity=identity)
+        if mode == "done":
+            raise VolmlaError(f"output {path} exists: pass overwrite=True to replace it")
+        if mode == "replace" and path.is_dir() and not any((path / m).exists() for m in ("zarr.json", ".zgroup")) \
+                and any(path.iterdir()):
+            raise VolmlaError(f"output {path} is a folder but no Zarr group: refusing to replace it")
+        target = tmp_sibling(path, fingerprint) if mode == "replace" else path
+        remove_stale(path, keep=target if mode == "replace" else None)
+        if mode == "replace":
+            mode = _sibling_state(target, fingerprint)
+        try:
+            if mode == "new":
+                _create_group(target, group, output=path)
+            if mode != "done":
+                _write_levels(array, target, levels, kind, output=path)
+        except Exception:
+            if target != path:
+                remove(target)  # the old output is untouched; the failed replacement goes
+            raise
+        if target != path:
+            swap_in(target, path, fingerprint)
     return path
 
 
-def _create_group(
-    path: Path,
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    chunk_shape: tuple[int, int, int],
-    levels: int,
-    voxel_size: tuple[float, float, float],
-    kind: str,
-    phases: dict[str, str],
-    provenance: list[Any],
-    fingerprint: str,
-    codec: BloscCodec,
-    request: str = "",
-) -> None:
+def _sibling_state(target: Path, fingerprint: str) -> Literal["new", "resume", "done"]:
+    """Whether the temporary sibling of a replacement is to be made, resumed or swapped in."""
+    if os.path.lexists(target):
+        block = volmla_block(target) if is_volume(target) else {}
+        if block.get("job") == fingerprint:
+            return "done" if block.get("complete", False) else "resume"
+        remove(target)
+    return "new"
+
+
+def _write_levels(array: da.Array, target: Path, levels: int, kind: str, *, output: Path) -> None:
+    """Write every level's missing chunks into ``target``, then mark it complete."""
+    level_data = array
+    for level in range(levels):
+        if level:
+            level_data = _coarsen(lazy_level(target / str(level - 1), output, level - 1), kind)
+        _store_level(level_data, target, level, output=output)
+    try:
+        group = zarr.open_group(store=str(target), mode="r+")
+        block = dict(cast(Mapping[str, Any], group.attrs[ATTR]))
+        block["complete"] = True
+        group.attrs[ATTR] = block
+    except OSError as exc:
+        raise write_error(output, exc) from exc
+    shutil.rmtree(target / DONE_DIR, ignore_errors=True)
+
+
+def _codecs(codec: BloscCodec) -> tuple[Any, ...]:
+    """The bytes-to-bytes codecs of every level: Blosc, then a crc32c checksum of its output."""
+    return (codec, Crc32cCodec())
+
+
+class _GroupSpec(NamedTuple):
+    """Everything :func:`_create_group` writes besides the chunks."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunk_shape: tuple[int, int, int]
+    levels: int
+    voxel_size: tuple[float, float, float]
+    kind: str
+    phases: dict[str, str]
+    provenance: list[Any]
+    fingerprint: str
+    codec: BloscCodec
+    request: str
+    inputs: dict[str, str]
+    name: str
+
+
+def _create_group(path: Path, spec: _GroupSpec, *, output: Path) -> None:
+    """Make the group and its empty level arrays, ``complete`` false."""
+    try:
+        _make_group(path, spec)
+    except OSError as exc:
+        raise write_error(output, exc) from exc
+
+
+def _make_group(path: Path, spec: _GroupSpec) -> None:
     import warnings
 
     with warnings.catch_warnings():
@@ -364,18 +470,18 @@ def _create_group(
 
     group = zarr.open_group(store=str(path), mode="w", zarr_format=3)
     datasets = []
-    level_shape = tuple(shape)
-    for level in range(levels):
+    level_shape = tuple(spec.shape)
+    for level in range(spec.levels):
         group.create_array(
             name=str(level),
             shape=level_shape,
-            chunks=tuple(min(c, s) for c, s in zip(chunk_shape, level_shape, strict=True)),
-            dtype=dtype,
-            compressors=codec,
+            chunks=tuple(min(c, s) for c, s in zip(spec.chunk_shape, level_shape, strict=True)),
+            dtype=spec.dtype,
+            compressors=_codecs(spec.codec),
             fill_value=0,
             dimension_names=DIMS,
         )
-        scale = [v * 2**level for v in voxel_size]
+        scale = [v * 2**level for v in spec.voxel_size]
         datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": scale}]})
         (path / DONE_DIR / str(level)).mkdir(parents=True, exist_ok=True)
         level_shape = tuple((s + 1) // 2 for s in level_shape)
@@ -384,20 +490,21 @@ def _create_group(
         datasets,
         axes=list(DIMS),
         axes_units={d: "micrometer" for d in DIMS},
-        name=path.stem,
+        name=spec.name,
     )
     group.attrs[ATTR] = {
-        "kind": kind,
-        "phases": phases,
-        "voxel_size_um": list(voxel_size),
-        "provenance": provenance,
+        "kind": spec.kind,
+        "phases": spec.phases,
+        "voxel_size_um": list(spec.voxel_size),
+        "provenance": spec.provenance,
         "complete": False,
-        "job": fingerprint,
-        "request": request,
+        "job": spec.fingerprint,
+        "request": spec.request,
+        "inputs": spec.inputs,
     }
 
 
-def _store_level(data: da.Array, path: Path, level: int) -> None:
+def _store_level(data: da.Array, path: Path, level: int, *, output: Path) -> None:
     """Write every chunk of one level that has no completion marker yet."""
     store = str(path / str(level))
     target = zarr.open_array(store=store, mode="r")
@@ -413,9 +520,10 @@ def _store_level(data: da.Array, path: Path, level: int) -> None:
         if name in done:
             continue
         region = _block_slices(chunk_shape, target.shape, idx)
-        tasks.append(dask.delayed(_write_block, pure=True)(blocks[idx], store, region, str(done_dir / name)))
-    logger.info("level %d of %s: %d of %d chunks to write", level, path, len(tasks), blocks.size)
+        tasks.append(dask.delayed(_write_block, pure=True)(blocks[idx], store, region, str(done_dir / name),
+                                                           str(output)))
+    logger.info("level %d of %s: %d of %d chunks to write", level, output, len(tasks), blocks.size)
     if tasks:
         from volmla.engine.cluster import compute
 
-        compute(tasks, desc=f"writing {path.name}" + (f" level {level}" if level else ""))
+        compute(tasks, desc=f"writing {output.name}" + (f" level {level}" if level else ""))

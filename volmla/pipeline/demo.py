@@ -10,7 +10,6 @@ against the phantom's ground truth; the numbered steps are those of :func:`demo`
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import xarray as xr
 
 from volmla.errors import VolmlaError
 from volmla.io import open_volume, write_volume
+from volmla.io.atomic import remove, swap_in, tmp_sibling
 from volmla.pipeline.run import Log, _quiet
 from volmla.types import Device
 
@@ -97,14 +97,33 @@ def demo(
             raise VolmlaError(f"output {out} exists: pass overwrite=True to replace it")
         if not (out / "demo.json").exists() and not (out / "truth").exists() and any(out.iterdir()):
             raise VolmlaError(f"{out} is not a volmla demo folder: refusing to replace it")
-        shutil.rmtree(out)
     if unet:
         try:
             import torch  # noqa: F401
         except ImportError:
             log("torch is not installed: the U-Net step is skipped (pip install 'volmla[train]')")
             unet = False
-    out.mkdir(parents=True)
+    if not out.exists():
+        out.mkdir(parents=True)
+        return _build(out, out, shape=shape, seed=seed, unet=unet, iterations=iterations, device=device, log=log)
+    # A replacement is built beside the old demo and swapped in only when complete, so a
+    # failed or interrupted rerun never leaves the user without the previous results.
+    work = tmp_sibling(out, "demo")
+    remove(work)
+    work.mkdir(parents=True)
+    try:
+        summary = _build(work, out, shape=shape, seed=seed, unet=unet, iterations=iterations, device=device,
+                         log=log)
+    except BaseException:
+        remove(work)
+        raise
+    swap_in(work, out, "demo")
+    return summary
+
+
+def _build(out: Path, final: Path, *, shape: Sequence[int], seed: int, unet: bool, iterations: int,
+           device: Device, log: Log) -> dict[str, Any]:
+    """Every demo step, written under ``out``; ``final`` is where the folder will live."""
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"shape": list(shape), "seed": seed}
 
@@ -226,7 +245,7 @@ def demo(
     }
     summary["particles"] = {"measured": measured["n_particles"], "truth": reference["n_particles"]}
     summary["timings_s"] = timings
-    summary["report"] = str(out / "report" / "report.html")
+    summary["report"] = str(final / "report" / "report.html")
     (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
 
