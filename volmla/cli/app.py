@@ -1,9 +1,10 @@
 """The ``volmla`` application: global options, the cluster a command runs on, the entry point.
 
 Every command takes ``--help``, refuses to replace an existing output unless
-``--overwrite`` is given, and on a user error prints one line to stderr and exits 2.
-Global options (before the command): ``--scheduler ADDRESS``, ``--workers N``,
-``--gpus N``, ``--device auto|cpu|gpu``.
+``--overwrite`` is given, and on any error prints one line to stderr and exits 2 (130
+after Ctrl-C); :func:`main` is the one place that happens. Global options (before the
+command): ``--scheduler ADDRESS``, ``--workers N``, ``--gpus N``, ``--device
+auto|cpu|gpu``, ``--dashboard ADDRESS``, ``-q``, ``-v`` (also prints an error's traceback).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import functools
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
-import click
 import typer
+import typer.main
 
 from volmla.errors import VolmlaError
 
@@ -42,6 +44,8 @@ class _Globals:
     gpus: int = 0
     device: Device = "auto"
     quiet: bool = False
+    verbose: bool = False
+    dashboard: str | None = None
 
 
 STATE = _Globals()
@@ -54,13 +58,15 @@ def _global_options(
     gpus: Annotated[int, typer.Option(help="Start one worker per GPU (GPU=1 resource each).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | gpu: where array kernels and models run.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or dashboard address.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each stage does.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each stage does; print the traceback of an error.")] = False,
+    dashboard: Annotated[str | None, typer.Option(help="Dashboard address of the embedded cluster (default 127.0.0.1:0: this machine only, a free port; e.g. 0.0.0.0:8787 to serve the network).")] = None,
 ) -> None:
     from volmla.engine.backend import DEVICES
 
     if device not in DEVICES:
         raise VolmlaError(f"--device must be one of {DEVICES}, got {device!r}")
     STATE.scheduler, STATE.workers, STATE.gpus, STATE.quiet = scheduler, workers, gpus, quiet
+    STATE.verbose, STATE.dashboard = verbose, dashboard
     STATE.device = cast("Device", device)  # checked against DEVICES above
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -75,7 +81,8 @@ def running() -> Iterator[Any]:
     """The cluster a command computes on, with the dashboard address and progress bars."""
     from volmla.engine.cluster import cluster, progress_enabled
 
-    with cluster(scheduler=STATE.scheduler, workers=STATE.workers, gpus=STATE.gpus) as client:
+    with cluster(scheduler=STATE.scheduler, workers=STATE.workers, gpus=STATE.gpus,
+                 dashboard=STATE.dashboard or True, task_errors=STATE.verbose) as client:
         if not STATE.quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
         with progress_enabled(not STATE.quiet):
@@ -132,25 +139,81 @@ def flag_names(message: str) -> str:
     return re.sub(r"(?<![\w.-])([a-z][a-z0-9_]*)(=True\b|=)?", swap, message)
 
 
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+
+
+def _usage_line(exc: typer.TyperException) -> str:
+    """A click usage error as one line, naming the command and where its help is."""
+    ctx = getattr(exc, "ctx", None)
+    message = " ".join(exc.format_message().split())
+    if ctx is None:
+        return message
+    return f"{message} (see '{ctx.command_path} --help')"
+
+
+def _no_args_help(exc: typer.TyperException) -> bool:
+    """Whether ``exc`` is click's "no arguments: show the help" signal (not an error)."""
+    ctx = getattr(exc, "ctx", None)
+    return ctx is not None and exc.format_message() == ctx.get_help()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; user errors become one line on stderr and exit code 2."""
+    """Run the CLI: the one place every failure becomes one line on stderr.
+
+    1. a user error (:class:`~volmla.errors.VolmlaError`, a usage error such as a missing
+       argument, an unknown option or command, ``--min-size abc``) prints
+       ``volmla: error: ...`` and exits 2;
+    2. Ctrl-C (``KeyboardInterrupt``, click's ``Abort``) prints one line and exits 130;
+    3. any other exception (a decode error from a damaged file, a worker error) prints
+       ``volmla: error: <type>: <message> (run with -v for the traceback)`` and exits 2;
+       with ``-v`` the traceback comes first.
+
+    Parameters
+    ----------
+    argv
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0, 2 (an error) or 130 (interrupted).
+    """
+    for key, value in vars(_Globals()).items():  # in-process callers (tests) run main many times
+        setattr(STATE, key, value)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, standalone_mode=False, prog_name="volmla")
-    except VolmlaError as exc:
-        typer.echo(f"volmla: error: {flag_names(str(exc))}", err=True)
-        return 2
-    except click.exceptions.Exit as exc:
+        command = typer.main.get_command(app)
+        with command.make_context("volmla", args) as ctx:
+            command.invoke(ctx)
+    except typer.Exit as exc:  # --help, or a command that asked for a status
         return int(exc.exit_code)
-    except click.exceptions.Abort:
-        typer.echo("volmla: aborted", err=True)
-        return 130
-    except click.ClickException as exc:
-        typer.echo(f"volmla: error: {exc.format_message()}", err=True)
+    except (KeyboardInterrupt, typer.Abort):
+        _error_line("interrupted (rerun the same command to resume)", prefix="volmla: ")
+        return INTERRUPTED
+    except VolmlaError as exc:  # a config file's errors name its keys, the others the flags
+        message = str(exc)
+        _error_line(message if message.startswith("config ") else flag_names(message))
         return 2
-    except KeyboardInterrupt:
-        typer.echo("volmla: interrupted (rerun the same command to resume)", err=True)
-        return 130
+    except typer.TyperException as exc:  # click's usage errors, as typer bundles click
+        if _no_args_help(exc):
+            typer.echo(exc.format_message(), err=True)
+        else:
+            _error_line(_usage_line(exc))
+        return 2
+    except Exception as exc:  # not volmla's own: one line, the traceback only with -v
+        if STATE.verbose:
+            traceback.print_exc()
+        hint = "" if STATE.verbose else " (run with -v for the traceback)"
+        _error_line(f"{type(exc).__name__}: {exc}{hint}")
+        return 2
     return 0
+
+
+def _error_line(message: str, *, prefix: str = "volmla: error: ") -> None:
+    """``message`` on stderr as exactly one line."""
+    text = " ".join(str(message).split()) or "(no message)"
+    typer.echo(prefix + text, err=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from volmla.cli.app import STATE, OverwriteOpt, app, running
+from volmla.particles.split import H_MIN, NECK
 
 ConnectivityOpt = Annotated[int, typer.Option("--connectivity", help="6 (faces), 18 (+edges) or 26 (+corners).")]
 
@@ -33,12 +34,13 @@ def label_command(
 def particles_command(
     input_path: Annotated[Path, typer.Argument(metavar="IN", help="Intensity volume, or a phase volume whose nonzero voxels are solid.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output particle labels (OME-Zarr).")],
-    threshold: Annotated[str, typer.Option("--threshold", show_default=False, help="otsu | VALUE (intensity input; solid is above it). Default: otsu.")] = "auto",
-    min_size: Annotated[int, typer.Option("--min-size", help="Drop solid components smaller than this (voxels).")] = 0,
+    threshold: Annotated[str, typer.Option("--threshold", show_default=False, help="auto | otsu | VALUE (intensity input; solid is above it). Default: auto (denoised, half-way between the void and solid modes).")] = "auto",
+    min_size: Annotated[int | None, typer.Option("--min-size", show_default=False, help="Drop solid components smaller than this (voxels). Default: 27 with --threshold auto, else 0.")] = None,
     no_split: Annotated[bool, typer.Option("--no-split", help="Do not separate touching particles.")] = False,
-    fill_holes: Annotated[bool, typer.Option("--fill-holes", help="Fill interior pores before labelling.")] = False,
-    h: Annotated[float, typer.Option("--h", help="Minimal dynamic (voxels) of a distance maximum that seeds a particle.")] = 2.0,
-    max_radius: Annotated[float, typer.Option("--max-radius", help="Largest particle radius (voxels) the split is exact for; sets the halo.")] = 24.0,
+    fill_holes: Annotated[bool | None, typer.Option("--fill-holes/--no-fill-holes", show_default=False, help="Fill interior pores before labelling. Default: with --threshold auto.")] = None,
+    neck: Annotated[float, typer.Option("--neck", help="Two distance maxima stay separate particles when the saddle between them is below this fraction of the lower one (0-1; larger splits more).")] = NECK,
+    h: Annotated[float, typer.Option("--h", help="... and the lower one rises at least this many voxels above the saddle.")] = H_MIN,
+    max_radius: Annotated[float | None, typer.Option("--max-radius", show_default=False, help="Largest distance value (voxels) the split's halo is made for. Default: measured from the data (one pass).")] = None,
     connectivity: ConnectivityOpt = 26,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -46,7 +48,8 @@ def particles_command(
     from volmla.particles.files import plan_particles, write_labels
 
     plan = plan_particles(input_path, output, threshold=threshold, min_size=min_size, fill_holes=fill_holes,
-                          split=not no_split, h=h, max_radius=max_radius, connectivity=connectivity,  # type: ignore[arg-type]
+                          split=not no_split, neck=neck, h=h, max_radius=max_radius,
+                          connectivity=connectivity,  # type: ignore[arg-type]
                           overwrite=overwrite)
     with running():
         result = write_labels(plan)

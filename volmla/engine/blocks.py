@@ -52,6 +52,7 @@ def as_volume(
     chunks: Any = None,
     integer: bool = False,
     allow_empty: bool = False,
+    finite: bool = False,
 ) -> Volume:
     """Any 3-D (z, y, x) volume as a Dask array plus its attributes.
 
@@ -68,6 +69,10 @@ def as_volume(
         Require an integer (or boolean) dtype, as label and phase volumes have.
     allow_empty
         Accept a shape with a zero-length axis.
+    finite
+        For float data: every block is checked as it is computed, and one holding NaN or
+        an infinity raises a one-line error (stages that take intensities ask for this;
+        storage does not, so such a volume can still be written and read back).
 
     Returns
     -------
@@ -104,7 +109,21 @@ def as_volume(
         raise VolmlaError(f"{name} is empty: shape {data.shape}")
     if integer and not (np.issubdtype(data.dtype, np.integer) or data.dtype == np.bool_):
         raise VolmlaError(f"{name} must hold integer ids, got dtype {data.dtype}")
+    if finite and data.dtype.kind == "f":
+        what = f"{name} {attrs['path']}" if attrs.get("path") else name
+        data = data.map_blocks(_finite_block, what=what, dtype=data.dtype, meta=data._meta)
     return Volume(data, attrs)
+
+
+def _finite_block(block: Any, *, what: str, block_info: dict[Any, Any] | None = None) -> Any:
+    """``block`` itself, or a one-line error when it holds NaN or an infinity."""
+    xp = block.__array_namespace__() if hasattr(block, "__array_namespace__") else np
+    if not bool(xp.isfinite(block).all()):
+        where = ""
+        if block_info and 0 in block_info:
+            where = " (block at voxel " + ", ".join(str(lo) for lo, _ in block_info[0]["array-location"]) + ")"
+        raise VolmlaError(f"{what} holds NaN or infinite values{where}: replace them with numbers first")
+    return block
 
 
 def default_chunks(

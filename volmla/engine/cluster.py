@@ -83,7 +83,8 @@ def cluster(
     memory_limit: str | int | None = None,
     gpus: int = 0,
     timeout: float = 5.0,
-    dashboard: bool = True,
+    dashboard: bool | str = True,
+    task_errors: bool = False,
 ) -> Iterator[Any]:
     """Yield a Dask client: embedded, attached to ``scheduler``, or one worker per GPU.
 
@@ -103,7 +104,13 @@ def cluster(
     timeout
         Seconds to wait for ``scheduler`` before failing.
     dashboard
-        Serve the dashboard (on a free port) for the embedded cluster.
+        Serve the embedded cluster's dashboard: ``True`` on this machine only
+        (``127.0.0.1``, a free port), an address such as ``"0.0.0.0:8787"`` to serve the
+        network (the page shows task keys, paths and logs, without authentication), or
+        ``False`` for none.
+    task_errors
+        Let embedded workers log each failed task ("Compute Failed" and its traceback);
+        by default the error reaches the caller once, as an exception.
 
     Yields
     ------
@@ -123,18 +130,20 @@ def cluster(
         try:
             client = Client(scheduler, timeout=timeout, set_as_default=True)
         except (OSError, TimeoutError) as exc:
-            raise VolmlaError(f"scheduler {scheduler} does not answer: {exc}") from None
+            raise VolmlaError(f"scheduler {scheduler} does not answer: {' '.join(str(exc).split())}") from None
+        except ValueError as exc:  # an address distributed cannot parse
+            raise VolmlaError(f"scheduler must be an address such as tcp://host:8786, got {scheduler!r} ({exc})") from None
         try:
             yield client
         finally:
-            client.close()
+            _close(client, None)
         return
 
     if workers is not None and workers < 1:
         raise VolmlaError(f"workers must be at least 1, got {workers}")
     if gpus < 0:
         raise VolmlaError(f"gpus must be 0 or more, got {gpus}")
-    dash = ":0" if dashboard else None
+    dash = _dashboard_address(dashboard)
     if gpus:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
             local: Any = _gpu_cluster(gpus, memory_limit, dash)
@@ -149,12 +158,108 @@ def cluster(
                 memory_limit=limit,
                 dashboard_address=dash,
             )
-    client = Client(local, set_as_default=True)
+    try:
+        client = Client(local, set_as_default=True)
+        client.register_plugin(_embedded_worker_setup(task_errors=task_errors), name="volmla-worker-setup")
+    except BaseException:
+        _close(None, local)
+        raise
     try:
         yield client
     finally:
-        client.close()
-        local.close()
+        _close(client, local)
+
+
+def _dashboard_address(dashboard: bool | str) -> str | None:
+    """The dashboard's bind address: this machine only unless an address is given."""
+    if dashboard is True:
+        return "127.0.0.1:0"  # ":0" would bind every interface
+    if dashboard is False or dashboard is None:
+        return None
+    if not isinstance(dashboard, str) or not dashboard.strip():
+        raise VolmlaError(f"dashboard must be an address such as 127.0.0.1:8787, got {dashboard!r}")
+    return dashboard.strip()
+
+
+class _DropCancelledGather(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for a gather that was
+    cancelled (distributed's ``AllExit``): the caller stopped waiting on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return type(exc).__name__ != "AllExit"
+
+
+class _DropTaskErrors(logging.Filter):
+    """Drops a worker's "Compute Failed" record: the caller gets the error itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+def _embedded_worker_setup(*, task_errors: bool) -> Any:
+    """A worker plugin for the embedded cluster's workers, restarted ones included.
+
+    1. Ctrl-C in a terminal reaches every process of the group; the workers ignore it
+       (the command closes them in order), instead of each printing the traceback of
+       its interrupted event loop;
+    2. unless ``task_errors``, a failed task is not logged by the worker
+       (:class:`_DropTaskErrors`): the error reaches the caller, which reports it once.
+    """
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class WorkerSetup(WorkerPlugin):
+        idempotent = True
+
+        def __init__(self, task_errors: bool) -> None:
+            self.task_errors = task_errors
+
+        def setup(self, worker: Any) -> None:
+            import signal
+            import threading
+
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            log = logging.getLogger("distributed.worker")
+            if not self.task_errors and not any(isinstance(f, _DropTaskErrors) for f in log.filters):
+                log.addFilter(_DropTaskErrors())
+                # Tasks cancelled after another task's error (compute() cancels the rest)
+                # log "ended with CancelledError" warnings: noise beside the one error line.
+                logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+
+    return WorkerSetup(task_errors)
+
+
+def _close(client: Any | None, local: Any | None) -> None:
+    """Close the embedded cluster in order: its workers, the client, then the scheduler.
+
+    Closing the scheduler first leaves each worker a heartbeat in flight to a closed
+    connection, and the worker process prints a ``CommClosedError`` traceback (in about
+    one run in five). So the workers are closed first (``scale(0)`` waits for their
+    nannies to stop them) while the scheduler still answers; the messages of the
+    connections closing after that are silenced for the close.
+    """
+    noisy = ("distributed.core", "distributed.comm", "distributed.batched", "distributed.nanny",
+             "distributed.worker", "distributed.scheduler", "distributed.client", "tornado.application",
+             "asyncio")
+    levels = {name: logging.getLogger(name).level for name in noisy}
+    quiet = not logger.isEnabledFor(logging.INFO)
+    try:
+        if quiet:
+            for name in noisy:
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+        if local is not None:
+            with contextlib.suppress(Exception):
+                local.scale(0)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        if local is not None:
+            with contextlib.suppress(Exception):
+                local.close()
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def worker_environ() -> dict[str, Any]:
@@ -308,15 +413,49 @@ def compute(tasks: Sequence[Any], *, desc: str = "computing", optimize: bool = T
             return _threaded_with_progress(tasks, desc, optimize)
         return _local_compute(tasks, optimize)
     futures = client.compute(tasks, optimize_graph=optimize)
-    if _show_progress():
-        from distributed import as_completed
-        from rich.progress import Progress
+    try:
+        if _show_progress():
+            from distributed import as_completed
+            from rich.progress import Progress
 
-        with Progress(console=_stderr_console(), transient=True) as bar:
-            job = bar.add_task(desc, total=len(futures))
-            for _ in as_completed(futures):
-                bar.advance(job)
-    return list(client.gather(futures))
+            with Progress(console=_stderr_console(), transient=True) as bar:
+                job = bar.add_task(desc, total=len(futures))
+                for _ in as_completed(futures):
+                    bar.advance(job)
+        return list(client.gather(futures))
+    except BaseException:  # an error or Ctrl-C: no task of this call may outlive it
+        _cancel(client, futures)
+        raise
+
+
+def _cancelled_running(dask_worker: Any) -> int:
+    """Tasks a worker is still executing though nobody wants them (cancelled)."""
+    return sum(1 for ts in list(dask_worker.state.executing) if ts.state == "cancelled")
+
+
+def _cancel(client: Any, futures: Sequence[Any], *, timeout: float = 60.0) -> None:
+    """Cancel ``futures`` and wait until no worker still executes one of their tasks.
+
+    A worker cannot stop a running task; it finishes it and drops the result. A caller
+    that cleans up after an error or Ctrl-C (a scratch folder, a temporary output) must
+    not race those tasks, which would write into what it has just removed. A second
+    Ctrl-C stops the wait.
+    """
+    import time
+
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropCancelledGather) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_DropCancelledGather())
+    try:
+        client.cancel(list(futures))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(client.run(_cancelled_running).values()):
+                return
+            time.sleep(0.05)
+        logger.warning("tasks still running %.0f s after they were cancelled", timeout)
+    except Exception as exc:  # the cluster itself is failing: nothing left to wait for
+        logger.info("could not wait for cancelled tasks: %s", exc)
 
 
 def _local_compute(tasks: list[Any], optimize: bool) -> list[Any]:

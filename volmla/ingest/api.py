@@ -306,10 +306,29 @@ def load(
         }
     else:
         data = sources[0].data
+    if np.issubdtype(data.dtype, np.floating):
+        data = da.map_blocks(_finite_block, data, str(paths[0]), dtype=data.dtype,
+                             meta=np.empty((0, 0, 0), data.dtype))
     coords = {d: np.arange(n, dtype=np.float64) * s for d, n, s in zip(DIMS, data.shape, vs, strict=True)}
     attrs = {"voxel_size_um": vs, "unit": "micrometer", "kind": "intensity", "phases": {}, "provenance": [step]}
     name = Path(paths[0]).stem
     return xr.DataArray(data, dims=DIMS, coords=coords, attrs=attrs, name=name)
+
+
+def _finite_block(block: np.ndarray, source: str, block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    """A block of a floating-point input, refused if it holds NaN or an infinity.
+
+    Every later stage takes an intensity volume to hold numbers (histograms, Otsu,
+    filters); ingest is where one that does not is refused, as its blocks are read.
+    """
+    if not np.isfinite(block).all():
+        where = ""
+        if block_info and 0 in block_info:
+            z0, z1 = block_info[0]["array-location"][0]
+            bad = int(np.argmax(~np.isfinite(block).reshape(block.shape[0], -1).all(axis=1)))
+            where = f" (plane {z0 + bad} of planes {z0}..{z1 - 1})"
+        raise VolmlaError(f"input {source} holds NaN or infinite values{where}: replace them with numbers before ingest")
+    return block
 
 
 def save(vol: xr.DataArray, out: str | Path, *, levels: int = 1, overwrite: bool = False) -> Path:

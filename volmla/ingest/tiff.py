@@ -55,22 +55,63 @@ def _squeezed(series: Any, path: str) -> tuple[tuple[int, ...], str]:
     return shape, axes
 
 
+class _Collect(logging.Handler):
+    def __init__(self, found: list[str]) -> None:
+        super().__init__(level=logging.ERROR)
+        self.found = found
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("<") and "> " in message:  # "<tifffile.TiffPages @8> invalid page offset"
+            message = message.split("> ", 1)[1]
+        self.found.append(" ".join(message.split()))
+
+
+@contextlib.contextmanager
+def tifffile_damage() -> Iterator[list[str]]:
+    """Collect the damage tifffile reports while reading headers, instead of printing it.
+
+    tifffile does not raise on a damaged file: it logs an error (a page offset beyond
+    the end of a truncated file, ImageJ or OME metadata it cannot match with the pages)
+    and carries on with what it could read, so a cut stack of 32 slices reads as 1.
+    The scans refuse a file for which anything was collected.
+
+    Yields
+    ------
+    list of str
+        tifffile's error messages, filled while the block runs (warnings are dropped).
+    """
+    log = logging.getLogger("tifffile")
+    found: list[str] = []
+    handler = _Collect(found)
+    level, propagate = log.level, log.propagate
+    log.setLevel(logging.WARNING)
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        yield found
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
+
+
 @contextlib.contextmanager
 def quiet_tifffile() -> Iterator[None]:
-    """Silence tifffile's own log lines about damaged files: ingest reports them itself.
+    """Keep tifffile's own log lines about damaged files off the terminal: the scans
+    (:func:`scan_tiff_file`, :func:`scan_tiff_folder`) collect them and refuse the file.
 
     Yields
     ------
     None
-        While the block runs, tifffile logs nothing.
     """
-    log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.CRITICAL + 1)
-    try:
+    with tifffile_damage():
         yield
-    finally:
-        log.setLevel(level)
+
+
+def _refuse_damage(path: str, damage: list[str]) -> None:
+    if damage:
+        raise VolmlaError(f"{path} is truncated or damaged (tifffile: {damage[0]})")
 
 
 def scan_tiff_file(path: str) -> tuple[list[Plane], tuple[int, int], np.dtype, FoundVoxelSize]:
@@ -87,6 +128,13 @@ def scan_tiff_file(path: str) -> tuple[list[Plane], tuple[int, int], np.dtype, F
         The planes in z order, the plane shape ``(y, x)``, the native dtype, and the
         voxel size with its source (:func:`~volmla.ingest.metadata.tiff_voxel_size`).
     """
+    with tifffile_damage() as damage:
+        found = _scan_file(path)
+        _refuse_damage(path, damage)
+    return found
+
+
+def _scan_file(path: str) -> tuple[list[Plane], tuple[int, int], np.dtype, FoundVoxelSize]:
     import tifffile
 
     try:
@@ -108,9 +156,13 @@ def scan_tiff_file(path: str) -> tuple[list[Plane], tuple[int, int], np.dtype, F
         nz = int(np.prod(shape[:-2])) if len(shape) == 3 else 1
         yx = (int(shape[-2]), int(shape[-1]))
         size = os.path.getsize(path)
-        if not tif.is_imagej and len(tif.pages) < nz:
+        n_pages = len(tif.pages)  # reads the whole IFD chain: a chain cut short is reported as damage
+        if not tif.is_imagej and n_pages < nz:
             # the IFD chain broke off (ImageJ stacks over 4 GB legitimately have one page)
-            raise VolmlaError(f"{path} is truncated or damaged: {len(tif.pages)} readable pages, its metadata describes {nz}")
+            raise VolmlaError(f"{path} is truncated or damaged: {n_pages} readable pages, its metadata describes {nz}")
+        images = (tif.imagej_metadata or {}).get("images") if tif.is_imagej else None
+        if isinstance(images, int) and images > nz:
+            raise VolmlaError(f"{path} is truncated or damaged: its ImageJ metadata describes {images} images, {nz} can be read")
         file_dtype = np.dtype(first.dtype).newbyteorder(tif.byteorder).str
         offset = first.dataoffset
         if offset is not None and first.keyframe.is_memmappable:
@@ -162,26 +214,35 @@ def scan_tiff_folder(folder: Path, glob: str) -> tuple[list[Plane], tuple[int, i
     yx: tuple[int, int] | None = None
     dtype: np.dtype | None = None
     voxel: FoundVoxelSize = (None, "none")
-    for path in files:
-        name = str(path)
-        try:
-            tif = tifffile.TiffFile(name)
-        except (tifffile.TiffFileError, OSError, ValueError) as exc:
-            raise VolmlaError(f"slice {name} is not a readable TIFF: {exc}") from None
-        with tif:
-            if not tif.series:
-                raise VolmlaError(f"slice {name} holds no image")
-            shape, _ = _squeezed(tif.series[0], name)
-            if len(shape) != 2 or len(tif.series) > 1:
-                raise VolmlaError(f"slice {name} holds an image of shape {shape}: folder slices must be single 2-D images")
-            this = check_dtype(tif.series[0].dtype, name)
+    with tifffile_damage() as damage:
+        for path in files:
+            name = str(path)
+            found = _scan_slice(name, tifffile, first=yx is None)
+            _refuse_damage(name, damage)
+            this, shape, plane, slice_voxel = found
             if yx is None:
-                yx, dtype = (int(shape[0]), int(shape[1])), this
-                voxel = tiff_voxel_size(tif)
+                yx, dtype, voxel = (int(shape[0]), int(shape[1])), this, slice_voxel
             elif tuple(shape) != yx:
                 raise VolmlaError(f"slice {name} has shape {tuple(shape)}, slice {files[0]} has {yx}: all slices must share one shape")
             elif this != dtype:
                 raise VolmlaError(f"slice {name} has dtype {this}, slice {files[0]} has {dtype}: all slices must share one dtype")
-            planes.append(_plane_of(tif.series[0].keyframe, name, 0, tif.byteorder))
+            planes.append(plane)
     assert yx is not None and dtype is not None
     return planes, yx, dtype, voxel
+
+
+def _scan_slice(name: str, tifffile: Any, *, first: bool) -> tuple[np.dtype, tuple[int, ...], Plane, FoundVoxelSize]:
+    """One slice of a folder: its dtype, shape, plane and (for the first) voxel size."""
+    try:
+        tif = tifffile.TiffFile(name)
+    except (tifffile.TiffFileError, OSError, ValueError) as exc:
+        raise VolmlaError(f"slice {name} is not a readable TIFF: {exc}") from None
+    with tif:
+        if not tif.series:
+            raise VolmlaError(f"slice {name} holds no image")
+        shape, _ = _squeezed(tif.series[0], name)
+        if len(shape) != 2 or len(tif.series) > 1:
+            raise VolmlaError(f"slice {name} holds an image of shape {shape}: folder slices must be single 2-D images")
+        this = check_dtype(tif.series[0].dtype, name)
+        voxel: FoundVoxelSize = tiff_voxel_size(tif) if first else (None, "none")
+        return this, tuple(shape), _plane_of(tif.series[0].keyframe, name, 0, tif.byteorder), voxel

@@ -8,6 +8,10 @@
    representativeness check (mean and 95 % CI per size class);
 2. :func:`write_html` writes ``report.html``: the key numbers as HTML tables and every
    PNG embedded as base64, so the file stands alone.
+
+A plot with nothing to draw (every particle touches the volume border, as in a drill
+core or a block cut from a larger body; a single phase; no grains) says so on its
+canvas instead of failing, and the report opens with the reason (:func:`empty_note`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["plots", "write_html"]
+__all__ = ["empty_note", "plots", "write_html"]
 
 _TITLES = {
     "modal_mineralogy.png": "Modal mineralogy",
@@ -52,6 +56,56 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     _pyplot().close(fig)
     return path
+
+
+def _positive(values: Any) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return v[np.isfinite(v) & (v > 0)]
+
+
+def _log(ax: Any, *, x: Any = None, y: Any = None) -> None:
+    """Log axes where the values drawn along them are positive (else matplotlib fails
+    on a log axis with nothing it can show); linear otherwise."""
+    if x is not None and _positive(x).size:
+        ax.set_xscale("log")
+    if y is not None and _positive(y).size:
+        ax.set_yscale("log")
+
+
+def _legend(ax: Any, **kwargs: Any) -> None:
+    """A legend only when something drawn has a label (else matplotlib warns)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
+def _nothing(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+
+
+def empty_note(summary: Mapping[str, Any]) -> str | None:
+    """Why the statistics are empty, or None when there are particles to analyse.
+
+    Parameters
+    ----------
+    summary
+        The summary dict (``n_particles``, ``n_border``, ``include_border``).
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> empty_note({"n_particles": 0, "n_border": 3, "include_border": False})
+    'no particle lies inside the volume: all 3 touch its border and are excluded (include them with include_border=True, e.g. for a drill core or a block)'
+    """
+    if summary.get("n_particles"):
+        return None
+    border = int(summary.get("n_border") or 0)
+    if border and not summary.get("include_border"):
+        return (f"no particle lies inside the volume: all {border} touch its border and are excluded "
+                "(include them with include_border=True, e.g. for a drill core or a block)")
+    return "no particles were found"
 
 
 def _bins(values: np.ndarray, n: int = 20) -> np.ndarray:
@@ -100,6 +154,9 @@ def plots(
     out = Path(out_dir)
     names = list(phase_names)
     pop = particles if summary.get("include_border") else particles[~particles["touches_border"].astype(bool)]
+    border = int(summary.get("n_border") or 0)
+    nothing = (f"no particle inside the volume:\nall {border} touch its border" if empty_note(summary) and border
+               and not summary.get("include_border") else "nothing to draw")
     files = []
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -110,19 +167,26 @@ def plots(
         ax.bar(x + 0.2, [summary["modal_mineralogy_mass"][p] or 0 for p in names], 0.4, label="mass")
     ax.set_xticks(x, names)
     ax.set_ylabel("fraction")
-    ax.legend()
+    _legend(ax)
+    if not len(pop):
+        _nothing(ax, nothing)
     files.append(_save(fig, out / "modal_mineralogy.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    mids: list[float] = []
     for p in names:
         rows = summary["liberation_by_size"][p]
         mid = [np.sqrt(r["lo"] * r["hi"]) if r["lo"] > 0 else r["hi"] / 2 for r in rows]
-        ax.plot(mid, [np.nan if r["ld"] is None else r["ld"] for r in rows], "o-", label=p)
-    ax.set_xscale("log")
+        ld = [np.nan if r["ld"] is None else r["ld"] for r in rows]
+        mids += [m for m, v in zip(mid, ld, strict=True) if np.isfinite(v)]
+        ax.plot(mid, ld, "o-", label=p)
+    _log(ax, x=mids)
+    if not mids:
+        _nothing(ax, nothing)
     ax.set_xlabel("ESD (um)" if summary.get("size_by", "esd") == "esd" else "volume (um^3)")
     ax.set_ylabel("liberation degree")
     ax.set_ylim(-0.02, 1.02)
-    ax.legend()
+    _legend(ax)
     files.append(_save(fig, out / "liberation_by_size.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -134,46 +198,51 @@ def plots(
     ax.set_xticks(np.arange(12), labels, rotation=45)
     ax.set_xlabel("grade class (%)")
     ax.set_ylabel("fraction of phase volume")
-    ax.legend()
+    _legend(ax)
+    if not len(pop):
+        _nothing(ax, nothing)
     files.append(_save(fig, out / "liberation_spectrum.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     gr = extras["grade_recovery"]
     for p in names:
         sub = gr[gr["phase"] == p]
-        ax.plot(sub["cum_recovery"], sub["cum_grade"], label=p)
+        if len(sub):
+            ax.plot(sub["cum_recovery"], sub["cum_grade"], label=p)
     ax.set_xlabel("cumulative recovery")
     ax.set_ylabel("cumulative grade")
-    ax.legend()
+    _legend(ax)
+    if not ax.get_legend_handles_labels()[0]:
+        _nothing(ax, nothing)
     files.append(_save(fig, out / "grade_recovery.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    if len(grains):
-        vol = pop.set_index("particle_id")["volume_um3"]
-        g = grains[grains["particle_id"].isin(vol.index)]
+    vol = pop.set_index("particle_id")["volume_um3"]
+    g = grains[grains["particle_id"].isin(vol.index)] if len(grains) else grains
+    if len(g):
         pv = vol.reindex(g["particle_id"].to_numpy()).to_numpy(np.float64)
         gv = g["volume_um3"].to_numpy(np.float64)
         for p in names:
             sel = (g["phase"] == p).to_numpy()
-            ax.scatter(pv[sel], gv[sel], s=6, alpha=0.5, label=p)
+            if sel.any():
+                ax.scatter(pv[sel], gv[sel], s=6, alpha=0.5, label=p)
         edges = _bins(pv, 12)
         idx = np.digitize(pv, edges) - 1
-        mids, means, stds = [], [], []
+        bin_mids, means, stds = [], [], []
         for k in range(edges.size - 1):
             v = gv[idx == k]
             if v.size:
-                mids.append(np.sqrt(edges[k] * edges[k + 1]))
+                bin_mids.append(np.sqrt(edges[k] * edges[k + 1]))
                 means.append(v.mean())
                 stds.append(v.std())
-        if mids:
-            m, s = np.array(means), np.array(stds)
-            ax.plot(mids, m, "k-", label="binned mean")
-            ax.fill_between(mids, np.maximum(m - s, m * 0.05), m + s, color="k", alpha=0.15, label="+-1 sd")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        if bin_mids:
+            m, sd = np.array(means), np.array(stds)
+            ax.plot(bin_mids, m, "k-", label="binned mean")
+            ax.fill_between(bin_mids, np.maximum(m - sd, m * 0.05), m + sd, color="k", alpha=0.15, label="+-1 sd")
+        _log(ax, x=pv, y=gv)
+        _legend(ax, fontsize=7)
     else:
-        ax.text(0.5, 0.5, "no grain volume given", ha="center", transform=ax.transAxes)
+        _nothing(ax, "no grain volume given" if not len(grains) else nothing)
     ax.set_xlabel("particle volume (um^3)")
     ax.set_ylabel("grain volume (um^3)")
     files.append(_save(fig, out / "grain_vs_particle.png"))
@@ -190,9 +259,12 @@ def plots(
             sel = dominant == j
             if sel.any() and mass[sel].sum() > 0:
                 h, _ = np.histogram(esd[sel], bins=edges, weights=mass[sel])
-                ax.stairs(h / h.sum(), edges, label=p)
-        ax.set_xscale("log")
-        ax.legend()
+                if h.sum() > 0:
+                    ax.stairs(h / h.sum(), edges, label=p)
+        _log(ax, x=edges)
+        _legend(ax)
+    else:
+        _nothing(ax, nothing)
     ax.set_xlabel("ESD (um)")
     ax.set_ylabel("mass fraction" if densities else "volume fraction")
     files.append(_save(fig, out / "esd_histograms.png"))
@@ -205,20 +277,28 @@ def plots(
         ax.bar(x + 0.2, st["ld_2d"].fillna(0), 0.4, label="2-D sections")
         ax.set_xticks(x, st["phase"])
         ax.set_ylabel("liberation degree")
-        ax.legend()
+        _legend(ax)
+        if not len(pop):
+            _nothing(ax, nothing)
         files.append(_save(fig, out / "stereology.png"))
 
     if "representativeness" in extras:
         rep = extras["representativeness"]
         fig, ax = plt.subplots(figsize=(6, 4))
-        mid = np.sqrt(rep["lo"].clip(lower=1e-12) * rep["hi"])
-        ax.errorbar(mid, rep["mean"], yerr=[rep["mean"] - rep["ci_lo"], rep["ci_hi"] - rep["mean"]], fmt="o", capsize=3,
-                    label="mean of pieces, 95 % CI")
-        ax.plot(mid, rep["whole"], "k.--", label="whole volume")
-        ax.set_xscale("log")
+        mid = np.sqrt(rep["lo"].clip(lower=1e-12) * rep["hi"]).to_numpy(np.float64)
+        mean = rep["mean"].to_numpy(np.float64)
+        shown = np.isfinite(mid) & np.isfinite(mean) & (mid > 0)
+        if shown.any():
+            ax.errorbar(mid[shown], mean[shown], yerr=[(rep["mean"] - rep["ci_lo"]).to_numpy(np.float64)[shown],
+                                                       (rep["ci_hi"] - rep["mean"]).to_numpy(np.float64)[shown]],
+                        fmt="o", capsize=3, label="mean of pieces, 95 % CI")
+            ax.plot(mid[shown], rep["whole"].to_numpy(np.float64)[shown], "k.--", label="whole volume")
+            _log(ax, x=mid[shown])
+            _legend(ax)
+        else:
+            _nothing(ax, nothing)
         ax.set_xlabel("ESD (um)" if summary.get("size_by", "esd") == "esd" else "volume (um^3)")
         ax.set_ylabel("relative frequency")
-        ax.legend()
         files.append(_save(fig, out / "representativeness.png"))
     return files
 
@@ -260,6 +340,7 @@ def write_html(path: str | Path, *, summary: Mapping[str, Any], pngs: Sequence[P
         "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}img{max-width:100%}</style>",
         "</head><body><h1>volmla liberation report</h1>",
+        *([f"<p><strong>{html.escape(note)}</strong></p>"] if (note := empty_note(summary)) else []),
         _table(
             [
                 ["voxel size (um)", ", ".join(f"{v:g}" for v in summary["voxel_size_um"] or [])],

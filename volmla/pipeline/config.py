@@ -15,7 +15,7 @@
       method: rf
       labels: sparse_labels.zarr  # sparse labels (phase + 1, 0 unlabelled) for rf
       phase_names: [quartz, feldspar, pyrite]
-    particles: {min_size: 50, split: true, h: 2.0, max_radius: 16}
+    particles: {min_size: 50, split: true, neck: 0.85}
     grains: true
     liberation: {densities: [2.65, 2.6, 5.0], free_threshold: 0.99}
 
@@ -30,6 +30,7 @@ defaults and records the same job as before.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +123,40 @@ def _densities(where: str, value: Any) -> list[float] | dict[str, float]:
     return _numbers(where, value)
 
 
+def _at_least(check: Check, low: float) -> Check:
+    def checked(where: str, value: Any) -> Any:
+        value = check(where, value)
+        if value < low:
+            raise VolmlaError(f"config {where} must be at least {low}, got {value!r}")
+        return value
+
+    return checked
+
+
+def _positive(where: str, value: Any) -> float:
+    number = _number(where, value)
+    if not (math.isfinite(number) and number > 0):
+        raise VolmlaError(f"config {where} must be a positive number, got {value!r}")
+    return number
+
+
+def _voxel_size(where: str, value: Any) -> float | list[float]:
+    from volmla.io.volume import normalise_voxel_size
+
+    checked = _number_or_numbers(where, value)
+    try:
+        normalise_voxel_size(checked)
+    except VolmlaError as exc:
+        raise VolmlaError(f"config {where}: {exc}") from None
+    return checked
+
+
+def _skip_if_zero(where: str, value: Any) -> int | None:
+    """``0`` means "skip", as on the command line (``--pieces 0``, ``--sections 0``)."""
+    number = _int(where, value)
+    return None if number == 0 else number
+
+
 def _optional(check: Check) -> Check:
     return lambda where, value: None if value is None else check(where, value)
 
@@ -135,8 +170,15 @@ def _choice(*allowed: Any) -> Check:
     return check
 
 
+def _fraction(where: str, value: Any) -> float:
+    value = _number(where, value)
+    if not 0 < value <= 1:
+        raise VolmlaError(f"config {where} must lie in (0, 1], got {value!r}")
+    return value
+
+
 def _threshold(where: str, value: Any) -> Any:
-    if value is None or value == "otsu":
+    if value is None or value in ("auto", "otsu"):
         return value
     return _number(where, value)
 
@@ -197,12 +239,13 @@ class InputConfig:
 
 
 _INPUT_CHECKS: dict[str, Check] = {
+    "zarr": lambda where, value: value,  # an OME-Zarr volume instead of paths: made a path below
     "paths": lambda where, value: value,  # made a list of paths below
-    "voxel_size": _optional(_number_or_numbers),
-    "chunks": _optional(_int),
+    "voxel_size": _optional(_voxel_size),
+    "chunks": _optional(_at_least(_int, 1)),
     "glob": _str,
     "stitch": _bool,
-    "overlap": _optional(_int),
+    "overlap": _optional(_at_least(_int, 0)),
     "shape": _optional(_ints),
     "dtype": _optional(_str),
     "byteorder": _choice("little", "big"),
@@ -247,7 +290,7 @@ _SEGMENT_CHECKS: dict[str, Check] = {
     "save_model": lambda where, value: value,
     "classes": _optional(_int),
     "phase_names": _optional(_names),
-    "halo": _optional(_int),
+    "halo": _optional(_at_least(_int, 0)),
     "tile": _tile,
 }
 
@@ -256,11 +299,12 @@ _SEGMENT_CHECKS: dict[str, Check] = {
 class ParticlesConfig:
     """Options of :func:`volmla.particles.label_particles` (``threshold`` defaults to None: phases > 0)."""
 
-    threshold: Literal["otsu"] | float | None = None
+    threshold: Literal["auto", "otsu"] | float | None = None
     min_size: int | None = None
     fill_holes: bool | None = None
     split: bool | None = None
     h: float | None = None
+    neck: float | None = None
     max_radius: float | None = None
     connectivity: Literal[6, 18, 26] | None = None
     given: tuple[str, ...] = ()
@@ -277,11 +321,12 @@ class ParticlesConfig:
 
 _PARTICLE_CHECKS: dict[str, Check] = {
     "threshold": _threshold,
-    "min_size": _int,
+    "min_size": _at_least(_int, 0),
     "fill_holes": _bool,
     "split": _bool,
-    "h": _number,
-    "max_radius": _number,
+    "h": _at_least(_number, 0),
+    "neck": _fraction,
+    "max_radius": _positive,
     "connectivity": _choice(6, 18, 26),
 }
 
@@ -319,9 +364,9 @@ _LIBERATION_CHECKS: dict[str, Check] = {
     "size_edges": _optional(_numbers),
     "by": _str,
     "include_border": _bool,
-    "section_step": _optional(_int),
-    "pieces": _optional(_int),
-    "n_boot": _int,
+    "section_step": _optional(_skip_if_zero),  # 0 skips, as --sections 0 does
+    "pieces": _optional(_skip_if_zero),  # 0 skips, as --pieces 0 does
+    "n_boot": _at_least(_int, 0),
     "seed": _int,
 }
 
@@ -370,11 +415,17 @@ def _input(raw: Any, base: Path) -> InputConfig:
     if isinstance(raw, str | Path):
         return InputConfig(zarr=_path(base, raw, "input"))
     section = _section("input", raw, _INPUT_CHECKS)
+    zarr = section.pop("zarr", None)
     paths = section.pop("paths", None)
+    if zarr is not None:  # the mapping form of ``input: scan.zarr`` (with storage chunks)
+        other = sorted(set(section) - {"chunks"})
+        if paths is not None or other:
+            raise VolmlaError(f"config input.zarr (an OME-Zarr volume) takes only input.chunks, got input.{(other or ['paths'])[0]}")
+        return InputConfig(zarr=_path(base, zarr, "input.zarr"), chunks=section.get("chunks"))
     if isinstance(paths, str | Path):
         paths = [paths]
     if not paths:
-        raise VolmlaError("config input.paths must list at least one file or folder")
+        raise VolmlaError("config input.paths must list at least one file or folder (or give input: VOLUME.zarr)")
     if not isinstance(paths, list):
         raise VolmlaError(f"config input.paths must be a path or a list of paths, got {paths!r}")
     return InputConfig(paths=[_path(base, p, "input.paths") for p in paths], given=tuple(section), **section)
@@ -410,12 +461,25 @@ def _segment(raw: Any, base: Path) -> SegmentConfig | None:
         raise VolmlaError("segment.method rf needs segment.labels (sparse labels) or segment.model")
     if method in ("threshold", "kmeans") and not isinstance(seg.get("classes"), int):
         raise VolmlaError(f"segment.method {method} needs segment.classes (an integer)")
+    if seg.get("classes") is not None and not 2 <= seg["classes"] <= 255:
+        raise VolmlaError(f"config segment.classes must be an integer in 2..255, got {seg['classes']!r}")
     for key in ("model", "labels", "save_model"):
         if key in seg:
             seg[key] = _path(base, seg[key], f"segment.{key}")
     given = tuple(k for k in seg if k != "method")
     options = {k: v for k, v in seg.items() if k != "method"}
     return SegmentConfig(method=cast(SegmentMethod, method), spelled=spelled, given=(*given, "method"), **options)
+
+
+def _check_liberation(options: Mapping[str, Any]) -> None:
+    """The liberation options as :func:`volmla.liberation.analyse` will check them."""
+    from volmla.liberation import check_options
+
+    known = ("free_threshold", "size_edges", "by", "densities", "phase_names", "section_step", "pieces", "n_boot")
+    try:
+        check_options(**{k: v for k, v in options.items() if k in known})
+    except VolmlaError as exc:
+        raise VolmlaError(f"config section 'liberation': {exc}") from None
 
 
 def validate_config(raw: Any, *, base: Path = Path(".")) -> PipelineConfig:
@@ -457,6 +521,7 @@ def validate_config(raw: Any, *, base: Path = Path(".")) -> PipelineConfig:
     liberation = _section("liberation", raw.get("liberation"), _LIBERATION_CHECKS)
     if liberation and segment is None:
         raise VolmlaError("config 'liberation' needs a 'segment' section (phases to measure)")
+    _check_liberation(liberation)
     return PipelineConfig(
         out=out,
         input=source,

@@ -11,8 +11,11 @@ A run is a chain of stages, each reading the OME-Zarr volumes the previous ones 
 5. ``grains``: components of (particle, phase) -> ``grains.zarr``;
 6. ``liberation``: tables, statistics, plots and the report -> ``report/``.
 
-The whole config is checked (:func:`volmla.pipeline.config.validate_config`) before the
-first stage runs. Each stage records a job description in its output; a rerun keeps
+The whole config is checked (:func:`volmla.pipeline.config.validate_config`), and the
+input, the model and the training labels it names are opened, before the output folder
+is made or any stage runs. Every stored stage uses the input's storage chunks
+(``input.chunks``, else the input volume's), so a rerun resumes chunk by chunk. Each
+stage records a job description in its output; a rerun keeps
 stages whose output is complete for the same job and resumes an interrupted one chunk
 by chunk (:func:`volmla.io.outputs.output_state` decides), so an interrupted run picks
 up where it stopped.
@@ -30,6 +33,7 @@ from typing import Any
 import dask.array as da
 import xarray as xr
 
+from volmla.errors import VolmlaError
 from volmla.io import open_volume, output_state, write_volume
 from volmla.pipeline.config import PipelineConfig, SegmentConfig, load_config, validate_config
 from volmla.types import Device
@@ -45,11 +49,15 @@ def _quiet(_: str) -> None:
     return None
 
 
+def _done(path: Path, job: Mapping[str, Any], overwrite: bool) -> bool:
+    return output_state(path, job=job, overwrite=overwrite) == "done"
+
+
 def _stage(
     path: Path, job: Mapping[str, Any], make: Callable[[], Any], *, log: Log, overwrite: bool, **write: Any
 ) -> xr.DataArray:
     """Write ``make()`` to ``path`` unless it is already complete for ``job``; open it."""
-    if output_state(path, job=job, overwrite=overwrite) == "done":
+    if _done(path, job, overwrite):
         log(f"  {path.name}: complete, kept")
         return open_volume(path)
     start = time.perf_counter()
@@ -88,23 +96,21 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
         cfg = load_config(config)
     else:
         cfg = validate_config(config)
+    source = cfg.input
+    loaded = _open_input(cfg)  # a missing or unreadable input fails before anything is made
+    chunks = source.chunks or tuple(int(c[0]) for c in loaded.data.chunks)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"out": str(out)}
 
     # 1. input
-    source = cfg.input
     if source.zarr is not None:
-        volume = open_volume(source.zarr)
+        volume = loaded
         log(f"input: {source.zarr}")
     else:
-        from volmla.ingest import load
-
-        options = source.options()
-        job = {"stage": "ingest", "paths": [str(p) for p in source.paths], **options}
+        job = {"stage": "ingest", "paths": [str(p) for p in source.paths], **source.options()}
         log("ingest")
-        volume = _stage(out / "intensity.zarr", job, lambda: load(source.paths, **options),
-                        log=log, overwrite=overwrite)
+        volume = _stage(out / "intensity.zarr", job, lambda: loaded, log=log, overwrite=overwrite, chunks=chunks)
     result["intensity"] = volume.attrs["path"]
 
     # 2. preprocess
@@ -116,7 +122,7 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
         source_volume = volume
         volume = _stage(out / "preprocessed.zarr", job,
                         lambda: preprocess(source_volume, cfg.preprocess, device=device),
-                        log=log, overwrite=overwrite)
+                        log=log, overwrite=overwrite, chunks=chunks)
         result["preprocessed"] = volume.attrs["path"]
 
     if cfg.segment is None:
@@ -127,12 +133,12 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
     log(f"segment ({seg.spelled})")
     phases = _stage(out / "phases.zarr", {"stage": "segment", "input": volume.attrs["path"], **seg.job()},
                     lambda: _segment(volume, seg, device=device, out=out), log=log, overwrite=overwrite,
-                    kind="phases", phases=_phase_names(seg), voxel_size=volume.attrs["voxel_size_um"])
+                    chunks=chunks, kind="phases", phases=_phase_names(seg), voxel_size=volume.attrs["voxel_size_um"])
     result["phases"] = phases.attrs["path"]
 
     # 4-5. particles and grains
     particles, grains = _particles_and_grains(phases, cfg.particles.options(), cfg.grains, out=out, log=log,
-                                              overwrite=overwrite)
+                                              overwrite=overwrite, chunks=chunks)
     result["particles"] = particles.attrs["path"]
     if grains is not None:
         result["grains"] = grains.attrs["path"]
@@ -164,21 +170,53 @@ def _segment(volume: xr.DataArray, seg: SegmentConfig, *, device: Device, out: P
 
 
 def _particles_and_grains(
-    phases: xr.DataArray, options: Mapping[str, Any], with_grains: bool, *, out: Path, log: Log, overwrite: bool
+    phases: xr.DataArray, options: Mapping[str, Any], with_grains: bool, *, out: Path, log: Log, overwrite: bool,
+    chunks: tuple[int, ...] | int,
 ) -> tuple[xr.DataArray, xr.DataArray | None]:
     from volmla.particles import label_grains, label_particles
 
     opts = {"threshold": None, **options}
     log("particles")
-    with tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
-        particles = _stage(out / "particles.zarr", {"stage": "particles", "input": phases.attrs["path"], **opts},
-                           lambda: label_particles(phases, scratch=scratch, **opts).labels, log=log,
-                           overwrite=overwrite, kind="labels", voxel_size=phases.attrs["voxel_size_um"])
+    path = out / "particles.zarr"
+    job = {"stage": "particles", "input": phases.attrs["path"], **opts}
+    if _done(path, job, overwrite):
+        log(f"  {path.name}: complete, kept")
+        particles = open_volume(path)
+    else:
+        # the split keys are stored once in a scratch folder; compute() waits for every
+        # task it started to stop before an error or Ctrl-C reaches here, so removing
+        # the folder on the way out races no worker
+        with tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
+            particles = _stage(path, job, lambda: label_particles(phases, scratch=scratch, **opts).labels, log=log,
+                               overwrite=overwrite, chunks=chunks, kind="labels",
+                               voxel_size=phases.attrs["voxel_size_um"])
     if not with_grains:
         return particles, None
     log("grains")
     grains = _stage(out / "grains.zarr", {"stage": "grains", "particles": particles.attrs["path"],
                                           "phases": phases.attrs["path"]},
-                    lambda: label_grains(particles, phases).labels, log=log, overwrite=overwrite,
+                    lambda: label_grains(particles, phases).labels, log=log, overwrite=overwrite, chunks=chunks,
                     kind="labels", voxel_size=phases.attrs["voxel_size_um"])
     return particles, grains
+
+
+def _open_input(cfg: PipelineConfig) -> xr.DataArray:
+    """The input volume (lazy: an OME-Zarr opened, or scanner files scanned), and every
+    other file the config names checked, before any output is made."""
+    source = cfg.input
+    if source.zarr is not None:
+        volume = open_volume(source.zarr)
+    else:
+        from volmla.ingest import load
+
+        volume = load(source.paths, **source.options())
+    seg = cfg.segment
+    if seg is not None:
+        if seg.model is not None and not seg.model.is_file():
+            raise VolmlaError(f"config segment.model {seg.model} does not exist")
+        if seg.labels is not None and seg.method == "rf" and seg.model is None:
+            labels = open_volume(seg.labels)
+            if tuple(labels.shape) != tuple(volume.shape):
+                raise VolmlaError(f"config segment.labels {seg.labels} has shape {tuple(labels.shape)}, "
+                                  f"the input {tuple(volume.shape)}: they must match")
+    return volume

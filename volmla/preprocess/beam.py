@@ -116,7 +116,7 @@ def radial_profile(
     """
     from volmla.engine.cluster import compute
 
-    data = as_volume(volume).data
+    data = as_volume(volume, name="intensity", finite=True).data
     c = _center_of(data, check_center(center))
     nbins = _radius_bins(data.shape, c)
     if maxabs is None:
@@ -272,7 +272,7 @@ def beam_hardening(
 
     p = check_params("beam-hardening", dict(threshold=threshold, upper=upper, center=center, order=order,
                                             min_count=min_count))
-    data = as_volume(volume).data
+    data = as_volume(volume, name="intensity", finite=True).data
     hist = histogram(data)
     filled = np.flatnonzero(hist.counts)
     lo = hist.first + hist.width * filled[0]

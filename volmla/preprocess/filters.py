@@ -61,7 +61,7 @@ def _halo_filter(
     from volmla.engine.cluster import gpu_annotation
 
     p = check_params(name, params)
-    data = as_volume(volume).data
+    data = as_volume(volume, name="intensity", finite=True).data
     dtype = data.dtype if keeps_dtype else _float_dtype(data.dtype)
     dev = resolve_device(device)
     with gpu_annotation(dev):

@@ -69,6 +69,6 @@ def normalize(
     hist = histogram(volume, bins=p["bins"])
     lo, hi = histogram_percentile(hist, p["low"]), histogram_percentile(hist, p["high"])
     logger.info("normalize: percentile %g -> %g, percentile %g -> %g", p["low"], lo, p["high"], hi)
-    out = pointwise(as_volume(volume).data, normalize_kernel, np.dtype(p["dtype"]), low=lo, high=hi, dtype=p["dtype"])
+    out = pointwise(as_volume(volume, name="intensity", finite=True).data, normalize_kernel, np.dtype(p["dtype"]), low=lo, high=hi, dtype=p["dtype"])
     return like(volume, out, {"step": "normalize", **p, "low_value": lo, "high_value": hi})
 

@@ -73,7 +73,7 @@ def rings(
     import scipy.ndimage as ndi
 
     p = check_params("rings", dict(size=size, width=width, center=center))
-    data = as_volume(volume).data
+    data = as_volume(volume, name="intensity", finite=True).data
     wide = np.int64 if np.issubdtype(data.dtype, np.integer) else np.float64
     halo = (0, p["size"] // 2, p["size"] // 2)
     residual = halo_map(data, _residual_kernel, halo=halo, boundary="reflect", dtype=wide, size=p["size"])

@@ -114,7 +114,7 @@ def threshold_segment(volume: VolumeLike, *, classes: int = 3) -> da.Array:
     --------
     >>> phases = threshold_segment(vol, classes=4)  # doctest: +SKIP
     """
-    data = as_volume(volume).data
+    data = as_volume(volume, name="intensity", finite=True).data
     cuts = multiotsu_thresholds(data, classes=classes)
     logger.info("multi-Otsu thresholds %s", cuts.tolist())
     return da.map_blocks(_digitize, data, cuts=cuts, dtype=np.uint8)
@@ -153,7 +153,7 @@ def kmeans_centres(volume: VolumeLike, *, classes: int = 3, sample: int = 200_00
     from volmla.engine.cluster import compute
 
     classes = _check_classes(classes)
-    data = as_volume(volume).data
+    data = as_volume(volume, name="intensity", finite=True).data
     blocks = data.to_delayed().ravel()
     per_block = max(1, int(np.ceil(sample / len(blocks))))
     parts = [dask.delayed(_sample_block)(b, n=per_block, seed=seed, index=i) for i, b in enumerate(blocks)]
@@ -187,7 +187,7 @@ def kmeans_segment(volume: VolumeLike, *, classes: int = 3, sample: int = 200_00
     --------
     >>> phases = kmeans_segment(vol, classes=4, seed=0)  # doctest: +SKIP
     """
-    data = as_volume(volume).data
+    data = as_volume(volume, name="intensity", finite=True).data
     centres = kmeans_centres(data, classes=classes, sample=sample, seed=seed)
     logger.info("k-means centres %s", centres.tolist())
     return da.map_blocks(_digitize, data, cuts=(centres[1:] + centres[:-1]) / 2, dtype=np.uint8)

@@ -253,7 +253,7 @@ def train_random_forest(
 
     from volmla.engine.reduce import histogram, histogram_percentile
 
-    image = as_volume(intensity, name="intensity").data
+    image = as_volume(intensity, name="intensity", finite=True).data
     lab, lab_attrs = as_volume(labels, name="labels")
     if image.shape != lab.shape:
         raise VolmlaError(f"labels shape {lab.shape} differs from the intensity shape {image.shape}")
@@ -388,7 +388,7 @@ def random_forest_segment(volume: VolumeLike, *, model: str | Path) -> da.Array:
     from volmla.engine.overlap import halo_map
 
     forest = load_random_forest(model)
-    data = as_volume(volume).data
+    data = as_volume(volume, name="intensity", finite=True).data
     # a volume thinner than the halo is reflected as far as it goes (it is one chunk then)
     depth = tuple(min(forest.halo, max(n - 1, 0)) for n in data.shape)
     return halo_map(data, _rf_block, halo=depth, boundary="reflect", dtype=np.uint8,

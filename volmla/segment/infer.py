@@ -352,7 +352,7 @@ def segment(
     from volmla.engine.overlap import halo_map
 
     info = inspect_model(model, halo=halo)
-    data = as_volume(volume).data
+    data = as_volume(volume, name="intensity", finite=True).data
     if not 0 <= overlap < 1:
         raise VolmlaError(f"overlap must lie in [0, 1), got {overlap!r}")
     if batch < 1:

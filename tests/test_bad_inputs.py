@@ -1,0 +1,521 @@
+"""The bad-input corpus: every user error is one line on stderr and exit 2, nothing is lost.
+
+Each case runs the real command line in this process (:func:`volmla.cli.main`) on tiny
+volumes (16^3, 8^3 chunks, one worker) in a fresh copy of the input library, and asserts:
+
+1. the exit code (2 for an error, 0 where a hard input must still work, 130 on Ctrl-C);
+2. stderr, at the file-descriptor level (worker processes included), is exactly one
+   line naming the problem, and holds no traceback;
+3. every file that existed before is byte-identical afterwards (the inputs, and an
+   earlier output a failing ``--overwrite`` run was to replace), and no scratch folder
+   is left behind.
+
+The cases cover issue 18 (output == input, Ctrl-C, truncated TIFF stacks, corrupt
+chunks, errors that are not volmla's own, usage errors, config checks, NaN/inf, an
+all-border liberation) and the failures that already had one line (mixed slices,
+RGB/4-D images, bad voxel sizes and chunks, unknown steps, mismatched shapes, wrong
+dtypes, garbage and wrong-shaped ONNX models, bad YAML, a closed scheduler port).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+from volmla.cli import main
+
+SHAPE = (16, 16, 16)
+
+
+# ----------------------------------------------------------------------------- the input library
+
+
+def _write(path: Path, data: np.ndarray, **kw: object) -> None:
+    from volmla.io import write_volume
+
+    write_volume(data, path, voxel_size=2.0, chunks=8, **kw)  # type: ignore[arg-type]
+
+
+def _particles_of(phases: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(phases > 0, structure=np.ones((3, 3, 3)))
+    return labels.astype(np.uint32)
+
+
+def _onnx_files(root: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    (root / "garbage.onnx").write_bytes(np.random.default_rng(1).bytes(256))
+    # a valid model for 2-D images (N, C, H, W): the wrong shape for a volume
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "flat", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(root / "flat2d.onnx"))
+
+
+def _tiffs(root: Path, rng: np.random.Generator) -> None:
+    import tifffile
+
+    stack = rng.integers(0, 1000, (32, 16, 16)).astype(np.uint16)
+    tifffile.imwrite(root / "ok.tif", stack, imagej=True, resolution=(1.0, 1.0))
+    for name, kw in (("ij", {"imagej": True}), ("ome", {"ome": True}), ("plain", {})):
+        tifffile.imwrite(root / f"{name}_full.tif", stack, **kw)  # type: ignore[arg-type]
+        data = (root / f"{name}_full.tif").read_bytes()
+        (root / f"{name}_cut.tif").write_bytes(data[: len(data) // 2])
+        (root / f"{name}_full.tif").unlink()
+    data = (root / "ok.tif").read_bytes()
+    (root / "ij_cut90.tif").write_bytes(data[: int(len(data) * 0.9)])
+    tifffile.imwrite(root / "rgb.tif", rng.integers(0, 255, (16, 16, 3)).astype(np.uint8), photometric="rgb")
+    tifffile.imwrite(root / "4d.tif", rng.integers(0, 255, (3, 4, 16, 16)).astype(np.uint8), imagej=True)
+    nan = rng.random((16, 16, 16)).astype(np.float32)
+    nan[9, 3, 3] = np.nan
+    tifffile.imwrite(root / "nan.tif", nan, imagej=True)
+    inf = rng.random((16, 16, 16)).astype(np.float32)
+    inf[2, 5, 5] = -np.inf
+    tifffile.imwrite(root / "inf.tif", inf, imagej=True)
+    (root / "notatiff.tif").write_bytes(b"this is not a TIFF file at all" * 4)
+    (root / "scan.xyz").write_bytes(b"?" * 64)
+    (root / "raw.bin").write_bytes(b"\0" * 1000)
+    mixed = root / "mixed_shapes"
+    mixed.mkdir()
+    for i in range(3):
+        tifffile.imwrite(mixed / f"s{i:02d}.tif", np.zeros((16, 16 if i != 2 else 15), np.uint16))
+    mixed_dt = root / "mixed_dtypes"
+    mixed_dt.mkdir()
+    for i in range(3):
+        tifffile.imwrite(mixed_dt / f"s{i:02d}.tif", np.zeros((16, 16), np.uint16 if i != 1 else np.float32))
+    (root / "empty_folder").mkdir()
+    tifffile.imwrite(root / "complex.tif", np.zeros((4, 8, 8), np.complex64), photometric="minisblack")
+
+
+def _yaml(root: Path) -> None:
+    (root / "bad.yaml").write_text("out: o\ninput: [unclosed\n")
+    (root / "list.yaml").write_text("- 1\n- 2\n")
+    (root / "steps_bad.yaml").write_text("- {name: sharpen, params: {}}\n")
+    base = "out: {out}\ninput: scan.zarr\nsegment: {{method: threshold, classes: 3}}\n"
+    configs = {
+        "run_unknown_section": base.format(out="r1") + "extras: {a: 1}\n",
+        "run_min_size": base.format(out="r2") + "particles: {min_size: abc}\n",
+        "run_step": base.format(out="r3") + "preprocess: [sharpen:amount=2]\n",
+        "run_missing_input": "out: r4\ninput: missing.zarr\n",
+        "run_missing_paths": "out: r5\ninput: {paths: [no_such_folder/]}\n",
+        "run_threshold": base.format(out="r6") + "liberation: {free_threshold: 1.5}\n",
+        "run_pieces1": base.format(out="r7") + "liberation: {pieces: 1}\n",
+        "run_method": "out: r8\ninput: scan.zarr\nsegment: {method: svm}\n",
+        "run_classes": "out: r9\ninput: scan.zarr\nsegment: {method: kmeans, classes: 1}\n",
+        "run_voxel": "out: r10\ninput: {paths: [ok.tif], voxel_size: -2}\n",
+        "run_chunks": "out: r11\ninput: {paths: [ok.tif], chunks: 0}\n",
+        "run_model": "out: r12\ninput: scan.zarr\nsegment: {method: unet, model: missing.onnx}\n",
+        "run_h": base.format(out="r13") + "particles: {h: -1}\n",
+        "run_ok_zarr_form": "out: r14\ninput: scan.zarr\n",
+        "run_pieces0": base.format(out="r15")
+        + "particles: {min_size: 2, max_radius: 4}\ngrains: false\nliberation: {pieces: 0, n_boot: 0, section_step: 0}\n",
+        "run_nan": "out: r16\ninput: nan.zarr\nsegment: {method: threshold, classes: 2}\n",
+    }
+    for name, text in configs.items():
+        (root / f"{name}.yaml").write_text(text)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every input the cases use, written once (copied into each case's folder)."""
+    root = tmp_path_factory.mktemp("library")
+    rng = np.random.default_rng(18)
+    scan = rng.integers(100, 1000, SHAPE).astype(np.uint16)
+    scan[4:12, 4:12, 4:12] += 2000
+    _write(root / "scan.zarr", scan, kind="intensity")
+    f32 = rng.random(SHAPE).astype(np.float32)
+    nan = f32.copy()
+    nan[3, 3, 3] = np.nan
+    _write(root / "nan.zarr", nan, kind="intensity")
+    inf = f32.copy()
+    inf[8, 8, 8] = np.inf
+    _write(root / "inf.zarr", inf, kind="intensity")
+    _write(root / "zeros.zarr", np.zeros(SHAPE, np.uint16), kind="intensity")
+    _write(root / "one.zarr", np.ones((1, 1, 1), np.uint16), kind="intensity")
+    _write(root / "slab.zarr", rng.integers(0, 1000, (1, 16, 16)).astype(np.uint16), kind="intensity")
+    phases = np.zeros(SHAPE, np.uint8)
+    phases[3:8, 3:8, 3:8] = 1
+    phases[5:7, 5:7, 5:7] = 2
+    phases[9:14, 9:14, 2:7] = 2
+    _write(root / "phases.zarr", phases, kind="phases", phases=["qz", "py"])
+    _write(root / "particles.zarr", _particles_of(phases), kind="labels")
+    _write(root / "small_labels.zarr", np.zeros((8, 8, 8), np.uint32), kind="labels")
+    border = np.zeros(SHAPE, np.uint8)  # a drill core: every particle is cut by the border
+    border[0:8, 0:16, 0:6] = 1
+    border[8:16, 4:12, 10:16] = 2
+    _write(root / "border_phases.zarr", border, kind="phases", phases=["qz", "py"])
+    _write(root / "border_particles.zarr", _particles_of(border), kind="labels")
+    single = (phases > 0).astype(np.uint8)
+    _write(root / "single_phases.zarr", single, kind="phases", phases=["qz"])
+    _write(root / "existing.zarr", scan, kind="intensity")  # an earlier output a failing rerun must keep
+    _write(root / "mask.zarr", (phases > 0).astype(np.uint8), kind="phases")
+    # a copy of scan.zarr with one chunk overwritten with garbage (bit rot, a bad copy)
+    shutil.copytree(root / "scan.zarr", root / "corrupt.zarr")
+    chunk = sorted(p for p in (root / "corrupt.zarr" / "0" / "c").rglob("*") if p.is_file())[3]
+    chunk.write_bytes(rng.bytes(chunk.stat().st_size))
+    _tiffs(root, rng)
+    _onnx_files(root)
+    _yaml(root)
+    return root
+
+
+# ----------------------------------------------------------------------------- the checks
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _run(argv: list[str], folder: Path, capfd: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    capfd.readouterr()
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        code = main(["-q", "--workers", "1", *argv])
+    finally:
+        os.chdir(cwd)
+    time.sleep(0.05)  # let worker processes flush what they print
+    captured = capfd.readouterr()
+    return code, captured.out, captured.err
+
+
+def _check(code: int, out: str, err: str, *, rc: int, needle: str, before: dict[str, str], folder: Path) -> None:
+    assert "Traceback" not in err, err
+    if rc == 0:  # a hard input that must still work: its line on stdout, nothing on stderr
+        assert (code, err) == (0, ""), err
+        assert needle.lower() in out.lower(), out
+    else:
+        lines = err.splitlines()
+        assert len(lines) == 1, err
+        assert code == rc, err
+        assert lines[0].startswith("volmla: error: "), err
+        assert needle.lower() in lines[0].lower(), (needle, err)
+    after = _tree(folder)
+    changed = sorted(k for k, v in before.items() if after.get(k) != v)
+    assert not changed, f"pre-existing files changed or removed: {changed[:5]}"
+    assert not list(folder.rglob(".particles-*")), "scratch folder left behind"
+
+
+class Case(NamedTuple):
+    argv: str
+    needle: str
+    rc: int = 2
+
+
+# argv: split on spaces after formatting; paths are relative to the case folder (the cwd)
+CASES: dict[str, Case] = {
+    # --- usage errors (issue item 9)
+    "usage-missing-argument": Case("preprocess", "missing argument 'IN'"),
+    "usage-missing-option": Case("preprocess scan.zarr", "missing option '--output'"),
+    "usage-unknown-option": Case("preprocess scan.zarr -o o.zarr --bogus", "no such option: --bogus"),
+    "usage-not-an-integer": Case("particles phases.zarr -o o.zarr --min-size abc", "--min-size"),
+    "usage-not-a-number": Case("particles scan.zarr -o o.zarr --h x", "--h"),
+    "usage-unknown-command": Case("sharpen scan.zarr", "no such command 'sharpen'"),
+    "usage-unknown-subcommand": Case("correlate align", "no such command 'align'"),
+    "usage-extra-argument": Case("info scan.zarr phases.zarr", "unexpected extra argument"),
+    "usage-shape-count": Case("phantom -o ph --shape 8 8", "--shape"),
+    "usage-device": Case("--device tpu info scan.zarr", "--device must be one of"),
+    # --- global options and the cluster
+    "workers-zero": Case("--workers 0 label mask.zarr -o l.zarr", "workers must be at least 1"),
+    "gpus-negative": Case("--gpus -1 label mask.zarr -o l.zarr", "gpus must be 0 or more"),
+    "scheduler-garbage": Case("--scheduler garbage label mask.zarr -o l.zarr", "scheduler must be an address"),
+    # --- volumes that are not there or not volumes
+    "info-missing": Case("info nothing.zarr", "does not exist"),
+    "info-not-a-volume": Case("info ok.tif", "ok.tif"),
+    "info-one-slice": Case("info slab.zarr", "[1, 16, 16]", rc=0),
+    "preprocess-missing-input": Case("preprocess nothing.zarr -o o.zarr --step median:size=3", "does not exist"),
+    # --- ingest (items 3 and 13 and the ones that passed)
+    "ingest-missing": Case("ingest nothing.tif -o o.zarr --voxel-size 1", "does not exist"),
+    "ingest-unknown-format": Case("ingest scan.xyz -o o.zarr --voxel-size 1", "unknown format"),
+    "ingest-not-a-tiff": Case("ingest notatiff.tif -o o.zarr --voxel-size 1", "not a readable tiff"),
+    "ingest-imagej-truncated": Case("ingest ij_cut.tif -o o.zarr --voxel-size 1", "truncated"),
+    "ingest-imagej-truncated-90": Case("ingest ij_cut90.tif -o o.zarr --voxel-size 1", "truncated"),
+    "ingest-ome-truncated": Case("ingest ome_cut.tif -o o.zarr --voxel-size 1", "truncated"),
+    "ingest-plain-truncated": Case("ingest plain_cut.tif -o o.zarr --voxel-size 1", "truncated"),
+    "ingest-rgb": Case("ingest rgb.tif -o o.zarr --voxel-size 1", "samples per pixel"),
+    "ingest-4d": Case("ingest 4d.tif -o o.zarr --voxel-size 1", "4-d"),
+    "ingest-complex-dtype": Case("ingest complex.tif -o o.zarr --voxel-size 1", "complex"),
+    "ingest-mixed-shapes": Case("ingest mixed_shapes -o o.zarr --voxel-size 1", "must share one shape"),
+    "ingest-mixed-dtypes": Case("ingest mixed_dtypes -o o.zarr --voxel-size 1", "must share one dtype"),
+    "ingest-empty-folder": Case("ingest empty_folder -o o.zarr --voxel-size 1", "no files matching"),
+    "ingest-nan": Case("ingest nan.tif -o o.zarr --voxel-size 1", "nan or infinite"),
+    "ingest-inf": Case("ingest inf.tif -o o.zarr --voxel-size 1 --chunks 4", "nan or infinite"),
+    "ingest-voxel-zero": Case("ingest ok.tif -o o.zarr --voxel-size 0", "voxel size must be positive"),
+    "ingest-voxel-text": Case("ingest ok.tif -o o.zarr --voxel-size a,b,c", "--voxel-size"),
+    "ingest-voxel-two": Case("ingest ok.tif -o o.zarr --voxel-size 1,2", "--voxel-size"),
+    "ingest-chunks-zero": Case("ingest ok.tif -o o.zarr --voxel-size 1 --chunks 0", "chunks"),
+    "ingest-levels-zero": Case("ingest ok.tif -o o.zarr --voxel-size 1 --levels 0", "--levels"),
+    "ingest-raw-size": Case("ingest raw.bin -o o.zarr --voxel-size 1 --shape 4 4 4 --dtype uint16", "bytes"),
+    "ingest-raw-dtype": Case("ingest raw.bin -o o.zarr --voxel-size 1 --shape 10 10 10", "dtype"),
+    "ingest-over-existing": Case("ingest ok.tif -o existing.zarr --voxel-size 1", "--overwrite"),
+    # --- preprocess
+    "preprocess-unknown-step": Case("preprocess scan.zarr -o o.zarr --step sharpen", "unknown step"),
+    "preprocess-bad-param": Case("preprocess scan.zarr -o o.zarr --step gaussian:sigma=-1", "sigma"),
+    "preprocess-unknown-param": Case("preprocess scan.zarr -o o.zarr --step gaussian:bogus=1", "bogus"),
+    "preprocess-malformed-step": Case("preprocess scan.zarr -o o.zarr --step gaussian:sigma", "gaussian"),
+    "preprocess-bad-yaml": Case("preprocess scan.zarr -o o.zarr --config bad.yaml", "bad.yaml"),
+    "preprocess-yaml-not-steps": Case("preprocess scan.zarr -o o.zarr --config steps_bad.yaml", "sharpen"),
+    "preprocess-chunks-zero": Case("preprocess scan.zarr -o o.zarr --step median:size=3 --chunks 0", "chunks"),
+    "preprocess-one-voxel": Case("preprocess one.zarr -o o.zarr --step gaussian:sigma=1", "volmla: error:"),
+    "ingest-raw-zero-shape": Case("ingest raw.bin -o o.zarr --voxel-size 1 --shape 0 4 4 --dtype uint8",
+                                  "shape must be three positive integers"),
+    "particles-all-zero": Case("particles zeros.zarr -o o.zarr", "volmla: error:"),
+    "preprocess-nan": Case("preprocess nan.zarr -o o.zarr --step normalize", "nan or infinite"),
+    "preprocess-corrupt-chunk": Case("preprocess corrupt.zarr -o o.zarr --step median:size=3", "chunk"),
+    "preprocess-output-is-input": Case("preprocess scan.zarr -o scan.zarr --overwrite --step median:size=3",
+                                       "also the input"),
+    "preprocess-output-inside-input": Case("preprocess scan.zarr -o scan.zarr/x.zarr --step median:size=3",
+                                           "inside the input"),
+    "preprocess-over-existing": Case("preprocess scan.zarr -o existing.zarr --step median:size=3", "--overwrite"),
+    # --- segment (ONNX models, methods)
+    "segment-method": Case("segment scan.zarr -o o.zarr --method svm", "--method must be one of"),
+    "segment-no-classes": Case("segment scan.zarr -o o.zarr --method threshold", "--classes"),
+    "segment-one-class": Case("segment scan.zarr -o o.zarr --method kmeans --classes 1", "classes"),
+    "segment-garbage-onnx": Case("segment scan.zarr -o o.zarr --model garbage.onnx", "garbage.onnx"),
+    "segment-2d-onnx": Case("segment scan.zarr -o o.zarr --model flat2d.onnx --halo 2", "flat2d.onnx"),
+    "segment-missing-onnx": Case("segment scan.zarr -o o.zarr --model missing.onnx", "missing.onnx"),
+    "segment-labels-shape": Case("segment scan.zarr -o o.zarr --method rf --labels small_labels.zarr", "shape"),
+    "segment-output-is-input": Case("segment scan.zarr -o scan.zarr --overwrite --method threshold --classes 2",
+                                    "also the input"),
+    "segment-nan": Case("segment nan.zarr -o o.zarr --method threshold --classes 2", "nan or infinite"),
+    # no global statistic on these paths: the volume's own reads refuse the NaN
+    "preprocess-nan-local-filter": Case("preprocess nan.zarr -o o.zarr --step gaussian:sigma=1", "nan or infinite"),
+    "particles-nan-fixed-threshold": Case("particles nan.zarr -o o.zarr --threshold 0.5", "nan or infinite"),
+    "segment-nan-kmeans": Case("segment nan.zarr -o o.zarr --method kmeans --classes 2", "nan or infinite"),
+    # --- particles, labels, grains
+    "label-float-volume": Case("label nan.zarr -o o.zarr", "binary"),
+    "label-connectivity": Case("label mask.zarr -o o.zarr --connectivity 8", "connectivity must be one of (6, 18, 26)"),
+    "label-output-is-input": Case("label mask.zarr -o mask.zarr --overwrite", "also the input"),
+    "label-failing-overwrite-keeps-old": Case("label scan.zarr -o existing.zarr --overwrite", "binary"),
+    "particles-threshold-text": Case("particles scan.zarr -o o.zarr --threshold abc", "threshold must be auto, otsu or a number"),
+    "particles-max-radius": Case("particles phases.zarr -o o.zarr --max-radius 0", "--max-radius"),
+    "particles-h": Case("particles phases.zarr -o o.zarr --h -1", "h must be"),
+    "particles-min-size": Case("particles phases.zarr -o o.zarr --min-size -1", "--min-size"),
+    "particles-nan-otsu": Case("particles nan.zarr -o o.zarr", "nan or infinite"),
+    "particles-inf-otsu": Case("particles inf.zarr -o o.zarr", "nan or infinite"),
+    "grains-shape-mismatch": Case("grains --particles small_labels.zarr --phases phases.zarr -o o.zarr", "shape"),
+    # --- liberation (item 12)
+    "liberation-shape-mismatch": Case("liberation --phases phases.zarr --particles small_labels.zarr --out lib",
+                                      "same shape"),
+    "liberation-phase-names": Case("liberation --phases phases.zarr --particles particles.zarr --out lib "
+                                   "--phase-names a,b,c,d", "phase names"),
+    "liberation-densities": Case("liberation --phases phases.zarr --particles particles.zarr --out lib "
+                                 "--densities 2.6,-1", "densities"),
+    "liberation-free-threshold": Case("liberation --phases phases.zarr --particles particles.zarr --out lib "
+                                      "--free-threshold 1.5", "--free-threshold"),
+    "liberation-size-by": Case("liberation --phases phases.zarr --particles particles.zarr --out lib --size-by mass",
+                               "by must be one of"),
+    "liberation-labels-as-phases": Case("liberation --phases scan.zarr --particles particles.zarr --out lib",
+                                        "volmla: error:"),
+    "liberation-all-border": Case("liberation --phases border_phases.zarr --particles border_particles.zarr "
+                                  "--out lib --sections 4 --pieces 2 --bootstrap 5", "0 particles analysed", rc=0),
+    "liberation-single-phase": Case("liberation --phases single_phases.zarr --particles particles.zarr --out lib "
+                                    "--sections 4 --pieces 2 --bootstrap 5 --include-border", "particles analysed",
+                                    rc=0),
+    "evaluate-shape-mismatch": Case("evaluate --pred phases.zarr --truth small_labels.zarr", "shape"),
+    # --- volmla run: the whole config first (items 5 and 10)
+    "run-bad-yaml": Case("run bad.yaml", "bad.yaml"),
+    "run-not-a-mapping": Case("run list.yaml", "mapping"),
+    "run-missing-config": Case("run nothing.yaml", "nothing.yaml"),
+    "run-unknown-section": Case("run run_unknown_section.yaml", "unknown config section 'extras'"),
+    "run-min-size-text": Case("run run_min_size.yaml", "particles.min_size must be an integer"),
+    "run-unknown-step": Case("run run_step.yaml", "unknown step 'sharpen'"),
+    "run-missing-input": Case("run run_missing_input.yaml", "does not exist"),
+    "run-missing-paths": Case("run run_missing_paths.yaml", "does not exist"),
+    "run-free-threshold": Case("run run_threshold.yaml", "config section 'liberation': free_threshold"),
+    "run-pieces-one": Case("run run_pieces1.yaml", "pieces"),
+    "run-method": Case("run run_method.yaml", "segment.method must be one of"),
+    "run-classes": Case("run run_classes.yaml", "segment.classes"),
+    "run-voxel-size": Case("run run_voxel.yaml", "voxel_size"),
+    "run-chunks": Case("run run_chunks.yaml", "input.chunks"),
+    "run-missing-model": Case("run run_model.yaml", "missing.onnx"),
+    "run-h": Case("run run_h.yaml", "particles.h"),
+    "run-nan": Case("run run_nan.yaml", "nan or infinite"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input(name: str, library: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    case = CASES[name]
+    folder = tmp_path / "case"
+    shutil.copytree(library, folder)
+    before = _tree(folder)
+    code, out, err = _run(case.argv.split(), folder, capfd)
+    _check(code, out, err, rc=case.rc, needle=case.needle, before=before, folder=folder)
+
+
+def test_the_corpus_is_large_enough() -> None:
+    assert len(CASES) >= 60
+
+
+# ----------------------------------------------------------------------------- cases with more to check
+
+
+def test_closed_scheduler_port(library: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    folder = tmp_path / "case"
+    shutil.copytree(library, folder)
+    before = _tree(folder)
+    code, out, err = _run(["--scheduler", f"tcp://127.0.0.1:{port}", "label", "mask.zarr", "-o", "l.zarr"], folder,
+                          capfd)
+    _check(code, out, err, rc=2, needle="does not answer", before=before, folder=folder)
+
+
+def test_missing_run_input_makes_no_output_folder(library: Path, tmp_path: Path,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "case"
+    shutil.copytree(library, folder)
+    before = _tree(folder)
+    code, out, err = _run(["run", "run_missing_input.yaml"], folder, capfd)
+    _check(code, out, err, rc=2, needle="missing.zarr", before=before, folder=folder)
+    assert not (folder / "r4").exists()
+
+
+def test_documented_zarr_input_form_runs(library: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "case"
+    shutil.copytree(library, folder)
+    capfd.readouterr()
+    os.chdir(folder)
+    try:
+        assert main(["-q", "--workers", "1", "run", "run_ok_zarr_form.yaml"]) == 0
+    finally:
+        os.chdir(tmp_path)
+    captured = capfd.readouterr()
+    assert captured.err == "" and '"intensity"' in captured.out
+
+
+def test_pieces_zero_skips_as_on_the_command_line(library: Path, tmp_path: Path,
+                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    """``pieces: 0`` in a config skips the check, as ``--pieces 0`` does; every stage is stored
+    with the input's chunks (8^3 here), so a rerun resumes chunk by chunk."""
+    import json
+
+    from volmla.io import open_volume
+
+    folder = tmp_path / "case"
+    shutil.copytree(library, folder)
+    capfd.readouterr()
+    os.chdir(folder)
+    try:
+        assert main(["-q", "--workers", "1", "run", "run_pieces0.yaml"]) == 0
+    finally:
+        os.chdir(tmp_path)
+    assert capfd.readouterr().err == ""
+    summary = json.loads((folder / "r15" / "report" / "summary.json").read_text())
+    assert "representativeness" not in summary and "stereology" not in summary
+    for name in ("phases", "particles"):
+        assert open_volume(folder / "r15" / f"{name}.zarr").data.chunksize == (8, 8, 8)
+    assert not list((folder / "r15").glob(".particles-*"))
+
+
+def test_all_border_report_says_so(library: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "case"
+    shutil.copytree(library, folder)
+    code, _, err = _run(["liberation", "--phases", "border_phases.zarr", "--particles", "border_particles.zarr",
+                      "--out", "lib", "--sections", "4", "--pieces", "2", "--bootstrap", "5"], folder, capfd)
+    assert code == 0 and err == ""
+    page = (folder / "lib" / "report.html").read_text()
+    assert "all 2 touch its border" in page or "touch its border" in page
+    assert (folder / "lib" / "grain_vs_particle.png").is_file()
+
+
+def test_errors_not_volmlas_own_are_one_line_and_v_shows_the_traceback(
+    library: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import volmla.io.ngff
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(volmla.io.ngff, "volume_info", broken)
+    code, _, err = _run(["info", str(library / "scan.zarr")], tmp_path, capfd)
+    assert code == 2
+    assert err == "volmla: error: ZeroDivisionError: division by zero (run with -v for the traceback)\n"
+    code, _, err = _run(["-v", "info", str(library / "scan.zarr")], tmp_path, capfd)
+    assert code == 2 and "Traceback" in err
+    assert err.splitlines()[-1] == "volmla: error: ZeroDivisionError: division by zero"
+
+
+@pytest.mark.parametrize("signal_class", ["KeyboardInterrupt", "Abort"])
+def test_ctrl_c_inside_a_command_is_one_line_and_130(
+    signal_class: str, library: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import typer
+
+    import volmla.io.ngff
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt if signal_class == "KeyboardInterrupt" else typer.Abort()
+
+    monkeypatch.setattr(volmla.io.ngff, "volume_info", interrupted)
+    code, _, err = _run(["info", str(library / "scan.zarr")], tmp_path, capfd)
+    assert code == 130
+    assert err == "volmla: interrupted (rerun the same command to resume)\n"
+
+
+def test_help_is_not_an_error(capfd: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "Usage: volmla" in capfd.readouterr().out
+
+
+def test_ctrl_c_in_a_terminal_stops_run_cleanly(tmp_path: Path) -> None:
+    """SIGINT to the whole process group (what Ctrl-C in a terminal does) during the
+    particle stage of ``volmla run``: exit 130, one line, no scratch folder, and the
+    worker processes print nothing."""
+    from volmla.synthetic import write_phantom
+
+    paths = write_phantom(tmp_path / "ph", shape=(96, 96, 96), seed=1, chunks=32)
+    (tmp_path / "run.yaml").write_text(
+        f"out: out\ninput: {paths['intensity']}\nsegment: {{method: threshold, classes: 3}}\n"
+        "particles: {min_size: 20}\ngrains: false\nliberation: {pieces: 0, n_boot: 0, section_step: 0}\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "volmla.cli", "--workers", "2", "run", "run.yaml"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.strip() == "particles":
+            time.sleep(0.3)
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert rest == "volmla: interrupted (rerun the same command to resume)\n", rest
+    assert not list((tmp_path / "out").glob(".particles-*"))
+
+
+def test_dashboard_listens_on_this_machine_only() -> None:
+    """The embedded cluster's dashboard (task keys, paths, logs; no authentication) binds
+    127.0.0.1 unless an address is asked for."""
+    from urllib.parse import urlparse
+
+    import psutil
+
+    from volmla.engine.cluster import cluster
+
+    with cluster(workers=1) as client:
+        port = urlparse(client.dashboard_link).port
+        listening = {c.laddr.ip for c in psutil.Process().net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}
