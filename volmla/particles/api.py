@@ -3,15 +3,19 @@
 :func:`label_particles` runs these steps on a chunked volume, never holding it whole:
 
 1. **solid mask** (:func:`volmla.particles.mask.solid_mask`): a phase volume's nonzero
-   voxels, or an intensity volume above a global threshold: a given value, or Otsu's
-   threshold from an *out-of-core* histogram;
-2. **interior pores filled** (optional, :func:`volmla.particles.mask.fill_holes`): exact
-   for any chunking;
-3. **dust removal** (optional, :func:`volmla.particles.mask.remove_small`): solid
-   components smaller than ``min_size`` voxels are dropped;
+   voxels, or an intensity volume above a global threshold: by default (``"auto"``)
+   denoised and cut half-way between the void and solid modes of its *out-of-core*
+   histogram (the partial-volume edge); or Otsu's threshold; or a given value;
+2. **interior pores filled** (:func:`volmla.particles.mask.fill_holes`; by default for
+   an ``"auto"`` mask): exact for any chunking;
+3. **dust removal** (:func:`volmla.particles.mask.remove_small`): solid components
+   smaller than ``min_size`` voxels are dropped (by default :data:`SPECKLE` voxels for
+   an ``"auto"`` mask, none otherwise);
 4. **split touching particles** (optional, default,
-   :func:`volmla.particles.split.split_touching`): a distance-transform watershed per
-   block with a halo, each basin keyed by its marker's global position;
+   :func:`volmla.particles.split.split_touching`): a watershed of the distance map (in
+   physical units) from all its maxima, maxima behind a wide neck merged
+   (saddle-depth criterion, no fixed ``h``), per block with a halo derived from the
+   largest distance value present; each particle keyed by its peak's global position;
 5. **global relabelling**: :func:`volmla.particles.label.label` in multilabel mode on the
    keys stitches the pieces of a basin across blocks (equal keys join, different keys
    stay apart) and numbers the particles ``1..n`` by their first voxel.
@@ -19,30 +23,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import dask.array as da
 
 from volmla.engine.blocks import as_volume
+from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.particles.mask import fill_holes as _fill_holes
 from volmla.particles.mask import remove_small, solid_mask
-from volmla.particles.split import split_touching
+from volmla.particles.split import H_MIN, NECK, split_touching
 from volmla.types import VolumeLike
 
-__all__ = ["label_particles"]
+SPECKLE = 27
+"""Default ``min_size`` (voxels) for a mask thresholded with ``"auto"``: a 3-voxel cube."""
+
+__all__ = ["SPECKLE", "label_particles"]
 
 
 def label_particles(
     volume: VolumeLike,
     *,
-    threshold: Literal["otsu"] | float | None = "otsu",
-    min_size: int = 0,
-    fill_holes: bool = False,
+    threshold: Literal["auto", "otsu"] | float | None = "auto",
+    min_size: int | None = None,
+    fill_holes: bool | None = None,
     split: bool = True,
-    h: float = 2.0,
-    max_radius: float = 24.0,
+    neck: float = NECK,
+    h: float = H_MIN,
+    max_radius: float | None = None,
+    voxel_size: float | Sequence[float] | None = None,
     connectivity: Literal[6, 18, 26] = 26,
     scratch: str | Path | None = None,
 ) -> Labels:
@@ -54,20 +65,28 @@ def label_particles(
         Intensity volume (thresholded), or a phase volume whose nonzero voxels are
         solid (give ``threshold=None``). Dask, xarray or NumPy, 3-D (z, y, x).
     threshold
-        ``"otsu"`` (out-of-core histogram), a value (solid is ``> value``), or None
+        ``"auto"`` (denoised, half-way between the void and solid modes of the
+        out-of-core histogram), ``"otsu"``, a value (solid is ``> value``), or None
         (solid is nonzero).
     min_size
-        Drop solid components smaller than this many voxels (0: keep all).
+        Drop solid components smaller than this many voxels (0: keep all). None: 27
+        (:data:`SPECKLE`) with ``threshold="auto"``, else 0.
     fill_holes
-        Fill interior pores (background not connected to the volume border).
+        Fill interior pores (background not connected to the volume border). None:
+        with ``threshold="auto"`` only.
     split
-        Separate touching particles by a distance-transform watershed.
+        Separate touching particles (a watershed of the distance map).
+    neck
+        Two distance maxima stay separate particles when the saddle between them is
+        below ``neck`` times the lower one (0 to 1; larger splits more).
     h
-        Minimal dynamic (voxels) of a distance maximum to seed its own particle; larger
-        values split less.
+        ... and the lower one rises at least ``h`` voxels above the saddle.
     max_radius
-        Largest particle radius (voxels) the split is exact for; sets the halo
-        (:func:`volmla.particles.split.split_halo`).
+        Largest distance value (voxels) the split's halo is made for; None (default)
+        measures it exactly in one pass, so the result is the same for every chunking.
+    voxel_size
+        Voxel edges (z, y, x) for the distance map; None: the volume's
+        ``voxel_size_um`` when it has one, else isotropic.
     connectivity
         6, 18 or 26, for components and the watershed.
     scratch
@@ -88,17 +107,25 @@ def label_particles(
     1
     """
     connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
-    # In-memory input stays one block: the split is exact across blocks only within
-    # max_radius, so a NumPy volume gets the in-memory answer, as before.
-    volume = as_volume(volume, chunks=getattr(volume, "shape", None)).data
-    solid = solid_mask(volume, threshold=threshold)
+    auto = isinstance(threshold, str) and threshold == "auto"
+    if min_size is None:
+        min_size = SPECKLE if auto else 0
+    if fill_holes is None:
+        fill_holes = auto
+    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
+        raise VolmlaError(f"min_size must be a non-negative integer (voxels), got {min_size!r}")
+    vol = as_volume(volume, chunks=getattr(volume, "shape", None))  # in-memory input: one block
+    if voxel_size is None:
+        voxel_size = vol.attrs.get("voxel_size_um")
+    solid = solid_mask(vol.data, threshold=threshold)
     if fill_holes:
         solid = _fill_holes(solid)
     if min_size:
         solid = remove_small(solid, min_size=min_size, connectivity=connectivity)
     if not split:
         return label(solid, connectivity=connectivity)
-    keys = split_touching(solid, h=h, max_radius=max_radius, connectivity=connectivity)
+    keys = split_touching(solid, neck=neck, h=h, max_radius=max_radius, voxel_size=voxel_size,
+                          connectivity=connectivity)
     if scratch is not None:
         keys = _stored(keys, Path(scratch) / "split-keys.zarr")
     return label(keys, connectivity=connectivity, multilabel=True)

@@ -25,7 +25,7 @@ from volmla.errors import VolmlaError
 from volmla.particles.api import label_particles
 from volmla.particles.grains import label_grains
 from volmla.particles.label import Labels, check_connectivity, label
-from volmla.particles.split import split_halo
+from volmla.particles.split import H_MIN, NECK, split_halo
 from volmla.types import Connectivity
 
 __all__ = ["LabelsPlan", "plan_grains", "plan_label", "plan_particles", "write_labels"]
@@ -84,7 +84,7 @@ def plan_label(
     return LabelsPlan("label", (vol,), Path(output), options, overwrite, job)
 
 
-def _threshold(value: Any, path: Path, kind: str) -> Literal["otsu"] | float | None:
+def _threshold(value: Any, path: Path, kind: str) -> Literal["auto", "otsu"] | float | None:
     """The threshold :func:`~volmla.particles.label_particles` gets for a volume of ``kind``."""
     if kind != "intensity":
         if not (isinstance(value, str) and value == "auto"):
@@ -92,13 +92,13 @@ def _threshold(value: Any, path: Path, kind: str) -> Literal["otsu"] | float | N
         return None
     if isinstance(value, str):
         if value in ("auto", "otsu"):
-            return "otsu"
+            return value  # type: ignore[return-value]
         try:
             return float(value)
         except ValueError:
-            raise VolmlaError(f"threshold must be otsu or a number, got {value!r}") from None
+            raise VolmlaError(f"threshold must be auto, otsu or a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not math.isfinite(value):
-        raise VolmlaError(f"threshold must be otsu or a number, got {value!r}")
+        raise VolmlaError(f"threshold must be auto, otsu or a number, got {value!r}")
     return float(value)
 
 
@@ -107,11 +107,12 @@ def plan_particles(
     output: str | Path,
     *,
     threshold: Literal["auto", "otsu"] | float | str = "auto",
-    min_size: int = 0,
-    fill_holes: bool = False,
+    min_size: int | None = None,
+    fill_holes: bool | None = None,
     split: bool = True,
-    h: float = 2.0,
-    max_radius: float = 24.0,
+    neck: float = NECK,
+    h: float = H_MIN,
+    max_radius: float | None = None,
     connectivity: Connectivity = 26,
     overwrite: bool = False,
 ) -> LabelsPlan:
@@ -121,13 +122,14 @@ def plan_particles(
     ----------
     volume
         Intensity volume, or a phase (or label) volume whose nonzero voxels are solid,
-        OME-Zarr.
+        OME-Zarr. Its voxel size is used for the distance map.
     output
         Output particle labels (OME-Zarr).
     threshold
-        For intensity volumes: ``"otsu"``, a value (solid is above it, a number or its
-        text) or ``"auto"`` (Otsu). Other volumes take ``"auto"`` (nonzero is solid).
-    min_size, fill_holes, split, h, max_radius, connectivity
+        For intensity volumes: ``"auto"`` (denoised, half-way between the void and
+        solid modes), ``"otsu"`` or a value (solid is above it, a number or its text).
+        Other volumes take ``"auto"`` (nonzero is solid).
+    min_size, fill_holes, split, neck, h, max_radius, connectivity
         As for :func:`~volmla.particles.label_particles`.
     overwrite
         Replace an existing output.
@@ -139,16 +141,20 @@ def plan_particles(
     from volmla.io import check_output, open_volume
 
     connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
-    split_halo(max_radius)
-    if isinstance(min_size, bool) or not isinstance(min_size, int | np.integer) or min_size < 0:
+    if max_radius is not None:
+        split_halo(max_radius)
+    if min_size is not None and (isinstance(min_size, bool) or not isinstance(min_size, int | np.integer)
+                                 or min_size < 0):
         raise VolmlaError(f"min_size must be 0 or more voxels, got {min_size}")
-    if not h > 0:
-        raise VolmlaError(f"h must be a positive number of voxels, got {h}")
+    for name, number, upper in (("neck", neck, 1.0), ("h", h, math.inf)):
+        if isinstance(number, bool) or not isinstance(number, int | float | np.number) or not 0 <= number <= upper:
+            raise VolmlaError(f"{name} must be {'between 0 and 1' if name == 'neck' else 'a number >= 0'}, got {number}")
     path = Path(volume)
     vol = open_volume(path)
     value = _threshold(threshold, path, vol.attrs.get("kind", "intensity"))
-    options = {"threshold": value, "min_size": int(min_size), "fill_holes": bool(fill_holes), "split": bool(split),
-               "h": h, "max_radius": max_radius, "connectivity": connectivity}
+    options = {"threshold": value, "min_size": None if min_size is None else int(min_size),
+               "fill_holes": None if fill_holes is None else bool(fill_holes), "split": bool(split),
+               "neck": float(neck), "h": float(h), "max_radius": max_radius, "connectivity": connectivity}
     job = {"command": "particles", "input": str(path.resolve()), **options}
     check_output(output, overwrite=overwrite, job=job)
     return LabelsPlan("particles", (vol,), Path(output), options, overwrite, job)

@@ -4,10 +4,16 @@ Steps 1-3 of :func:`volmla.particles.label_particles`, each a lazy mask over the
 (the eager passes are small reductions):
 
 1. **threshold**: a phase volume's nonzero voxels, or an intensity volume above a
-   global threshold: a given value, or Otsu's threshold (:func:`otsu_threshold`) from
-   the out-of-core histogram of :func:`volmla.engine.reduce.histogram` (every integer
-   value its own bin for 8/16-bit data, :data:`HIST_BINS` bins between the global
-   minimum and maximum otherwise) read by :func:`volmla.engine.reduce.otsu`;
+   global threshold read off the out-of-core histogram of
+   :func:`volmla.engine.reduce.histogram` (every integer value its own bin for
+   8/16-bit data, :data:`HIST_BINS` bins between the global minimum and maximum
+   otherwise): by default (``"auto"``, :func:`auto_threshold`) the volume is first
+   denoised (a gaussian of :data:`DENOISE_SIGMA` voxels, from
+   :mod:`volmla.preprocess`) and cut half-way between its void and solid modes (the
+   histogram's highest bins below and above Otsu's threshold), which is where a
+   boundary voxel half filled with solid lies: Otsu's threshold sits wherever the
+   class sizes and spreads put it, and loses or adds a shell of partial-volume voxels
+   around every particle. Or Otsu's threshold (:func:`otsu_threshold`), or a value;
 2. **fill interior pores** (:func:`fill_holes`): the background is labelled
    (6-connected, like :func:`scipy.ndimage.binary_fill_holes`), the components present
    on the volume's six faces are read from the border planes, and every other
@@ -27,7 +33,7 @@ import dask.array as da
 import numpy as np
 
 from volmla.engine.blocks import as_volume, map_reduce
-from volmla.engine.reduce import histogram, otsu
+from volmla.engine.reduce import Histogram, histogram, otsu
 from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.types import VolumeLike
@@ -37,7 +43,20 @@ logger = logging.getLogger(__name__)
 HIST_BINS = 4096
 """Histogram bins for Otsu's threshold on float or 32/64-bit data."""
 
-__all__ = ["HIST_BINS", "component_sizes", "fill_holes", "otsu_threshold", "remove_small", "solid_mask"]
+DENOISE_SIGMA = 0.5
+"""Gaussian (voxels) applied before the ``"auto"`` threshold."""
+
+__all__ = [
+    "DENOISE_SIGMA",
+    "HIST_BINS",
+    "auto_threshold",
+    "component_sizes",
+    "fill_holes",
+    "mode_midpoint",
+    "otsu_threshold",
+    "remove_small",
+    "solid_mask",
+]
 
 
 # --------------------------------------------------------------------------- step 1
@@ -76,7 +95,75 @@ def otsu_threshold(volume: VolumeLike) -> float:
     return otsu(hist)  # empty end bins trimmed, as threshold_otsu's own image path does
 
 
-def solid_mask(volume: VolumeLike, *, threshold: Literal["otsu"] | float | None = "otsu") -> da.Array:
+def mode_midpoint(hist: Histogram) -> float:
+    """Half-way between the void and solid modes of a histogram (the partial-volume edge).
+
+    The modes are the highest bins below and above Otsu's threshold, after a light
+    smoothing of the counts (a gaussian of 1 % of the occupied range, so single-bin
+    spikes of integer data do not decide).
+
+    Parameters
+    ----------
+    hist
+        From :func:`volmla.engine.reduce.histogram`.
+
+    Returns
+    -------
+    float
+        The threshold; the solid lies above it.
+
+    Examples
+    --------
+    >>> from volmla.engine.reduce import histogram
+    >>> rng = np.random.default_rng(0)
+    >>> x = np.concatenate([rng.normal(50, 5, 6000), rng.normal(150, 20, 2000)]).astype(np.uint8)
+    >>> 95 < mode_midpoint(histogram(x.reshape(8, 10, 100))) < 105
+    True
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    counts = np.asarray(hist.counts, np.float64)
+    used = np.flatnonzero(counts)
+    if len(used) < 2:
+        raise VolmlaError("cannot threshold a constant volume: give threshold=VALUE")
+    first, last = int(used[0]), int(used[-1])
+    smooth = gaussian_filter1d(counts[first : last + 1], max(0.01 * (last - first), 0.5), mode="constant")
+    cut = int(np.clip(math.floor((otsu(hist) - hist.first) / hist.width) - first, 0, last - first - 1))
+    void = int(np.argmax(smooth[: cut + 1]))
+    solid = cut + 1 + int(np.argmax(smooth[cut + 1 :]))
+    centre = (void + solid) / 2 + first + (0.0 if hist.exact else 0.5)  # exact bins hold one value each
+    return float(hist.first + centre * hist.width)
+
+
+def auto_threshold(volume: VolumeLike) -> float:
+    """The ``"auto"`` threshold: :func:`mode_midpoint` of the volume's out-of-core histogram.
+
+    Parameters
+    ----------
+    volume
+        3-D intensity volume (already denoised, as :func:`solid_mask` does).
+
+    Returns
+    -------
+    float
+        The threshold; the solid lies above it.
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> x = da.from_array(np.array([[[10, 10, 11, 9, 200, 201, 199, 200]]], np.uint8), chunks=2)
+    >>> auto_threshold(x)
+    105.0
+    """
+    data = as_volume(volume).data
+    if data.dtype == np.bool_:
+        data = data.astype(np.uint8)
+    return mode_midpoint(histogram(data, bins=HIST_BINS))
+
+
+def solid_mask(
+    volume: VolumeLike, *, threshold: Literal["auto", "otsu"] | float | None = "auto"
+) -> da.Array:
     """Lazy boolean solid mask: ``volume > threshold``, or nonzero when ``threshold`` is None.
 
     Parameters
@@ -84,7 +171,9 @@ def solid_mask(volume: VolumeLike, *, threshold: Literal["otsu"] | float | None 
     volume
         Intensity (with a threshold) or phase volume (``threshold=None``).
     threshold
-        ``"otsu"`` (from an out-of-core histogram: one eager pass), a number, or None.
+        ``"auto"`` (the volume denoised by a gaussian of :data:`DENOISE_SIGMA` voxels,
+        then :func:`auto_threshold`: one eager pass, two for float data), ``"otsu"``
+        (:func:`otsu_threshold` of the volume as it is), a number, or None.
 
     Returns
     -------
@@ -96,19 +185,26 @@ def solid_mask(volume: VolumeLike, *, threshold: Literal["otsu"] | float | None 
     >>> solid_mask(np.array([[[0, 3]]]), threshold=None).compute().tolist()
     [[[False, True]]]
     """
-    data = as_volume(volume).data
+    data = as_volume(volume, finite=True).data
     if threshold is None:
         return data != 0
     if isinstance(threshold, str):
+        if threshold == "auto":
+            from volmla.preprocess import gaussian
+
+            smooth = as_volume(gaussian(data, sigma=DENOISE_SIGMA)).data
+            value = auto_threshold(smooth)
+            logger.info("auto threshold %g (denoised, half-way between the void and solid modes)", value)
+            return smooth > value
         if threshold != "otsu":
-            raise VolmlaError(f"threshold must be 'otsu', a number or None, got {threshold!r}")
+            raise VolmlaError(f"threshold must be 'auto', 'otsu', a number or None, got {threshold!r}")
         value = otsu_threshold(data)
         logger.info("Otsu threshold %g", value)
     else:
         try:
             value = float(threshold)
         except (TypeError, ValueError):
-            raise VolmlaError(f"threshold must be 'otsu', a number or None, got {threshold!r}") from None
+            raise VolmlaError(f"threshold must be 'auto', 'otsu', a number or None, got {threshold!r}") from None
         if not math.isfinite(value):
             raise VolmlaError(f"threshold must be finite, got {threshold!r}")
     return data > value

@@ -1,35 +1,60 @@
-"""Splitting touching particles: a distance-transform watershed per block with a halo.
+"""Splitting touching particles: a distance-map watershed whose markers need no fixed ``h``.
 
 Step 4 of :func:`volmla.particles.label_particles`. :func:`split_touching` runs
-:func:`split_block` on every block extended by a halo of :func:`split_halo` =
-``2 * ceil(max_radius) + 2`` voxels (outside the volume counts as background):
+:func:`split_block` on every block extended by a halo derived from the data:
 
-1. **distance map** (:func:`distance_map`): the exact Euclidean distance transform of
-   the solid (SimpleITK's Maurer transform);
-2. **markers** (:func:`h_maxima_caps`): the regional maxima of the h-maxima transform
-   of the distance (maxima of dynamic at least ``h`` voxels, each a flat cap,
-   26-connected);
-3. **watershed**: a marker-based watershed (scikit-image) of the negated distance
-   inside the solid;
-4. **global keys**: each basin is keyed by its marker's *global* position (C-order
-   linear index of the marker's highest voxel, plus one), so the same particle gets
-   the same key in every block whose halo sees it; solid without any marker
-   (particles thinner than ``h``) gets one shared key, :data:`UNMARKED`, and stays
-   whole. :func:`volmla.particles.label.label` in multilabel mode then stitches the
-   pieces of a basin across blocks (step 5 of :func:`~volmla.particles.label_particles`).
+1. **largest distance** (:func:`max_distance`, one eager pass): the exact Euclidean
+   distance transform of the solid (outside the volume is background) per block with a
+   *checked* halo: a block's distances are exact once its largest core distance is at
+   most the halo (the nearest background then lies inside the extended block), so the
+   pass starts with a halo of 16 voxels and doubles it until every block passes. The
+   result ``D`` is the radius of the largest ball that fits in the solid;
+2. **halo** (:func:`split_halo`): each block reads ``3 * D + 2`` voxels around it (per
+   axis in physical units for anisotropic voxels) but is first split with
+   ``2 * D + 2``: a core voxel's particle and its distance peak lie within that for
+   compact particles up to ``D`` thick;
+3. per extended block (:func:`split_block`):
 
-Chunk independence: the distance map is exact for every voxel within ``halo`` of the
-nearest background; markers and basins are exact for particles whose radius is at most
-``max_radius`` and whose basin fits in the halo. Larger or very elongated particles may
-differ along block borders. Tested: identical particle counts and at least 99.5 % of
-solid voxels in the same particle (up to renumbering) across chunkings, on
-touching-sphere fields and the phantom.
+   a. **distance map** (:func:`distance_map`): the exact EDT in units of the finest
+      voxel edge (``sampling`` = voxel size over its smallest entry);
+   b. **all regional maxima** (26-connected plateaus) seed a watershed of the negated
+      distance inside the solid: one basin per maximum;
+   c. **saddle-depth merging** (:func:`merge_basins`): the basin adjacency graph is
+      weighted by its saddles (the highest ``min(d(p), d(q))`` over touching voxel
+      pairs of two basins) and processed from the highest saddle down, as the
+      component tree of the distance map: where two components meet, the one with the
+      lower peak ``p`` ends there with dynamic ``p - s``. It is a particle of its own
+      when its neck is narrow, ``s < neck * p``, and its dynamic at least ``h``;
+      otherwise its basins join the basin across the saddle. The criterion is
+      relative: a shallow saddle between two small particles separates them as a deep
+      one between two big ones does, where a fixed ``h`` merges small touching
+      particles and splits large irregular ones;
+   d. **global keys**: each particle is keyed by its highest voxel (C-order linear
+      index in the volume plus one; ties: the first), so every block whose halo sees
+      it agrees; :func:`volmla.particles.label.label` in multilabel mode then stitches
+      the pieces of a key across blocks (step 5 of
+      :func:`~volmla.particles.label_particles`);
+   e. **halo check**: a particle that reaches both the block proper and the outer face
+      of the extended block (away from the volume's faces) may be cut by it: the block
+      is split again with the full halo, and a particle that still reaches its face is
+      logged as a warning, since its labels may then depend on the chunking.
+
+Chunk independence: exact (identical labels for every chunking, tested) when every
+particle lies within the halo of the block that holds its voxels, which holds for
+particles up to about three times as long as the largest inscribed radius (the check
+of step 3e); longer ones are reported by its warning. Give ``max_radius`` to use a larger halo.
+
+The module is one piece (about 600 lines): the distance pass, the halo it sets, the
+block kernel and the halo check share the halo's geometry and the key format, which
+splitting would only spread out.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import dask.array as da
@@ -40,37 +65,119 @@ from volmla.errors import VolmlaError
 from volmla.particles.label import check_connectivity
 from volmla.types import VolumeLike
 
+logger = logging.getLogger(__name__)
+
 UNMARKED = np.uint64(2**63)
-"""Watershed key of solid voxels that no marker reaches (particles thinner than ``h``)."""
+"""Watershed key of solid voxels that no marker reaches."""
 
-__all__ = ["UNMARKED", "distance_map", "h_maxima_caps", "split_block", "split_halo", "split_touching"]
+NECK = 0.85
+"""Default ``neck``: two maxima stay apart when the saddle between them is below this
+fraction of the lower peak."""
+
+H_MIN = 0.5
+"""Default ``h``: the smallest dynamic (finest voxel edges) of a separate particle."""
+
+HALO_FACTOR = 3.0
+"""The split halo (the most a block reads) in units of the largest distance value."""
+
+FIRST_FACTOR = 2.0
+"""The halo a block is first split with; the full one only where a particle reaches its face."""
+
+__all__ = [
+    "H_MIN",
+    "NECK",
+    "UNMARKED",
+    "distance_map",
+    "h_maxima_caps",
+    "max_distance",
+    "merge_basins",
+    "normalise_sampling",
+    "split_block",
+    "split_halo",
+    "split_touching",
+]
 
 
-def split_halo(max_radius: float) -> int:
-    """Halo of the watershed split: ``2 * ceil(max_radius) + 2`` voxels.
+# --------------------------------------------------------------------------- validation
 
-    A core voxel's particle has its marker within ``max_radius`` of it, and that
-    marker's distance value needs another ``max_radius`` of context; two more voxels
-    cover the marker plateau and the watershed neighbourhood.
+
+def normalise_sampling(voxel_size: float | Sequence[float] | None) -> tuple[float, float, float]:
+    """Voxel edges ``(z, y, x)`` over the smallest one (so distances count finest voxels).
+
+    Parameters
+    ----------
+    voxel_size
+        One positive number, three, or None (isotropic).
+
+    Returns
+    -------
+    tuple of float
+        The relative sampling, smallest entry 1.
+
+    Examples
+    --------
+    >>> normalise_sampling([2.0, 1.0, 1.0])
+    (2.0, 1.0, 1.0)
+    """
+    if voxel_size is None:
+        return (1.0, 1.0, 1.0)
+    values = [voxel_size] * 3 if isinstance(voxel_size, int | float | np.number) else list(voxel_size)
+    try:
+        edges = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise VolmlaError(f"voxel_size must be one positive number or three, got {voxel_size!r}") from None
+    if len(edges) != 3 or not all(math.isfinite(v) and v > 0 for v in edges):
+        raise VolmlaError(f"voxel_size must be one positive number or three, got {voxel_size!r}")
+    low = min(edges)
+    return (edges[0] / low, edges[1] / low, edges[2] / low)
+
+
+def split_halo(
+    max_radius: float, sampling: Sequence[float] = (1.0, 1.0, 1.0), *, factor: float = HALO_FACTOR
+) -> tuple[int, int, int]:
+    """Halo of the watershed split: ``factor * max_radius + 2`` finest voxels, per axis (factor 3).
+
+    A core voxel's particle peak lies within ``max_radius`` of it (for compact
+    particles), the peak's distance value needs another ``max_radius`` of context and
+    the peaks of the particles touching it one more; two voxels cover plateaus and the
+    watershed neighbourhood.
 
     Parameters
     ----------
     max_radius
-        Largest particle radius (voxels) the split is exact for.
+        Largest distance value (finest voxel edges), e.g. :func:`max_distance`.
+    sampling
+        Relative voxel edges (:func:`normalise_sampling`).
+    factor
+        Halo over ``max_radius``.
 
     Returns
     -------
-    int
-        The halo in voxels.
+    tuple of int
+        The halo in voxels along (z, y, x).
 
     Examples
     --------
     >>> split_halo(10)
-    22
+    (32, 32, 32)
+    >>> split_halo(10, (2.0, 1.0, 1.0))
+    (16, 32, 32)
     """
-    if not isinstance(max_radius, int | float | np.number) or not math.isfinite(max_radius) or max_radius <= 0:
+    if (isinstance(max_radius, bool) or not isinstance(max_radius, int | float | np.number)
+            or not math.isfinite(max_radius) or max_radius <= 0):
         raise VolmlaError(f"max_radius must be a positive number of voxels, got {max_radius!r}")
-    return 2 * math.ceil(max_radius) + 2
+    return tuple(math.ceil((factor * max_radius + 2) / s) for s in sampling)  # type: ignore[return-value]
+
+
+def _check_positive(name: str, value: Any, *, upper: float | None = None) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float | np.number) or not math.isfinite(value)
+            or value < 0 or (upper is not None and value > upper)):
+        bound = f"between 0 and {upper}" if upper is not None else "a non-negative number"
+        raise VolmlaError(f"{name} must be {bound}, got {value!r}")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- block kernels
 
 
 def _sitk_run(filt: Any, image: Any) -> Any:
@@ -78,16 +185,18 @@ def _sitk_run(filt: Any, image: Any) -> Any:
     return filt.Execute(image)
 
 
-def distance_map(solid: np.ndarray) -> np.ndarray:
-    """Euclidean distance (voxels, float32) of each solid voxel to the nearest background.
+def distance_map(solid: np.ndarray, sampling: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Euclidean distance (float32) of each solid voxel to the nearest background.
 
-    SimpleITK's exact Maurer transform (as :func:`scipy.ndimage.distance_transform_edt`,
-    several times faster). A block without background gets a constant large value.
+    SimpleITK's exact Maurer transform (as :func:`scipy.ndimage.distance_transform_edt`
+    with ``sampling``, several times faster). A block without background gets ``inf``.
 
     Parameters
     ----------
     solid
         Boolean block (z, y, x).
+    sampling
+        Voxel edges (z, y, x) in the distance's unit.
 
     Returns
     -------
@@ -103,28 +212,28 @@ def distance_map(solid: np.ndarray) -> np.ndarray:
 
     solid = np.asarray(solid, bool)
     if solid.all():
-        return np.full(solid.shape, np.float32(np.sum(solid.shape)), np.float32)
+        return np.full(solid.shape, np.inf, np.float32)
+    image = sitk.GetImageFromArray((~solid).view(np.uint8))
+    isotropic = all(s == 1.0 for s in sampling)
+    if not isotropic:
+        image.SetSpacing([float(s) for s in reversed(sampling)])  # SimpleITK orders (x, y, z)
     filt = sitk.SignedMaurerDistanceMapImageFilter()
     filt.SetInsideIsPositive(False)
     filt.SetSquaredDistance(True)
-    filt.SetUseImageSpacing(False)
-    squared = sitk.GetArrayFromImage(_sitk_run(filt, sitk.GetImageFromArray((~solid).view(np.uint8))))
+    filt.SetUseImageSpacing(not isotropic)
+    squared = sitk.GetArrayFromImage(_sitk_run(filt, image))
     return np.sqrt(np.maximum(squared, 0)).astype(np.float32) * solid
 
 
 def h_maxima_caps(dist: np.ndarray, h: float) -> np.ndarray:
-    """Markers: regional maxima (26-connected) of the h-maxima transform of ``dist``.
-
-    The h-maxima transform (reconstruction by dilation of ``dist - h`` under ``dist``)
-    removes maxima of dynamic below ``h``; each remaining maximum becomes a flat cap,
-    so two equal peaks of one particle joined above ``max - h`` give one marker.
+    """Regional maxima (26-connected) of the h-maxima transform of ``dist`` (``h = 0``: of ``dist``).
 
     Parameters
     ----------
     dist
         Distance map of one block (:func:`distance_map`).
     h
-        Minimal dynamic of a maximum to become a marker (voxels).
+        Minimal dynamic of a maximum (0: every regional maximum).
 
     Returns
     -------
@@ -136,28 +245,113 @@ def h_maxima_caps(dist: np.ndarray, h: float) -> np.ndarray:
     >>> d = np.array([[[0, 1, 3, 1, 0, 2.5, 0]]], np.float32)
     >>> h_maxima_caps(d, 2.0).astype(int).tolist()
     [[[0, 1, 1, 1, 0, 1, 0]]]
+    >>> h_maxima_caps(d, 0).astype(int).tolist()
+    [[[0, 0, 1, 0, 0, 1, 0]]]
     """
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(np.asarray(dist, np.float32))
-    hmax = sitk.HMaximaImageFilter()
-    hmax.SetHeight(float(h))
+    if h > 0:
+        hmax = sitk.HMaximaImageFilter()
+        hmax.SetHeight(float(h))
+        image = _sitk_run(hmax, image)
     regional = sitk.RegionalMaximaImageFilter()
     regional.SetFullyConnected(True)
     regional.SetBackgroundValue(0)
     regional.SetForegroundValue(1)
-    caps = _sitk_run(regional, _sitk_run(hmax, image))
-    return sitk.GetArrayFromImage(caps).astype(bool)
+    return sitk.GetArrayFromImage(_sitk_run(regional, image)).astype(bool)
+
+
+def _saddles(basins: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Basin pairs touching across a face and their saddle (highest ``min(d(p), d(q))``)."""
+    los, his, vals = [], [], []
+    for axis in range(3):
+        n = basins.shape[axis]
+        a = basins.take(range(n - 1), axis)
+        b = basins.take(range(1, n), axis)
+        cut = (a != b) & (a > 0) & (b > 0)
+        if not cut.any():
+            continue
+        va, vb = a[cut], b[cut]
+        los.append(np.minimum(va, vb))
+        his.append(np.maximum(va, vb))
+        vals.append(np.minimum(dist.take(range(n - 1), axis)[cut], dist.take(range(1, n), axis)[cut]))
+    if not los:
+        empty = np.empty(0, np.int64)
+        return empty, empty, np.empty(0, np.float32)
+    lo, hi, val = (np.concatenate(x) for x in (los, his, vals))
+    key = lo.astype(np.int64) * (int(basins.max()) + 1) + hi
+    order = np.lexsort((val, key))  # by pair, highest saddle last
+    key, val = key[order], val[order]
+    last = np.ones(len(key), bool)
+    last[:-1] = key[1:] != key[:-1]
+    top = int(basins.max()) + 1
+    return key[last] // top, key[last] % top, val[last]
+
+
+def merge_basins(
+    peaks: np.ndarray, lo: np.ndarray, hi: np.ndarray, saddle: np.ndarray, *, neck: float, h: float
+) -> np.ndarray:
+    """Merge the watershed basins of insignificant maxima (the component tree, highest saddle first).
+
+    Parameters
+    ----------
+    peaks
+        Peak (highest distance) of each basin ``0..n`` (``peaks[0]`` unused).
+    lo, hi, saddle
+        Adjacent basin pairs and their saddle values (:func:`_saddles`).
+    neck
+        A maximum is a particle of its own when the saddle to a higher one is below
+        ``neck`` times its peak ...
+    h
+        ... and its dynamic (peak minus saddle) is at least ``h``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``0..m`` particle of each basin (``0`` for ``0``), particles numbered
+        ``1..m`` in order of their first basin.
+
+    Examples
+    --------
+    >>> peaks = np.array([0, 5.0, 4.0, 5.0])
+    >>> merge_basins(peaks, np.array([1, 2]), np.array([2, 3]), np.array([1.0, 3.9]), neck=0.75, h=0.5).tolist()
+    [0, 1, 2, 2]
+    """
+    n = len(peaks) - 1
+    tree = np.arange(n + 1)  # component tree (union-find), root = the component's highest basin
+    part = np.arange(n + 1)  # particles (union-find)
+
+    def find(par: np.ndarray, x: int) -> int:
+        root = x
+        while par[root] != root:
+            root = par[root]
+        while par[x] != root:
+            par[x], x = root, par[x]
+        return root
+
+    for i in np.argsort(-saddle, kind="stable"):
+        a, b, s = int(lo[i]), int(hi[i]), float(saddle[i])
+        ra, rb = find(tree, a), find(tree, b)
+        if ra == rb:
+            continue
+        if (peaks[ra], -ra) < (peaks[rb], -rb):  # ra is the lower peak: it ends here
+            ra, rb, a, b = rb, ra, b, a
+        low = float(peaks[rb])
+        if s >= neck * low or low - s < h:
+            pa, pb = find(part, rb), find(part, a)
+            if pa != pb:
+                part[max(pa, pb)] = min(pa, pb)
+        tree[rb] = ra
+    roots = np.array([find(part, x) for x in range(n + 1)])
+    _, numbered = np.unique(roots, return_inverse=True)
+    return numbered.astype(np.int64)
 
 
 def _peak_keys(
     markers: np.ndarray, n: int, dist: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...]
 ) -> np.ndarray:
-    """Key of each marker: 1 + global C-order index of its highest voxel (ties: first).
-
-    The peak lies near the particle's centre, so blocks that see only part of a large
-    cap still agree on it.
-    """
+    """Key of each marker ``1..n``: 1 + global C-order index of its highest voxel (ties: first)."""
     flat = markers.ravel()
     where = np.flatnonzero(flat)
     ids = flat[where]
@@ -173,36 +367,41 @@ def _peak_keys(
 def split_block(
     solid: np.ndarray,
     *,
-    h: float = 2.0,
+    neck: float = NECK,
+    h: float = H_MIN,
+    sampling: Sequence[float] = (1.0, 1.0, 1.0),
     connectivity: int = 26,
     origin: tuple[int, ...] = (0, 0, 0),
     shape: tuple[int, ...] | None = None,
 ) -> np.ndarray:
-    """Marker-based watershed of the distance transform on one (extended) block.
+    """Watershed of the distance map on one (extended) block, insignificant maxima merged.
 
     Parameters
     ----------
     solid
         Boolean block (z, y, x).
-    h
-        Minimal dynamic of a distance maximum to become a marker (voxels).
+    neck, h
+        The merging criterion (:func:`merge_basins`).
+    sampling
+        Relative voxel edges (:func:`normalise_sampling`).
     connectivity
         Watershed neighbourhood: 6, 18 or 26.
     origin, shape
         The block's first voxel in the volume (may be negative in a halo) and the
-        volume's shape; marker keys are global C-order indices.
+        volume's shape; keys are global C-order indices.
 
     Returns
     -------
     numpy.ndarray
-        uint64 basin keys: 0 background, ``1 + global index`` of the basin's marker,
-        :data:`UNMARKED` for solid without a marker.
+        uint64 keys: 0 background, ``1 + global index`` of the particle's highest
+        voxel, :data:`UNMARKED` for solid no marker reaches.
 
     Examples
     --------
-    >>> ball = np.zeros((9, 9, 9), bool); ball[2:7, 2:7, 2:7] = True
-    >>> len(np.unique(split_block(ball))) - 1
-    1
+    >>> zz, yy, xx = np.ogrid[:12, :12, :22]
+    >>> two = ((zz - 6) ** 2 + (yy - 6) ** 2 + (xx - 6) ** 2 <= 25) | ((zz - 6) ** 2 + (yy - 6) ** 2 + (xx - 15) ** 2 <= 25)
+    >>> len(np.unique(split_block(two))) - 1
+    2
     """
     import cc3d
     from skimage.segmentation import watershed
@@ -212,20 +411,99 @@ def split_block(
     if not solid.any():
         return out
     shape = tuple(solid.shape) if shape is None else tuple(shape)
-    dist = distance_map(solid)
-    peaks = h_maxima_caps(dist, h) & solid
-    markers, n = cc3d.connected_components(peaks.view(np.uint8), connectivity=26, return_N=True)
+    dist = distance_map(solid, sampling)
+    if not np.isfinite(dist).all():
+        dist = np.where(np.isfinite(dist), dist, np.float32(np.sum(solid.shape) * max(sampling)))
+    caps = h_maxima_caps(dist, 0) & solid
+    markers, n = cc3d.connected_components(caps.view(np.uint8), connectivity=26, return_N=True)
     if n == 0:
         out[solid] = UNMARKED
         return out
-    keys = _peak_keys(markers, n, dist, origin, shape)
-    basins = watershed(
-        -dist, markers=markers.astype(np.int32), mask=solid, connectivity={6: 1, 18: 2, 26: 3}[connectivity]
-    )
-    lut = np.concatenate([[np.uint64(0)], keys]).astype(np.uint64)
+    markers = markers.astype(np.int32)
+    basins = watershed(-dist, markers=markers, mask=solid, connectivity={6: 1, 18: 2, 26: 3}[connectivity])
+    peaks = np.zeros(n + 1, np.float64)
+    cap_at = np.flatnonzero(markers.ravel())
+    peaks[markers.ravel()[cap_at]] = dist.ravel()[cap_at]
+    lo, hi, saddle = _saddles(basins, dist)
+    particle = merge_basins(peaks, lo, hi, saddle, neck=neck, h=h)
+    m = int(particle.max())
+    keys = _peak_keys(particle.take(markers), m, dist, origin, shape)
+    lut = np.concatenate([[np.uint64(0)], keys]).astype(np.uint64).take(particle)
     out = lut.take(basins)
     out[solid & (basins == 0)] = UNMARKED
     return out
+
+
+def _core(halo: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(h, n - h) for h, n in zip(halo, shape, strict=True))
+
+
+def _edt_extended(block: np.ndarray, *, halo: tuple[int, ...], sampling: tuple[float, ...]) -> np.ndarray:
+    """Largest core distance of one extended block, as a (1, 1, 1) block."""
+    core = distance_map(block, sampling)[_core(halo, block.shape)]
+    return np.full((1, 1, 1), core.max() if core.size else 0, np.float32)
+
+
+def max_distance(solid: VolumeLike, *, sampling: Sequence[float] = (1.0, 1.0, 1.0), start: float = 16.0) -> float:
+    """The largest distance of the solid to the background, exact (eager; outside is background).
+
+    Per block with a halo of ``start`` finest voxels, doubled until every block's
+    largest core distance is within its halo (its nearest background then lies in the
+    extended block, so the value is exact), or the halo spans the volume.
+
+    Parameters
+    ----------
+    solid
+        3-D boolean (or 0/1) mask.
+    sampling
+        Relative voxel edges (:func:`normalise_sampling`).
+    start
+        First halo (finest voxel edges).
+
+    Returns
+    -------
+    float
+        The largest distance (finest voxel edges); 0 for a mask without solid.
+
+    Examples
+    --------
+    >>> ball = np.zeros((9, 9, 9), bool); ball[2:7, 2:7, 2:7] = True
+    >>> max_distance(ball)
+    3.0
+    """
+    from volmla.engine.cluster import compute
+
+    mask = as_volume(solid, name="solid").data.astype(bool)
+    reach = float(start)
+    while True:
+        ext, halo = _overlap(mask, tuple(math.ceil(reach / s) for s in sampling))
+        single = [len(c) == 1 for c in ext.chunks]
+        kernel = functools.partial(_edt_extended, halo=halo, sampling=tuple(sampling))
+        per_block = da.map_blocks(kernel, ext, dtype=np.float32, chunks=((1,) * ext.numblocks[0],
+                                  (1,) * ext.numblocks[1], (1,) * ext.numblocks[2]))
+        (largest,) = compute([per_block.max()], desc="largest particle radius")
+        largest = float(largest)
+        # exact when the nearest background lies in the extended block: within the halo
+        # along axes cut into blocks (an axis in one block sees all of it)
+        covered = min((h * s for h, s, one in zip(halo, sampling, single, strict=True) if not one), default=math.inf)
+        if largest <= covered:
+            return largest
+        reach *= 2
+
+
+def _overlap(mask: da.Array, halo: Sequence[int]) -> tuple[da.Array, tuple[int, ...]]:
+    """The mask's blocks extended by ``halo`` (background outside) and the halo used.
+
+    Chunks thinner than the halo are merged first. An axis left in one chunk needs no
+    context from neighbours: it gets a one-voxel rim of background only (the volume's
+    border is background either way).
+    """
+    halo = tuple(min(h, max(n - 1, 0)) for h, n in zip(halo, mask.shape, strict=True))
+    chunks = tuple(da.overlap.ensure_minimum_chunksize(max(h, 1), c) for h, c in zip(halo, mask.chunks, strict=True))
+    if chunks != mask.chunks:
+        mask = mask.rechunk(chunks)
+    halo = tuple(1 if len(c) == 1 else h for h, c in zip(halo, mask.chunks, strict=True))
+    return da.overlap.overlap(mask, depth=dict(enumerate(halo)), boundary={a: 0 for a in range(3)}), halo
 
 
 def _split_extended(
@@ -234,72 +512,110 @@ def _split_extended(
     block_id: tuple[int, ...] | None = None,
     starts: list[np.ndarray],
     halo: tuple[int, ...],
+    first: tuple[int, ...],
     shape: tuple[int, ...],
+    neck: float,
     h: float,
+    sampling: tuple[float, ...],
     connectivity: int,
 ) -> np.ndarray:
+    """Split one block with the ``first`` halo; again with the full ``halo`` if a particle reaches its face."""
     assert block_id is not None
-    origin = tuple(int(starts[a][block_id[a]]) - halo[a] for a in range(3))
-    return split_block(block, h=h, connectivity=connectivity, origin=origin, shape=shape)
+    cut = 0
+    for depth in dict.fromkeys((first, halo)):  # the first halo, then (if different) the full one
+        crop = tuple(slice(a - d, n - (a - d)) for a, d, n in zip(halo, depth, block.shape, strict=True))
+        origin = tuple(int(starts[a][block_id[a]]) - depth[a] for a in range(3))
+        keys = split_block(block[crop], neck=neck, h=h, sampling=sampling, connectivity=connectivity,
+                           origin=origin, shape=shape)
+        core = keys[_core(depth, keys.shape)]
+        cut, at = _reaching(keys, core, origin, shape)
+        if not cut:
+            return core
+    logger.warning(
+        "%d particle(s) (one peaks at z, y, x = %s) reach beyond the split halo: their labels may depend on "
+        "the chunking; give a larger max_radius", cut, at,
+    )
+    return core
+
+
+def _reaching(
+    keys: np.ndarray, core: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...]
+) -> tuple[int, tuple[int, ...]]:
+    """Particles of the block proper that reach the extended block's outer face (inside the volume)."""
+    faces = []
+    for axis in range(3):
+        if origin[axis] > 0:
+            faces.append(keys.take(0, axis).ravel())
+        if origin[axis] + keys.shape[axis] < shape[axis]:
+            faces.append(keys.take(keys.shape[axis] - 1, axis).ravel())
+    if not faces:
+        return 0, ()
+    edge = np.unique(np.concatenate(faces))
+    edge = edge[(edge > 0) & (edge != UNMARKED)]
+    cut = np.intersect1d(edge, np.unique(core), assume_unique=True) if len(edge) else edge
+    if not len(cut):
+        return 0, ()
+    return len(cut), tuple(int(c) for c in np.unravel_index(int(cut[0]) - 1, shape))
 
 
 def split_touching(
-    solid: VolumeLike, *, h: float = 2.0, max_radius: float = 24.0, connectivity: Literal[6, 18, 26] = 26
+    solid: VolumeLike,
+    *,
+    neck: float = NECK,
+    h: float = H_MIN,
+    max_radius: float | None = None,
+    voxel_size: float | Sequence[float] | None = None,
+    connectivity: Literal[6, 18, 26] = 26,
 ) -> da.Array:
-    """Lazy watershed basin keys (uint64) of a solid mask, per block with a halo.
+    """Lazy watershed keys (uint64) of a solid mask, per block with a halo from the data.
 
-    See the module docstring for what is exact and what is not. Chunks thinner than
-    the halo are merged first.
+    See the module docstring for the steps and what is exact. Chunks thinner than the
+    halo are merged first.
 
     Parameters
     ----------
     solid
-        3-D boolean (or 0/1) mask.
+        3-D boolean (or 0/1) mask; an xarray volume gives its ``voxel_size_um``.
+    neck
+        Two distance maxima stay separate particles when the saddle between them is
+        below ``neck`` times the lower peak (0 < neck <= 1; larger splits more).
     h
-        Minimal dynamic (voxels) of a distance maximum to seed its own particle.
+        ... and the lower peak's dynamic is at least ``h`` finest voxel edges.
     max_radius
-        Largest particle radius (voxels) the split is exact for; sets the halo
-        (:func:`split_halo`).
+        Largest distance value the halo is made for (finest voxel edges); None
+        (default) measures it exactly (:func:`max_distance`, one eager pass).
+    voxel_size
+        Voxel edges (z, y, x) for the distance map; None: the volume's
+        ``voxel_size_um`` if it has one, else isotropic.
     connectivity
         Watershed neighbourhood: 6, 18 or 26.
 
     Returns
     -------
     dask.array.Array
-        Lazy uint64 basin keys (as :func:`split_block`), with the mask's chunks (or the
+        Lazy uint64 keys (as :func:`split_block`), with the mask's chunks (or the
         merged ones).
 
     Examples
     --------
-    >>> two = np.zeros((12, 12, 22), bool)
     >>> zz, yy, xx = np.ogrid[:12, :12, :22]
-    >>> two |= (zz - 6) ** 2 + (yy - 6) ** 2 + (xx - 6) ** 2 <= 25
-    >>> two |= (zz - 6) ** 2 + (yy - 6) ** 2 + (xx - 15) ** 2 <= 25
-    >>> len(np.unique(split_touching(two, h=1.0, max_radius=5).compute())) - 1
+    >>> two = ((zz - 6) ** 2 + (yy - 6) ** 2 + (xx - 6) ** 2 <= 25) | ((zz - 6) ** 2 + (yy - 6) ** 2 + (xx - 15) ** 2 <= 25)
+    >>> len(np.unique(split_touching(two).compute())) - 1
     2
     """
     connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
-    if not isinstance(h, int | float | np.number) or not math.isfinite(h) or h <= 0:
-        raise VolmlaError(f"h must be a positive number of voxels, got {h!r}")
-    mask = as_volume(solid, name="solid").data.astype(bool)
-    halo_edge = split_halo(max_radius)
-    halo = tuple(min(halo_edge, max(n - 1, 0)) for n in mask.shape)
-    # Every chunk at least as thick as the halo, so a block reads only its neighbours.
-    chunks = tuple(
-        max(min(halo[a], mask.shape[a]), max(mask.chunks[a])) for a in range(3)
-    )
-    if any(min(mask.chunks[a][:-1] or (chunks[a],)) < halo[a] for a in range(3)):
-        mask = mask.rechunk(chunks)
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in mask.chunks]
-    kernel = functools.partial(
-        _split_extended, starts=starts, halo=halo, shape=tuple(mask.shape), h=float(h), connectivity=connectivity
-    )
-    return da.map_overlap(
-        kernel,
-        mask,
-        depth=dict(enumerate(halo)),
-        boundary=0,
-        trim=True,
-        dtype=np.uint64,
-        meta=np.empty((0, 0, 0), np.uint64),
-    )
+    neck = _check_positive("neck", neck, upper=1.0)
+    h = _check_positive("h", h)
+    vol = as_volume(solid, name="solid")
+    mask = vol.data.astype(bool)
+    sampling = normalise_sampling(voxel_size if voxel_size is not None else vol.attrs.get("voxel_size_um"))
+    if max_radius is None:
+        max_radius = max(max_distance(mask, sampling=sampling), 1.0)
+        logger.info("largest distance in the solid: %.3g voxels", max_radius)
+    ext, halo = _overlap(mask, split_halo(max_radius, sampling))
+    first = tuple(min(h_, f) for h_, f in zip(halo, split_halo(max_radius, sampling, factor=FIRST_FACTOR), strict=True))
+    chunks = tuple(tuple(n - 2 * h_ for n in c) for h_, c in zip(halo, ext.chunks, strict=True))
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
+    kernel = functools.partial(_split_extended, starts=starts, halo=halo, first=first, shape=tuple(mask.shape),
+                               neck=neck, h=h, sampling=sampling, connectivity=connectivity)
+    return da.map_blocks(kernel, ext, dtype=np.uint64, chunks=chunks, meta=np.empty((0, 0, 0), np.uint64))

@@ -221,7 +221,7 @@ def _build(out: Path, final: Path, *, shape: Sequence[int], seed: int, unet: boo
     from volmla.particles import label_particles as particle_labels
 
     with timed("particles"), tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
-        found = particle_labels(phases, threshold=None, min_size=20, split=True, h=2.0, max_radius=16,
+        found = particle_labels(phases, threshold=None, min_size=20, split=True,
                                 scratch=scratch)
         write_volume(found.labels, out / "particles.zarr", kind="labels", voxel_size=voxel)
     with timed("grains"):

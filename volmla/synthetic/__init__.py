@@ -4,26 +4,45 @@
 OME-Zarr writer (:mod:`volmla.synthetic.phantom`), built from the seeded catalogue
 (:mod:`volmla.synthetic.catalogue`), the block renderer (:mod:`volmla.synthetic.render`)
 and the counter-based noise (:mod:`volmla.synthetic.noise`).
+``crushed_ore`` (:mod:`volmla.synthetic.crushed`) is the in-memory phantom that looks
+like a real scan of crushed ore (touching irregular particles, partial volume, PSF,
+cupping, rings, noise) with its truth from a finer grid.
 """
 
 from __future__ import annotations
 
 from volmla.synthetic.catalogue import PHASES, Catalogue
 from volmla.synthetic.correlative import correlative_labels, simulate_element_maps
+from volmla.synthetic.crushed import (
+    GREY,
+    LEVELS,
+    MODAL_WEIGHTS,
+    CrushedOre,
+    crushed_ore,
+    truth_liberation,
+    write_crushed_ore,
+)
 from volmla.synthetic.noise import normal_noise
 from volmla.synthetic.phantom import Phantom, check_phantom_output, phantom, write_phantom
 from volmla.synthetic.render import ATTENUATION, grain_block
 
 __all__ = [
     "ATTENUATION",
+    "GREY",
+    "LEVELS",
+    "MODAL_WEIGHTS",
     "PHASES",
     "Catalogue",
+    "CrushedOre",
     "Phantom",
     "check_phantom_output",
     "correlative_labels",
+    "crushed_ore",
     "grain_block",
     "normal_noise",
     "phantom",
     "simulate_element_maps",
+    "truth_liberation",
+    "write_crushed_ore",
     "write_phantom",
 ]

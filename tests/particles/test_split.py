@@ -1,0 +1,201 @@
+"""The watershed split: saddle-depth markers, a halo from the data, chunk invariance, bad input."""
+
+from __future__ import annotations
+
+import logging
+
+import dask.array as da
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from volmla.errors import VolmlaError
+from volmla.particles import label_particles
+from volmla.particles.split import (
+    h_maxima_caps,
+    max_distance,
+    merge_basins,
+    normalise_sampling,
+    split_block,
+    split_halo,
+    split_touching,
+)
+
+
+def flat_contact_clusters(seed: int, shape=(64, 64, 64), clusters=6, per=(2, 5), radius=(4.5, 10.0),
+                          overlap=(0.03, 0.12)) -> np.ndarray:
+    """Clusters of touching balls with flat contacts, as truth labels.
+
+    Each cluster grows by placing a ball against a random member, its centre at
+    ``(r1 + r2) * (1 - overlap)``; overlapping voxels go to the ball of smaller power
+    distance ``|x - c|^2 - r^2``, so contacts are plane cuts (a power diagram) and the
+    neck between two balls is a shallow saddle of the distance map.
+    """
+    rng = np.random.default_rng(seed)
+    centres, radii = [], []
+    margin = radius[1] + 2
+    for _ in range(clusters):
+        for _attempt in range(50):
+            c0 = rng.uniform(margin, np.array(shape) - margin)
+            r0 = rng.uniform(*radius)
+            if all(np.linalg.norm(c0 - c) > r0 + r + 2 for c, r in zip(centres, radii, strict=True)):
+                break
+        else:
+            continue
+        members = [(c0, r0)]
+        for _ in range(rng.integers(per[0], per[1] + 1) - 1):
+            for _attempt in range(50):
+                cp, rp = members[rng.integers(len(members))]
+                r = rng.uniform(*radius)
+                v = rng.normal(size=3)
+                c = cp + v / np.linalg.norm(v) * (rp + r) * (1 - rng.uniform(*overlap))
+                inside = np.all(c > r + 1) and np.all(c < np.array(shape) - r - 1)
+                free = all(np.linalg.norm(c - ci) > (r + ri) * (1 - overlap[1]) for ci, ri in members if ci is not cp)
+                others = all(np.linalg.norm(c - ci) > r + ri + 2 for ci, ri in zip(centres, radii, strict=True))
+                if inside and free and others:
+                    members.append((c, r))
+                    break
+        for c, r in members:
+            centres.append(c)
+            radii.append(r)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).astype(np.float32)
+    power = np.full(shape, np.inf, np.float32)
+    labels = np.zeros(shape, np.uint32)
+    for i, (c, r) in enumerate(zip(centres, radii, strict=True), 1):
+        p = ((grid - np.asarray(c, np.float32)) ** 2).sum(-1) - r * r
+        take = (p <= 0) & (p < power)
+        labels[take], power[take] = i, p[take]
+    return labels
+
+
+def matched(pred: np.ndarray, truth: np.ndarray, iou: float = 0.8) -> float:
+    """Fraction of true particles with a predicted one at IoU >= ``iou``."""
+    t, p = truth.ravel().astype(np.int64), pred.ravel().astype(np.int64)
+    both = (t > 0) & (p > 0)
+    pairs, counts = np.unique(t[both] * (p.max() + 1) + p[both], return_counts=True)
+    ti, pi = pairs // (p.max() + 1), pairs % (p.max() + 1)
+    ts, ps = np.bincount(t), np.bincount(p)
+    good = counts / (ts[ti] + ps[pi] - counts) >= iou
+    return len(np.unique(ti[good])) / int((ts[1:] > 0).sum())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_flat_contacts_split_by_default(seed):
+    truth = flat_contact_clusters(seed)
+    n_true = len(np.unique(truth)) - 1
+    out = label_particles(truth > 0, threshold=None)
+    assert abs(out.count - n_true) <= max(1, round(0.05 * n_true))
+    assert matched(out.labels.compute(), truth) >= 0.9
+    # the shallow saddles are what a fixed h = 2 misses: it merges some of these pairs
+    dist = ndi.distance_transform_edt(truth > 0)
+    fixed = ndi.label(h_maxima_caps(dist.astype(np.float32), 2.0), np.ones((3, 3, 3)))[1]
+    assert fixed < n_true
+
+
+def test_identical_for_three_chunkings():
+    truth = flat_contact_clusters(3, clusters=8)
+    solid = truth > 0
+    largest = 2 * max_distance(solid)
+    ref = label_particles(da.from_array(solid, chunks=64), threshold=None)
+    ref_labels = ref.labels.compute()
+    assert ref.count > ndi.label(solid)[1]
+    for chunks in [(32, 32, 32), (8, 64, 12), (10, 9, 7)]:  # the last two thinner than the largest particle
+        assert min(chunks) < largest or chunks == (32, 32, 32)
+        out = label_particles(da.from_array(solid, chunks=chunks), threshold=None)
+        assert out.count == ref.count
+        np.testing.assert_array_equal(out.labels.compute(), ref_labels)
+
+
+def test_max_distance_exact_and_grows_its_halo():
+    solid = np.zeros((60, 50, 70), bool)
+    zz, yy, xx = np.ogrid[:60, :50, :70]
+    solid |= (zz - 30) ** 2 + (yy - 25) ** 2 + (xx - 35) ** 2 <= 22**2  # radius 22 > the first halo (16)
+    solid[5:9, 5:9, 5:9] = True
+    ref = float(ndi.distance_transform_edt(np.pad(solid, 1)).max())
+    for chunks in [(60, 50, 70), (7, 8, 9), (30, 5, 70)]:
+        assert max_distance(da.from_array(solid, chunks=chunks)) == pytest.approx(ref, rel=1e-6)
+    aniso = ndi.distance_transform_edt(np.pad(solid, 1), sampling=(2.0, 1.0, 1.0)).max()
+    assert max_distance(da.from_array(solid, chunks=9), sampling=(2.0, 1.0, 1.0)) == pytest.approx(aniso, rel=1e-6)
+    assert max_distance(np.zeros((5, 5, 5), bool)) == 0.0
+
+
+def test_merge_basins_keeps_narrow_necks_and_merges_wide_ones():
+    peaks = np.array([0.0, 6.0, 5.0, 6.0, 1.2])
+    # 1-2 meet at 2.0 (neck 0.4 of the lower peak: apart); 2-3 at 4.5 (0.9: one particle);
+    # 4 is a noise bump 0.3 above its saddle with 3 (dynamic below h: merged)
+    lo, hi, saddle = np.array([1, 2, 3]), np.array([2, 3, 4]), np.array([2.0, 4.5, 0.9])
+    assert merge_basins(peaks, lo, hi, saddle, neck=0.75, h=0.5).tolist() == [0, 1, 2, 2, 2]
+    assert merge_basins(peaks, lo, hi, saddle, neck=0.95, h=0.1).tolist() == [0, 1, 2, 3, 4]
+    assert merge_basins(peaks, lo, hi, saddle, neck=0.3, h=0.1).tolist() == [0, 1, 1, 1, 1]
+    assert merge_basins(peaks, lo, hi, saddle, neck=0.75, h=4.5).tolist() == [0, 1, 1, 1, 1]  # 2 joined 3 (peak 6)
+
+
+def test_empty_mask_and_a_mask_that_is_all_solid():
+    empty = da.zeros((20, 20, 20), bool, chunks=8)
+    out = label_particles(empty, threshold=None)
+    assert out.count == 0 and not out.labels.compute().any()
+    full = da.ones((24, 20, 22), bool, chunks=8)
+    res = label_particles(full, threshold=None)
+    assert res.count == 1
+    assert (res.labels.compute() == 1).all()
+    np.testing.assert_array_equal(label_particles(np.ones((24, 20, 22), bool), threshold=None).labels.compute(),
+                                  res.labels.compute())
+
+
+def test_particles_much_larger_than_a_chunk():
+    zz, yy, xx = np.ogrid[:56, :56, :80]
+    solid = ((zz - 28) ** 2 + (yy - 28) ** 2 + (xx - 24) ** 2 <= 20**2) | (
+        (zz - 28) ** 2 + (yy - 28) ** 2 + (xx - 60) ** 2 <= 17**2)
+    ref = label_particles(solid, threshold=None)
+    assert ref.count == 2
+    for chunks in [(6, 6, 6), (56, 5, 80)]:
+        out = label_particles(da.from_array(solid, chunks=chunks), threshold=None)
+        np.testing.assert_array_equal(out.labels.compute(), ref.labels.compute())
+
+
+def test_anisotropic_voxels_use_physical_distances():
+    # two touching balls of radius 8 um scanned at 2 um along z, 1 um in y and x
+    zz, yy, xx = np.ogrid[:12, :24, :40]
+    zz = zz * 2.0
+    a = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 11) ** 2 <= 64
+    b = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 26) ** 2 <= 64
+    two = a | b
+    assert normalise_sampling([2.0, 1.0, 1.0]) == (2.0, 1.0, 1.0)
+    assert split_halo(8, (2.0, 1.0, 1.0)) == (13, 26, 26)
+    assert label_particles(two, threshold=None, voxel_size=(2.0, 1.0, 1.0)).count == 2
+    ref = label_particles(da.from_array(two, chunks=(12, 24, 40)), threshold=None, voxel_size=(2.0, 1.0, 1.0))
+    for chunks in [(4, 7, 9), (12, 5, 40)]:
+        out = label_particles(da.from_array(two, chunks=chunks), threshold=None, voxel_size=(2.0, 1.0, 1.0))
+        np.testing.assert_array_equal(out.labels.compute(), ref.labels.compute())
+    # a ball in micrometres is an ellipsoid in voxels: one particle with the voxel size
+    one = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 20) ** 2 <= 100
+    assert label_particles(one, threshold=None, voxel_size=(2.0, 1.0, 1.0)).count == 1
+    # the voxel size comes from an xarray volume's attributes
+    import xarray as xr
+
+    vol = xr.DataArray(two, dims=("z", "y", "x"), attrs={"voxel_size_um": [2.0, 1.0, 1.0]})
+    assert label_particles(vol, threshold=None).count == 2
+
+
+def test_split_block_keys_are_global_and_options_checked():
+    zz, yy, xx = np.ogrid[:12, :12, :22]
+    two = ((zz - 6) ** 2 + (yy - 6) ** 2 + (xx - 6) ** 2 <= 25) | ((zz - 6) ** 2 + (yy - 6) ** 2 + (xx - 15) ** 2 <= 25)
+    keys = split_block(two, origin=(3, 0, 0), shape=(20, 12, 22))
+    peaks = np.unique(keys[keys > 0]) - 1
+    assert all(np.unravel_index(int(k), (20, 12, 22))[0] == 9 for k in peaks)  # the centres' z, shifted by 3
+    for bad in [dict(neck=1.5), dict(neck=-0.1), dict(h=float("nan")), dict(voxel_size=(1.0, 0.0, 1.0)),
+                dict(max_radius=0)]:
+        with pytest.raises(VolmlaError):
+            split_touching(two, **bad)  # type: ignore[arg-type]
+
+
+def test_a_particle_longer_than_the_halo_is_reported(caplog):
+    rod = np.zeros((10, 10, 120), bool)
+    rod[3:7, 3:7, 5:115] = True
+    with caplog.at_level(logging.WARNING, logger="volmla.particles.split"):
+        label_particles(da.from_array(rod, chunks=(10, 10, 20)), threshold=None, max_radius=2)
+    assert "beyond the split halo" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="volmla.particles.split"):
+        assert label_particles(da.from_array(rod, chunks=(10, 10, 120)), threshold=None).count == 1
+    assert "beyond the split halo" not in caplog.text
