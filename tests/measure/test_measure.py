@@ -62,8 +62,13 @@ def reference_particles(lab: np.ndarray, ph: np.ndarray, gr: np.ndarray, vs: tup
         row["n_grains"] = len(np.unique(gr[mask & (gr > 0)]))
         for p, name in names.items():
             row[f"vox_{name}"] = int((mask & (ph == p)).sum())
+        solid = int((mask & (ph > 0)).sum())  # grades over the solid phases: void inside is not a phase
+        row["vox_solid"] = solid
         for name in names.values():
-            row[f"grade_{name}"] = row[f"vox_{name}"] / n
+            row[f"vfrac_{name}"] = float(row[f"vox_{name}"])
+        row["vfrac_solid"] = float(solid)
+        for name in names.values():
+            row[f"grade_{name}"] = row[f"vox_{name}"] / solid if solid else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 

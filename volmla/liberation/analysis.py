@@ -182,6 +182,7 @@ def analyse(
     derive_grains: bool = True,
     overwrite: bool = False,
     cluster: Callable[[], AbstractContextManager[Any]] | None = None,
+    intensity: VolumeLike | None = None,
 ) -> Summary:
     """Measure the particles and write every liberation output into ``out_dir``.
 
@@ -219,6 +220,11 @@ def analyse(
         Called after every check and before any computation: the context to compute in
         (the CLI passes :func:`volmla.cli.app.running`, which starts its Dask cluster);
         default the current Dask scheduler.
+    intensity
+        The CT volume the phases were segmented from: boundary voxels are then
+        apportioned between pure grey levels (``vfrac_<phase>`` in
+        ``particles.parquet``, :mod:`volmla.measure.fractions`) and every statistic
+        uses those volumes. Without it ``vfrac_<phase>`` equals ``vox_<phase>``.
 
     Returns
     -------
@@ -237,13 +243,16 @@ def analyse(
     thr, edges = check_options(free_threshold=free_threshold, size_edges=size_edges, by=by, densities=densities,
                                phase_names=phase_names, section_step=section_step, pieces=pieces, n_boot=n_boot)
     check_volumes(phases, particles, grains=grains, phase_names=phase_names, voxel_size=voxel_size)
+    if intensity is not None and tuple(intensity.shape) != tuple(phases.shape):
+        raise VolmlaError(f"intensity must have the shape of the phases {tuple(phases.shape)}, got {tuple(intensity.shape)}")
     with cluster() if cluster is not None else contextlib.nullcontext():
         if grains is None and derive_grains:
             from volmla.particles import label_grains as _grains
 
             logger.info("no grain volume given: deriving grains (26-connected phase components per particle)")
             grains = _grains(particles, phases, connectivity=26).labels
-        tables = measure(particles, phases, grains=grains, voxel_size=voxel_size, phase_names=phase_names)
+        tables = measure(particles, phases, grains=grains, voxel_size=voxel_size, phase_names=phase_names,
+                         intensity=intensity)
         names = list(tables.phase_names.values())
         rho = _densities(densities, names)
         pdf = tables.particles
@@ -254,6 +263,7 @@ def analyse(
         summary["shape"] = list(tables.shape)
         summary["association"] = _nan_to_none(association(tables.contacts, phase_names=names))
         summary["surface_correction"] = SURFACE_CORRECTION
+        summary["phase_volumes"] = "partial-volume" if intensity is not None else "voxel counts"
         extras: dict[str, Any] = {"contacts": tables.contacts}
         extras["grade_recovery"] = grade_recovery(pdf, phase_names=names, densities=rho, include_border=include_border)
         if section_step is not None:

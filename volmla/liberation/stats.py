@@ -1,10 +1,18 @@
 """Liberation statistics of a particle table: pure functions on pandas DataFrames.
 
 Every statistic reads the per-particle table of :mod:`volmla.measure` (columns
-``vox_<phase>``, ``grade_<phase>``, ``volume_voxels``, ``volume_um3``, ``esd_um``,
+``vox_<phase>``, ``vfrac_<phase>``, ``vfrac_solid``, ``volume_um3``, ``esd_um``,
 ``touches_border``, ...) over the particles that do not touch the volume border
 (``include_border=False``, the default). Nothing here reads a volume or computes with
-Dask:
+Dask.
+
+Phase volumes and grades are over the solid phases only: void (phase 0) voxels inside a
+particle are not a phase, so a particle of quartz with a few void-classified voxels is
+still 100 % quartz. A phase's volume is its ``vfrac_<phase>`` column (partial-volume
+aware, :mod:`volmla.measure.fractions`) and a particle's solid volume ``vfrac_solid``
+when the table has them; else ``vox_<phase>`` over ``vox_solid``; a table with neither
+(written before these columns existed, or built by hand) falls back to ``vox_<phase>``
+over ``volume_voxels`` (:func:`_basis`). The statistics:
 
 1. **modal mineralogy** (:func:`modal_mineralogy`): each phase's share of the
    named-phase volume, and of the mass when densities are given;
@@ -23,8 +31,9 @@ Dask:
    "grade_hi": 0}`` for exactly 0 %, ``{"grade_lo": 100, "grade_hi": 100}`` for exactly
    100 % and ``{"grade_lo": a, "grade_hi": b}`` for the open-below interval ``(a, b]``
    (``(90, 100)`` for the last interval, open at both ends). Grades are in percent.
-   Classes are assigned with integer arithmetic on voxel counts (:func:`grade_class`),
-   so a grade of exactly 10 % is in ``(0, 10]``. By volume, the 0 % class is always 0
+   Classes are assigned exactly (:func:`grade_class`: a correctly rounded division
+   of two integer-valued counts lands on the class edge), so a grade of exactly 10 % is
+   in ``(0, 10]``. By volume, the 0 % class is always 0
    (kept for a fixed layout); by number, fractions are over all particles, including
    those without the phase (0 % class);
 4. **locking and association** (:func:`locking`, :func:`association`): the particles
@@ -89,6 +98,28 @@ def _phases(df: pd.DataFrame, phase_names: Sequence[str] | Mapping[int, str]) ->
     if missing:
         raise VolmlaError(f"phase_names {missing} have no vox_<phase> column in the particle table")
     return names
+
+
+def _basis(df: pd.DataFrame) -> tuple[str, str]:
+    """``(prefix, solid column)`` of the phase volumes: ``("vfrac_", "vfrac_solid")``,
+    else ``("vox_", "vox_solid")``, else ``("vox_", "volume_voxels")``."""
+    if "vfrac_solid" in df.columns:
+        return "vfrac_", "vfrac_solid"
+    if "vox_solid" in df.columns:
+        return "vox_", "vox_solid"
+    return "vox_", "volume_voxels"
+
+
+def _volume(pop: pd.DataFrame, phase: str) -> np.ndarray:
+    """The volume of ``phase`` in each particle (voxels, float)."""
+    prefix, _ = _basis(pop)
+    col = f"{prefix}{phase}" if f"{prefix}{phase}" in pop.columns else f"vox_{phase}"
+    return pop[col].to_numpy(np.float64)
+
+
+def _solid(pop: pd.DataFrame) -> np.ndarray:
+    """The solid volume of each particle: the sum over its phases (voxels, float)."""
+    return pop[_basis(pop)[1]].to_numpy(np.float64)
 
 
 def _population(df: pd.DataFrame, include_border: bool) -> pd.DataFrame:
@@ -161,7 +192,7 @@ def modal_mineralogy(
     names = _phases(df, phase_names)
     rho = _densities(densities, names)
     pop = _population(df, include_border)
-    vol = {p: float(pop[f"vox_{p}"].sum()) for p in names}
+    vol = {p: float(_volume(pop, p).sum()) for p in names}
     total = sum(vol.values())
     out: dict[str, dict[str, float] | None] = {"volume": {p: _ratio(v, total) for p, v in vol.items()}, "mass": None}
     if rho is not None:
@@ -206,12 +237,12 @@ def liberation_degree(
 
 
 def _free(pop: pd.DataFrame, phase: str, thr: float) -> np.ndarray:
-    # grade > thr, decided on the integer counts: vox > thr * volume
-    return pop[f"vox_{phase}"].to_numpy(np.float64) > thr * pop["volume_voxels"].to_numpy(np.float64)
+    # grade > thr over the solid phases, without a division: volume > thr * solid
+    return _volume(pop, phase) > thr * _solid(pop)
 
 
 def _ld(pop: pd.DataFrame, phase: str, thr: float) -> float:
-    vox = pop[f"vox_{phase}"].to_numpy(np.float64)
+    vox = _volume(pop, phase)
     return _ratio(vox[_free(pop, phase, thr)].sum(), vox.sum())
 
 
@@ -349,7 +380,7 @@ def liberation_by_size(
                     "lo": float(edges[k]),
                     "hi": float(edges[k + 1]),
                     "ld": _ld(sub, p, thr),
-                    "n": int((sub[f"vox_{p}"] > 0).sum()),
+                    "n": int((_volume(sub, p) > 0).sum()),
                     "n_particles": len(sub),
                 }
             )
@@ -363,23 +394,24 @@ def grade_class(vox: np.ndarray, volume: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     vox
-        Voxels of the phase in each particle.
+        Volume of the phase in each particle (voxels; fractional volumes accepted).
     volume
-        Voxels of each particle.
+        Solid volume of each particle (voxels).
 
     Returns
     -------
     numpy.ndarray
-        The class index per particle (integer arithmetic: no rounding at the edges).
+        The class index per particle (no rounding at the edges: a correctly rounded
+        division of integers that is a whole number is exact).
 
     Examples
     --------
     >>> grade_class(np.array([0, 1, 10, 11, 99, 100]), np.full(6, 100)).tolist()
     [0, 1, 1, 2, 10, 11]
     """
-    vox = np.asarray(vox, dtype=np.int64)
-    volume = np.asarray(volume, dtype=np.int64)
-    k = -((-10 * vox) // np.maximum(volume, 1))  # ceil(10 vox / volume)
+    vox = np.asarray(vox, dtype=np.float64)
+    volume = np.asarray(volume, dtype=np.float64)
+    k = np.ceil(10.0 * vox / np.maximum(volume, np.finfo(np.float64).tiny)).astype(np.int64)
     k = np.clip(k, 1, 10)
     k = np.where(vox <= 0, 0, k)
     return np.where(vox >= volume, 11, k)
@@ -422,10 +454,10 @@ def liberation_spectrum(
         raise VolmlaError(f"weight must be one of ('volume', 'number'), got {weight!r}")
     names = _phases(df, phase_names)
     pop = _population(df, include_border)
-    volume = pop["volume_voxels"].to_numpy(np.int64)
+    volume = _solid(pop)
     out = {}
     for p in names:
-        vox = pop[f"vox_{p}"].to_numpy(np.int64)
+        vox = _volume(pop, p)
         cls = grade_class(vox, volume)
         w = vox.astype(np.float64) if weight == "volume" else np.ones(vox.size)
         per = np.bincount(cls, weights=w, minlength=12)
@@ -474,11 +506,11 @@ def locking(
     names = _phases(df, phase_names)
     thr = _check_threshold(free_threshold)
     pop = _population(df, include_border)
-    present = np.stack([pop[f"vox_{p}"].to_numpy() > 0 for p in names], axis=1) if names else np.zeros((len(pop), 0), bool)
+    present = np.stack([_volume(pop, p) > 0 for p in names], axis=1) if names else np.zeros((len(pop), 0), bool)
     n_present = present.sum(axis=1)
     out: dict[str, dict[str, dict[str, float]]] = {}
     for p in names:
-        vox = pop[f"vox_{p}"].to_numpy(np.float64)
+        vox = _volume(pop, p)
         has = vox > 0
         free = _free(pop, p, thr)
         cls = np.where(free, 0, np.clip(n_present - 1, 1, 3))
@@ -550,10 +582,10 @@ def grade_recovery(
     rho = _densities(densities, names)
     pop = _population(df, include_border)
     if rho is None:
-        mass = pop["volume_voxels"].to_numpy(np.float64)
-        phase_mass = {p: pop[f"vox_{p}"].to_numpy(np.float64) for p in names}
+        mass = _solid(pop)
+        phase_mass = {p: _volume(pop, p) for p in names}
     else:
-        phase_mass = {p: pop[f"vox_{p}"].to_numpy(np.float64) * rho[p] for p in names}
+        phase_mass = {p: _volume(pop, p) * rho[p] for p in names}
         mass = np.sum(list(phase_mass.values()), axis=0) if names else np.zeros(len(pop))
     frames = []
     for p in names:

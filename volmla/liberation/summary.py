@@ -68,6 +68,8 @@ class Summary(TypedDict):
     shape: NotRequired[list[int]]
     association: NotRequired[dict[str, dict[str, float | None]]]
     surface_correction: NotRequired[float]
+    phase_volumes: NotRequired[str]
+    """``"partial-volume"`` (boundary voxels apportioned by intensity) or ``"voxel counts"``."""
     stereology: NotRequired[dict[str, Any]]
     representativeness: NotRequired[dict[str, Any]]
     uncertainty: NotRequired[Uncertainty]

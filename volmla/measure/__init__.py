@@ -16,7 +16,10 @@ one concern each:
 4. the partial tables are merged by label (:mod:`volmla.measure.merge`); every merged
    quantity is an integer, so the tables are the same for any chunking;
 5. the derived columns (volume, ESD, surface, sphericity, centroid, box, grades) are
-   built with their units (:mod:`volmla.measure.tables`).
+   built with their units (:mod:`volmla.measure.tables`); given the intensity, the
+   boundary voxels are apportioned between pure grey levels in the same computation
+   (:mod:`volmla.measure.fractions`: ``vfrac_<phase>``), and grades are over the solid
+   phases only.
 
 :func:`particle_table` and :func:`grain_table` return one table each; :func:`measure`
 returns all of them (:class:`Tables`), with the phase-contact matrix.
@@ -24,11 +27,13 @@ returns all of them (:class:`Tables`), with the phase-contact matrix.
 
 from __future__ import annotations
 
+from volmla.measure.fractions import PhaseLevels, context_volume, fractional_volumes, phase_levels
 from volmla.measure.partials import PARTIAL_COLUMNS, Rows, block_partial, face_partial
 from volmla.measure.tables import (
     BACKGROUND,
     CONTACT_COLUMNS,
     GRAIN_COLUMNS,
+    SOLID,
     SURFACE_CORRECTION,
     Tables,
     grain_table,
@@ -44,15 +49,20 @@ __all__ = [
     "CONTACT_COLUMNS",
     "GRAIN_COLUMNS",
     "PARTIAL_COLUMNS",
+    "SOLID",
     "SURFACE_CORRECTION",
+    "PhaseLevels",
     "Rows",
     "Tables",
     "block_partial",
+    "context_volume",
     "face_partial",
+    "fractional_volumes",
     "grain_table",
     "measure",
     "particle_columns",
     "particle_table",
+    "phase_levels",
     "resolve_phase_names",
     "resolve_voxel_size",
 ]

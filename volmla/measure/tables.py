@@ -8,7 +8,12 @@ equivalent sphere diameter, surface area, sphericity
 ``pi^(1/3) (6 V)^(2/3) / A``, centroid (micrometres, voxel centres at
 ``index * voxel_size`` like :func:`volmla.io.open_volume`'s coordinates), half-open
 bounding box (voxels), ``touches_border`` (bounding box reaches a volume face),
-``n_grains`` and per phase ``vox_<phase>`` and ``grade_<phase>``. Face counts are kept
+``n_grains``, per phase ``vox_<phase>`` (voxels classified as the phase) and their sum
+over the named phases ``vox_solid``, the partial-volume-aware ``vfrac_<phase>`` and
+``vfrac_solid`` (float voxels, :mod:`volmla.measure.fractions`, when the intensity is
+given; equal to the counts otherwise) and ``grade_<phase> = vfrac_<phase> /
+vfrac_solid``: a grade is over the particle's solid phases only, since void (phase 0)
+voxels inside a particle are not a phase. Face counts are kept
 per axis as integers and turned into areas with the per-axis face areas (anisotropic
 voxels) times the stereological correction ``2/3`` (:data:`SURFACE_CORRECTION`): a
 voxelised surface of isotropic orientation has on average 1.5 times its true area,
@@ -40,6 +45,16 @@ import pandas as pd
 from volmla.engine.blocks import DIMS as _AXES
 from volmla.engine.blocks import as_volume
 from volmla.errors import VolmlaError
+from volmla.measure.fractions import (
+    DEFAULT_RESOLVE,
+    PhaseLevels,
+    check_resolve,
+    context_volume,
+    fraction_columns,
+    fraction_tasks,
+    merge_fractions,
+    phase_levels,
+)
 from volmla.measure.merge import merge_partials
 from volmla.measure.partials import partial_tasks
 from volmla.types import VolumeLike
@@ -77,6 +92,7 @@ __all__ = [
     "BACKGROUND",
     "CONTACT_COLUMNS",
     "GRAIN_COLUMNS",
+    "SOLID",
     "SURFACE_CORRECTION",
     "Tables",
     "grain_table",
@@ -104,6 +120,11 @@ class Tables(NamedTuple):
     shape: tuple[int, int, int]
 
 
+SOLID = "solid"
+"""The suffix of the columns summed over the named phases (``vox_solid``,
+``vfrac_solid``): reserved, no phase may be named so."""
+
+
 def particle_columns(phase_names: Sequence[str]) -> list[str]:
     """The column names of the particle table for these phase names, in order.
 
@@ -118,10 +139,11 @@ def particle_columns(phase_names: Sequence[str]) -> list[str]:
 
     Examples
     --------
-    >>> particle_columns(["q"])[-2:]
-    ['vox_q', 'grade_q']
+    >>> particle_columns(["q"])[-5:]
+    ['vox_q', 'vox_solid', 'vfrac_q', 'vfrac_solid', 'grade_q']
     """
-    return [*_BASE_COLUMNS, *(f"vox_{p}" for p in phase_names), *(f"grade_{p}" for p in phase_names)]
+    return [*_BASE_COLUMNS, *(f"vox_{p}" for p in phase_names), f"vox_{SOLID}", *(f"vfrac_{p}" for p in phase_names),
+            f"vfrac_{SOLID}", *(f"grade_{p}" for p in phase_names)]
 
 _BLOCK_BYTES = 16 * 2**20
 """Largest block, in bytes of particle ids, that in-memory arrays are cut into."""
@@ -269,6 +291,8 @@ def resolve_phase_names(
         raise VolmlaError(f"phase names must be distinct, got {list(names.values())}")
     if BACKGROUND in names.values():
         raise VolmlaError(f"phase name {BACKGROUND!r} is reserved for the outside of particles")
+    if SOLID in names.values():
+        raise VolmlaError(f"phase name {SOLID!r} is reserved for the sum over the phases (vox_solid, vfrac_solid)")
     return names
 
 
@@ -279,6 +303,9 @@ def measure(
     grains: VolumeLike | None = None,
     voxel_size: float | Sequence[float] | None = None,
     phase_names: Sequence[str] | Mapping[int, str] | None = None,
+    intensity: VolumeLike | None = None,
+    levels: PhaseLevels | None = None,
+    resolve: float = DEFAULT_RESOLVE,
 ) -> Tables:
     """Particle table, grain table and phase-contact matrix in one pass over the blocks.
 
@@ -296,6 +323,16 @@ def measure(
     phase_names
         Names of phases 1..N (list) or ``{id: name}``; default the phase volume's
         ``phases`` attribute, else ``"1", "2", ...``.
+    intensity
+        The CT volume the phases come from: boundary voxels are then apportioned
+        between the pure grey levels (``vfrac_<phase>``, :mod:`volmla.measure.fractions`)
+        and the grades use those volumes. Without it ``vfrac_<phase>`` equals
+        ``vox_<phase>``.
+    levels
+        The pure grey levels and noise sigma (:func:`volmla.measure.fractions.phase_levels`);
+        default: measured on these volumes (one more pass).
+    resolve
+        Grey levels closer than this many noise sigmas are not apportioned between.
 
     Returns
     -------
@@ -310,9 +347,9 @@ def measure(
     >>> int(t.particles.volume_voxels[0]), float(t.particles.volume_um3[0])
     (27, 216.0)
     """
-    merged, names, vs, shape = _measured(particles, phases, grains, voxel_size, phase_names)
+    merged, names, vs, shape = _measured(particles, phases, grains, voxel_size, phase_names, intensity, levels, resolve)
     return Tables(
-        particles=_particle_frame(merged["particles"], names, vs, shape, merged.get("grains")),
+        particles=_particle_frame(merged["particles"], names, vs, shape, merged.get("grains"), merged.get("fractions")),
         grains=None if grains is None else _grain_frame(merged["grains"], names, vs),
         contacts=_contact_frame(merged["contacts"], names, vs),
         phase_names=names,
@@ -322,7 +359,8 @@ def measure(
 
 
 def _measured(particles: VolumeLike, phases: VolumeLike, grains: VolumeLike | None, voxel_size: float | Sequence[float] | None,
-              phase_names: Sequence[str] | Mapping[int, str] | None
+              phase_names: Sequence[str] | Mapping[int, str] | None, intensity: VolumeLike | None = None,
+              levels: PhaseLevels | None = None, resolve: float = DEFAULT_RESOLVE,
               ) -> tuple[dict[str, Any], dict[int, str], tuple[float, float, float], tuple[int, int, int]]:
     """:func:`measure` up to the merged integer tables: ``(merged, phase names, voxel
     size, shape)``, for the callers to build the frames they need."""
@@ -348,9 +386,25 @@ def _measured(particles: VolumeLike, phases: VolumeLike, grains: VolumeLike | No
         else:
             resolve_phase_names(phase_names, None, None)
     tasks = partial_tasks(lab, ph, gr)
+    n_partial = len(tasks)
+    if intensity is not None:
+        shape = tuple(getattr(intensity, "shape", np.shape(intensity)))
+        if shape != lab.shape:
+            raise VolmlaError(f"intensity and particles must have the same shape, got {shape} and {lab.shape}")
+        image = as_volume(intensity, name="intensity", chunks=lab.chunks).data
+        if image.shape != lab.shape:
+            raise VolmlaError(f"intensity and particles must have the same shape, got {image.shape} and {lab.shape}")
+        check_resolve(resolve)
+        image = image if image.chunks == lab.chunks else image.rechunk(lab.chunks)
+        ctx = context_volume(lab, ph)
+        if levels is None:
+            levels = phase_levels(image, ph, lab, context=ctx)
+        tasks = [*tasks, *fraction_tasks(lab, ph, image, levels=levels, resolve=resolve, context=ctx)]
     logger.info("measuring %d blocks of %s", math.prod(lab.numblocks), lab.shape)
     partials = compute(tasks, desc="measuring particles", optimize=False)  # the graph is built by hand
-    merged = merge_partials(partials)
+    merged = merge_partials(partials[:n_partial])
+    if intensity is not None:
+        merged["fractions"] = merge_fractions(partials[n_partial:])
     table = merged["particles"]
     ph_cols = [c for c in table if c.startswith("ph")]
     present = [int(c[2:]) for c in ph_cols if table[c].sum() > 0 and int(c[2:]) > 0]
@@ -372,7 +426,7 @@ def _face_area(faces_z: Any, faces_y: Any, faces_x: Any, vs: tuple[float, float,
 
 def _particle_frame(
     t: Mapping[str, np.ndarray], names: dict[int, str], vs: tuple[float, float, float], shape: tuple[int, ...],
-    grains: pd.DataFrame | None,
+    grains: pd.DataFrame | None, fractions: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """The particle table (:func:`particle_columns`) from the merged integer columns."""
     n = t["n"]
@@ -399,8 +453,18 @@ def _particle_frame(
         out["n_grains"] = pd.array(per.reindex(out["particle_id"], fill_value=0).to_numpy(np.int64), dtype="Int64")
     for pid, name in names.items():
         out[f"vox_{name}"] = t.get(f"ph{pid}", np.zeros(n.size, np.int64))
-    for name in names.values():
-        out[f"grade_{name}"] = out[f"vox_{name}"] / n
+    out[f"vox_{SOLID}"] = sum((out[f"vox_{name}"] for name in names.values()), np.zeros(n.size, np.int64))
+    if fractions is None:
+        frac = {pid: out[f"vox_{name}"].astype(np.float64) for pid, name in names.items()}
+    else:
+        frac = fraction_columns(*fractions, out["particle_id"], list(names))
+    for pid, name in names.items():
+        out[f"vfrac_{name}"] = frac[pid]
+    solid = sum((frac[pid] for pid in names), np.zeros(n.size, np.float64))
+    out[f"vfrac_{SOLID}"] = solid
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for pid, name in names.items():  # over the solid phases; a particle without any: NaN
+            out[f"grade_{name}"] = np.where(solid > 0, frac[pid] / np.where(solid > 0, solid, 1.0), np.nan)
     return pd.DataFrame(out, copy=False)  # new arrays and rows of the merged array: no consolidating copy
 
 
@@ -445,6 +509,9 @@ def particle_table(
     voxel_size: float | Sequence[float] | None = None,
     grains: VolumeLike | None = None,
     phase_names: Sequence[str] | Mapping[int, str] | None = None,
+    intensity: VolumeLike | None = None,
+    levels: PhaseLevels | None = None,
+    resolve: float = DEFAULT_RESOLVE,
 ) -> pd.DataFrame:
     """The per-particle table (one pass over the blocks, merged by label).
 
@@ -460,6 +527,8 @@ def particle_table(
         Grain ids, for ``n_grains`` (else ``n_grains`` is missing, ``<NA>``).
     phase_names
         Names of phases 1..N (default: the phase volume's attribute, else ``"1", ...``).
+    intensity, levels, resolve
+        Partial-volume-aware phase volumes, as in :func:`measure`.
 
     Returns
     -------
@@ -472,8 +541,8 @@ def particle_table(
     >>> particle_table(lab, (lab > 0).astype(np.uint8), voxel_size=1.0).grade_1.tolist()
     [1.0]
     """
-    merged, names, vs, shape = _measured(particles, phases, grains, voxel_size, phase_names)
-    return _particle_frame(merged["particles"], names, vs, shape, merged.get("grains"))
+    merged, names, vs, shape = _measured(particles, phases, grains, voxel_size, phase_names, intensity, levels, resolve)
+    return _particle_frame(merged["particles"], names, vs, shape, merged.get("grains"), merged.get("fractions"))
 
 
 def grain_table(

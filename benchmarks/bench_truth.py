@@ -1,0 +1,187 @@
+"""Liberation against the truth on realistic crushed-ore phantoms, with the TRUE particles.
+
+For each seed and difficulty level of :func:`volmla.synthetic.crushed_ore`:
+
+1. a random forest (:func:`volmla.segment.forest.train_random_forest`, default options)
+   is trained on ``ore.intensity`` with sparse truth labels (phase + 1) on the planes
+   ``z = n/4, n/2, 3n/4`` and predicts every voxel;
+2. the particle table is measured on the TRUE particles (``ore.particles``) with
+   (a) the forest's phases as they are (integer counts: today's path), and
+   (b) the same phases cleaned per grain (:func:`volmla.segment.regions.clean_phases`)
+   and measured with partial-volume apportioning (``intensity=``); (t) the true phases
+   with apportioning give the floor that the scan resolution itself sets;
+3. per phase: |LD error| and |modal error| against ``ore.liberation`` (exact, from the
+   fine grid), free-particle recall (truly free particles of the phase measured free of
+   it) and false-free count (particles measured free of the phase that are not);
+4. the purity of the forest's grains by size (the share of components whose majority
+   true phase differs from their phase), the evidence behind the cleaning threshold.
+
+Run: ``python benchmarks/bench_truth.py`` (3 seeds x 2 levels at 80^3, several minutes on
+two cores: the forest's training and prediction dominate); ``--quick`` for one small case.
+Writes ``benchmarks/results/truth.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+NAMES = ["quartz", "feldspar", "pyrite"]
+SIZE_BINS = [1, 5, 10, 20, 30, 40, 60, 100, 260, 10**12]
+
+
+def _sparse_labels(phases: np.ndarray) -> np.ndarray:
+    n = phases.shape[0]
+    labels = np.zeros(phases.shape, np.uint8)
+    for z in (n // 4, n // 2, 3 * n // 4):
+        labels[z] = phases[z] + 1
+    return labels
+
+
+def _scores(df: pd.DataFrame, truth_table: pd.DataFrame, truth: dict[str, Any]) -> dict[str, Any]:
+    from volmla.liberation import liberation_summary
+
+    summary = liberation_summary(df, phase_names=NAMES)
+    keep = truth_table.set_index("particle_id")
+    inner = keep.index[~keep["touches_border"].to_numpy(bool)]
+    d = df.set_index("particle_id").reindex(inner)
+    solid = d["vfrac_solid"].to_numpy(np.float64)
+    out: dict[str, Any] = {}
+    for p in NAMES:
+        ld, ld_true = summary["liberation_degree"][p], truth["liberation_degree"][p]
+        modal, modal_true = summary["modal_mineralogy"][p], truth["modal_mineralogy"][p]
+        free_meas = np.nan_to_num(d[f"vfrac_{p}"].to_numpy(np.float64)) > 0.99 * np.nan_to_num(solid)
+        free_true = keep.loc[inner, "free_phase"].to_numpy() == p
+        out[p] = {
+            "ld": ld, "ld_true": ld_true, "ld_error": None if ld is None else abs(ld - ld_true),
+            "modal": modal, "modal_true": modal_true, "modal_error": None if modal is None else abs(modal - modal_true),
+            "free_true": int(free_true.sum()),
+            "free_recall": float((free_meas & free_true).sum() / free_true.sum()) if free_true.any() else None,
+            "false_free": int((free_meas & ~free_true).sum()),
+        }
+    out["max_ld_error"] = max(out[p]["ld_error"] or 0.0 for p in NAMES)
+    out["max_modal_error"] = max(out[p]["modal_error"] or 0.0 for p in NAMES)
+    return out
+
+
+def _purity(particles: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> list[dict[str, Any]]:
+    """Components of the predicted phases per size class: how many are wrong (their
+    majority true phase differs), and the true grains' volume share in the class."""
+    from volmla.particles import label_grains
+
+    def components(ph: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        g = np.asarray(label_grains(particles, ph).labels.compute()).ravel()
+        _, inv, cnt = np.unique(g, return_inverse=True, return_counts=True)
+        return g, inv, cnt
+
+    g, inv, cnt = components(predicted)
+    right = np.bincount(inv, weights=(predicted == truth).ravel().astype(np.float64)) / cnt
+    if g.min() == 0:  # the background is not a component
+        cnt, right = cnt[1:], right[1:]
+    sizes = cnt
+    tg = np.asarray(label_grains(particles, truth).labels.compute()).ravel()
+    tcnt = np.unique(tg[tg > 0], return_counts=True)[1]
+    rows = []
+    for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:], strict=True):
+        s = (sizes >= lo) & (sizes < hi)
+        t = (tcnt >= lo) & (tcnt < hi)
+        rows.append({"lo": lo, "hi": hi, "components": int(s.sum()), "wrong": int((right[s] < 0.5).sum()),
+                     "true_grains": int(t.sum()), "true_volume_share": float(tcnt[t].sum() / max(tcnt.sum(), 1))})
+    return rows
+
+
+def run_case(shape: int, seed: int, level: str, *, min_grain: int, workdir: Path) -> dict[str, Any]:
+    from volmla.measure import particle_table
+    from volmla.segment.forest import random_forest_segment, save_random_forest, train_random_forest
+    from volmla.segment.regions import clean_phases
+    from volmla.synthetic import crushed_ore
+
+    t0 = time.perf_counter()
+    ore = crushed_ore(shape=shape, seed=seed, level=level)
+    t1 = time.perf_counter()
+    forest = train_random_forest(ore.intensity, _sparse_labels(ore.phases), seed=seed)
+    model = save_random_forest(forest, workdir / f"rf_{level}_{seed}.onnx")
+    predicted = np.asarray(random_forest_segment(ore.intensity, model=model).compute())
+    t2 = time.perf_counter()
+    today = particle_table(ore.particles, predicted, voxel_size=1.0, phase_names=NAMES)
+    cleaned = np.asarray(clean_phases(predicted, ore.particles, ore.intensity, min_grain=min_grain).compute())
+    ours = particle_table(ore.particles, cleaned, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
+    t3 = time.perf_counter()
+    floor = particle_table(ore.particles, ore.phases, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
+    inside = ore.particles > 0
+    acc = {k: float((v[inside] == ore.phases[inside]).mean()) for k, v in (("forest", predicted), ("cleaned", cleaned))}
+    return {
+        "shape": shape, "seed": seed, "level": level, "n_particles": int(ore.params["n_particles"]),
+        "voxel_accuracy_in_particles": acc,
+        "today": _scores(today, ore.table, ore.liberation),
+        "cleaned_pv": _scores(ours, ore.table, ore.liberation),
+        "truth_phases_pv": _scores(floor, ore.table, ore.liberation),
+        "grain_purity": _purity(ore.particles, predicted, ore.phases),
+        "seconds": {"phantom": t1 - t0, "forest": t2 - t1, "clean_and_measure": t3 - t2},
+    }
+
+
+def _table(cases: list[dict[str, Any]]) -> str:
+    lines = ["| level | seed | method | LD err q/f/py | modal err q/f/py | free recall q/f/py | false free q/f/py |",
+             "|---|---|---|---|---|---|---|"]
+    for c in cases:
+        for key in ("today", "cleaned_pv", "truth_phases_pv"):
+            s = c[key]
+
+            def fmt(field: str, spec: str, s: dict[str, Any] = s) -> str:
+                return " / ".join("-" if s[p][field] is None else format(s[p][field], spec) for p in NAMES)
+
+            lines.append(f"| {c['level']} | {c['seed']} | {key} | {fmt('ld_error', '.3f')} | {fmt('modal_error', '.4f')} "
+                         f"| {fmt('free_recall', '.2f')} | {fmt('false_free', 'd')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, default=80)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--levels", nargs="+", default=["easy", "hard"], choices=["easy", "hard"])
+    parser.add_argument("--min-grain", type=int, default=None, help="default: volmla.segment.regions.MIN_GRAIN")
+    parser.add_argument("--quick", action="store_true", help="one 48^3 easy case (a smoke run)")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "truth.json")
+    args = parser.parse_args(argv)
+    from volmla.segment.regions import MIN_GRAIN
+
+    if args.quick:
+        args.shape, args.seeds, args.levels = 48, [0], ["easy"]
+    min_grain = MIN_GRAIN if args.min_grain is None else args.min_grain
+    cases = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for level in args.levels:
+            for seed in args.seeds:
+                case = run_case(args.shape, seed, level, min_grain=min_grain, workdir=Path(tmp))
+                print(f"{level} seed {seed}: max |LD error| today {case['today']['max_ld_error']:.3f}, "
+                      f"cleaned+PV {case['cleaned_pv']['max_ld_error']:.3f}", file=sys.stderr, flush=True)
+                cases.append(case)
+    summary = {}
+    for key in ("today", "cleaned_pv", "truth_phases_pv"):
+        summary[key] = {
+            "max_ld_error": max(c[key]["max_ld_error"] for c in cases),
+            "mean_max_ld_error": float(np.mean([c[key]["max_ld_error"] for c in cases])),
+            "max_modal_error": max(c[key]["max_modal_error"] for c in cases),
+        }
+    out = {"min_grain": min_grain, "targets": {"max_ld_error": 0.03, "max_modal_error": 0.01},
+           "summary": summary, "cases": cases, "cpus": os.cpu_count()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(out, indent=2, allow_nan=False, default=float))
+    print(_table(cases))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
