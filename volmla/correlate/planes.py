@@ -83,11 +83,18 @@ def _ct_plane(ct: da.Array, axis: int, index: int) -> da.Array:
     return ct[tuple(sl)]
 
 
+def _read(part: da.Array) -> np.ndarray:
+    """A small lazy region (planes, slabs) read now as float32, through the one compute."""
+    from volmla.engine.cluster import compute
+
+    return np.asarray(compute([part], desc="reading planes")[0], np.float32)
+
+
 def _slab(ct: da.Array, axis: int, lo: int, hi: int) -> np.ndarray:
     """Planes ``lo:hi`` along ``axis`` (only those are read), normal axis first."""
     sl: list[Any] = [slice(None)] * 3
     sl[axis] = slice(lo, hi)
-    return np.moveaxis(np.asarray(ct[tuple(sl)].compute(), np.float32), axis, 0)
+    return np.moveaxis(_read(ct[tuple(sl)]), axis, 0)
 
 
 def _oblique(slab: np.ndarray, lo: int, heights: np.ndarray, *, order: int = 1) -> np.ndarray:
@@ -106,7 +113,7 @@ def _slab_range(n: int, heights: np.ndarray, pad: int = 1) -> tuple[int, int]:
 def _plane_image(ct: da.Array, axis: int, index: int, tilt: Sequence[float], vs: Sequence[float]) -> np.ndarray:
     """A CT plane, tilted or not (a tilted one by linear interpolation within its slab)."""
     if not any(tilt):
-        return np.asarray(_ct_plane(ct, axis, index).compute(), np.float32)
+        return _read(_ct_plane(ct, axis, index))
     _, r, c = _plane_axes(AXES[axis])
     h = plane_heights((ct.shape[r], ct.shape[c]), index=index, tilt_deg=tilt, voxel_size_um=(vs[axis], vs[r], vs[c]))
     lo, hi = _slab_range(ct.shape[axis], h)

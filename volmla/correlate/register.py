@@ -56,6 +56,7 @@ from volmla.correlate.planes import (
     _oblique,
     _plane_axes,
     _plane_image,
+    _read,
     _slab,
     plane_heights,
 )
@@ -253,7 +254,7 @@ class _Problem(NamedTuple):
 
     def read_plane(self, index: int) -> np.ndarray:
         """One untilted CT plane (read now)."""
-        return np.asarray(_ct_plane(self.data, self.a, index).compute(), np.float32)
+        return _read(_ct_plane(self.data, self.a, index))
 
 
 def _check_problem(
