@@ -261,6 +261,25 @@ def test_failure_mid_write_leaves_incomplete_output_that_resumes(tmp_path: Path,
     np.testing.assert_array_equal(open_volume(out).values, vol)
 
 
+def test_replaced_folder_is_not_resumed_into_the_old_output(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A folder of slices replaced between an interrupted write and the rerun: refused, never mixed."""
+    vol = _volume(rng, "uint16", (24, 10, 12))
+    folder = _slices(tmp_path / "s", vol)
+    out = tmp_path / "out.zarr"
+    lazy = load(folder, voxel_size=2.0, chunks=6)
+    (folder / "slice_20.tif").unlink()
+    with dask.config.set(scheduler="synchronous"), pytest.raises(VolmlaError, match="incomplete"):
+        ingest_mod.save(lazy, out)
+    other = _volume(rng, "uint16", (24, 10, 12))
+    _slices(folder, other)  # another scan of the same size under the same names
+    before = _tree(out)
+    with pytest.raises(VolmlaError, match=r"overwrite=True.*the input .*s changed since it was started"):
+        ingest(folder, out, voxel_size=2.0, chunks=6)
+    assert _tree(out) == before
+    ingest(folder, out, voxel_size=2.0, chunks=6, overwrite=True)
+    np.testing.assert_array_equal(open_volume(out).values, other)
+
+
 # ----------------------------------------------------------------------------- CLI
 
 

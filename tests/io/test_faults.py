@@ -422,3 +422,69 @@ def test_output_that_cannot_be_written_says_so(tmp_path: Path, ref: np.ndarray) 
     (out / "0" / "c").write_text("")  # chunk folders can no longer be made
     with pytest.raises(VolmlaError, match=rf"^cannot write output {out}: "):
         write_volume(_Kernel(ref).lazy(), out, voxel_size=1.0, chunks=CHUNKS)
+
+
+# ----------------------------------------------------------------------------- outputs that are not volumes
+
+
+def _liberation_inputs() -> tuple[np.ndarray, np.ndarray]:
+    particles = np.zeros((16, 16, 16), np.uint32)
+    particles[2:7, 2:7, 2:7], particles[9:14, 9:14, 9:14] = 1, 2
+    phases = (particles > 0).astype(np.uint8)
+    phases[9:14, 9:14, 9:11] = 2
+    return phases, particles
+
+
+def _analyse(out: Path, **kwargs: object) -> object:
+    from volmla.liberation import analyse
+
+    phases, particles = _liberation_inputs()
+    return analyse(phases, particles, out_dir=out, voxel_size=1.0, pieces=None, n_boot=0, section_step=None,
+                   phase_names=["a", "b"], **kwargs)
+
+
+def test_liberation_output_is_locked_and_a_failed_replacement_keeps_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from volmla.liberation import analysis
+
+    out = tmp_path / "lib"
+    _analyse(out)
+    before = _tree(out)
+    with output_lock(out), pytest.raises(VolmlaError, match="being written"):
+        _analyse(out, overwrite=True)
+    assert _tree(out) == before
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the disk filled up while drawing")
+
+    monkeypatch.setattr(analysis, "write_html", broken)
+    with pytest.raises(RuntimeError, match="disk filled up"):
+        _analyse(out, overwrite=True)
+    assert _tree(out) == before
+    assert _leftovers(out) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["lib"]
+
+
+def test_a_file_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    from volmla.io.atomic import replaced_file
+
+    target = tmp_path / "report.json"
+    target.write_text('{"old": true}')
+    with pytest.raises(KeyboardInterrupt), replaced_file(target) as tmp:
+        tmp.write_text('{"new": tr')  # cut short
+        raise KeyboardInterrupt
+    assert target.read_text() == '{"old": true}' and os.listdir(tmp_path) == ["report.json"]
+    with replaced_file(target) as tmp:
+        tmp.write_text('{"new": true}')
+    assert json.loads(target.read_text()) == {"new": True} and os.listdir(tmp_path) == ["report.json"]
+
+
+def test_correlation_report_is_locked(tmp_path: Path) -> None:
+    from volmla.correlate import write_report
+
+    report = {"ct": "ct.zarr", "minerals": ["quartz"], "erode": 1, "planes": []}
+    write_report(report, tmp_path)
+    before = _tree(tmp_path)
+    with output_lock(tmp_path / "report.json"), pytest.raises(VolmlaError, match="being written"):
+        write_report({**report, "erode": 2}, tmp_path)
+    assert _tree(tmp_path) == before

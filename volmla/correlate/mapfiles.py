@@ -25,6 +25,8 @@ from volmla.correlate.minerals import Assignment, MineralMap
 from volmla.correlate.register import Registration
 from volmla.correlate.transfer import LabelPlane
 from volmla.errors import VolmlaError
+from volmla.io.atomic import replaced_file
+from volmla.io.lock import output_lock
 from volmla.io.sparse import SPARSE_LABEL_OFFSET
 
 __all__ = [
@@ -80,15 +82,6 @@ def save_mineral_map(
     paths = {"npz": out / "mineral_map.npz", "tif": out / "mineral_map.tif",
              "centroids": out / "centroids.csv", "report": out / "report.json"}
     arrays = {e: maps.data[i] for i, e in enumerate(maps.elements)}
-    np.savez_compressed(
-        paths["npz"], phases=phases, clusters=mineral_map.clusters,
-        pixel_size_um=np.float64(maps.pixel_size_um), origin_um=np.asarray(maps.origin_um, np.float64),
-        phase_names=np.asarray(json.dumps({str(k): v for k, v in assignment.phase_names.items()})),
-        **arrays,
-    )
-    tifffile.imwrite(paths["tif"], phases)
-    mineral_map.centroids.assign(mineral=[assignment.mineral[c] for c in mineral_map.centroids.index]).to_csv(
-        paths["centroids"])
     record = {
         "pixel_size_um": maps.pixel_size_um,
         "shape": list(mineral_map.clusters.shape),
@@ -109,7 +102,22 @@ def save_mineral_map(
         "warnings": list(assignment.warnings),
         **dict(report or {}),
     }
-    paths["report"].write_text(json.dumps(record, indent=2))
+    # report.json marks the map complete: written last, each file swapped in whole
+    with output_lock(paths["report"]):
+        with replaced_file(paths["npz"]) as tmp:
+            np.savez_compressed(
+                tmp, phases=phases, clusters=mineral_map.clusters,
+                pixel_size_um=np.float64(maps.pixel_size_um), origin_um=np.asarray(maps.origin_um, np.float64),
+                phase_names=np.asarray(json.dumps({str(k): v for k, v in assignment.phase_names.items()})),
+                **arrays,
+            )
+        with replaced_file(paths["tif"]) as tmp:
+            tifffile.imwrite(tmp, phases)
+        with replaced_file(paths["centroids"]) as tmp:
+            mineral_map.centroids.assign(
+                mineral=[assignment.mineral[c] for c in mineral_map.centroids.index]).to_csv(tmp)
+        with replaced_file(paths["report"]) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
     return paths
 
 
@@ -242,19 +250,24 @@ def save_registration(reg: Registration, path: str | Path, *, labels_plane: np.n
         raise VolmlaError(f"registration output must end in .json, got {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tfm = path.with_suffix(".tfm")
-    sitk.WriteTransform(reg.transform, str(tfm))
     record = reg.to_dict()
     record["transform_file"] = tfm.name
     out = {"json": path, "tfm": tfm}
-    if labels_plane is not None:
-        tif = path.with_suffix(".labels.tif")
-        tifffile.imwrite(tif, np.asarray(labels_plane, np.uint8))
-        record["labels_plane"] = tif.name
-        record["label_offset"] = SPARSE_LABEL_OFFSET
-        out["labels"] = tif
-    if phase_names is not None:
-        record["phases"] = {str(k): v for k, v in phase_names.items()}
-    path.write_text(json.dumps(record, indent=2))
+    # the .json marks the registration complete: written last, each file swapped in whole
+    with output_lock(path):
+        with replaced_file(tfm) as tmp:
+            sitk.WriteTransform(reg.transform, str(tmp))
+        if labels_plane is not None:
+            tif = path.with_suffix(".labels.tif")
+            with replaced_file(tif) as tmp:
+                tifffile.imwrite(tmp, np.asarray(labels_plane, np.uint8))
+            record["labels_plane"] = tif.name
+            record["label_offset"] = SPARSE_LABEL_OFFSET
+            out["labels"] = tif
+        if phase_names is not None:
+            record["phases"] = {str(k): v for k, v in phase_names.items()}
+        with replaced_file(path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
     return out
 
 

@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from volmla.io.atomic import replaced_file
+from volmla.io.lock import output_lock
+
 __all__ = ["report_markdown", "write_report"]
 
 
@@ -71,6 +74,10 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
     """
     out = Path(out_dir)
     paths = {"json": out / "report.json", "markdown": out / "report.md"}
-    paths["json"].write_text(json.dumps(report, indent=2))
-    paths["markdown"].write_text(report_markdown(report))
+    # report.json marks the run complete: written last, each file swapped in whole
+    with output_lock(paths["json"]):
+        with replaced_file(paths["markdown"]) as tmp:
+            tmp.write_text(report_markdown(report))
+        with replaced_file(paths["json"]) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
     return paths

@@ -41,6 +41,7 @@ from volmla.io import (
     open_volume,
     write_volume,
 )
+from volmla.io.outputs import INPUTS_KEY, files_fingerprint
 
 __all__ = [
     "ITK_SUFFIXES",
@@ -289,6 +290,9 @@ def load(
         "voxel_size_source": vs_source,
         "chunks": list(block),
     }
+    # The files as listed now, content only: a rerun resumes an interrupted write only if
+    # they are the same files (a replaced folder of slices is a different job).
+    step[INPUTS_KEY] = {f"inputs[{i}]": files_fingerprint(s.paths) for i, s in enumerate(sources)}
     if sources[0].reader == "tiff-folder":
         step["glob"] = glob
     if shape is not None:

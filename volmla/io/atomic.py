@@ -13,7 +13,9 @@ An ``overwrite`` never deletes the old output before the new one is complete:
    process that died after them; :func:`remove_stale` deletes temporary siblings of
    other jobs.
 
-Every step runs under the output's lock (:mod:`volmla.io.lock`).
+Every step runs under the output's lock (:mod:`volmla.io.lock`). Single files (a
+report, a registration) are replaced the same way, one rename each:
+:func:`replaced_file`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import glob
 import logging
 import os
 import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from volmla.io.lock import write_error
@@ -32,7 +36,7 @@ logger = logging.getLogger(__name__)
 TMP = ".volmla-tmp-"
 OLD = ".volmla-old-"
 
-__all__ = ["OLD", "TMP", "recover", "remove", "remove_stale", "siblings", "swap_in", "tmp_sibling"]
+__all__ = ["OLD", "TMP", "recover", "remove", "remove_stale", "replaced_file", "siblings", "swap_in", "tmp_sibling"]
 
 
 def tmp_sibling(output: Path, token: str) -> Path:
@@ -141,3 +145,41 @@ def swap_in(new: Path, output: Path, token: str) -> None:
     except OSError as exc:
         raise write_error(output, exc) from exc
     remove(old)
+
+
+@contextlib.contextmanager
+def replaced_file(path: str | Path) -> Iterator[Path]:
+    """Write a file through a temporary sibling that replaces ``path`` only on success.
+
+    The temporary keeps the suffix (writers that choose a format by it, such as
+    SimpleITK or NumPy's ``savez``, write the right one) and starts with a dot; it is
+    removed if the block fails, so ``path`` holds the old file or the new one, never a
+    half-written one.
+
+    Parameters
+    ----------
+    path
+        The file to (re)place.
+
+    Yields
+    ------
+    pathlib.Path
+        Where to write.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "report.json"
+    >>> with replaced_file(target) as tmp:
+    ...     _ = tmp.write_text("{}")
+    >>> target.read_text()
+    '{}'
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}{TMP}{os.getpid()}-{threading.get_ident()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        remove(tmp)
+        raise

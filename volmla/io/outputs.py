@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,7 +40,7 @@ INPUTS_KEY = "input_fingerprints"
 OutputState = Literal["new", "resume", "replace", "done"]
 
 __all__ = ["ATTR", "DONE_DIR", "INPUTS_KEY", "OutputState", "check_not_input", "check_output", "decide_output",
-           "input_fingerprint", "is_volume", "job_fingerprint", "job_identity", "job_inputs", "output_state",
+           "files_fingerprint", "input_fingerprint", "is_volume", "job_fingerprint", "job_identity", "job_inputs", "output_state",
            "read_attrs", "volmla_block"]
 
 # keys of a job that name what it is or what it writes, never an input
@@ -173,14 +173,54 @@ def input_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def files_fingerprint(paths: Sequence[str | Path]) -> str:
+    """A content fingerprint of a list of files (a folder of slices as a reader matched it).
+
+    The names (relative to their folder), sizes and the bytes of up to 8 files sampled
+    across the list (64 KiB from each end); modification times are left out, so a file
+    put back unchanged keeps the fingerprint while a replaced scan does not.
+
+    Parameters
+    ----------
+    paths
+        Existing files, in reading order.
+
+    Returns
+    -------
+    str
+        16 hex digits.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "a.tif"
+    >>> _ = f.write_bytes(b"slice")
+    >>> files_fingerprint([f]) == files_fingerprint([str(f)])
+    True
+    """
+    digest = hashlib.sha256(b"files")
+    files: list[tuple[str, int, str]] = []
+    for p in paths:
+        try:
+            size = os.path.getsize(p)
+        except OSError as exc:
+            raise VolmlaError(f"input file {p} cannot be read ({exc.strerror or exc})") from exc
+        files.append((Path(p).name, size, str(p)))
+        digest.update(f"{Path(p).name}:{size}\n".encode())
+    for key, size, full in _sample(files):
+        digest.update(key.encode())
+        _hash_ends(digest, full, size)
+    return digest.hexdigest()[:16]
+
+
 def job_identity(job: Mapping[str, Any] | None) -> dict[str, Any]:
     """``job`` with the content fingerprint of each input folded in (``input_fingerprints``).
 
     The inputs fingerprinted are the Zarr groups and the files among
-    :func:`job_inputs`. Other folders are not: an ingest of a folder of slices whose read
-    failed on a missing slice resumes once the slice is back. A job that names no such
-    input is returned as it is; one that already carries the fingerprints is not
-    fingerprinted again.
+    :func:`job_inputs`. Other folders are not: a job that reads one (an ingest of a
+    folder of slices) brings its own fingerprints, taken when its files were listed
+    (:func:`files_fingerprint`). A job that names no such input is returned as it is;
+    one that already carries the fingerprints is not fingerprinted again.
 
     Parameters
     ----------

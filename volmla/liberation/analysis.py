@@ -27,8 +27,7 @@ import contextlib
 import json
 import logging
 import math
-import shutil
-import tempfile
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -38,6 +37,8 @@ import numpy as np
 import pandas as pd
 
 from volmla.errors import VolmlaError
+from volmla.io.atomic import recover, remove, remove_stale, swap_in, tmp_sibling
+from volmla.io.lock import output_lock
 from volmla.liberation.report import plots, write_html
 from volmla.liberation.sectioning import sections, stereology
 from volmla.liberation.stats import (
@@ -245,7 +246,8 @@ def analyse(
     check_volumes(phases, particles, grains=grains, phase_names=phase_names, voxel_size=voxel_size)
     if intensity is not None and tuple(intensity.shape) != tuple(phases.shape):
         raise VolmlaError(f"intensity must have the shape of the phases {tuple(phases.shape)}, got {tuple(intensity.shape)}")
-    with cluster() if cluster is not None else contextlib.nullcontext():
+    with output_lock(out), cluster() if cluster is not None else contextlib.nullcontext():
+        recover(out)
         if grains is None and derive_grains:
             from volmla.particles import label_grains as _grains
 
@@ -298,10 +300,12 @@ def _write(
     out: Path, overwrite: bool, summary: Summary, pdf: pd.DataFrame, grains_df: pd.DataFrame,
     extras: dict[str, Any], names: list[str], rho: dict[str, float] | None,
 ) -> Summary:
-    """Write everything into a temporary sibling folder, then rename it into place."""
-    parent = out.resolve().parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    """Write everything into a temporary sibling folder, then swap it in (under the output's lock)."""
+    token = uuid.uuid4().hex[:12]
+    tmp = tmp_sibling(out, token)
+    remove_stale(out)
     try:
+        tmp.mkdir()
         pdf.to_parquet(tmp / "particles.parquet", index=False)
         grains_df.to_parquet(tmp / "grains.parquet", index=False)
         extras["contacts"].to_parquet(tmp / "contacts.parquet", index=False)
@@ -315,17 +319,11 @@ def _write(
         summary["files"] = sorted(set(files))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
         write_html(tmp / "report.html", summary=summary, pngs=pngs, extras=extras)
-        if out.exists():
-            if not overwrite and any(out.iterdir()):
-                raise VolmlaError(f"output folder {out} appeared while computing: pass overwrite=True to replace it")
-            old = parent / f".{out.name}.old-{tmp.name[-8:]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        if out.exists() and not overwrite and any(out.iterdir()):
+            raise VolmlaError(f"output folder {out} appeared while computing: pass overwrite=True to replace it")
+        swap_in(tmp, out, token)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove(tmp)
         raise
     logger.info("liberation outputs written to %s", out)
     return summary

@@ -137,8 +137,14 @@ def _stored(data: da.Array, path: Path) -> da.Array:
     :func:`~volmla.particles.label.label` makes two passes over its input (scan, then relabel);
     storing the watershed keys first means the distance map and watershed run once.
     """
+    from zarr.codecs import Crc32cCodec
+
     from volmla.engine.cluster import compute
+    from volmla.io import compressor
 
     data = data.rechunk(data.chunksize)
-    compute([data.to_zarr(str(path), overwrite=True, compute=False)], desc="storing split keys")
+    # checksummed like every chunk volmla writes: a scratch chunk damaged on disk fails to
+    # decode instead of becoming wrong labels
+    codecs = (compressor("labels"), Crc32cCodec())
+    compute([data.to_zarr(str(path), overwrite=True, compute=False, compressors=codecs)], desc="storing split keys")
     return da.from_zarr(str(path))
