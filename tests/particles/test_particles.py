@@ -185,3 +185,38 @@ def test_scratch_store_gives_the_same_particles(tmp_path) -> None:
     assert plain.count == stored.count == 2
     np.testing.assert_array_equal(np.asarray(plain.labels), np.asarray(stored.labels))
     assert (tmp_path / "split-keys.zarr").exists()
+
+
+def test_labels_come_back_on_the_input_grid_and_combine_with_it() -> None:
+    """The split works on halo-sized blocks; the labels return on the input's chunks, so
+    grains (particles x phases, block by block) work on multi-chunk input (issue 19)."""
+    field = touching_field(2)
+    phases = da.from_array((field * (1 + (np.indices(field.shape)[0] > 24))).astype(np.uint8), chunks=(20, 24, 17))
+    found = label_particles(phases, threshold=None)
+    assert found.labels.chunks == phases.chunks
+    grains = label_grains(found.labels, phases)
+    ref = label_grains(found.labels.compute(), phases.compute())
+    assert grains.count == ref.count
+    np.testing.assert_array_equal(grains.labels.compute(), ref.labels.compute())
+
+
+def test_the_split_runs_once_however_often_the_labels_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a scratch folder the keys are stored once in a session folder, so each use of
+    the lazy labels reads them instead of recomputing the watershed."""
+    from volmla.particles import split as split_module
+
+    calls = []
+    real = split_module._split_extended
+
+    def counting(*args, block_id=None, **kwargs):
+        calls.append(1)
+        return real(*args, block_id=block_id, **kwargs)
+
+    monkeypatch.setattr(split_module, "_split_extended", counting)
+    vol = da.from_array(touching_field(3).astype(np.uint8), chunks=24)
+    found = label_particles(vol, threshold=None)
+    made = len(calls)
+    assert made > 0, calls
+    for _ in range(3):
+        found.labels.compute()
+    assert len(calls) == made

@@ -23,9 +23,16 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import logging
+import shutil
+import socket
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlparse
 
 import dask.array as da
 
@@ -36,6 +43,8 @@ from volmla.particles.mask import fill_holes as _fill_holes
 from volmla.particles.mask import remove_small, solid_mask
 from volmla.particles.split import H_MIN, NECK, split_touching
 from volmla.types import VolumeLike
+
+logger = logging.getLogger(__name__)
 
 SPECKLE = 27
 """Default ``min_size`` (voxels) for a mask thresholded with ``"auto"``: a 3-voxel cube."""
@@ -91,13 +100,17 @@ def label_particles(
         6, 18 or 26, for components and the watershed.
     scratch
         A folder (on storage every worker reaches) where the watershed keys are stored
-        once, so the two labelling passes read them instead of recomputing the split.
-        The caller removes it once the labels are written. None: recompute.
+        once, so the labelling passes and every later use of the labels read them
+        instead of recomputing the split. The caller removes it once the labels are
+        written. None: a temporary folder on this machine, removed when Python exits,
+        when the work runs here (no cluster, or workers on this machine); with workers
+        elsewhere the split is recomputed at each use (a warning says so).
 
     Returns
     -------
     Labels
-        Particle ids ``1..count`` (uint32), numbered by first voxel in C order.
+        Particle ids ``1..count`` (uint32), numbered by first voxel in C order, chunked
+        as the input.
 
     Examples
     --------
@@ -126,9 +139,42 @@ def label_particles(
         return label(solid, connectivity=connectivity)
     keys = split_touching(solid, neck=neck, h=h, max_radius=max_radius, voxel_size=voxel_size,
                           connectivity=connectivity)
-    if scratch is not None:
-        keys = _stored(keys, Path(scratch) / "split-keys.zarr")
-    return label(keys, connectivity=connectivity, multilabel=True)
+    where = Path(scratch) if scratch is not None else _session_scratch()
+    if where is not None:
+        keys = _stored(keys, where / "split-keys.zarr")
+    found = label(keys, connectivity=connectivity, multilabel=True)
+    # the split works on blocks sized to its halo; hand the labels back on the input's grid,
+    # so they combine block by block with the volume they came from
+    chunks = vol.data.chunks
+    return found if found.labels.chunks == chunks else Labels(found.labels.rechunk(chunks), found.count)
+
+
+def _session_scratch() -> Path | None:
+    """A folder for the split keys, on this machine, removed when Python exits; None when
+    the computation runs on workers elsewhere (they could not read it)."""
+    from volmla.engine.cluster import current_client
+
+    client = current_client()
+    if client is not None and not _workers_here(client):
+        logger.warning("the particle split is recomputed at each use of the labels: give scratch= a folder "
+                       "every worker reaches to store it once")
+        return None
+    path = Path(tempfile.mkdtemp(prefix="volmla-split-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def _workers_here(client: Any) -> bool:
+    """Whether every worker of ``client`` runs on this machine."""
+    from distributed import LocalCluster
+
+    if isinstance(getattr(client, "cluster", None), LocalCluster):
+        return True
+    here = {"127.0.0.1", "localhost", socket.gethostname()}
+    with contextlib.suppress(OSError):
+        here.add(socket.gethostbyname(socket.gethostname()))
+    hosts = {urlparse(addr).hostname for addr in client.scheduler_info().get("workers", {})}
+    return bool(hosts) and hosts <= here
 
 
 def _stored(data: da.Array, path: Path) -> da.Array:

@@ -53,6 +53,8 @@ def label_grains(particles: VolumeLike, phases: VolumeLike, *, connectivity: Lit
         raise VolmlaError(f"phases must be uint8, got dtype {phase.dtype}")
     if not np.issubdtype(part.dtype, np.integer):
         raise VolmlaError(f"particles must be integer labels, got dtype {part.dtype}")
+    # explicitly on one grid: map_blocks (dask 2026.8) does not rechunk operands on other grids
+    phase = phase if phase.chunks == part.chunks else phase.rechunk(part.chunks)
     key = da.map_blocks(_grain_key, part, phase, dtype=np.uint64, meta=np.empty((0, 0, 0), np.uint64))
     return label(key, connectivity=connectivity, multilabel=True)
 
