@@ -122,3 +122,37 @@ def test_peak_rss_is_the_workers_own_and_resets():
 
         peak, after = next(iter(client.run(grow_then_reset).values()))
     assert peak >= 2**28 and after < peak - 2**27
+
+
+@pytest.mark.parametrize("dashboard", [False, True])
+def test_embedded_cluster_listens_on_this_machine_only(dashboard: bool) -> None:
+    """Scheduler, its HTTP server (which starts even without a dashboard) and workers bind
+    127.0.0.1: nothing of an embedded cluster is reachable from the network (issue 18)."""
+    import psutil
+
+    def listening() -> set[tuple[str, int]]:
+        procs = [psutil.Process(), *psutil.Process().children(recursive=True)]
+        found = set()
+        for proc in procs:
+            for conn in proc.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add((conn.laddr.ip, conn.laddr.port))
+        return found
+
+    before = listening()
+    with vc.cluster(workers=1, dashboard=dashboard) as client:
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        opened = listening() - before
+    assert opened and {ip for ip, _ in opened} == {"127.0.0.1"}
+
+
+def test_two_clusters_without_dashboard_do_not_compete_for_a_port() -> None:
+    """Without a dashboard the scheduler's HTTP server still starts: on a free port, not on
+    8787, so concurrent volmla commands do not warn "Port 8787 is already in use"."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with vc.cluster(workers=1, dashboard=False) as one, vc.cluster(workers=1, dashboard=False) as two:
+            ports = {one.scheduler_info()["services"]["dashboard"], two.scheduler_info()["services"]["dashboard"]}
+    assert len(ports) == 2 and 8787 not in ports

@@ -160,3 +160,24 @@ def test_gpu_matches_cpu(model3d: str) -> None:
 def test_providers_cpu_only_here() -> None:
     assert sessions.select_providers("cpu") == ("CPUExecutionProvider",)
     assert sessions.select_providers("auto")[-1] == "CPUExecutionProvider"
+
+
+@pytest.mark.parametrize(("tile", "tiles"), [(None, 1), ((8, 8, 8), 27)])
+def test_fixed_batch_pads_only_up_to_the_tiles_there_are(model3d: str, tile, tiles: int) -> None:
+    """GPU engines get steady batch shapes, but a block of one tile is not padded to 4."""
+    from volmla.segment.infer import predict_block
+
+    info = inspect_model(model3d)
+    real = sessions.get_session(model3d, providers=("CPUExecutionProvider",))
+    seen: list[int] = []
+
+    class Counting:
+        def run(self, names, feed):
+            seen.append(next(iter(feed.values())).shape[0])
+            return real.run(names, feed)
+
+    image, _ = toy((16, 16, 16))
+    labels, _ = predict_block(image, session=Counting(), info=info, tile=tile, batch=4, fixed_batch=True)
+    assert labels.shape == image.shape
+    assert sum(seen) == -(-tiles // min(4, tiles)) * min(4, tiles)
+    assert set(seen) == {min(4, tiles)}

@@ -156,7 +156,8 @@ def cluster(
                 threads_per_worker=threads_per_worker,
                 processes=True,
                 memory_limit=limit,
-                dashboard_address=dash,
+                dashboard_address=dash or _HTTP_ONLY,
+                scheduler_kwargs={"dashboard": dash is not None},
             )
     try:
         client = Client(local, set_as_default=True)
@@ -168,6 +169,12 @@ def cluster(
         yield client
     finally:
         _close(client, local)
+
+
+_HTTP_ONLY = "127.0.0.1:0"
+"""Where the scheduler's HTTP server (health, metrics, info pages) binds when there is no
+dashboard: it starts anyway, and without an address it would take ``:8787`` on every
+interface."""
 
 
 def _dashboard_address(dashboard: bool | str) -> str | None:
@@ -343,7 +350,8 @@ def _gpu_cluster(gpus: int, memory_limit: str | int | None, dash: str | None) ->
         return LocalCUDACluster(
             CUDA_VISIBLE_DEVICES=list(range(gpus)),
             resources={"GPU": 1},
-            dashboard_address=dash,
+            dashboard_address=dash or _HTTP_ONLY,
+            scheduler_kwargs={"dashboard": dash is not None},
             memory_limit=memory_limit or "auto",
         )
     from distributed import Nanny, Scheduler, SpecCluster
@@ -361,7 +369,8 @@ def _gpu_cluster(gpus: int, memory_limit: str | int | None, dash: str | None) ->
         }
         for i in range(gpus)
     }
-    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {"dashboard_address": dash}})
+    return SpecCluster(workers=workers, scheduler={"cls": Scheduler, "options": {
+        "dashboard_address": dash or _HTTP_ONLY, "dashboard": dash is not None}})
 
 
 def gpu_annotation(device: str) -> contextlib.AbstractContextManager[Any]:

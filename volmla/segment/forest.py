@@ -106,13 +106,17 @@ def n_features(sigmas: Sequence[float] = DEFAULT_SIGMAS) -> int:
     return 1 + 9 * len(sigmas)
 
 
-def filter_features(block: np.ndarray, *, sigmas: Sequence[float] = DEFAULT_SIGMAS) -> np.ndarray:
+def filter_features(
+    block: np.ndarray, *, sigmas: Sequence[float] = DEFAULT_SIGMAS, halo: Sequence[int] = (0, 0, 0)
+) -> np.ndarray:
     """Multi-scale filter features of a 3-D block: ``(n_features, z, y, x)`` float32.
 
     Per sigma: gaussian, gradient magnitude, Laplacian of Gaussian, the 3 structure
     tensor eigenvalues (gradients of the sigma/2-smoothed image, averaged over sigma),
-    the 3 Hessian eigenvalues. Voxels within :func:`feature_halo` of the block's faces
-    depend on the boundary mode (reflect); inner voxels do not.
+    the 3 Hessian eigenvalues (decreasing; in closed form,
+    :func:`volmla.segment._eigen.symmetric_eigenvalues`). Voxels within
+    :func:`feature_halo` of the block's faces depend on the boundary mode (reflect);
+    inner voxels do not.
 
     Parameters
     ----------
@@ -120,33 +124,43 @@ def filter_features(block: np.ndarray, *, sigmas: Sequence[float] = DEFAULT_SIGM
         A 3-D NumPy block (already normalised).
     sigmas
         Feature scales (voxels).
+    halo
+        Voxels of context per side (z, y, x) around the voxels wanted: the features are
+        computed on the whole block and returned for its interior only (each filter's
+        output is cropped as it is made, so memory is ``n_features`` x the interior).
 
     Returns
     -------
     numpy.ndarray
-        ``(n_features(sigmas), z, y, x)`` float32.
+        ``(n_features(sigmas), z, y, x)`` float32, of the interior.
+
+    Examples
+    --------
+    >>> filter_features(np.zeros((12, 12, 12), np.float32), sigmas=(1.0,), halo=(4, 4, 4)).shape
+    (10, 4, 4, 4)
     """
-    from skimage.feature import (
-        hessian_matrix,
-        hessian_matrix_eigvals,
-        structure_tensor,
-        structure_tensor_eigenvalues,
-    )
+    from skimage.feature import hessian_matrix, structure_tensor
+
+    from volmla.segment._eigen import symmetric_eigenvalues
 
     image = np.asarray(block, dtype=np.float32)
-    out = np.empty((n_features(sigmas), *image.shape), np.float32)
-    out[0] = image
+    core = tuple(slice(int(h), n - int(h)) for h, n in zip(halo, image.shape, strict=True))
+    shape = tuple(c.stop - c.start for c in core)
+    if min(shape) <= 0:
+        raise VolmlaError(f"halo {tuple(halo)} leaves nothing of a block of shape {image.shape}")
+    out = np.empty((n_features(sigmas), *shape), np.float32)
+    out[0] = image[core]
     i = 1
     for s in sigmas:
         smooth = ndi.gaussian_filter(image, s, mode="reflect", truncate=TRUNCATE)
-        out[i] = smooth
-        out[i + 1] = ndi.gaussian_gradient_magnitude(image, s, mode="reflect", truncate=TRUNCATE)
-        out[i + 2] = ndi.gaussian_laplace(image, s, mode="reflect", truncate=TRUNCATE)
+        out[i] = smooth[core]
+        out[i + 1] = ndi.gaussian_gradient_magnitude(image, s, mode="reflect", truncate=TRUNCATE)[core]
+        out[i + 2] = ndi.gaussian_laplace(image, s, mode="reflect", truncate=TRUNCATE)[core]
         inner = ndi.gaussian_filter(image, s / 2, mode="reflect", truncate=TRUNCATE)
         tensor = structure_tensor(inner, sigma=s, mode="reflect")
-        out[i + 3 : i + 6] = structure_tensor_eigenvalues(tensor)
+        symmetric_eigenvalues([t[core] for t in tensor], out=out[i + 3 : i + 6])
         hessian = hessian_matrix(smooth, sigma=0.0001, mode="reflect", use_gaussian_derivatives=False)
-        out[i + 6 : i + 9] = hessian_matrix_eigvals(hessian)
+        symmetric_eigenvalues([h[core] for h in hessian], out=out[i + 6 : i + 9])
         i += 9
     return out
 
@@ -284,7 +298,7 @@ def train_random_forest(
                     continue
                 region = read_region(image, (int(z) - halo, y0 - halo, x0 - halo),
                                      (2 * halo + 1, shape[1] + 2 * halo, shape[2] + 2 * halo))
-                feats = filter_features(_normalise(region, norm), sigmas=sigmas)[:, halo, halo:-halo, halo:-halo]
+                feats = filter_features(_normalise(region, norm), sigmas=sigmas, halo=(halo, halo, halo))[:, 0]
                 if len(where) > per_plane:
                     where = where[rng.choice(len(where), per_plane, replace=False)]
                 features.append(feats[:, where[:, 0], where[:, 1]].T)
@@ -356,14 +370,16 @@ def load_random_forest(path: str | Path) -> RandomForest:
                         int(meta["halo"]), float("nan"))
 
 
-def _rf_block(block: np.ndarray, *, model: str, sigmas: tuple[float, ...], norm: tuple[float, float]) -> np.ndarray:
+def _rf_block(block: np.ndarray, *, halo: tuple[int, ...], model: str, sigmas: tuple[float, ...],
+              norm: tuple[float, float]) -> np.ndarray:
+    """Phases of a block's interior: features of the extended block, the forest on the interior only."""
     from volmla.segment.sessions import get_session
 
     session = get_session(model, providers=("CPUExecutionProvider",))
-    feats = filter_features(_normalise(block, norm), sigmas=sigmas)
-    flat = feats.reshape(feats.shape[0], -1).T
-    label = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: np.ascontiguousarray(flat)})[0]
-    return np.asarray(label, dtype=np.uint8).reshape(block.shape)
+    feats = filter_features(_normalise(block, norm), sigmas=sigmas, halo=halo)
+    flat = np.ascontiguousarray(feats.reshape(feats.shape[0], -1).T)
+    label = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: flat})[0]
+    return np.asarray(label, dtype=np.uint8).reshape(feats.shape[1:])
 
 
 def random_forest_segment(volume: VolumeLike, *, model: str | Path) -> da.Array:
@@ -391,5 +407,5 @@ def random_forest_segment(volume: VolumeLike, *, model: str | Path) -> da.Array:
     data = as_volume(volume, name="intensity", finite=True).data
     # a volume thinner than the halo is reflected as far as it goes (it is one chunk then)
     depth = tuple(min(forest.halo, max(n - 1, 0)) for n in data.shape)
-    return halo_map(data, _rf_block, halo=depth, boundary="reflect", dtype=np.uint8,
+    return halo_map(data, _rf_block, halo=depth, boundary="reflect", dtype=np.uint8, crops=True,
                     model=str(Path(model).resolve()), sigmas=forest.sigmas, norm=forest.norm)

@@ -139,7 +139,8 @@ def predict_block(
     batch
         Tiles per inference call.
     fixed_batch
-        Pad the last batch to ``batch`` (models with a fixed batch size).
+        Pad the last batch to ``batch`` (steady shapes for GPU engines); ``batch`` is
+        first capped at the number of tiles, so a block of one tile is never padded.
     halo
         Context (z, y, x) around the block's own voxels.
 
@@ -177,6 +178,7 @@ def predict_block(
         axes[0] = list(range(padded[0]))
     origins = [(z, y, xx) for z in axes[0] for y in axes[1] for xx in axes[2]]
     single = len(origins) == 1 and list(t) == padded  # one tile covering the whole block
+    batch = min(batch, len(origins))  # a fixed batch never pads beyond the tiles there are
     n_classes = info.n_classes
     acc: Any = None
     weight: Any = None
