@@ -22,7 +22,7 @@
 # cannot travel within the 64 MiB limit: without it the suite reports the CUDA/TensorRT
 # providers, the U-Net Zarr-to-Zarr run and the --gpus run as skipped, with the reason.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 PY=${PYTHON:-python3}
 OUT=${OUT:-$ROOT/benchmarks/results}
