@@ -4,7 +4,9 @@ Every command takes ``--help``, refuses to replace an existing output unless
 ``--overwrite`` is given, and on any error prints one line to stderr and exits 2 (130
 after Ctrl-C); :func:`main` is the one place that happens. Global options (before the
 command): ``--scheduler ADDRESS``, ``--workers N``, ``--gpus N``, ``--device
-auto|cpu|gpu``, ``--dashboard ADDRESS``, ``-q``, ``-v`` (also prints an error's traceback).
+auto|cpu|gpu``, ``--dashboard ADDRESS``, ``-q``, ``-v`` (volmla's own debug log; also
+prints an error's traceback), ``-vv`` (Dask's log too), ``--version``; shell completion
+through ``--install-completion`` / ``--show-completion``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import re
 import sys
 import traceback
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     name="volmla",
     help="Out-of-core 3D mineral liberation analysis of X-ray CT volumes.",
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -44,11 +47,37 @@ class _Globals:
     gpus: int = 0
     device: Device = "auto"
     quiet: bool = False
-    verbose: bool = False
+    verbose: int = 0
     dashboard: str | None = None
 
 
 STATE = _Globals()
+
+DASK_LOGGERS = ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
+                "distributed.worker", "distributed.http.proxy", "dask")
+"""Loggers ``-vv`` turns on (distributed installs its own INFO handlers at import)."""
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from volmla import __version__
+
+        typer.echo(f"volmla {__version__}")
+        raise typer.Exit()
+
+
+def configure_logging(verbose: int) -> None:
+    """Log levels for ``-v`` counts: 0 warnings only, 1 volmla's debug log, 2 Dask's info log too.
+
+    Parameters
+    ----------
+    verbose
+        How many ``-v`` were given.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("volmla").setLevel(logging.DEBUG if verbose >= 1 else logging.WARNING)
+    for name in DASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
 
 
 @app.callback()
@@ -58,8 +87,9 @@ def _global_options(
     gpus: Annotated[int, typer.Option(help="Start one worker per GPU (GPU=1 resource each).")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | gpu: where array kernels and models run.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or dashboard address.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what each stage does; print the traceback of an error.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="-v: volmla's debug log and an error's traceback; -vv: Dask's log too.")] = 0,
     dashboard: Annotated[str | None, typer.Option(help="Dashboard address of the embedded cluster (default 127.0.0.1:0: this machine only, a free port; e.g. 0.0.0.0:8787 to serve the network).")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print volmla's version and exit.")] = False,
 ) -> None:
     from volmla.engine.backend import DEVICES
 
@@ -68,12 +98,7 @@ def _global_options(
     STATE.scheduler, STATE.workers, STATE.gpus, STATE.quiet = scheduler, workers, gpus, quiet
     STATE.verbose, STATE.dashboard = verbose, dashboard
     STATE.device = cast("Device", device)  # checked against DEVICES above
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # distributed installs its own INFO handlers at import; keep the scheduler quiet too.
-    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
-                 "distributed.worker", "distributed.http.proxy"):
-        logging.getLogger(name).setLevel(level)
+    configure_logging(verbose)
 
 
 @contextlib.contextmanager
@@ -82,7 +107,7 @@ def running() -> Iterator[Any]:
     from volmla.engine.cluster import cluster, progress_enabled
 
     with cluster(scheduler=STATE.scheduler, workers=STATE.workers, gpus=STATE.gpus,
-                 dashboard=STATE.dashboard or True, task_errors=STATE.verbose) as client:
+                 dashboard=STATE.dashboard or True, task_errors=STATE.verbose >= 1) as client:
         if not STATE.quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
         with progress_enabled(not STATE.quiet):
@@ -182,12 +207,22 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in vars(_Globals()).items():  # in-process callers (tests) run main many times
         setattr(STATE, key, value)
     args = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("_VOLMLA_COMPLETE"):  # a shell asking for completions: click answers it
+        try:
+            typer.main.get_command(app).main(args, prog_name="volmla")
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        return 0
     try:
         command = typer.main.get_command(app)
         with command.make_context("volmla", args) as ctx:
             command.invoke(ctx)
     except typer.Exit as exc:  # --help, or a command that asked for a status
         return int(exc.exit_code)
+    except SystemExit as exc:  # --show-completion / --install-completion end with sys.exit
+        if exc.code is None or isinstance(exc.code, int):
+            return int(exc.code or 0)
+        raise
     except (KeyboardInterrupt, typer.Abort):
         _error_line("interrupted (rerun the same command to resume)", prefix="volmla: ")
         return INTERRUPTED

@@ -105,13 +105,13 @@ class ChunkReader:
         )
 
 
-def lazy_level(store: Path, volume: str | Path, level: int) -> da.Array:
+def lazy_level(store: str | Path, volume: str | Path, level: int) -> da.Array:
     """A level of a stored volume as a lazy Dask array over a :class:`ChunkReader`.
 
     Parameters
     ----------
     store
-        The level's Zarr array (a folder).
+        The level's Zarr array (a folder, or an fsspec URL).
     volume
         The volume, as the user named it (for messages).
     level
@@ -124,7 +124,7 @@ def lazy_level(store: Path, volume: str | Path, level: int) -> da.Array:
     """
     reader = ChunkReader(str(store), str(volume), level)
     try:  # the name changes when the array is rewritten, so two writes never share keys
-        stamp = os.stat(store / "zarr.json").st_mtime_ns
+        stamp = os.stat(Path(store) / "zarr.json").st_mtime_ns
     except OSError:
         stamp = 0
     name = f"volume-{tokenize(os.path.abspath(store), reader.shape, reader.chunks, str(reader.dtype), stamp)}"

@@ -53,7 +53,7 @@ from volmla.engine.blocks import DIMS, as_volume, normalise_chunks
 from volmla.errors import VolmlaError
 from volmla.io.atomic import recover, remove, remove_stale, swap_in, tmp_sibling
 from volmla.io.lock import output_lock, write_error
-from volmla.io.ngff import read_multiscales
+from volmla.io.ngff import Multiscales, is_url, read_image, unit_to_um
 from volmla.io.outputs import (
     ATTR,
     DONE_DIR,
@@ -144,12 +144,22 @@ def _phases_attr(phases: Mapping[Any, str] | Sequence[str] | None) -> dict[str, 
 
 
 def open_volume(path: str | Path, *, level: int = 0, allow_incomplete: bool = False) -> xr.DataArray:
-    """Open an OME-Zarr volume lazily.
+    """Open an OME-Zarr volume lazily: volmla's own, or any valid NGFF 0.4/0.5 image.
+
+    1. ``path`` is a local folder or an fsspec URL (``s3://bucket/scan.zarr``,
+       ``https://...``, ``memory://...``); a URL whose protocol needs a package that is
+       missing (``s3fs``, ``gcsfs``, ``aiohttp``) is one line naming it;
+    2. the metadata is validated by ome-zarr-models (:func:`volmla.io.ngff.read_image`);
+    3. the axes must end in ``z, y, x``; leading time or channel axes (``tczyx``,
+       ``czyx``) are dropped when they hold one element, refused otherwise;
+    4. scales and translations are converted to micrometres from each axis' unit
+       (``nanometer``, ``millimeter``, ``angstrom``, ...); axes without a unit are
+       taken as micrometres, with a logged warning.
 
     Parameters
     ----------
     path
-        The OME-Zarr group (a folder ending in ``.zarr`` by convention).
+        The OME-Zarr group (a folder ending in ``.zarr`` by convention) or its URL.
     level
         Multiscale level; 0 is full resolution.
     allow_incomplete
@@ -159,7 +169,8 @@ def open_volume(path: str | Path, *, level: int = 0, allow_incomplete: bool = Fa
     -------
     xarray.DataArray
         Dask-backed, dims ``("z", "y", "x")``, coordinates in micrometres (voxel
-        centres), attrs ``voxel_size_um``, ``unit``, ``kind``, ``phases`` (``{int: name}``),
+        centres, offset by the translation), attrs ``voxel_size_um``,
+        ``translation_um``, ``unit``, ``kind``, ``phases`` (``{int: name}``),
         ``provenance``, ``path`` and ``level``.
 
     Examples
@@ -167,34 +178,74 @@ def open_volume(path: str | Path, *, level: int = 0, allow_incomplete: bool = Fa
     >>> vol = open_volume("scan.zarr")  # doctest: +SKIP
     >>> vol.attrs["voxel_size_um"]  # doctest: +SKIP
     (2.3, 2.3, 2.3)
+    >>> open_volume("s3://bucket/scan.zarr").attrs["voxel_size_um"]  # doctest: +SKIP
+    (0.5, 0.5, 0.5)
     """
-    path = Path(path)
-    if not path.exists():
-        raise VolmlaError(f"volume {path} does not exist")
-    if not is_volume(path):
-        raise VolmlaError(f"{path} is not an OME-Zarr volume (no multiscales metadata)")
-    ms = read_multiscales(path)
+    text = str(path)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    where: str | Path = text if is_url(text) else Path(text)
+    if isinstance(where, Path):
+        if not where.exists():
+            raise VolmlaError(f"volume {where} does not exist")
+        if not any((where / m).is_file() for m in ("zarr.json", ".zattrs", ".zgroup")):
+            raise VolmlaError(f"{where} is not an OME-Zarr volume (no multiscales metadata)")
+    image = read_image(where)
+    ms = image.multiscales
     if not 0 <= level < len(ms.paths):
         raise VolmlaError(f"level must lie in 0..{len(ms.paths) - 1}, got {level}")
-    if list(ms.axes) != list(DIMS):
-        raise VolmlaError(f"volume axes must be {list(DIMS)}, got {list(ms.axes)} in {path}")
-    block = volmla_block(path)
+    lead = _leading_axes(ms, where)
+    block = dict(image.attrs.get(ATTR, {}))
     if block and not block.get("complete", False) and not allow_incomplete:
-        raise VolmlaError(f"volume {path} is incomplete (an interrupted write): rerun the command that makes it")
-    scale = [float(s) for s in ms.scales[level]]
-    data = lazy_level(path / ms.paths[level], path, level)
-    coords = {d: np.arange(n, dtype=np.float64) * s for d, n, s in zip(DIMS, data.shape, scale, strict=True)}
+        raise VolmlaError(f"volume {where} is incomplete (an interrupted write): rerun the command that makes it")
+    data = lazy_level(f"{image.store}/{ms.paths[level]}" if isinstance(where, str) else where / ms.paths[level],
+                      where, level)
+    for axis, size in zip(ms.axes[:lead], data.shape[:lead], strict=True):
+        if size != 1:
+            raise VolmlaError(f"volume {where} has {size} elements along axis {axis!r} (axes {list(ms.axes)}): "
+                              "volmla reads one time point and one channel; extract one first")
+    data = data[(0,) * lead]
+    factors = _um_per_unit(ms, lead, where)
+    scale = [float(s) * f for s, f in zip(ms.scales[level][lead:], factors, strict=True)]
+    translation = [float(t) * f for t, f in zip(ms.translations[level][lead:], factors, strict=True)]
+    coords = {d: t + np.arange(n, dtype=np.float64) * s
+              for d, n, s, t in zip(DIMS, data.shape, scale, translation, strict=True)}
     phases = {int(k): str(v) for k, v in block.get("phases", {}).items()}
     out_attrs = {
         "voxel_size_um": tuple(scale),
+        "translation_um": tuple(translation),
         "unit": "micrometer",
         "kind": block.get("kind", "intensity"),
         "phases": phases,
         "provenance": list(block.get("provenance", [])),
-        "path": str(path),
+        "path": str(where),
         "level": level,
     }
-    return xr.DataArray(data, dims=DIMS, coords=coords, attrs=out_attrs, name=path.stem)
+    name = str(where).rstrip("/").rsplit("/", 1)[-1]
+    return xr.DataArray(data, dims=DIMS, coords=coords, attrs=out_attrs,
+                        name=name[:-5] if name.endswith(".zarr") else name)
+
+
+def _leading_axes(ms: Multiscales, where: str | Path) -> int:
+    """How many (time or channel) axes precede ``z, y, x``; other layouts are refused."""
+    lead = len(ms.axes) - len(DIMS)
+    types = ms.types or (None,) * len(ms.axes)
+    ok = lead >= 0 and list(ms.axes[lead:]) == list(DIMS) and all(
+        t in ("time", "channel") or (t is None and a in ("t", "c")) for a, t in zip(ms.axes[:lead], types, strict=False))
+    if not ok:
+        raise VolmlaError(f"volume axes must be {list(DIMS)} (after optional time and channel axes), "
+                          f"got {list(ms.axes)} in {where}")
+    return lead
+
+
+def _um_per_unit(ms: Multiscales, lead: int, where: str | Path) -> list[float]:
+    """Micrometres per unit of the ``z, y, x`` axes; an axis without a unit counts as micrometres."""
+    factors = [unit_to_um(u, axis=a, where=where) for a, u in zip(ms.axes[lead:], ms.units[lead:], strict=True)]
+    missing = [a for a, f in zip(DIMS, factors, strict=True) if f is None]
+    if missing:
+        logger.warning("volume %s gives no unit for axes %s: their scale is taken as micrometres",
+                       where, ", ".join(missing))
+    return [1.0 if f is None else f for f in factors]
 
 
 # --------------------------------------------------------------------------- writing
