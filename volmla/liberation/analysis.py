@@ -16,7 +16,8 @@ stage:
    (:mod:`volmla.liberation.uncertainty`);
 5. the data contract (``particles.parquet``, ``grains.parquet``, ``contacts.parquet``,
    ``grade_recovery.parquet``, ``stereology.parquet``, ``representativeness.parquet``,
-   ``summary.json``, PNG plots and a self-contained ``report.html``) is written through
+   ``summary.json`` with its ``provenance``, PNG plots, the QC images of
+   :mod:`volmla.liberation.qc` and a self-contained ``report.html``) is written through
    a temporary folder next to the output that is renamed into place at the end, so a
    crash never leaves a complete-looking report.
 """
@@ -39,6 +40,8 @@ import pandas as pd
 from volmla.errors import VolmlaError
 from volmla.io.atomic import recover, remove, remove_stale, swap_in, tmp_sibling
 from volmla.io.lock import output_lock
+from volmla.io.parquet import write_table
+from volmla.liberation.qc import qc_figures
 from volmla.liberation.report import plots, write_html
 from volmla.liberation.sectioning import sections, stereology
 from volmla.liberation.stats import (
@@ -50,7 +53,7 @@ from volmla.liberation.stats import (
     grade_recovery,
 )
 from volmla.liberation.subvolumes import representativeness
-from volmla.liberation.summary import Summary, _nan_to_none, liberation_summary
+from volmla.liberation.summary import Summary, _nan_to_none, liberation_summary, provenance
 from volmla.liberation.uncertainty import bootstrap
 from volmla.types import VolumeLike
 
@@ -246,6 +249,7 @@ def analyse(
     check_volumes(phases, particles, grains=grains, phase_names=phase_names, voxel_size=voxel_size)
     if intensity is not None and tuple(intensity.shape) != tuple(phases.shape):
         raise VolmlaError(f"intensity must have the shape of the phases {tuple(phases.shape)}, got {tuple(intensity.shape)}")
+    inputs = {"phases": phases, "particles": particles, "grains": grains, "intensity": intensity}
     with output_lock(out), cluster() if cluster is not None else contextlib.nullcontext():
         recover(out)
         if grains is None and derive_grains:
@@ -266,6 +270,7 @@ def analyse(
         summary["association"] = _nan_to_none(association(tables.contacts, phase_names=names))
         summary["surface_correction"] = SURFACE_CORRECTION
         summary["phase_volumes"] = "partial-volume" if intensity is not None else "voxel counts"
+        summary["provenance"] = provenance(inputs=inputs, voxel_size=tables.voxel_size_um)
         extras: dict[str, Any] = {"contacts": tables.contacts}
         extras["grade_recovery"] = grade_recovery(pdf, phase_names=names, densities=rho, include_border=include_border)
         if section_step is not None:
@@ -293,12 +298,13 @@ def analyse(
              "phase": pd.Series([], dtype=str), "volume_voxels": pd.Series([], dtype=np.int64),
              "volume_um3": pd.Series([], dtype=np.float64)}
         )
-        return _write(out, overwrite, summary, pdf, grains_df, extras, names, rho)
+        qc = {"phases": phases, "particles": particles, "intensity": intensity, "phase_names": tables.phase_names}
+        return _write(out, overwrite, summary, pdf, grains_df, extras, names, rho, qc)
 
 
 def _write(
     out: Path, overwrite: bool, summary: Summary, pdf: pd.DataFrame, grains_df: pd.DataFrame,
-    extras: dict[str, Any], names: list[str], rho: dict[str, float] | None,
+    extras: dict[str, Any], names: list[str], rho: dict[str, float] | None, qc: dict[str, Any] | None = None,
 ) -> Summary:
     """Write everything into a temporary sibling folder, then swap it in (under the output's lock)."""
     token = uuid.uuid4().hex[:12]
@@ -306,19 +312,20 @@ def _write(
     remove_stale(out)
     try:
         tmp.mkdir()
-        pdf.to_parquet(tmp / "particles.parquet", index=False)
-        grains_df.to_parquet(tmp / "grains.parquet", index=False)
-        extras["contacts"].to_parquet(tmp / "contacts.parquet", index=False)
-        extras["grade_recovery"].to_parquet(tmp / "grade_recovery.parquet", index=False)
-        for key in ("stereology", "representativeness"):
-            if key in extras:
-                extras[key].to_parquet(tmp / f"{key}.parquet", index=False)
+        by = summary.get("representativeness", {}).get("by")
+        for key, frame in (("particles", pdf), ("grains", grains_df), *((k, extras[k]) for k in (
+                "contacts", "grade_recovery", "stereology", "representativeness") if k in extras)):
+            write_table(frame, tmp / f"{key}.parquet", table=key, voxel_size_um=summary["voxel_size_um"], phases=names,
+                        units={"lo": "um^3", "hi": "um^3"} if by == "volume" else {"lo": "um", "hi": "um"})
         pngs = plots(tmp, summary=summary, particles=pdf, grains=grains_df, extras=extras, phase_names=names,
                      densities=rho)
+        if qc is not None:
+            pngs += qc_figures(tmp, particles_df=pdf, free_threshold=summary["free_threshold"],
+                               include_border=summary["include_border"], voxel_size=summary["voxel_size_um"], **qc)
         files = sorted(p.name for p in tmp.iterdir()) + ["report.html", "summary.json"]
         summary["files"] = sorted(set(files))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-        write_html(tmp / "report.html", summary=summary, pngs=pngs, extras=extras)
+        write_html(tmp / "report.html", summary=summary, pngs=pngs, extras=extras, particles=pdf)
         if out.exists() and not overwrite and any(out.iterdir()):
             raise VolmlaError(f"output folder {out} appeared while computing: pass overwrite=True to replace it")
         swap_in(tmp, out, token)

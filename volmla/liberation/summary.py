@@ -3,15 +3,17 @@
 :class:`Summary` types the keys; :func:`liberation_summary` fills those computed from the
 particle table alone (the statistics of :mod:`volmla.liberation.stats`), and
 :func:`volmla.liberation.analysis.analyse` adds the others (``shape``, ``association``,
-``surface_correction``, ``stereology``, ``representativeness``, ``uncertainty`` and
-``files``). NaN is written as ``None`` (JSON ``null``) by :func:`_nan_to_none`, so the
+``surface_correction``, ``stereology``, ``representativeness``, ``uncertainty``,
+``provenance`` (:func:`provenance`) and ``files``). NaN is written as ``None`` (JSON ``null``) by :func:`_nan_to_none`, so the
 summary dumps with ``allow_nan=False``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, NotRequired, TypedDict, cast
 
 import numpy as np
@@ -32,13 +34,27 @@ from volmla.liberation.stats import (
 )
 from volmla.liberation.uncertainty import Uncertainty
 
-__all__ = ["SPECTRUM_ENCODING", "Summary", "liberation_summary"]
+__all__ = ["SPECTRUM_ENCODING", "Provenance", "Summary", "input_path", "liberation_summary", "provenance"]
 
 SPECTRUM_ENCODING = (
     "grade_lo/grade_hi in percent: (0, 0) exactly 0 %, (100, 100) exactly 100 %, "
     "(a, b) the interval (a, b], except (90, 100) which is open at both ends"
 )
 """The ``spectrum_classes`` entry of the summary: how spectrum classes are encoded."""
+
+
+class Provenance(TypedDict):
+    """Where a liberation result comes from (``summary["provenance"]``)."""
+
+    inputs: dict[str, str | None]
+    """``phases``, ``particles``, ``grains``, ``intensity``: the path each was read
+    from, ``None`` for an in-memory volume or one not given."""
+    volmla_version: str
+    model: str | None
+    """The segmentation model recorded in the phase volume's provenance, if any."""
+    date: str
+    """When the analysis ran (ISO 8601, UTC)."""
+    voxel_size_um: list[float] | None
 
 
 class Summary(TypedDict):
@@ -73,6 +89,7 @@ class Summary(TypedDict):
     stereology: NotRequired[dict[str, Any]]
     representativeness: NotRequired[dict[str, Any]]
     uncertainty: NotRequired[Uncertainty]
+    provenance: NotRequired[Provenance]
     files: NotRequired[list[str]]
 
 
@@ -170,3 +187,79 @@ def liberation_summary(
         "locking": locking(particles_df, phase_names=names, free_threshold=thr, include_border=include_border),
     }
     return cast(Summary, _nan_to_none(summary))
+
+
+def input_path(volume: Any) -> str | None:
+    """The path a volume was read from: a path given as such, or an xarray ``path`` attribute.
+
+    Parameters
+    ----------
+    volume
+        A path, an :class:`xarray.DataArray` opened by :func:`volmla.open_volume`, or any
+        other array (no path) or None.
+
+    Returns
+    -------
+    str or None
+
+    Examples
+    --------
+    >>> input_path("scan.zarr"), input_path(np.zeros(3))
+    ('scan.zarr', None)
+    """
+    if isinstance(volume, str | os.PathLike):
+        return os.fspath(volume)
+    attrs = getattr(volume, "attrs", None)
+    path = attrs.get("path") if isinstance(attrs, Mapping) else None
+    return str(path) if path else None
+
+
+def _model(volume: Any) -> str | None:
+    """The last model named in a volume's provenance steps (``volmla segment --model``)."""
+    attrs = getattr(volume, "attrs", None)
+    steps = attrs.get("provenance") if isinstance(attrs, Mapping) else None
+    for step in reversed(list(steps or [])):
+        if isinstance(step, Mapping) and step.get("model"):
+            return str(step["model"])
+    return None
+
+
+def provenance(
+    *,
+    inputs: Mapping[str, Any],
+    voxel_size: Sequence[float] | None,
+    model: str | os.PathLike[str] | None = None,
+) -> Provenance:
+    """The provenance record of a liberation result: inputs, volmla version, model, date, voxel size.
+
+    Parameters
+    ----------
+    inputs
+        ``{name: volume or path or None}`` (``phases``, ``particles``, ``grains``,
+        ``intensity``); each is recorded as :func:`input_path` gives it.
+    voxel_size
+        ``(z, y, x)`` um used.
+    model
+        The segmentation model; default the last one recorded in the provenance steps of
+        the ``phases`` volume (as ``volmla segment`` writes them).
+
+    Returns
+    -------
+    Provenance
+
+    Examples
+    --------
+    >>> p = provenance(inputs={"phases": "phases.zarr", "grains": None}, voxel_size=(2.0, 2.0, 2.0))
+    >>> p["inputs"], p["model"], p["voxel_size_um"]
+    ({'phases': 'phases.zarr', 'grains': None}, None, [2.0, 2.0, 2.0])
+    """
+    from volmla import __version__
+
+    found = model if model is not None else _model(inputs.get("phases"))
+    return {
+        "inputs": {str(k): input_path(v) for k, v in inputs.items()},
+        "volmla_version": __version__,
+        "model": os.fspath(found) if found is not None else None,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "voxel_size_um": [float(v) for v in voxel_size] if voxel_size is not None else None,
+    }
