@@ -209,7 +209,7 @@ def test_palette_is_fixed_and_distinct_within_a_volume() -> None:
     assert phase_colors({7: "quartz"}) == {7: MINERAL_COLORS["quartz"]}  # by name, whatever the id
     many = phase_colors([f"p{i}" for i in range(len(PALETTE))])
     assert len(set(many.values())) == len(PALETTE)
-    assert hex_colors(["quartz"]) == {1: "#ffe066"}
+    assert hex_colors(["quartz"]) == {1: "#9e9ac8"}
     assert mineral_key(" Chalco_pyrite ") == "chalcopyrite"
 
 

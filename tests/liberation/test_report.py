@@ -272,7 +272,7 @@ def test_executive_summary_warnings_and_clipped_intervals() -> None:
     assert "no free particle of pyrite" in text
     assert "voxel counts" in text
     quartz = ex["rows"][0]
-    assert quartz["ld_ci"] == "0 - 1" and quartz["color"] == "#ffe066"
+    assert quartz["ld_ci"] == "0 - 1" and quartz["color"] == "#9e9ac8"
     assert ex["p80_um"] is not None and ex["weighting"] == "Volume-weighted"
     # many particles, partial volumes: no warning left but the border one
     big, dfb, _, _ = _inputs(names, n=150, densities=True)

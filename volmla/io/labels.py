@@ -64,7 +64,7 @@ def label_metadata(phases: Mapping[int, str] | None) -> dict[str, Any]:
     --------
     >>> meta = label_metadata({1: "quartz"})
     >>> meta["colors"][1], meta["properties"][1]
-    ({'label-value': 1, 'rgba': [255, 224, 102, 255]}, {'label-value': 1, 'name': 'quartz'})
+    ({'label-value': 1, 'rgba': [158, 154, 200, 255]}, {'label-value': 1, 'name': 'quartz'})
     """
     colors: list[dict[str, Any]] = [{"label-value": 0, "rgba": list(BACKGROUND_RGBA)}]
     properties: list[dict[str, Any]] = [{"label-value": 0, "name": "background"}]

@@ -47,7 +47,7 @@ PALETTE: tuple[RGB, ...] = (
 
 MINERAL_COLORS: dict[str, RGB] = {
     # silicates
-    "quartz": (255, 224, 102),
+    "quartz": (158, 154, 200),
     "albite": (102, 194, 165),
     "plagioclase": (27, 158, 119),
     "orthoclase": (252, 141, 98),
@@ -130,7 +130,7 @@ def phase_colors(phases: Mapping[int, str] | Sequence[str]) -> dict[int, RGB]:
     Examples
     --------
     >>> phase_colors(["quartz", "unknown"])
-    {1: (255, 224, 102), 2: (0, 114, 178)}
+    {1: (158, 154, 200), 2: (0, 114, 178)}
     """
     named = dict(phases) if isinstance(phases, Mapping) else {i + 1: n for i, n in enumerate(phases)}
     ids = sorted(int(k) for k in named)

@@ -102,7 +102,7 @@ def phase_styles(phase_names: Sequence[str]) -> dict[str, PhaseStyle]:
     Examples
     --------
     >>> phase_styles(["quartz", "x"])["quartz"]
-    PhaseStyle(color='#ffe066', linestyle='-', marker='o')
+    PhaseStyle(color='#9e9ac8', linestyle='-', marker='o')
     """
     names = list(phase_names)
     colors = hex_colors(names)

@@ -101,7 +101,8 @@ def representativeness(
     -------
     (pandas.DataFrame, PieceGrid)
         Table ``lo, hi, whole, mean, std, ci_lo, ci_hi, n_pieces`` (``whole`` the
-        frequency over the whole volume) and ``{"pieces", "grid", "n_pieces_used"}``.
+        frequency over the whole volume; the 95 % t-interval ``ci_lo, ci_hi`` of the
+        pieces' mean clipped to [0, 1]) and ``{"pieces", "grid", "n_pieces_used"}``.
     """
     from scipy import stats
 
@@ -137,8 +138,9 @@ def representativeness(
             "whole": whole,
             "mean": mean,
             "std": std,
-            "ci_lo": mean - half,
-            "ci_hi": mean + half,
+            # a frequency lies in [0, 1]: the t-interval is clipped to it
+            "ci_lo": np.clip(mean - half, 0.0, 1.0),
+            "ci_hi": np.clip(mean + half, 0.0, 1.0),
             "n_pieces": m,
         }
     )

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from volmla.errors import VolmlaError
-from volmla.liberation.stats import _check_threshold, _densities, _free, _phases, _population
+from volmla.liberation.stats import _check_threshold, _densities, _free, _phases, _population, _volume
 
 __all__ = ["Interval", "Uncertainty", "bootstrap"]
 
@@ -58,7 +58,8 @@ def bootstrap(
     df
         The particle table (:func:`volmla.measure.particle_table`).
     phase_names
-        Phases to report (their ``vox_<phase>`` columns).
+        Phases to report (their ``vfrac_<phase>`` columns, else ``vox_<phase>``: the
+        volumes the point estimates use).
     free_threshold
         A particle is free in a phase whose grade exceeds this (strictly), in ``[0, 1)``.
     densities
@@ -91,7 +92,8 @@ def bootstrap(
     rho = _densities(densities, names)
     pop = _population(df, include_border)
     n = len(pop)
-    vox = np.stack([pop[f"vox_{p}"].to_numpy(np.float64) for p in names]) if names else np.zeros((0, n))
+    # the same phase volumes as the figures they bracket (partial-volume when measured so)
+    vox = np.stack([_volume(pop, p) for p in names]) if names else np.zeros((0, n))
     free = np.stack([_free(pop, p, thr) for p in names]) if names else np.zeros((0, n), bool)
     weight = np.array([rho[p] for p in names]) if rho is not None else np.ones(len(names))
     rng = np.random.default_rng(seed)
