@@ -14,7 +14,7 @@ import importlib
 from volmla.cli.app import STATE, app, main
 
 #: Command modules in the order ``volmla --help`` lists their commands.
-COMMAND_MODULES = ("info", "ingest", "preprocess", "particles", "segment", "liberation", "correlate", "pipeline")
+COMMAND_MODULES = ("info", "ingest", "preprocess", "particles", "segment", "liberation", "breakage", "correlate", "sem", "pipeline")
 for _name in COMMAND_MODULES:
     importlib.import_module(f"volmla.cli.{_name}")
 

@@ -25,6 +25,7 @@ from volmla.synthetic.crushed import (
 from volmla.synthetic.noise import normal_noise
 from volmla.synthetic.phantom import Phantom, check_phantom_output, phantom, write_phantom
 from volmla.synthetic.render import ATTENUATION, grain_block
+from volmla.synthetic.sem import SEM_CLASSES, SemSample, sem_image, write_sem_images
 
 __all__ = [
     "ATTENUATION",
@@ -32,17 +33,21 @@ __all__ = [
     "LEVELS",
     "MODAL_WEIGHTS",
     "PHASES",
+    "SEM_CLASSES",
     "Catalogue",
     "CrushedOre",
     "Phantom",
+    "SemSample",
     "check_phantom_output",
     "correlative_labels",
     "crushed_ore",
     "grain_block",
     "normal_noise",
     "phantom",
+    "sem_image",
     "simulate_element_maps",
     "truth_liberation",
     "write_crushed_ore",
     "write_phantom",
+    "write_sem_images",
 ]
