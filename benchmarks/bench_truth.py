@@ -8,16 +8,23 @@ For each seed and difficulty level of :func:`volmla.synthetic.crushed_ore`:
 2. the particle table is measured on the TRUE particles (``ore.particles``) with
    (a) the forest's phases as they are (integer counts: today's path), and
    (b) the same phases cleaned per grain (:func:`volmla.segment.regions.clean_phases`)
-   and measured with partial-volume apportioning (``intensity=``); (t) the true phases
-   with apportioning give the floor that the scan resolution itself sets;
+   and measured with partial-volume apportioning (``intensity=``), (r) the phases
+   classified by region (:func:`volmla.segment.pooled.region_phases`, levels from the
+   same sparse labels; the default path of ``segment_phases`` with labels) and measured
+   with apportioning; (t) the true phases with apportioning give the floor that the
+   scan resolution itself sets;
 3. per phase: |LD error| and |modal error| against ``ore.liberation`` (exact, from the
    fine grid), free-particle recall (truly free particles of the phase measured free of
    it) and false-free count (particles measured free of the phase that are not);
 4. the purity of the forest's grains by size (the share of components whose majority
-   true phase differs from their phase), the evidence behind the cleaning threshold.
+   true phase differs from their phase), the evidence behind the cleaning threshold;
+5. runtime on one larger case (``--timing-shape``, default 128^3, hard level, seed 0):
+   the forest (train + predict) against the region classification (levels + phases),
+   both computed to NumPy in the same run.
 
-Run: ``python benchmarks/bench_truth.py`` (3 seeds x 2 levels at 80^3, several minutes on
-two cores: the forest's training and prediction dominate); ``--quick`` for one small case.
+Run: ``python benchmarks/bench_truth.py`` (3 seeds x 2 levels at 80^3 and the 128^3
+timing, several minutes on two cores: the forest's training and prediction dominate);
+``--quick`` for one small case and no timing.
 Writes ``benchmarks/results/truth.json`` and prints a table.
 """
 
@@ -36,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 NAMES = ["quartz", "feldspar", "pyrite"]
+KEYS = ("today", "cleaned_pv", "regions_pv", "truth_phases_pv")
 SIZE_BINS = [1, 5, 10, 20, 30, 40, 60, 100, 260, 10**12]
 
 
@@ -102,6 +110,7 @@ def _purity(particles: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> 
 def run_case(shape: int, seed: int, level: str, *, min_grain: int, workdir: Path) -> dict[str, Any]:
     from volmla.measure import particle_table
     from volmla.segment.forest import random_forest_segment, save_random_forest, train_random_forest
+    from volmla.segment.pooled import region_phases
     from volmla.segment.regions import clean_phases
     from volmla.synthetic import crushed_ore
 
@@ -116,25 +125,51 @@ def run_case(shape: int, seed: int, level: str, *, min_grain: int, workdir: Path
     cleaned = np.asarray(clean_phases(predicted, ore.particles, ore.intensity, min_grain=min_grain).compute())
     ours = particle_table(ore.particles, cleaned, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
     t3 = time.perf_counter()
+    regions = np.asarray(region_phases(ore.intensity, ore.particles, _sparse_labels(ore.phases)).compute())
+    by_region = particle_table(ore.particles, regions, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
+    t4 = time.perf_counter()
     floor = particle_table(ore.particles, ore.phases, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
     inside = ore.particles > 0
-    acc = {k: float((v[inside] == ore.phases[inside]).mean()) for k, v in (("forest", predicted), ("cleaned", cleaned))}
+    acc = {k: float((v[inside] == ore.phases[inside]).mean())
+           for k, v in (("forest", predicted), ("cleaned", cleaned), ("regions", regions))}
     return {
         "shape": shape, "seed": seed, "level": level, "n_particles": int(ore.params["n_particles"]),
         "voxel_accuracy_in_particles": acc,
         "today": _scores(today, ore.table, ore.liberation),
         "cleaned_pv": _scores(ours, ore.table, ore.liberation),
+        "regions_pv": _scores(by_region, ore.table, ore.liberation),
         "truth_phases_pv": _scores(floor, ore.table, ore.liberation),
         "grain_purity": _purity(ore.particles, predicted, ore.phases),
-        "seconds": {"phantom": t1 - t0, "forest": t2 - t1, "clean_and_measure": t3 - t2},
+        "seconds": {"phantom": t1 - t0, "forest": t2 - t1, "clean_and_measure": t3 - t2, "regions_and_measure": t4 - t3},
     }
+
+
+def time_case(shape: int, *, workdir: Path) -> dict[str, Any]:
+    """Step 5: seconds of the forest (train + predict) and of the region path."""
+    from volmla.segment.forest import random_forest_segment, save_random_forest, train_random_forest
+    from volmla.segment.pooled import region_phases
+    from volmla.synthetic import crushed_ore
+
+    ore = crushed_ore(shape=shape, seed=0, level="hard")
+    labels = _sparse_labels(ore.phases)
+    t0 = time.perf_counter()
+    forest = train_random_forest(ore.intensity, labels, seed=0)
+    model = save_random_forest(forest, workdir / "rf_timing.onnx")
+    predicted = np.asarray(random_forest_segment(ore.intensity, model=model).compute())
+    t1 = time.perf_counter()
+    regions = np.asarray(region_phases(ore.intensity, ore.particles, labels).compute())
+    t2 = time.perf_counter()
+    inside = ore.particles > 0
+    return {"shape": shape, "level": "hard", "seed": 0, "forest_seconds": t1 - t0, "regions_seconds": t2 - t1,
+            "voxel_accuracy_in_particles": {"forest": float((predicted[inside] == ore.phases[inside]).mean()),
+                                            "regions": float((regions[inside] == ore.phases[inside]).mean())}}
 
 
 def _table(cases: list[dict[str, Any]]) -> str:
     lines = ["| level | seed | method | LD err q/f/py | modal err q/f/py | free recall q/f/py | false free q/f/py |",
              "|---|---|---|---|---|---|---|"]
     for c in cases:
-        for key in ("today", "cleaned_pv", "truth_phases_pv"):
+        for key in KEYS:
             s = c[key]
 
             def fmt(field: str, spec: str, s: dict[str, Any] = s) -> str:
@@ -151,13 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--levels", nargs="+", default=["easy", "hard"], choices=["easy", "hard"])
     parser.add_argument("--min-grain", type=int, default=None, help="default: volmla.segment.regions.MIN_GRAIN")
-    parser.add_argument("--quick", action="store_true", help="one 48^3 easy case (a smoke run)")
+    parser.add_argument("--quick", action="store_true", help="one 48^3 easy case (a smoke run), no timing")
+    parser.add_argument("--timing-shape", type=int, default=128, help="edge of the runtime case (0: none)")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "truth.json")
     args = parser.parse_args(argv)
     from volmla.segment.regions import MIN_GRAIN
 
     if args.quick:
-        args.shape, args.seeds, args.levels = 48, [0], ["easy"]
+        args.shape, args.seeds, args.levels, args.timing_shape = 48, [0], ["easy"], 0
     min_grain = MIN_GRAIN if args.min_grain is None else args.min_grain
     cases = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,21 +201,25 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 case = run_case(args.shape, seed, level, min_grain=min_grain, workdir=Path(tmp))
                 print(f"{level} seed {seed}: max |LD error| today {case['today']['max_ld_error']:.3f}, "
-                      f"cleaned+PV {case['cleaned_pv']['max_ld_error']:.3f}", file=sys.stderr, flush=True)
+                      f"cleaned+PV {case['cleaned_pv']['max_ld_error']:.3f}, regions+PV {case['regions_pv']['max_ld_error']:.3f} "
+                      f"(modal {case['regions_pv']['max_modal_error']:.4f})", file=sys.stderr, flush=True)
                 cases.append(case)
+        timing = time_case(args.timing_shape, workdir=Path(tmp)) if args.timing_shape else None
     summary = {}
-    for key in ("today", "cleaned_pv", "truth_phases_pv"):
+    for key in KEYS:
         summary[key] = {
             "max_ld_error": max(c[key]["max_ld_error"] for c in cases),
             "mean_max_ld_error": float(np.mean([c[key]["max_ld_error"] for c in cases])),
             "max_modal_error": max(c[key]["max_modal_error"] for c in cases),
         }
     out = {"min_grain": min_grain, "targets": {"max_ld_error": 0.03, "max_modal_error": 0.01},
-           "summary": summary, "cases": cases, "cpus": os.cpu_count()}
+           "summary": summary, "timing": timing, "cases": cases, "cpus": os.cpu_count()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(out, indent=2, allow_nan=False, default=float))
     print(_table(cases))
     print(json.dumps(summary, indent=2))
+    if timing:
+        print(json.dumps(timing, indent=2))
     return 0
 
 

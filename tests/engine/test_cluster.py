@@ -156,3 +156,48 @@ def test_two_clusters_without_dashboard_do_not_compete_for_a_port() -> None:
         with vc.cluster(workers=1, dashboard=False) as one, vc.cluster(workers=1, dashboard=False) as two:
             ports = {one.scheduler_info()["services"]["dashboard"], two.scheduler_info()["services"]["dashboard"]}
     assert len(ports) == 2 and 8787 not in ports
+
+
+def test_on_demand_runs_small_graphs_in_process_and_starts_the_cluster_for_large_ones() -> None:
+    import functools
+
+    import dask.array as da
+
+    small = da.ones((40, 40, 40), chunks=20).sum()  # 8 blocks: a few tasks
+    large = da.ones((40, 40, 40), chunks=5).sum()  # 512 blocks
+    started: list[object] = []
+    with vc.on_demand(functools.partial(vc.cluster, workers=1, dashboard=False), on_start=started.append) as deferred:
+        assert vc.compute([small]) == [64000.0]
+        assert deferred.client is None and not started and vc.current_client() is None
+        assert vc.compute([large]) == [64000.0]
+        assert deferred.client is not None and started == [deferred.client]
+        assert vc.compute([small]) == [64000.0]  # once started, everything runs there
+        assert vc.current_client() is deferred.client
+    assert vc.current_client() is None
+
+
+def test_interrupted_threaded_compute_leaves_no_task_running() -> None:
+    """Ctrl-C on the threaded path: compute returns only after the running tasks finished,
+    so a caller's cleanup never races a task that still writes."""
+    import threading
+    import time
+
+    import dask
+
+    finished: list[int] = []
+    gate = threading.Event()
+
+    def slow(i: int) -> int:
+        gate.set()
+        time.sleep(0.5)
+        finished.append(i)
+        return i
+
+    def interrupt() -> int:
+        assert gate.wait(10)
+        raise KeyboardInterrupt
+
+    tasks = [dask.delayed(slow)(i) for i in range(2)] + [dask.delayed(interrupt)()]
+    with dask.config.set(scheduler="threads", num_workers=3), pytest.raises(KeyboardInterrupt):
+        vc.compute(tasks)
+    assert sorted(finished) == [0, 1]  # both were running: they finished before compute returned

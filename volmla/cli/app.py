@@ -102,16 +102,33 @@ def _global_options(
 
 
 @contextlib.contextmanager
-def running() -> Iterator[Any]:
-    """The cluster a command computes on, with the dashboard address and progress bars."""
-    from volmla.engine.cluster import cluster, progress_enabled
+def running(*, eager: bool = False) -> Iterator[Any]:
+    """The cluster a command computes on, with the dashboard address and progress bars.
 
-    with cluster(scheduler=STATE.scheduler, workers=STATE.workers, gpus=STATE.gpus,
-                 dashboard=STATE.dashboard or True, task_errors=STATE.verbose >= 1) as client:
+    A cluster the user asked for (``--scheduler``, ``--workers``, ``--gpus``,
+    ``--dashboard``) or an ``eager`` one starts at once. Otherwise the embedded cluster
+    starts at the first computation of more than
+    :data:`~volmla.engine.cluster.SMALL_GRAPH` tasks, and a small volume's command runs
+    on threads in this process without paying the cluster's start-up.
+    """
+    from volmla.engine.cluster import cluster, on_demand, progress_enabled
+
+    start = functools.partial(cluster, scheduler=STATE.scheduler, workers=STATE.workers, gpus=STATE.gpus,
+                              dashboard=STATE.dashboard or True, task_errors=STATE.verbose >= 1)
+
+    def announce(client: Any) -> None:
         if not STATE.quiet:
             typer.echo(f"dask dashboard: {client.dashboard_link}", err=True)
-        with progress_enabled(not STATE.quiet):
-            yield client
+
+    asked = STATE.scheduler is not None or STATE.workers is not None or STATE.gpus or STATE.dashboard is not None
+    if eager or asked:
+        with start() as client:
+            announce(client)
+            with progress_enabled(not STATE.quiet):
+                yield client
+        return
+    with on_demand(start, on_start=announce) as deferred, progress_enabled(not STATE.quiet):
+        yield deferred
 
 
 def device() -> Literal["cpu", "gpu"]:

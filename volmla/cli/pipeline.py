@@ -37,7 +37,7 @@ def demo_command(
     """The whole pipeline on a generated phantom, on an embedded cluster, ending in a report."""
     from volmla.pipeline import demo
 
-    with running():
+    with running(eager=True):  # the demo shows the whole engine, its cluster included
         summary = demo(out, shape=shape, seed=seed, unet=unet, iterations=iterations, overwrite=overwrite,
                        device=STATE.device, log=_log)
     _print_demo(summary)

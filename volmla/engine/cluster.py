@@ -10,7 +10,13 @@
    that resource on GPU tasks so they land on GPU workers;
 3. :func:`compute` is the one place library writers hand tasks to: on the current
    client if there is one (else Dask's threaded scheduler), with a progress bar only
-   when the command line has switched progress on (:func:`progress_enabled`).
+   when the command line has switched progress on (:func:`progress_enabled`);
+4. :func:`on_demand` defers starting a cluster until a computation is worth it: graphs
+   of at most :data:`SMALL_GRAPH` tasks (a volume of a few chunks) run on a threaded
+   scheduler in this process, so a small command does not pay the ~3 s a cluster takes to
+   start; the first larger graph starts the cluster, and every later computation of the
+   block uses it. On the threaded path too, no task outlives an interrupted
+   :func:`compute` (it waits for the running ones before the error propagates).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import dask
@@ -29,7 +36,12 @@ logger = logging.getLogger(__name__)
 
 _PROGRESS = {"on": False}
 
-__all__ = ["cluster", "compute", "current_client", "gpu_annotation", "peak_rss", "progress_enabled", "worker_environ"]
+__all__ = ["SMALL_GRAPH", "cluster", "compute", "current_client", "gpu_annotation", "on_demand", "peak_rss",
+           "progress_enabled", "worker_environ"]
+
+SMALL_GRAPH = 64
+"""Graphs of at most this many tasks run in-process under :func:`on_demand` (a volume of
+a few chunks: starting a cluster would cost more than it saves)."""
 
 
 @contextlib.contextmanager
@@ -60,6 +72,8 @@ def current_client() -> Any | None:
     -------
     distributed.Client or None
     """
+    if "distributed" not in sys.modules:  # no client can exist; importing it costs ~0.4 s
+        return None
     try:
         from distributed import get_client
 
@@ -204,12 +218,23 @@ class _DropTaskErrors(logging.Filter):
         return not str(record.msg).startswith("Compute Failed")
 
 
+class _DropClosingHeartbeat(logging.Filter):
+    """Drops an embedded worker's "Failed to communicate with scheduler during heartbeat"
+    traceback: the scheduler closes a retiring worker's connections while its last
+    heartbeat is in flight (the cluster is shutting down; a scheduler lost mid-run fails
+    the command's own computation, which reports it once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to communicate with scheduler during heartbeat")
+
+
 def _embedded_worker_setup(*, task_errors: bool) -> Any:
     """A worker plugin for the embedded cluster's workers, restarted ones included.
 
     1. Ctrl-C in a terminal reaches every process of the group; the workers ignore it
        (the command closes them in order), instead of each printing the traceback of
-       its interrupted event loop;
+       its interrupted event loop; the heartbeat a closing worker loses is not logged
+       (:class:`_DropClosingHeartbeat`);
     2. unless ``task_errors``, a failed task is not logged by the worker
        (:class:`_DropTaskErrors`): the error reaches the caller, which reports it once.
     """
@@ -228,6 +253,8 @@ def _embedded_worker_setup(*, task_errors: bool) -> Any:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             log = logging.getLogger("distributed.worker")
+            if not any(isinstance(f, _DropClosingHeartbeat) for f in log.filters):
+                log.addFilter(_DropClosingHeartbeat())
             if not self.task_errors and not any(isinstance(f, _DropTaskErrors) for f in log.filters):
                 log.addFilter(_DropTaskErrors())
                 # Tasks cancelled after another task's error (compute() cancels the rest)
@@ -417,6 +444,8 @@ def compute(tasks: Sequence[Any], *, desc: str = "computing", optimize: bool = T
     """
     tasks = list(tasks)
     client = current_client()
+    if client is None and _DEFERRED:
+        client = _DEFERRED[-1].client_for(tasks)
     if client is None:
         if _show_progress():
             return _threaded_with_progress(tasks, desc, optimize)
@@ -470,16 +499,108 @@ def _cancel(client: Any, futures: Sequence[Any], *, timeout: float = 60.0) -> No
 def _local_compute(tasks: list[Any], optimize: bool) -> list[Any]:
     """``dask.compute`` on the local scheduler; delayed objects over hand-built graphs
     (``optimize=False``) go to the scheduler directly, without Dask's expression layer
-    (~2 ms a call, which shows on small in-memory volumes)."""
+    (~2 ms a call, which shows on small in-memory volumes). On the threaded scheduler an
+    error or Ctrl-C waits for the tasks already running, so none outlives the call."""
     from dask.base import get_scheduler
     from dask.delayed import Delayed
     from dask.highlevelgraph import HighLevelGraph
 
-    if optimize or not tasks or not all(isinstance(t, Delayed) for t in tasks):
-        return list(dask.compute(*tasks, optimize_graph=optimize))
-    graph = HighLevelGraph.merge(*(t.__dask_graph__() for t in tasks))
     scheduler = get_scheduler(collections=tasks)
-    return list(scheduler(dict(graph), [t.key for t in tasks]))
+    with _own_pool(scheduler) as extra:
+        if optimize or not tasks or not all(isinstance(t, Delayed) for t in tasks):
+            return list(dask.compute(*tasks, optimize_graph=optimize, **extra))
+        graph = HighLevelGraph.merge(*(t.__dask_graph__() for t in tasks))
+        return list(scheduler(dict(graph), [t.key for t in tasks], **extra))
+
+
+@contextlib.contextmanager
+def _own_pool(scheduler: Any) -> Iterator[dict[str, Any]]:
+    """For Dask's threaded scheduler: a pool of this call's own, drained on the way out."""
+    import dask.threaded
+
+    if scheduler is not dask.threaded.get:
+        yield {}
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = dask.config.get("num_workers", None) or os.cpu_count() or 1
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="volmla-compute")
+    try:
+        yield {"pool": pool}
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # running tasks finish; queued ones never start
+        raise
+    pool.shutdown(wait=False)
+
+
+class _Deferred:
+    """A cluster started by the first computation worth it (see :func:`on_demand`)."""
+
+    def __init__(self, start: Callable[[], contextlib.AbstractContextManager[Any]],
+                 on_start: Callable[[Any], None] | None, small: int) -> None:
+        self.start, self.on_start, self.small = start, on_start, small
+        self.stack = contextlib.ExitStack()
+        self.client: Any | None = None
+
+    def client_for(self, tasks: list[Any]) -> Any | None:
+        if self.client is None and _n_tasks(tasks) > self.small:
+            logger.info("starting the cluster for a graph of more than %d tasks", self.small)
+            self.client = self.stack.enter_context(self.start())
+            if self.on_start is not None:
+                self.on_start(self.client)
+        return self.client
+
+
+def _n_tasks(tasks: list[Any]) -> int:
+    from dask.base import collections_to_expr
+
+    return len(collections_to_expr(tasks, optimize_graph=False).__dask_graph__())
+
+
+_DEFERRED: list[_Deferred] = []
+
+
+@contextlib.contextmanager
+def on_demand(
+    start: Callable[[], contextlib.AbstractContextManager[Any]],
+    *,
+    on_start: Callable[[Any], None] | None = None,
+    small: int = SMALL_GRAPH,
+) -> Iterator[Any]:
+    """Start a cluster only when a computation of this block is larger than ``small`` tasks.
+
+    Parameters
+    ----------
+    start
+        Makes the cluster's context (e.g. ``functools.partial(cluster, workers=2)``),
+        entered at the first :func:`compute` of more than ``small`` tasks and left when
+        the block ends.
+    on_start
+        Called with the client once the cluster has started (to print its dashboard).
+    small
+        Graphs of at most this many tasks run on a threaded scheduler in this process.
+
+    Yields
+    ------
+    object
+        A handle whose ``client`` is the started cluster's client, or None while none was
+        needed.
+
+    Examples
+    --------
+    >>> import functools
+    >>> with on_demand(functools.partial(cluster, workers=2)) as deferred:  # doctest: +SKIP
+    ...     compute([small_array.sum()])  # threads, no cluster
+    >>> deferred.client is None  # doctest: +SKIP
+    True
+    """
+    deferred = _Deferred(start, on_start, small)
+    _DEFERRED.append(deferred)
+    try:
+        yield deferred
+    finally:
+        _DEFERRED.remove(deferred)
+        deferred.stack.close()
 
 
 def _show_progress() -> bool:

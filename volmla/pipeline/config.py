@@ -11,10 +11,10 @@
     preprocess:                   # steps, in order (see ``volmla preprocess --help``)
       - median:size=3
       - gaussian:sigma=1
-    segment:                      # one of: unet (ONNX; also spelled model), rf, threshold, kmeans
-      method: rf
-      labels: sparse_labels.zarr  # sparse labels (phase + 1, 0 unlabelled) for rf
+    segment:                      # no method: the most accurate path for the labels (regions)
+      labels: sparse_labels.zarr  # sparse labels (phase + 1, 0 unlabelled)
       phase_names: [quartz, feldspar, pyrite]
+      # method: regions | rf | unet (ONNX; also spelled model) | threshold | kmeans
     particles: {min_size: 50, split: true, neck: 0.85}
     grains: true
     liberation: {densities: [2.65, 2.6, 5.0], free_threshold: 0.99}
@@ -40,8 +40,9 @@ from volmla.errors import VolmlaError
 from volmla.segment.dispatch import SegmentMethod
 
 SECTIONS = ("out", "input", "preprocess", "segment", "particles", "grains", "liberation")
-_SEGMENT_METHODS = ("unet", "model", "rf", "threshold", "kmeans")
-"""Accepted spellings: ``model`` is the older name of ``unet``."""
+_SEGMENT_METHODS = ("unet", "model", "rf", "regions", "threshold", "kmeans")
+"""Accepted spellings: ``model`` is the older name of ``unet``. Without a method, a
+``model`` means ``unet`` and sparse ``labels`` alone the most accurate path, ``regions``."""
 
 __all__ = [
     "SECTIONS",
@@ -451,7 +452,8 @@ def _segment(raw: Any, base: Path) -> SegmentConfig | None:
     if raw is None:
         return None
     seg = _section("segment", raw, _SEGMENT_CHECKS)
-    spelled = seg.get("method", "model" if "model" in seg else None)
+    default = "model" if "model" in seg else "regions" if "labels" in seg else None
+    spelled = seg.get("method", default)
     if spelled not in _SEGMENT_METHODS:
         raise VolmlaError(f"segment.method must be one of {_SEGMENT_METHODS}, got {spelled!r}")
     method = "unet" if spelled == "model" else spelled
@@ -459,6 +461,8 @@ def _segment(raw: Any, base: Path) -> SegmentConfig | None:
         raise VolmlaError(f"segment.method {spelled} needs segment.model (an ONNX file)")
     if method == "rf" and "labels" not in seg and "model" not in seg:
         raise VolmlaError("segment.method rf needs segment.labels (sparse labels) or segment.model")
+    if method == "regions" and ("labels" not in seg or "model" in seg):
+        raise VolmlaError("segment.method regions needs segment.labels (sparse labels) and no segment.model")
     if method in ("threshold", "kmeans") and not isinstance(seg.get("classes"), int):
         raise VolmlaError(f"segment.method {method} needs segment.classes (an integer)")
     if seg.get("classes") is not None and not 2 <= seg["classes"] <= 255:

@@ -5,11 +5,16 @@ A run is a chain of stages, each reading the OME-Zarr volumes the previous ones 
 
 1. ``input``: ingest scanner output to ``intensity.zarr`` (or start from an OME-Zarr);
 2. ``preprocess``: the configured filter steps -> ``preprocessed.zarr``;
-3. ``segment``: U-Net (ONNX), random forest, k-means or threshold, through
-   :func:`volmla.segment.segment_phases` -> ``phases.zarr``;
+3. ``segment``: phases by region (the default with sparse labels), U-Net (ONNX), random
+   forest, k-means or threshold, through :func:`volmla.segment.segment_phases` ->
+   ``phases.zarr``;
 4. ``particles``: solid mask, distributed labelling, watershed split -> ``particles.zarr``;
+   from the phases (solid = phase > 0), or, for ``regions``, which classifies inside
+   particles, from the intensity first (``threshold: auto`` unless the config says);
 5. ``grains``: components of (particle, phase) -> ``grains.zarr``;
-6. ``liberation``: tables, statistics, plots and the report -> ``report/``.
+6. ``liberation``: tables, statistics, plots and the report -> ``report/``, with the
+   segmented intensity, so phase volumes are partial-volume apportioned and the report
+   shows CT slices.
 
 The whole config is checked (:func:`volmla.pipeline.config.validate_config`), and the
 input, the model and the training labels it names are opened, before the output folder
@@ -128,18 +133,26 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
     if cfg.segment is None:
         return result
 
-    # 3. segment
+    # 3-5. segment, particles, grains (regions classify inside particles: particles first)
     seg = cfg.segment
+    particles: xr.DataArray | None = None
+    if seg.method == "regions":
+        particles = _particles(volume, {"threshold": "auto", **cfg.particles.options()}, out=out, log=log,
+                               overwrite=overwrite, chunks=chunks)
     log(f"segment ({seg.spelled})")
-    phases = _stage(out / "phases.zarr", {"stage": "segment", "input": volume.attrs["path"], **seg.job()},
-                    lambda: _segment(volume, seg, device=device, out=out), log=log, overwrite=overwrite,
-                    chunks=chunks, kind="phases", phases=_phase_names(seg), voxel_size=volume.attrs["voxel_size_um"])
+    job = {"stage": "segment", "input": volume.attrs["path"], **seg.job()}
+    if particles is not None:
+        job["particles"] = particles.attrs["path"]
+    phases = _stage(out / "phases.zarr", job,
+                    lambda: _segment(volume, seg, device=device, out=out, particles=particles), log=log,
+                    overwrite=overwrite, chunks=chunks, kind="phases", phases=_phase_names(seg),
+                    voxel_size=volume.attrs["voxel_size_um"])
     result["phases"] = phases.attrs["path"]
-
-    # 4-5. particles and grains
-    particles, grains = _particles_and_grains(phases, cfg.particles.options(), cfg.grains, out=out, log=log,
-                                              overwrite=overwrite, chunks=chunks)
+    if particles is None:
+        particles = _particles(phases, {"threshold": None, **cfg.particles.options()}, out=out, log=log,
+                               overwrite=overwrite, chunks=chunks)
     result["particles"] = particles.attrs["path"]
+    grains = _grains(particles, phases, out=out, log=log, overwrite=overwrite, chunks=chunks) if cfg.grains else None
     if grains is not None:
         result["grains"] = grains.attrs["path"]
 
@@ -147,7 +160,7 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
     from volmla.liberation import analyse
 
     log("liberation")
-    result["summary"] = analyse(phases, particles, grains=grains, out_dir=out / "report",
+    result["summary"] = analyse(phases, particles, grains=grains, out_dir=out / "report", intensity=volume,
                                 overwrite=True, **cfg.liberation.options())
     result["report"] = str(out / "report" / "report.html")
     return result
@@ -158,46 +171,48 @@ def _phase_names(seg: SegmentConfig) -> dict[int, str] | None:
     return {i + 1: str(n) for i, n in enumerate(names)} if names else None
 
 
-def _segment(volume: xr.DataArray, seg: SegmentConfig, *, device: Device, out: Path) -> da.Array:
-    """The config's segmentation: a saved forest is used as is; else one is trained on the labels."""
+def _segment(volume: xr.DataArray, seg: SegmentConfig, *, device: Device, out: Path,
+             particles: xr.DataArray | None = None) -> da.Array:
+    """The config's segmentation: a saved forest is used as is; else one is trained on the
+    labels; ``regions`` fits its levels on the labels and classifies inside ``particles``."""
     from volmla.segment import segment_phases
 
-    labels = open_volume(seg.labels) if seg.method == "rf" and seg.model is None and seg.labels else None
+    trains = seg.method == "rf" and seg.model is None and seg.labels
+    labels = open_volume(seg.labels) if (trains or seg.method == "regions") and seg.labels else None
     save_model = seg.save_model or out / "random_forest.onnx"
     return segment_phases(volume, method=seg.method, model=seg.model, labels=labels,
-                          save_model=save_model if labels is not None else None, classes=seg.classes,
-                          halo=seg.halo, tile=seg.tile, device=device).phases
+                          save_model=save_model if trains else None, classes=seg.classes,
+                          particles=particles, halo=seg.halo, tile=seg.tile, device=device).phases
 
 
-def _particles_and_grains(
-    phases: xr.DataArray, options: Mapping[str, Any], with_grains: bool, *, out: Path, log: Log, overwrite: bool,
-    chunks: tuple[int, ...] | int,
-) -> tuple[xr.DataArray, xr.DataArray | None]:
-    from volmla.particles import label_grains, label_particles
+def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, out: Path, log: Log, overwrite: bool,
+               chunks: tuple[int, ...] | int) -> xr.DataArray:
+    """Particles of a phase volume (``threshold: None``) or of the intensity (``auto``)."""
+    from volmla.particles import label_particles
 
-    opts = {"threshold": None, **options}
     log("particles")
     path = out / "particles.zarr"
-    job = {"stage": "particles", "input": phases.attrs["path"], **opts}
+    job = {"stage": "particles", "input": volume.attrs["path"], **opts}
     if _done(path, job, overwrite):
         log(f"  {path.name}: complete, kept")
-        particles = open_volume(path)
-    else:
-        # the split keys are stored once in a scratch folder; compute() waits for every
-        # task it started to stop before an error or Ctrl-C reaches here, so removing
-        # the folder on the way out races no worker
-        with tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
-            particles = _stage(path, job, lambda: label_particles(phases, scratch=scratch, **opts).labels, log=log,
-                               overwrite=overwrite, chunks=chunks, kind="labels",
-                               voxel_size=phases.attrs["voxel_size_um"])
-    if not with_grains:
-        return particles, None
+        return open_volume(path)
+    # the split keys are stored once in a scratch folder; compute() waits for every task
+    # it started to stop before an error or Ctrl-C reaches here, so removing the folder
+    # on the way out races no worker
+    with tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
+        return _stage(path, job, lambda: label_particles(volume, scratch=scratch, **opts).labels, log=log,
+                      overwrite=overwrite, chunks=chunks, kind="labels", voxel_size=volume.attrs["voxel_size_um"])
+
+
+def _grains(particles: xr.DataArray, phases: xr.DataArray, *, out: Path, log: Log, overwrite: bool,
+            chunks: tuple[int, ...] | int) -> xr.DataArray:
+    from volmla.particles import label_grains
+
     log("grains")
-    grains = _stage(out / "grains.zarr", {"stage": "grains", "particles": particles.attrs["path"],
-                                          "phases": phases.attrs["path"]},
-                    lambda: label_grains(particles, phases).labels, log=log, overwrite=overwrite, chunks=chunks,
-                    kind="labels", voxel_size=phases.attrs["voxel_size_um"])
-    return particles, grains
+    return _stage(out / "grains.zarr", {"stage": "grains", "particles": particles.attrs["path"],
+                                        "phases": phases.attrs["path"]},
+                  lambda: label_grains(particles, phases).labels, log=log, overwrite=overwrite, chunks=chunks,
+                  kind="labels", voxel_size=phases.attrs["voxel_size_um"])
 
 
 def _open_input(cfg: PipelineConfig) -> xr.DataArray:

@@ -1,0 +1,159 @@
+"""Phases by region (volmla.segment.pooled) and its place in the dispatch."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from volmla.errors import VolmlaError
+from volmla.segment.dispatch import check_options, resolve_method, segment_phases
+from volmla.segment.pooled import LabelLevels, flatten_cupping, label_levels, region_phases
+
+
+def _planes(phases: np.ndarray) -> np.ndarray:
+    n = phases.shape[0]
+    labels = np.zeros(phases.shape, np.uint8)
+    for z in (n // 4, n // 2, 3 * n // 4):
+        labels[z] = phases[z] + 1
+    return labels
+
+
+def _two_grains(seed: int = 0, *, shape: int = 28, cupping: float = 0.0) -> tuple[np.ndarray, ...]:
+    """One particle, two grains 1 noise sigma apart, a 2x2x2 bright inclusion, optional
+    radial cupping (multiplicative, like beam hardening)."""
+    rng = np.random.default_rng(seed)
+    ph = np.zeros((shape,) * 3, np.uint8)
+    ph[3:-3, 3:-3, 3: shape // 2] = 1
+    ph[3:-3, 3:-3, shape // 2 : -3] = 2
+    ph[13:15, 8:10, 6:8] = 3  # small bright inclusion in phase 1, on a labelled plane
+    grey = np.array([1000.0, 2000.0, 2010.0, 4000.0])
+    y = np.arange(shape) + 0.5 - shape / 2
+    r2 = (y[:, None] ** 2 + y[None, :] ** 2) / (2 * (shape / 2) ** 2)
+    cup = 1.0 - cupping * (1.0 - r2)
+    img = grey[ph] * cup[None] + rng.normal(0, 10, ph.shape)
+    return img.astype(np.float32), ph, (ph > 0).astype(np.uint32)
+
+
+def test_levels_and_cupping_from_the_labels() -> None:
+    img, ph, part = _two_grains(1, cupping=0.15)
+    lv = label_levels(img, _planes(ph), particles=part)
+    # g = 1 + a s with s = (r / r_max)^2: the phantom's cup is (1 - c)(1 + c / (1 - c) s)
+    assert lv.gain == pytest.approx(0.15 / 0.85, abs=0.02)
+    assert lv.levels[1] == pytest.approx(2000.0 * 0.85, abs=5.0)
+    assert lv.levels[2] == pytest.approx(2010.0 * 0.85, abs=5.0)
+    flat = flatten_cupping(img, lv).compute()
+    y = np.arange(ph.shape[1]) + 0.5 - ph.shape[1] / 2
+    r = np.broadcast_to(np.hypot(y[:, None], y[None, :])[None], ph.shape)
+    inner = np.zeros(ph.shape, bool)
+    inner[5:-5, 5:-5, 5:-5] = True
+    inner &= ph == 1
+    near, far = inner & (r < 7), inner & (r > 11)
+    assert abs(flat[near].mean() - flat[far].mean()) < 10.0  # one level across the field
+    assert abs(img[near].mean() - img[far].mean()) > 40.0
+
+
+def test_regions_split_what_voxels_cannot_and_keep_the_inclusion() -> None:
+    img, ph, part = _two_grains(2, cupping=0.1)
+    labels = _planes(ph)
+    out = region_phases(img, part, labels).compute()
+    inside = part > 0
+    wrong = (out != ph) & inside
+    # voxel by voxel (nearest level of the flattened grey) a third is wrong; by region
+    # only some voxels at the grain boundary are
+    assert wrong.sum() / inside.sum() < 0.02
+    assert (out[13:15, 8:10, 6:8] == 3).all()  # the small bright inclusion is found
+    assert (out[~inside] == 0).all()
+    # no region pooling (radius 1 takes the voxel's 6 neighbours only) is far worse
+    poor = region_phases(img, part, labels, radius=1, min_grain=0, psf_sigma=0).compute()
+    assert ((poor != ph) & inside).sum() > 5 * wrong.sum()
+
+
+def test_bright_rim_of_a_free_particle_is_not_a_darker_phase() -> None:
+    """A free bright particle, blurred into the void: its rim voxels have the grey of
+    the darker phases but belong to it (no interior of a darker phase around them)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(3)
+    ph = np.zeros((24, 24, 24), np.uint8)
+    ph[4:20, 4:12, 4:20] = 1
+    ph[4:20, 14:20, 4:20] = 3  # a free pyrite particle beside a quartz one
+    part = np.zeros(ph.shape, np.uint32)
+    part[ph == 1], part[ph == 3] = 1, 2
+    grey = np.array([1000.0, 2000.0, 2010.0, 4000.0])
+    img = ndi.gaussian_filter(grey[ph], 0.8) + rng.normal(0, 10, ph.shape)
+    labels = _planes(ph)
+    labels[12, 2, 2] = 3  # the labels name phase 2 too (a few voxels)
+    img[12, 2, 2] = 2010.0
+    out = region_phases(img.astype(np.float32), part, labels).compute()
+    assert (out[part == 2] == 3).all()
+    assert (out[part == 1] == 1).mean() > 0.99
+
+
+@pytest.mark.parametrize("chunks", [(1, 32, 32), (5, 7, 11), (16, 16, 16)])
+def test_chunk_invariant_on_a_phantom(chunks: tuple[int, int, int]) -> None:
+    from volmla.synthetic import crushed_ore
+
+    ore = crushed_ore(shape=32, seed=2, oversample=1, level="hard")
+    labels = _planes(ore.phases)
+    whole = region_phases(ore.intensity, ore.particles, labels).compute()
+    chunked = region_phases(*(da.from_array(a, chunks=chunks) for a in (ore.intensity, ore.particles, labels)))
+    assert (whole == chunked.compute()).all()
+    inside = ore.particles > 0
+    assert (whole[inside] == ore.phases[inside]).mean() > 0.85
+
+
+def test_dispatch_regions_is_the_default_with_labels() -> None:
+    assert resolve_method(None, labels="labels.zarr") == "regions"
+    assert check_options(None, labels="labels.zarr") == "regions"
+    with pytest.raises(VolmlaError, match="labels="):
+        check_options("regions")
+    with pytest.raises(VolmlaError, match="not model="):
+        check_options("regions", labels="l.zarr", model="m.onnx")
+    img, ph, part = _two_grains(4)
+    seg = segment_phases(img, labels=_planes(ph), particles=part)
+    assert seg.method == "regions" and seg.classes == ("void", "phase1", "phase2", "phase3")
+    out = seg.phases.compute()
+    assert ((out != ph) & (part > 0)).mean() < 0.02
+    # without particles they are labelled from the intensity
+    seg2 = segment_phases(img, method="regions", labels=_planes(ph), region_options={"min_grain": 0})
+    assert seg2.phases.shape == img.shape and seg2.phases.dtype == np.uint8
+
+
+def test_bad_input() -> None:
+    img, ph, part = _two_grains(5)
+    labels = _planes(ph)
+    with pytest.raises(VolmlaError, match="labels=SPARSE_LABELS or levels="):
+        region_phases(img, part)
+    with pytest.raises(VolmlaError, match="radius"):
+        region_phases(img, part, labels, radius=0)
+    with pytest.raises(VolmlaError, match="min_grain"):
+        region_phases(img, part, labels, min_grain=-1)
+    with pytest.raises(VolmlaError, match="psf_sigma"):
+        region_phases(img, part, labels, psf_sigma=-1.0)
+    with pytest.raises(VolmlaError, match="depth"):
+        region_phases(img, part, labels, depth=0)
+    with pytest.raises(VolmlaError, match="same shape"):
+        region_phases(img, part[:, :, :3], labels)
+    with pytest.raises(VolmlaError, match="solid phase"):
+        label_levels(img, (labels > 0).astype(np.uint8))  # only void labelled
+    with pytest.raises(VolmlaError, match="shape"):
+        label_levels(img, labels[:3])
+    with pytest.raises(VolmlaError, match="solid phase"):
+        region_phases(img, part, levels=LabelLevels({0: 1.0}, 1.0, 0.0, {0: 1}))
+
+
+def test_psf_is_estimated_from_the_edges() -> None:
+    from scipy import ndimage as ndi
+
+    from volmla.segment.pooled import _groups, _level_map_block, estimate_psf
+
+    img, ph, part = _two_grains(6)
+    blurred = ndi.gaussian_filter(np.array([1000.0, 2000.0, 2010.0, 4000.0])[ph], 0.8)
+    blurred += np.random.default_rng(6).normal(0, 10, ph.shape)
+    lv = label_levels(blurred.astype(np.float32), _planes(ph), particles=part)
+    groups = _groups(lv, contrast=3.0, pores=False)
+    glev = np.array([lv.levels[0], lv.levels[0]] + [float(np.mean(r[np.isfinite(r)])) for r in groups.levels[1:]])
+    lmap = _level_map_block(part, blurred, bounds=groups.bounds, pore=groups.pore, group_levels=glev)
+    flat = flatten_cupping(blurred.astype(np.float32), lv)
+    assert estimate_psf(flat, da.from_array(lmap), noise_sigma=lv.noise_sigma) == pytest.approx(0.8, abs=0.15)

@@ -1,0 +1,916 @@
+"""Phases by region, not by voxel: pooled, flattened, partial-volume-corrected grey.
+
+This module is one piece (~880 lines) because its steps share one key volume (particle
+and contrast group per voxel) and one set of levels; split, each part would re-derive
+them.
+
+A per-voxel classifier cannot tell two minerals apart whose grey levels lie within the
+noise of each other (quartz and feldspar ~1 noise sigma apart): every voxel is a coin
+toss weighted by 1 sigma, and a free particle of ~1,400 voxels then carries far more
+than the 1 % of foreign voxels the free rule (grade > 0.99) allows. Averaging ``n``
+voxels of one grain shrinks the noise by ``sqrt(n)``; so each voxel is classified by the
+mean over its *region*, the interior voxels of its own particle and contrast group
+around it, after cupping, rings and partial volume are taken out, so that a phase has
+one level everywhere. Out of core and the same for any chunking (pointwise maps, halo
+maps, exact integer tables):
+
+1. **levels from the sparse labels** (:func:`label_levels`): labelled voxels whose 3x3x3
+   box holds no other label and whose ``(2 erode + 1)^3`` box lies in one particle (or
+   all in the void: the partial volume of a blurred surface, above or below the
+   labelled plane too, stays out) are binned by their distance ``r`` from the scan axis
+   (z, through the centre of the (y, x) plane), in bins of :data:`RING_BIN` voxels, with
+   the void away from every particle; per (class, bin) count, grey sum and sum of
+   squares are exact integers (:func:`volmla.engine.reduce.block_tables`). A weighted
+   least-squares fit of ``level_k * g(r)``, ``g = 1 + a s``, ``s = (r / r_max)^2`` (the
+   parabolic cupping of beam hardening; one parameter, fixed by the solid labels and
+   the void together), gives the gain and one level per phase; the void's narrow
+   radial residual (high-passed over :data:`RING_SMOOTH` voxels) is the ring profile;
+   the noise sigma is the spread about the fit. A phase with no pure labelled voxel (a
+   small inclusion) takes the mean of all its labelled voxels. Nothing is tuned per
+   volume: the labels (the correlative planes) fix the levels, as they fix a forest;
+2. **flatten** (:func:`flatten_cupping`): ``c = (intensity - ring(r)) / g(r)``;
+3. **contrast groups**: phases whose levels lie within :data:`GROUP_GAP` noise sigmas of
+   the next form a group (quartz and feldspar); groups further apart are told apart
+   per voxel, at the midpoints between them (46,000 against 22,000 grey is ~30 sigma),
+   so a small bright inclusion (a sulphide, gold) keeps its voxels: it is never pooled
+   with the grey around it. Inside a particle every voxel is solid (``pores=True``
+   calls voxels near the void level pores);
+4. **partial volume** (:func:`estimate_psf`): the level map (void outside particles,
+   each group's mean level inside) blurred by the PSF is what the scan shows without
+   noise; ``c - (blur(map) - map)`` takes out what the void and the bright groups lend
+   their neighbours (a voxel under the surface of a quartz grain reads ~0.5 sigma
+   darker at a PSF of 0.8 voxels, which is feldspar minus half the gap). The PSF sigma
+   is the one of :data:`PSF_SIGMAS` whose blur best matches the grey at the edges of a
+   central crop;
+5. **regions** (one compiled kernel per block, halo ``radius + depth``,
+   :func:`volmla.engine.overlap.halo_map`): a voxel of a group of several phases takes
+   the phase whose level is nearest the Gaussian-weighted (sigma ``radius / 2``) mean
+   of the corrected grey over the *interior* voxels (at least ``depth`` erosions inside
+   their own particle and group; the shell, a mixture, never counts) of its particle
+   and group within ``radius``. At ``radius=3`` a deep voxel pools ~150 voxels (noise /
+   12), one under the surface ~50 (noise / 7): 1 sigma of contrast becomes 7-12. A
+   voxel of a darker group with no interior of its group in reach, next to the
+   interior of a brighter group of its particle, is that brighter phase blurred into
+   the void (the rim of a free sulphide reads as quartz grey);
+6. **cleaning** (:func:`volmla.segment.regions.clean_phases`, on the corrected grey and
+   these levels): shell rims of a bright phase go to its interior, grains below
+   ``min_grain`` voxels without grey contrast go to their surroundings;
+7. **grains as regions**: every grain of a several-phase group with at least
+   ``min_grain`` interior voxels is reclassified as one region, by the mean corrected
+   grey over its interior voxels (noise / sqrt(n)).
+
+Measured (``benchmarks/bench_truth.py``, true particles, 3 seeds x 2 levels at 80^3):
+see ``benchmarks/results/truth.json`` (``regions_pv``) against the forest (``today``).
+Where it falls short: on the hard level (contrast 1 noise sigma, particles of radius
+~5.5 voxels split in up to six grains), a particle's ball of ``radius`` spans both of
+its grains, so two small grains can blend into one phase (a false free particle)."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import dask
+import dask.array as da
+import numba
+import numpy as np
+
+from volmla.engine.blocks import as_volume
+from volmla.errors import VolmlaError
+from volmla.measure.fractions import PhaseLevels
+from volmla.segment.regions import DEFAULT_CONTRAST, MIN_GRAIN, clean_phases
+from volmla.types import VolumeLike
+
+__all__ = [
+    "DEFAULT_DEPTH",
+    "DEFAULT_ERODE",
+    "DEFAULT_RADIUS",
+    "GROUP_GAP",
+    "LabelLevels",
+    "estimate_psf",
+    "fit_levels",
+    "flatten_cupping",
+    "label_levels",
+    "region_phases",
+]
+
+WEIGHT_SIGMA = 0.5
+"""Sigma of a region's Gaussian weights, as a fraction of its radius."""
+DEFAULT_RADIUS = 3
+"""Radius (voxels) of the region a voxel is classified by (step 4)."""
+GROUP_GAP = 6.0
+"""Noise sigmas between neighbouring phase levels above which the phases are told apart
+per voxel (separate contrast groups) rather than by pooled regions."""
+DEFAULT_DEPTH = 1
+"""Erosions (voxels) a voxel of a region's mean should have survived (step 4)."""
+LEAST_WEIGHT = 8.0
+"""Gaussian weight (voxels at the centre) the deepest interior must reach before a
+shallower one is pooled too."""
+RING_BIN = 0.25
+"""Width (voxels of radius) of the bins of the level fit and of the ring profile."""
+RING_SMOOTH = 2.0
+"""Radius (voxels, a gaussian sigma) over which the ring profile counts as slow."""
+RING_LEAST = 32
+"""Void voxels a radius bin needs for its ring value."""
+PSF_SIGMAS = tuple(round(0.1 * i, 1) for i in range(21))
+"""Candidate PSF sigmas (voxels) of :func:`estimate_psf`."""
+PSF_CROP = 128
+"""Voxels per axis of the central crop the PSF is estimated on."""
+DEFAULT_ERODE = 2
+"""Half-width (voxels) of the box around a labelled voxel that must hold one label and
+one particle for the voxel to count towards the levels (partial volume spreads over ~2
+PSF sigmas of a boundary)."""
+_QBITS = 16
+_MAX_ID = 2**44  # particle * 256 + group is exact in float64
+
+
+class LabelLevels(NamedTuple):
+    """What :func:`label_levels` fits from the sparse labels."""
+
+    levels: dict[int, float]
+    """Phase id (0 = void) -> grey level on the scan axis (after flattening)."""
+    noise_sigma: float
+    """The smallest noise sigma among the solid phases (about the fit)."""
+    gain: float
+    """``a`` of the cupping gain ``g = 1 + a s``, ``s = (r / r_max)^2`` (a parabola in r)."""
+    voxels: dict[int, int]
+    """Phase id -> pure labelled voxels the level was fitted on."""
+    rings: tuple[float, ...] = ()
+    """Additive ring profile per :data:`RING_BIN` of radius (empty: none)."""
+
+    def phase_levels(self) -> PhaseLevels:
+        """The same levels as :class:`volmla.measure.fractions.PhaseLevels`."""
+        return PhaseLevels(dict(self.levels), float(self.noise_sigma), dict(self.voxels))
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _radius(origin: Sequence[int], block_shape: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Distance from the scan axis of every (y, x) of a block (voxel centres)."""
+    y = np.arange(origin[1], origin[1] + block_shape[1]) + 0.5 - shape[1] / 2.0
+    x = np.arange(origin[2], origin[2] + block_shape[2]) + 0.5 - shape[2] / 2.0
+    return np.sqrt(y[:, None] ** 2 + x[None, :] ** 2)
+
+
+def _r_max(shape: Sequence[int]) -> float:
+    return math.hypot(shape[1] / 2.0, shape[2] / 2.0)
+
+
+def _gain(r: np.ndarray, gain: float, r_max: float) -> np.ndarray:
+    return 1.0 + gain * (r / r_max) ** 2
+
+
+# --------------------------------------------------------------------------- step 1
+
+
+def _pure_block(packed: np.ndarray, *, erode: int, void_class: int) -> np.ndarray:
+    """Labels (``packed & 255``) whose box of half-width ``erode`` holds one particle
+    (``packed >> 8``) and whose 3x3x3 box no other label (unlabelled voxels aside; two
+    phases of a particle differ by far less than a phase and the void); unlabelled
+    voxels whose box holds no particle get ``void_class`` (0: not counted); else 0."""
+    from scipy import ndimage as ndi
+
+    packed = np.asarray(packed, np.uint64)
+    lab = (packed & np.uint64(255)).astype(np.uint8)
+    part = packed >> np.uint64(8)
+    size = 2 * erode + 1
+    hi = ndi.maximum_filter(lab, size=3)
+    lo = ndi.minimum_filter(np.where(lab > 0, lab, np.uint8(255)), size=3)
+    same = (hi == lab) & (lo == lab) & (lab > 0)
+    one = ndi.minimum_filter(part, size=size) == part
+    one &= ndi.maximum_filter(part, size=size) == part
+    out = np.where(same & one, lab, 0)
+    if void_class:
+        out = np.where((lab == 0) & one & (part == 0), void_class, out)
+    return out.astype(np.uint8)
+
+
+def _pack_particle_label(part: np.ndarray, lab: np.ndarray) -> np.ndarray:
+    part = np.asarray(part)
+    if part.size and int(part.max()) >= _MAX_ID:
+        raise VolmlaError(f"particle ids must lie below 2**44 for region_phases, got {int(part.max())}")
+    return (part.astype(np.uint64) << np.uint64(8)) | np.asarray(lab).astype(np.uint64)
+
+
+def _pack_levels_block(pure: np.ndarray, raw: np.ndarray, image: np.ndarray, *, lo: float,
+                       scale: float) -> np.ndarray:
+    """``raw label << 24 | pure class << 16 | quantised grey``."""
+    q = np.clip(np.rint((np.asarray(image, np.float64) - lo) * scale), 0, 2**_QBITS - 1).astype(np.int64)
+    return (np.asarray(raw).astype(np.int64) << (_QBITS + 8)) | (np.asarray(pure).astype(np.int64) << _QBITS) | q
+
+
+def _level_table(packed: np.ndarray, *, origin: Sequence[int], shape: Sequence[int], n_classes: int,
+                 n_bins: int) -> np.ndarray:
+    """Per (class, radius bin): count, grey sum, grey sum of squares (int64). Classes:
+    the pure ones (``0 .. top + 1``), then every labelled voxel by its label."""
+    packed = np.asarray(packed)
+    pure = (packed >> _QBITS) & 255
+    raw = packed >> (_QBITS + 8)
+    first = (n_classes + 1) // 2  # top + 2
+    sel = np.concatenate([(pure > 0).ravel(), (raw > 0).ravel()])
+    cls = np.concatenate([pure.ravel(), raw.ravel() + first])
+    packed = np.concatenate([packed.ravel(), packed.ravel()])
+    out = np.zeros((n_classes, n_bins, 3), np.int64)
+    if not sel.any():
+        return out.ravel()
+    block_shape = np.shape(raw)
+    r = np.broadcast_to(_radius(origin, block_shape, shape)[None], block_shape).ravel()
+    r = np.concatenate([r, r])
+    b = np.minimum((r[sel] / RING_BIN).astype(np.int64), n_bins - 1)
+    key = cls[sel] * n_bins + b
+    q = packed[sel] & (2**_QBITS - 1)
+    n = n_classes * n_bins
+    out[..., 0] = np.bincount(key, minlength=n).reshape(n_classes, n_bins)
+    out[..., 1] = _int_bincount(key, q, n).reshape(n_classes, n_bins)
+    out[..., 2] = _int_bincount(key, q * q, n).reshape(n_classes, n_bins)
+    return out.ravel()
+
+
+def _int_bincount(key: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    out = np.zeros(n, np.int64)
+    np.add.at(out, key, values)
+    return out
+
+
+def fit_levels(table: np.ndarray, *, r_max: float, lo: float, scale: float) -> LabelLevels:  # noqa: C901
+    """Step 1 after the blocks: the cupping gain and the levels from the binned sums.
+
+    Parameters
+    ----------
+    table
+        ``(2 top + 3, bins, 3)``: count, quantised grey sum and sum of squares per
+        radius bin (:data:`RING_BIN` voxels wide) of: the pure voxels of each sparse
+        label class ``0 .. top`` (``phase + 1``), the unlabelled void away from every
+        particle, then every labelled voxel of each class (used for a phase without
+        pure voxels, such as a small inclusion).
+    r_max
+        The radius that ``s = (r / r_max)^2`` is scaled by.
+    lo, scale
+        The quantisation: grey = ``lo + q / scale``.
+
+    Returns
+    -------
+    LabelLevels
+        Levels, noise sigma, gain and voxel counts.
+    """
+    first = (table.shape[0] + 1) // 2
+    raw_table = table[first:]
+    table = table[:first].copy()
+    for k in range(2, first - 1):
+        if table[k, :, 0].sum() == 0:  # no pure voxel: every labelled one
+            table[k] = raw_table[k]
+    n = table[..., 0].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        m = lo + table[..., 1] / np.maximum(n, 1) / scale
+    centres = (np.arange(table.shape[1]) + 0.5) * RING_BIN
+    s = (centres / r_max) ** 2
+    void_extra = table.shape[0] - 1
+    present = [k for k in range(table.shape[0] - 1) if n[k].sum() > 0]
+    solid = [k for k in present if k >= 2]
+    if not solid:
+        raise VolmlaError("labels must mark at least one solid phase (sparse labels hold phase + 1)")
+    a = 0.0
+    levels = np.zeros(table.shape[0])
+    radii = np.zeros(table.shape[1], bool)
+    fitted = solid + [k for k in (1, void_extra) if n[k].sum() > 0]
+    for k in fitted:
+        radii |= n[k] > 0
+    for _ in range(100):
+        g = 1.0 + a * s
+        for k in fitted:
+            levels[k] = float((n[k] * np.nan_to_num(m[k]) * g).sum() / (n[k] * g * g).sum())
+        if np.count_nonzero(radii) < 3:
+            break  # too few radii to fit a gain
+        num = sum(float((n[k] * levels[k] * s * (np.nan_to_num(m[k]) - levels[k])).sum()) for k in fitted)
+        den = sum(float((n[k] * (levels[k] * s) ** 2).sum()) for k in fitted)
+        new = num / den if den > 0 else 0.0
+        if abs(new - a) <= 1e-12:
+            a = new
+            break
+        a = new
+    g = 1.0 + a * s
+    rings = _ring_profile(n, m, g, void=[k for k in (1, void_extra) if n[k].sum() > 0])
+    out_levels: dict[int, float] = {}
+    voxels: dict[int, int] = {}
+    sigmas: list[float] = []
+    for k in present:
+        nk = n[k].sum()
+        if k < 2:
+            out_levels[k - 1] = float((n[k] * (np.nan_to_num(m[k]) - rings) / g).sum() / nk)
+        else:
+            out_levels[k - 1] = float(levels[k])
+        voxels[k - 1] = int(nk)
+        if k >= 2 and nk >= 64:
+            # spread about the fitted profile, from the exact sums (quantised units)
+            mu = (out_levels[k - 1] * g + rings - lo) * scale
+            ss = (table[k, :, 2] - 2 * mu * table[k, :, 1] + n[k] * mu * mu).sum()
+            sigmas.append(math.sqrt(max(float(ss), 0.0) / (nk - 1)) / scale)
+    sigma = min((v for v in sigmas if v > 0), default=1.0 / scale)
+    return LabelLevels(out_levels, float(sigma), float(a), voxels, tuple(float(v) for v in rings))
+
+
+def _ring_profile(n: np.ndarray, m: np.ndarray, g: np.ndarray, *, void: list[int]) -> np.ndarray:
+    """Ring artefacts: the additive, narrow radial profile of the void about its
+    cupped level, high-passed (what varies over less than ~2 voxels of radius), so
+    that a void whose cupping differs from the solid's adds no slow term."""
+    from scipy import ndimage as ndi
+
+    if not void:
+        return np.zeros(n.shape[1])
+    cnt = sum(n[k] for k in void)
+    tot = sum(n[k] * np.nan_to_num(m[k]) for k in void)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        level = float((tot / g).sum() / cnt.sum())
+        resid = np.where(cnt > 0, tot / np.maximum(cnt, 1) - level * g, 0.0)
+    w = np.minimum(cnt, RING_LEAST) / RING_LEAST  # trust bins with a few dozen voxels
+    sig = RING_SMOOTH / RING_BIN
+    smooth_w = ndi.gaussian_filter1d(w, sig, mode="nearest")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slow = np.where(smooth_w > 0, ndi.gaussian_filter1d(w * resid, sig, mode="nearest") / smooth_w, 0.0)
+    return np.where(cnt >= RING_LEAST, (resid - slow) * w, 0.0)
+
+
+def label_levels(intensity: VolumeLike, labels: VolumeLike, *, particles: VolumeLike | None = None,
+                 erode: int = DEFAULT_ERODE) -> LabelLevels:
+    """Step 1: the phase levels and the cupping gain fitted from sparse labels.
+
+    A global reduction (it computes): the intensity range, then one pass over the
+    labelled voxels.
+
+    Parameters
+    ----------
+    intensity
+        The CT volume.
+    labels
+        Sparse labels of the same shape (``phase + 1``, 0 unlabelled), e.g. the
+        correlative planes.
+    particles
+        Particle ids, when known: a labelled voxel then also needs its whole box in
+        one particle (or all void), which keeps the partial volume across a particle's
+        surface above or below a labelled plane out of the levels.
+    erode
+        Half-width (voxels) of the box around a labelled voxel that must carry no other
+        label (and, with ``particles``, one particle): a blurred boundary is a mixture
+        for ~2 PSF sigmas (default :data:`DEFAULT_ERODE`).
+
+    Returns
+    -------
+    LabelLevels
+        Level per labelled phase (on the scan axis), noise sigma, gain, voxel counts.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> ph = np.ones((4, 32, 32), np.uint8); ph[:, :, 16:] = 2
+    >>> img = np.where(ph == 1, 1000.0, 1200.0) + rng.normal(0, 10, ph.shape)
+    >>> lv = label_levels(img.astype(np.float32), ph + 1)
+    >>> round(lv.levels[1], -1), round(lv.levels[2], -1)
+    (1000.0, 1200.0)
+    """
+    from volmla.engine.cluster import compute
+    from volmla.engine.overlap import halo_map
+    from volmla.engine.reduce import block_tables, min_max
+
+    image = as_volume(intensity, name="intensity").data
+    shape = tuple(getattr(labels, "shape", np.shape(labels)))
+    if shape != image.shape:
+        raise VolmlaError(f"labels must have the shape of the intensity {image.shape}, got {shape}")
+    lab = as_volume(labels, name="labels", integer=True, chunks=image.chunks).data
+    lab = lab if lab.chunks == image.chunks else lab.rechunk(image.chunks)
+    if isinstance(erode, bool) or not isinstance(erode, int | np.integer) or erode < 0:
+        raise VolmlaError(f"erode must be a non-negative integer (voxels), got {erode!r}")
+    part = None
+    if particles is not None:
+        part = as_volume(particles, name="particles", integer=True, chunks=image.chunks).data
+        if part.shape != image.shape:
+            raise VolmlaError(f"particles must have the shape of the intensity {image.shape}, got {part.shape}")
+        part = part if part.chunks == image.chunks else part.rechunk(image.chunks)
+    lo, hi = min_max(image)
+    (top,) = compute([lab.max()], desc="label classes")
+    top = int(top)
+    if top < 2:
+        raise VolmlaError("labels must mark at least one solid phase (sparse labels hold phase + 1)")
+    if top > 255:
+        raise VolmlaError(f"labels must hold phase + 1 below 256, got {top}")
+    exact = np.issubdtype(image.dtype, np.integer) and hi - lo < 2**_QBITS
+    scale = 1.0 if exact else (2**_QBITS - 1) / max(hi - lo, 1e-300)
+    keyed = lab.astype(np.uint64) if part is None else da.map_blocks(
+        _pack_particle_label, part, lab, dtype=np.uint64, meta=np.empty((0, 0, 0), np.uint64))
+    pure = _like(halo_map(keyed, _pure_block, halo=max(int(erode), 0), boundary="constant", cval=0,
+                          dtype=np.uint8, erode=int(erode), void_class=0 if part is None else top + 1), image)
+    packed = da.map_blocks(functools.partial(_pack_levels_block, lo=float(lo), scale=scale), pure, lab, image,
+                           dtype=np.int64, meta=np.empty((0, 0, 0), np.int64))
+    shape = image.shape
+    n_bins = int(_r_max(shape) / RING_BIN) + 2
+    n_classes = 2 * top + 3  # pure 0..top, deep void, then every labelled voxel 0..top
+    table = block_tables(packed, _level_table, n_classes * n_bins * 3, shape=shape, n_classes=n_classes,
+                         n_bins=n_bins)
+    (summed,) = compute([table], desc="label levels")
+    return fit_levels(np.asarray(summed, np.int64).reshape(n_classes, n_bins, 3), r_max=_r_max(shape),
+                      lo=float(lo), scale=scale)
+
+
+# --------------------------------------------------------------------------- step 2
+
+
+def _flatten_block(image: np.ndarray, *, gain: float, rings: tuple[float, ...], shape: Sequence[int],
+                   block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    origin = [lo for lo, _ in block_info[0]["array-location"]] if block_info else [0, 0, 0]
+    r = _radius(origin, image.shape, shape)
+    g = _gain(r, gain, _r_max(shape))
+    ring = np.interp(r, (np.arange(len(rings)) + 0.5) * RING_BIN, rings) if rings else 0.0
+    return ((np.asarray(image, np.float64) - ring) / g[None]).astype(np.float32)
+
+
+def flatten_cupping(intensity: VolumeLike, levels: LabelLevels) -> da.Array:
+    """Step 2: the intensity divided by the cupping gain of :func:`label_levels`, lazily.
+
+    Parameters
+    ----------
+    intensity
+        The CT volume.
+    levels
+        From :func:`label_levels`.
+
+    Returns
+    -------
+    dask.array.Array
+        float32, the intensity's chunks; a phase has one level across the field.
+
+    Examples
+    --------
+    >>> lv = LabelLevels({1: 100.0}, 1.0, 2.0, {1: 1})
+    >>> img = np.full((1, 2, 2), 150.0)  # every voxel at s = 0.25: gain 1.5
+    >>> flatten_cupping(img, lv).compute().ravel().tolist()
+    [100.0, 100.0, 100.0, 100.0]
+    """
+    image = as_volume(intensity, name="intensity").data
+    return da.map_blocks(functools.partial(_flatten_block, gain=levels.gain, rings=tuple(levels.rings),
+                                           shape=image.shape), image,
+                         dtype=np.float32, meta=np.empty((0, 0, 0), np.float32))
+
+
+# --------------------------------------------------------------------------- steps 3-5
+
+
+class _Groups(NamedTuple):
+    bounds: np.ndarray  # grey bounds between solid groups (ascending)
+    pore: float  # below this a particle voxel is void (-inf: no void level)
+    phases: np.ndarray  # (groups + 1, width) phase ids per group code (code 0: void), 0-padded
+    levels: np.ndarray  # (groups + 1, width) their levels, inf-padded
+    pooled: np.ndarray  # (groups + 1,) bool: the group has several phases
+
+
+def _groups(levels: LabelLevels, *, contrast: float, pores: bool) -> _Groups:
+    solid = sorted((v, k) for k, v in levels.levels.items() if k > 0)
+    gap = GROUP_GAP * levels.noise_sigma
+    groups: list[list[tuple[float, int]]] = [[solid[0]]]
+    for item in solid[1:]:
+        if item[0] - groups[-1][-1][0] > gap:
+            groups.append([item])
+        else:
+            groups[-1].append(item)
+    bounds = np.array([(a[-1][0] + b[0][0]) / 2.0 for a, b in zip(groups[:-1], groups[1:], strict=True)])
+    width = max(len(g) for g in groups)
+    phases = np.zeros((len(groups) + 1, width), np.uint8)
+    lev = np.full((len(groups) + 1, width), np.inf)
+    for i, g in enumerate(groups, start=1):
+        phases[i, : len(g)] = [k for _, k in g]
+        lev[i, : len(g)] = [v for v, _ in g]
+    pooled = np.array([False] + [len(g) > 1 for g in groups])
+    pore = -np.inf
+    if pores and 0 in levels.levels and levels.levels[0] < solid[0][0]:
+        pore = min(levels.levels[0] + contrast * levels.noise_sigma, (levels.levels[0] + solid[0][0]) / 2.0)
+    return _Groups(bounds, float(pore), phases, lev, pooled)
+
+
+def _codes(part: np.ndarray, flat: np.ndarray, bounds: np.ndarray, pore: float) -> np.ndarray:
+    """Group code per voxel: -1 outside particles, 0 a pore, 1.. the solid groups."""
+    c = np.asarray(flat, np.float64)
+    code = np.where(c < pore, 0, 1 + np.searchsorted(bounds, c, side="right"))
+    return np.where(np.asarray(part) > 0, code, -1)
+
+
+def _key_block(part: np.ndarray, flat: np.ndarray, corrected: np.ndarray, *, bounds: np.ndarray,
+               pore: float) -> np.ndarray:
+    """Step 3 on one block: ``corrected + 1j * (particle * 256 + group code + 1)``."""
+    part = np.asarray(part)
+    if part.size and int(part.max()) >= _MAX_ID:
+        raise VolmlaError(f"particle ids must lie below 2**44 for region_phases, got {int(part.max())}")
+    code = _codes(part, flat, bounds, pore)
+    key = np.where(code >= 0, part.astype(np.float64) * 256.0 + code + 1, 0.0)
+    return np.asarray(corrected, np.float64) + 1j * key
+
+
+def _level_map_block(part: np.ndarray, flat: np.ndarray, *, bounds: np.ndarray, pore: float,
+                     group_levels: np.ndarray) -> np.ndarray:
+    """The grey each voxel would have without noise or blur, as far as its group
+    says: the void level outside particles, a group's mean level inside."""
+    code = _codes(part, flat, bounds, pore)
+    return group_levels[code + 1].astype(np.float32)
+
+
+def _edge_block(lmap: np.ndarray) -> np.ndarray:
+    """Voxels whose 3x3x3 box holds more than one level (within a voxel of an edge)."""
+    from scipy import ndimage as ndi
+
+    return ndi.maximum_filter(lmap, size=3) != ndi.minimum_filter(lmap, size=3)
+
+
+def _like(a: da.Array, ref: da.Array) -> da.Array:
+    """``a`` in ``ref``'s chunks (a halo map merges chunks thinner than its halo)."""
+    return a if a.chunks == ref.chunks else a.rechunk(ref.chunks)
+
+
+def _blur(block: np.ndarray, *, sigma: float) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.gaussian_filter(np.asarray(block, np.float32), sigma, mode="nearest")
+
+
+def _psf_halo(sigma: float) -> int:
+    return int(4.0 * sigma + 0.5) + 1
+
+
+def _sq_resid(flat: np.ndarray, blurred: np.ndarray, edge: np.ndarray, *, unit: float) -> np.ndarray:
+    d = (np.asarray(flat, np.float64) - np.asarray(blurred, np.float64)) / unit
+    return np.rint(np.where(edge, d * d, 0.0) * 1024.0).astype(np.int64)
+
+
+def estimate_psf(flat: da.Array, lmap: da.Array, *, noise_sigma: float) -> float:
+    """The gaussian PSF sigma (voxels) that best explains the grey at the edges.
+
+    On a central crop of at most :data:`PSF_CROP` voxels per axis, the level map (void,
+    phase groups) is blurred with each sigma of :data:`PSF_SIGMAS`; the one whose blur
+    is nearest the flattened grey (sum of squares over the voxels within one voxel of
+    an edge, exact integers) wins.
+
+    Parameters
+    ----------
+    flat
+        Flattened intensity (:func:`flatten_cupping`).
+    lmap
+        Level map (void level outside particles, group levels inside).
+    noise_sigma
+        The unit of the residuals.
+
+    Returns
+    -------
+    float
+        The PSF sigma.
+    """
+    from volmla.engine.cluster import compute
+    from volmla.engine.overlap import halo_map
+
+    crop = tuple(slice(max((n - PSF_CROP) // 2, 0), max((n - PSF_CROP) // 2, 0) + min(n, PSF_CROP))
+                 for n in flat.shape)
+    f, lm = flat[crop], lmap[crop]
+    edge = _like(halo_map(lm, _edge_block, halo=1, boundary="nearest", dtype=bool), f)
+    sums = []
+    for sigma in PSF_SIGMAS:
+        blurred = lm if sigma == 0 else _like(halo_map(lm, _blur, halo=_psf_halo(sigma), boundary="nearest",
+                                                       dtype=np.float32, sigma=sigma), f)
+        sums.append(da.map_blocks(functools.partial(_sq_resid, unit=max(noise_sigma, 1e-300)), f, blurred, edge,
+                                  dtype=np.int64, meta=np.empty((0, 0, 0), np.int64)).sum(dtype=np.int64))
+    totals = compute(sums, desc="PSF")
+    return float(PSF_SIGMAS[int(np.argmin(np.asarray(totals, np.int64)))])
+
+
+@numba.njit(nogil=True, cache=True)
+def _erode(key: np.ndarray, inside: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """Voxels of ``inside`` whose six neighbours are ``inside`` with the same key."""
+    nz, ny, nx = key.shape
+    out = np.zeros((nz, ny, nx), np.bool_)
+    for z in range(1, nz - 1):
+        for y in range(1, ny - 1):
+            for x in range(1, nx - 1):
+                k = key[z, y, x]
+                if k != 0 and inside[z, y, x] and inside[z - 1, y, x] and inside[z + 1, y, x] \
+                        and inside[z, y - 1, x] and inside[z, y + 1, x] and inside[z, y, x - 1] \
+                        and inside[z, y, x + 1] and key[z - 1, y, x] == k and key[z + 1, y, x] == k \
+                        and key[z, y - 1, x] == k and key[z, y + 1, x] == k and key[z, y, x - 1] == k \
+                        and key[z, y, x + 1] == k:
+                    out[z, y, x] = True
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _pooled_means(c: np.ndarray, key: np.ndarray, depth: np.ndarray, pooled: np.ndarray, dz: np.ndarray,
+                  dy: np.ndarray, dx: np.ndarray, w: np.ndarray, h: int,
+                  least: float) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Per voxel of a particle: the Gaussian-weighted mean of ``c`` over the same-key
+    voxels of the ball, from the deepest interior level (``depth``: erosions survived)
+    down until the weights reach ``least`` (never the shell, depth 0); and, where the
+    ball holds no interior of the voxel's own group, the brighter group of its particle
+    whose interior weighs most in the ball (-1: none)."""
+    nz, ny, nx = c.shape
+    top = 0
+    for v in depth.ravel():
+        top = max(top, v)
+    s = np.zeros(top + 1)
+    sw = np.zeros(top + 1)
+    other = np.zeros(256)
+    out = np.full((nz - 2 * h, ny - 2 * h, nx - 2 * h), np.nan)
+    adopt = np.full((nz - 2 * h, ny - 2 * h, nx - 2 * h), -1, np.int64)
+    for z in range(h, nz - h):
+        for y in range(h, ny - h):
+            for x in range(h, nx - h):
+                k = key[z, y, x]
+                if k == 0:
+                    continue
+                code = np.int64(k) % 256
+                s[:] = 0.0
+                sw[:] = 0.0
+                for i in range(dz.size):
+                    zz, yy, xx = z + dz[i], y + dy[i], x + dx[i]
+                    if key[zz, yy, xx] == k:
+                        d = depth[zz, yy, xx]
+                        s[d] += w[i] * c[zz, yy, xx]
+                        sw[d] += w[i]
+                acc = 0.0
+                accw = 0.0
+                for d in range(top, 0, -1):
+                    acc += s[d]
+                    accw += sw[d]
+                    if accw >= least:
+                        break
+                if accw > 0:
+                    if pooled[code - 1]:
+                        out[z - h, y - h, x - h] = acc / accw
+                    continue
+                # no interior of its own group: a mixture of a brighter group and the void?
+                other[:] = 0.0
+                part = np.floor(k / 256.0)
+                for i in range(dz.size):
+                    zz, yy, xx = z + dz[i], y + dy[i], x + dx[i]
+                    kk = key[zz, yy, xx]
+                    if kk != 0 and depth[zz, yy, xx] > 0 and np.floor(kk / 256.0) == part:
+                        other[np.int64(kk) % 256] += w[i]
+                best = -1
+                bw = 0.0
+                for j in range(code + 1, 256):
+                    if other[j] > bw:
+                        bw = other[j]
+                        best = j
+                adopt[z - h, y - h, x - h] = best - 1 if best > 0 else -1
+    return out, adopt
+
+
+def _offsets(radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    r = np.arange(-radius, radius + 1)
+    dz, dy, dx = (a.ravel() for a in np.meshgrid(r, r, r, indexing="ij"))
+    d2 = dz * dz + dy * dy + dx * dx
+    ball = d2 <= radius * radius
+    sig = radius * WEIGHT_SIGMA
+    return (dz[ball].astype(np.int64), dy[ball].astype(np.int64), dx[ball].astype(np.int64),
+            np.exp(-d2[ball] / (2 * sig * sig)))
+
+
+def _region_block(ext: np.ndarray, *, halo: tuple[int, int, int], groups: _Groups, radius: int,
+                  depth: int) -> np.ndarray:
+    """Step 5 on one extended block: the phase of every voxel."""
+    c = np.ascontiguousarray(ext.real)
+    key = np.ascontiguousarray(ext.imag)
+    h = halo[0]
+    assert halo == (h, h, h)
+    dz, dy, dx, w = _offsets(radius)
+    level = np.zeros(key.shape, np.int64)
+    inside = key != 0
+    for _ in range(depth):
+        inside = _erode(key, inside)
+        level += inside
+    mean, adopt = _pooled_means(c, key, level, groups.pooled, dz, dy, dx, w, h, LEAST_WEIGHT)
+    inner = (slice(h, c.shape[0] - h), slice(h, c.shape[1] - h), slice(h, c.shape[2] - h))
+    k = key[inner]
+    own = c[inner]
+    inside = k > 0
+    code = np.where(inside, np.mod(k, 256).astype(np.int64) - 1, 0)
+    code = np.where(adopt >= 0, adopt, code)
+    value = np.where(np.isnan(mean), own, mean)
+    dist = np.abs(value[..., None] - groups.levels[code])
+    best = np.argmin(dist, axis=-1)
+    phase = np.take_along_axis(groups.phases[code], best[..., None], axis=-1)[..., 0]
+    return np.where(inside, phase, 0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- step 7
+
+
+def _interior_block(grains: np.ndarray) -> np.ndarray:
+    """Voxels of a grain whose six neighbours are of the same grain."""
+    g = np.asarray(grains)
+    inner = (slice(1, -1),) * 3
+    core = g[inner]
+    ok = core != 0
+    for axis in range(3):
+        for step in (-1, 1):
+            sl = [slice(1, -1)] * 3
+            sl[axis] = slice(1 + step, g.shape[axis] - 1 + step)
+            ok &= g[tuple(sl)] == core
+    out = np.zeros(g.shape, bool)
+    out[inner] = ok
+    return out
+
+
+def _grain_sums(grains: np.ndarray, interior: np.ndarray, flat: np.ndarray, ph: np.ndarray, *,
+                scale: float) -> dict[str, np.ndarray]:
+    """Step 7 on one block: per grain, its phase, interior voxels and fixed-point grey sum."""
+    g = np.asarray(grains).ravel()
+    sel = g != 0
+    gs = g[sel].astype(np.uint64)
+    uk, first, inv = np.unique(gs, return_index=True, return_inverse=True)
+    inside = np.asarray(interior).ravel()[sel]
+    q = np.where(inside, np.rint(np.asarray(flat, np.float64).ravel()[sel] * scale), 0).astype(np.int64)
+    sums = np.zeros(uk.size, np.int64)
+    np.add.at(sums, inv, q)
+    return {"grain": uk, "phase": np.asarray(ph).ravel()[sel][first].astype(np.int64),
+            "n": np.bincount(inv, weights=inside, minlength=uk.size).astype(np.int64), "sum": sums}
+
+
+def _grain_block(ph: np.ndarray, grains: np.ndarray, *, ids: np.ndarray, new: np.ndarray) -> np.ndarray:
+    if not ids.size:
+        return np.asarray(ph, np.uint8)
+    g = np.asarray(grains, np.uint64)
+    at = np.minimum(np.searchsorted(ids, g), ids.size - 1)
+    hit = (ids[at] == g) & (g != 0)
+    return np.where(hit, new[at], ph).astype(np.uint8)
+
+
+def _grain_decisions(rows: list[dict[str, np.ndarray]], groups: _Groups, *, scale: float,
+                     min_grain: int) -> tuple[np.ndarray, np.ndarray]:
+    """Step 7 after the blocks: grains of a pooled group with at least ``min_grain``
+    interior voxels take the phase whose level is nearest their interior mean."""
+    rows = [r for r in rows if r["grain"].size]
+    if not rows:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint8)
+    ids = np.concatenate([r["grain"] for r in rows])
+    uk, inv = np.unique(ids, return_inverse=True)
+    n = np.zeros(uk.size, np.int64)
+    sums = np.zeros(uk.size, np.int64)
+    phase = np.zeros(uk.size, np.int64)
+    np.add.at(n, inv, np.concatenate([r["n"] for r in rows]))
+    np.add.at(sums, inv, np.concatenate([r["sum"] for r in rows]))
+    phase[inv] = np.concatenate([r["phase"] for r in rows])
+    group = np.zeros(256, np.int64)
+    for g in range(1, groups.phases.shape[0]):
+        group[groups.phases[g][groups.phases[g] > 0]] = g
+    code = group[phase]
+    mean = sums / np.maximum(n, 1) / scale
+    best = np.argmin(np.abs(mean[:, None] - groups.levels[code]), axis=1)
+    target = groups.phases[code, best].astype(np.int64)
+    change = (n >= max(min_grain, 1)) & groups.pooled[code] & (target != phase) & (target > 0)
+    return uk[change], target[change].astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- public
+
+
+def region_phases(
+    intensity: VolumeLike,
+    particles: VolumeLike,
+    labels: VolumeLike | None = None,
+    *,
+    levels: LabelLevels | None = None,
+    radius: int = DEFAULT_RADIUS,
+    min_grain: int = MIN_GRAIN,
+    contrast: float = DEFAULT_CONTRAST,
+    depth: int = DEFAULT_DEPTH,
+    psf_sigma: float | None = None,
+    grains: bool = True,
+    pores: bool = False,
+) -> da.Array:
+    """Phases inside particles classified by region (pooled, flattened, partial-volume
+    corrected grey).
+
+    The steps are in the module docstring. The levels and the grain tables are global
+    reductions (computed here); the phase volume comes back lazily, in the particles'
+    chunks, and is the same for any chunking.
+
+    Parameters
+    ----------
+    intensity
+        The CT volume.
+    particles
+        Particle ids (below ``2**44``), same shape; voxels outside particles are void.
+    labels
+        Sparse labels (``phase + 1``, 0 unlabelled), e.g. correlative planes: the phase
+        levels and the cupping are fitted on them. Give either ``labels`` or ``levels``.
+    levels
+        Levels already fitted (:func:`label_levels`).
+    radius
+        Radius (voxels, >= 1) of the region a voxel is classified by; the Gaussian
+        weights have sigma ``radius / 2``.
+    min_grain
+        Grains of fewer voxels without grey contrast go to their surroundings, and
+        grains of at least this many interior voxels are reclassified as one region
+        (:data:`volmla.segment.regions.MIN_GRAIN`; 0 turns both off).
+    contrast
+        Noise sigmas that make a small grain a real inclusion (as in
+        :func:`volmla.segment.regions.clean_phases`), and above the void level that
+        make a particle voxel solid with ``pores=True``.
+    depth
+        How far (voxels, 6-connected) a voxel must lie inside its particle and group to
+        enter a region's mean (>= 1: the shell, a mixture, never does); with more, the
+        deepest voxels are used first and shallower ones only where the deep ones weigh
+        less than :data:`LEAST_WEIGHT` (default :data:`DEFAULT_DEPTH`, enough once the
+        partial volume is corrected).
+    psf_sigma
+        Gaussian PSF sigma (voxels) of the partial-volume correction (step 4); None:
+        estimated (:func:`estimate_psf`); 0: no correction.
+    grains
+        Reclassify whole grains by their pooled interior grey (step 7).
+    pores
+        Call a particle voxel void (a pore) when its grey lies within ``contrast``
+        noise sigmas of the void level (and below the mid-grey to the darkest phase).
+        Off by default: the particles are the solid, and a voxel on a blurred surface
+        is a mixture that the partial-volume measure apportions, not a pore.
+
+    Returns
+    -------
+    dask.array.Array
+        uint8 phase ids (0 = void).
+
+    Examples
+    --------
+    Two phases 1 noise sigma apart, split down the middle of one particle: voxel by
+    voxel 31 % would be wrong, by region only some next to the boundary are.
+
+    >>> rng = np.random.default_rng(0)
+    >>> ph = np.zeros((24, 24, 24), np.uint8); ph[2:22, 2:22, 2:12] = 1; ph[2:22, 2:22, 12:22] = 2
+    >>> img = np.array([100.0, 1000.0, 1010.0])[ph] + rng.normal(0, 10, ph.shape)
+    >>> labels = np.zeros_like(ph); labels[12] = ph[12] + 1
+    >>> out = region_phases(img.astype(np.float32), (ph > 0).astype(np.uint32), labels).compute()
+    >>> bool((out != ph).mean() < 0.02)
+    True
+    """
+    from volmla.engine.cluster import compute
+    from volmla.engine.overlap import halo_map
+    from volmla.particles import label_grains
+
+    if (labels is None) == (levels is None):
+        raise VolmlaError("region_phases needs labels=SPARSE_LABELS or levels= (one of them)")
+    if isinstance(radius, bool) or not isinstance(radius, int | np.integer) or radius < 1:
+        raise VolmlaError(f"radius must be an integer >= 1 (voxels), got {radius!r}")
+    if isinstance(depth, bool) or not isinstance(depth, int | np.integer) or depth < 1:
+        raise VolmlaError(f"depth must be an integer >= 1 (voxels), got {depth!r}")
+    if isinstance(min_grain, bool) or not isinstance(min_grain, int | np.integer) or min_grain < 0:
+        raise VolmlaError(f"min_grain must be a non-negative integer (voxels), got {min_grain!r}")
+    if not (isinstance(contrast, int | float) and math.isfinite(contrast) and contrast >= 0):
+        raise VolmlaError(f"contrast must be a non-negative number of noise sigmas, got {contrast!r}")
+    if psf_sigma is not None and not (isinstance(psf_sigma, int | float) and math.isfinite(psf_sigma)
+                                      and psf_sigma >= 0):
+        raise VolmlaError(f"psf_sigma must be None or a non-negative number of voxels, got {psf_sigma!r}")
+    shapes = [tuple(getattr(v, "shape", np.shape(v))) for v in (intensity, particles)]
+    if labels is not None:
+        shapes.append(tuple(getattr(labels, "shape", np.shape(labels))))
+    if len(set(shapes)) > 1:
+        raise VolmlaError(f"intensity, particles and labels must have the same shape, got {shapes}")
+    lab = as_volume(particles, name="particles", integer=True).data
+    image = as_volume(intensity, name="intensity", chunks=lab.chunks).data
+    image = image if image.chunks == lab.chunks else image.rechunk(lab.chunks)
+    if levels is None:
+        assert labels is not None
+        levels = label_levels(image, labels, particles=lab)
+    if not any(k > 0 for k in levels.levels):
+        raise VolmlaError("levels must hold at least one solid phase")
+    groups = _groups(levels, contrast=float(contrast), pores=bool(pores))
+    flat = flatten_cupping(image, levels)
+    # partial volume: subtract what the blur of the level map adds at each voxel
+    glev = np.array([levels.levels.get(0, 0.0), levels.levels.get(0, 0.0)]
+                    + [float(np.mean(row[np.isfinite(row)])) for row in groups.levels[1:]])
+    lmap = da.map_blocks(functools.partial(_level_map_block, bounds=groups.bounds, pore=groups.pore,
+                                           group_levels=glev), lab, flat, dtype=np.float32,
+                         meta=np.empty((0, 0, 0), np.float32))
+    if psf_sigma is None:
+        psf_sigma = estimate_psf(flat, lmap, noise_sigma=levels.noise_sigma)
+    corrected = flat
+    if psf_sigma > 0:
+        blurred = _like(halo_map(lmap, _blur, halo=_psf_halo(psf_sigma), boundary="nearest", dtype=np.float32,
+                                 sigma=float(psf_sigma)), lmap)
+        corrected = flat - (blurred - lmap)
+    keyed = da.map_blocks(functools.partial(_key_block, bounds=groups.bounds, pore=groups.pore), lab, flat,
+                          corrected, dtype=np.complex128, meta=np.empty((0, 0, 0), np.complex128))
+    h = int(radius) + int(depth)
+    ph = _like(halo_map(keyed, _region_block, halo=h, boundary="constant", cval=0.0, dtype=np.uint8, crops=True,
+                        groups=groups, radius=int(radius), depth=int(depth)), lab)
+    plevels = levels.phase_levels()
+    if min_grain > 1:
+        ph = clean_phases(ph, lab, corrected, min_grain=int(min_grain), contrast=float(contrast), levels=plevels)
+    if not grains or min_grain < 1 or not groups.pooled.any():
+        return ph
+    # step 7: grains as regions (grain labels, per-block rows of interior sums, decisions, relabel)
+    ph = ph if ph.chunks == lab.chunks else ph.rechunk(lab.chunks)
+    glab = label_grains(lab, ph).labels
+    glab = glab if glab.chunks == lab.chunks else glab.rechunk(lab.chunks)
+    interior = _like(halo_map(glab, _interior_block, halo=1, boundary="constant", cval=0, dtype=bool), lab)
+    scale = 2.0**16 / max(levels.noise_sigma, 1e-300)
+    kernel = functools.partial(_grain_sums, scale=scale)
+    tasks = [dask.delayed(kernel, pure=True)(*blocks) for blocks in zip(
+        *(a.to_delayed().ravel() for a in (glab, interior, corrected.rechunk(lab.chunks), ph)), strict=True)]
+    rows: list[dict[str, np.ndarray]] = compute(tasks, desc="grain regions")
+    ids, new = _grain_decisions(rows, groups, scale=scale, min_grain=int(min_grain))
+    return da.map_blocks(functools.partial(_grain_block, ids=ids, new=new), ph, glab, dtype=np.uint8,
+                         meta=np.empty((0, 0, 0), np.uint8))
