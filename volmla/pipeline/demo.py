@@ -57,10 +57,15 @@ def demo(
     3. preprocessing: beam-hardening (cupping) correction, median, a light gaussian;
     4. sparse labels on three planes made the correlative way: element maps simulated on
        each plane, k-means mineral map, registration into the CT, eroded label transfer;
-    5. a random forest and (with torch) a small 3D U-Net trained on those labels, the
-       U-Net exported to ONNX and run through ONNX Runtime, both scored on held-out planes;
-    6. particles (distributed labelling, watershed split) and grains from the better one;
-    7. the liberation report, and the same statistics from the ground truth beside it.
+    5. particles from the CT (the ``auto`` solid mask, distributed labelling, watershed
+       split), then the phases by region inside them, fitted on those labels (the
+       default path of ``volmla run``, :func:`volmla.segment.pooled.region_phases`);
+       for comparison a random forest and (with torch) a small 3D U-Net trained on the
+       same labels, the U-Net exported to ONNX and run through ONNX Runtime; all scored
+       on held-out planes;
+    6. grains of the particles and the region phases;
+    7. the liberation report (partial-volume phase volumes from the CT), and the same
+       statistics from the ground truth beside it.
 
     Parameters
     ----------
@@ -178,19 +183,29 @@ def _build(out: Path, final: Path, *, shape: Sequence[int], seed: int, unet: boo
     labels = open_volume(out / "labels.zarr")
     summary["correlate"] = corr.report
 
-    # 5. segmentation: random forest, U-Net; scored on held-out planes
+    # 5. particles from the CT, then phases by region inside them (the default path);
+    #    a random forest and a U-Net on the same labels for comparison
+    from volmla.particles import label_particles as particle_labels
     from volmla.segment import segment_phases
     from volmla.segment.evaluate import evaluate, write_report
 
+    with timed("particles"), tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
+        found = particle_labels(intensity, threshold="auto", scratch=scratch)
+        write_volume(found.labels, out / "particles.zarr", kind="labels", voxel_size=voxel)
+    particles = open_volume(out / "particles.zarr")
     held = _held_out_planes(shape[0], _label_planes(shape[0]))
     truth_held = truth["phases"].isel(z=held)
     scores: dict[str, Any] = {}
+    with timed("phases by region"):
+        regions = segment_phases(intensity, labels=labels, particles=particles)
+        write_volume(regions.phases, out / "phases.zarr", kind="phases", phases=names, voxel_size=voxel)
+    candidates = {"regions": open_volume(out / "phases.zarr")}
     with timed("random forest"):
         rf = segment_phases(pre, method="rf", labels=labels, save_model=out / "models" / "random_forest.onnx",
                             seed=seed, sigmas=DEMO_RF_SIGMAS,
                             forest_options={**DEMO_RF, "classes": ["void", *names.values()]})
         write_volume(rf.phases, out / "phases_rf.zarr", kind="phases", phases=names, voxel_size=voxel)
-    candidates = {"random_forest": open_volume(out / "phases_rf.zarr")}
+    candidates["random_forest"] = open_volume(out / "phases_rf.zarr")
     if unet:
         from volmla.segment.export import export
         from volmla.segment.train import quick_train_3d, save_model
@@ -212,28 +227,21 @@ def _build(out: Path, final: Path, *, shape: Sequence[int], seed: int, unet: boo
         scores[name] = {"accuracy_excluding_void": round(ev.accuracy_excluding_void, 4),
                         "accuracy": round(ev.accuracy, 4),
                         "iou": {c: round(float(v), 4) for c, v in zip(ev.classes, ev.iou, strict=True)}}
-    best = max(scores, key=lambda k: scores[k]["accuracy_excluding_void"])
-    summary["segmentation"] = {"held_out_planes": held, "scores": scores, "used": best}
-    phases = candidates[best]
+    summary["segmentation"] = {"held_out_planes": held, "scores": scores, "used": "regions"}
+    phases = candidates["regions"]
 
-    # 6. particles and grains
+    # 6. grains
     from volmla.particles import label_grains as grain_labels
-    from volmla.particles import label_particles as particle_labels
 
-    with timed("particles"), tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
-        found = particle_labels(phases, threshold=None, min_size=20, split=True,
-                                scratch=scratch)
-        write_volume(found.labels, out / "particles.zarr", kind="labels", voxel_size=voxel)
     with timed("grains"):
-        write_volume(grain_labels(open_volume(out / "particles.zarr"), phases).labels, out / "grains.zarr",
-                     kind="labels", voxel_size=voxel)
+        write_volume(grain_labels(particles, phases).labels, out / "grains.zarr", kind="labels", voxel_size=voxel)
 
     # 7. liberation: measured, and from the ground truth
     from volmla.liberation import analyse
 
     with timed("liberation"):
-        measured = analyse(phases, open_volume(out / "particles.zarr"), grains=open_volume(out / "grains.zarr"),
-                           out_dir=out / "report", phase_names=names)
+        measured = analyse(phases, particles, grains=open_volume(out / "grains.zarr"), out_dir=out / "report",
+                           phase_names=names, intensity=intensity)
         reference = analyse(truth["phases"], truth["particles"], grains=truth["grains"],
                             out_dir=out / "report_truth", phase_names=names)
     summary["liberation"] = {
