@@ -112,3 +112,36 @@ def test_a_config_naming_only_input_labels_and_phases_runs_the_best_path(tmp_pat
     assert (phases[solid] == truth[solid]).mean() > 0.9
     for phase in ("quartz", "feldspar"):
         assert abs(result["summary"]["modal_mineralogy"][phase] - ore.liberation["modal_mineralogy"][phase]) < 0.05
+
+
+def test_an_ingesting_run_puts_its_segmentation_under_the_scan_labels(tmp_path: Path, scan: dict[str, Path]) -> None:
+    """A viewer opens the run's scan with phases, particles and grains as NGFF labels
+    (ome-zarr-py's Reader finds them); a rerun keeps every stage (the labels/ group is not
+    part of the scan's fingerprint) (issue 19)."""
+    import warnings
+
+    import tifffile
+
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for i, plane in enumerate(open_volume(scan["intensity"]).values):
+        tifffile.imwrite(folder / f"s_{i:03d}.tif", plane)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"out: results\ninput: {{paths: [{folder}], voxel_size: 2.0, chunks: 24}}\n"
+        "segment: {method: threshold, classes: 4, phase_names: [quartz, feldspar, pyrite]}\n"
+        "particles: {min_size: 10}\nliberation: {n_boot: 0, pieces: 0, section_step: 0}\n")
+    run(config)
+    image = tmp_path / "results" / "intensity.zarr"
+    pytest.importorskip("ome_zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from ome_zarr.io import parse_url
+        from ome_zarr.reader import Label, Reader
+    nodes = list(Reader(parse_url(str(image)))())
+    found = {Path(str(n.zarr.path)).name for n in nodes if any(isinstance(s, Label) for s in n.specs)}
+    assert found == {"phases", "particles", "grains"}
+    lines: list[str] = []
+    run(config, log=lines.append)
+    kept = [line for line in lines if "complete, kept" in line]
+    assert len(kept) >= 4, lines  # intensity, phases, particles, grains

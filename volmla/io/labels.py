@@ -165,8 +165,11 @@ def write_labels(
     out = scan / LABELS_GROUP / name
     block = volmla_block(out)
     finished = (block.get("complete", False) and not overwrite
-                and block.get("request") == job_fingerprint(job_identity(job))
-                and "image-label" not in _ome(out))
+                and block.get("request") == job_fingerprint(job_identity(job)))
+    if finished and "image-label" in _ome(out):
+        if job is not None:
+            return out  # the same job, done: a rerun keeps it
+        finished = False  # no job to compare: write_volume refuses an existing output
     if not finished:  # else only the metadata steps of an interrupted write are left
         data = xr.DataArray(vol.data, dims=DIMS, attrs={k: v for k, v in vol.attrs.items() if k != "voxel_size_um"})
         write_volume(data, out, voxel_size=voxel_size, chunks=chunks, kind=kind, phases=named,

@@ -117,7 +117,7 @@ def input_fingerprint(path: str | Path) -> str:
     group's attributes), the listing of its stored chunk files (names and sizes) and the
     bytes of up to 8 chunk files sampled across the listing (64 KiB from each end; a
     chunk written with crc32c ends in its checksum). Markers of an unfinished write
-    (dot folders) are left out. Another file or folder: the names, sizes and
+    (dot folders) and the NGFF ``labels/`` written into a scan afterwards are left out. Another file or folder: the names, sizes and
     modification times of the file (or of the folder's files, not recursing, lock files
     left out) and the sampled bytes.
 
@@ -148,8 +148,9 @@ def input_fingerprint(path: str | Path) -> str:
     if _is_zarr(root):
         digest.update(b"zarr")
         for folder, dirs, names in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             rel = os.path.relpath(folder, root)
+            # label images written into the scan later (labels/) are not its content
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (rel == "." and d == "labels"))
             for name in sorted(names):
                 full = os.path.join(folder, name)
                 key = name if rel == "." else f"{rel}/{name}"

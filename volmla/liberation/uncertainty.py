@@ -20,7 +20,14 @@ import numpy as np
 import pandas as pd
 
 from volmla.errors import VolmlaError
-from volmla.liberation.stats import _check_threshold, _densities, _free, _phases, _population, _volume
+from volmla.liberation.stats import (
+    _check_threshold,
+    _densities,
+    _free,
+    _phases,
+    _population,
+    _volume,
+)
 
 __all__ = ["Interval", "Uncertainty", "bootstrap"]
 

@@ -16,6 +16,11 @@ A run is a chain of stages, each reading the OME-Zarr volumes the previous ones 
    segmented intensity, so phase volumes are partial-volume apportioned and the report
    shows CT slices.
 
+When the run ingested its input (``intensity.zarr`` is its own), phases, particles and
+grains are also written under ``intensity.zarr/labels/`` as NGFF ``image-label`` (names,
+the fixed mineral palette), so a viewer (napari with napari-ome-zarr) opens the scan with
+its segmentation; an OME-Zarr input given as ``input:`` is never written into.
+
 The whole config is checked (:func:`volmla.pipeline.config.validate_config`), and the
 input, the model and the training labels it names are opened, before the output folder
 is made or any stage runs. Every stored stage uses the input's storage chunks
@@ -156,6 +161,11 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
     if grains is not None:
         result["grains"] = grains.attrs["path"]
 
+    # the segmentation beside the scan it came from, for viewers (NGFF image-label)
+    if source.zarr is None:
+        _viewer_labels(Path(result["intensity"]), {"phases": phases, "particles": particles, "grains": grains},
+                       log=log)
+
     # 6. liberation
     from volmla.liberation import analyse
 
@@ -202,6 +212,19 @@ def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, out: Path, log:
     with tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
         return _stage(path, job, lambda: label_particles(volume, scratch=scratch, **opts).labels, log=log,
                       overwrite=overwrite, chunks=chunks, kind="labels", voxel_size=volume.attrs["voxel_size_um"])
+
+
+def _viewer_labels(scan: Path, volumes: Mapping[str, xr.DataArray | None], *, log: Log) -> None:
+    """Copy the label volumes under ``scan/labels/`` as NGFF ``image-label`` (a rerun of the
+    same job keeps them), so a viewer opens the scan with its segmentation."""
+    from volmla.io.labels import write_labels
+
+    log("labels for viewers")
+    for name, volume in volumes.items():
+        if volume is not None:
+            write_labels(scan, name, volume, phases=volume.attrs.get("phases") or None,
+                         kind="phases" if name == "phases" else "labels",
+                         job={"stage": f"labels-{name}", "source": volume.attrs["path"]})
 
 
 def _grains(particles: xr.DataArray, phases: xr.DataArray, *, out: Path, log: Log, overwrite: bool,
