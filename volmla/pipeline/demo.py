@@ -63,7 +63,8 @@ def demo(
        for comparison a random forest and (with torch) a small 3D U-Net trained on the
        same labels, the U-Net exported to ONNX and run through ONNX Runtime; all scored
        on held-out planes;
-    6. grains of the particles and the region phases;
+    6. grains of the particles and the region phases; phases, particles and grains
+       also under ``intensity.zarr/labels/`` as NGFF ``image-label`` for viewers;
     7. the liberation report (partial-volume phase volumes from the CT), and the same
        statistics from the ground truth beside it.
 
@@ -235,6 +236,11 @@ def _build(out: Path, final: Path, *, shape: Sequence[int], seed: int, unet: boo
 
     with timed("grains"):
         write_volume(grain_labels(particles, phases).labels, out / "grains.zarr", kind="labels", voxel_size=voxel)
+    # the segmentation under the scan's labels/ (NGFF image-label): a viewer opens both at once
+    from volmla.pipeline.run import _viewer_labels
+
+    _viewer_labels(out / "intensity.zarr", {"phases": phases, "particles": particles,
+                                            "grains": open_volume(out / "grains.zarr")}, log=log)
 
     # 7. liberation: measured, and from the ground truth
     from volmla.liberation import analyse
