@@ -347,3 +347,18 @@ def test_analyse_with_intensity_writes_qc_provenance_and_summary_first(volumes: 
     assert page.index("Executive summary") < page.index("orthogonal CT slices") < page.index("Modal mineralogy")
     assert "Mass-weighted" not in page  # no densities given
     assert page.count("data:image/png;base64,") == len([f for f in summary["files"] if f.endswith(".png")])
+
+
+def test_cli_with_the_ct_apportions_partial_volume_and_shows_it(volumes: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "lib"
+    argv = ["--quiet", "liberation", "--phases", str(volumes["phases"]), "--particles", str(volumes["particles"]),
+            "--intensity", str(volumes["intensity"]), "--sections", "0", "--pieces", "0", "--bootstrap", "0",
+            "--out", str(out)]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["phase_volumes"] == "partial-volume"
+    table = pd.read_parquet(out / "particles.parquet")
+    vox = table.filter(like="vox_").drop(columns="vox_solid").to_numpy(float)
+    vfrac = table.filter(like="vfrac_").drop(columns="vfrac_solid").to_numpy(float)
+    assert not np.allclose(vox, vfrac)  # boundary voxels were apportioned
+    assert "qc_slices.png" in summary["files"]

@@ -1,4 +1,4 @@
-"""The solid mask from a CT: denoised, cut half-way between the void and solid modes."""
+"""The solid mask from a CT: denoised, cupping flattened, cut locally half-way between the void and solid levels."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ from skimage.filters import threshold_otsu
 from volmla.engine.reduce import histogram
 from volmla.errors import VolmlaError
 from volmla.particles import label_particles, solid_mask
-from volmla.particles.mask import auto_threshold, mode_midpoint
+from volmla.particles.mask import (
+    DENOISE_SIGMA,
+    auto_threshold,
+    flatten_cupping,
+    local_solid,
+    mode_midpoint,
+)
 
 
 def scan(seed: int, shape=(48, 48, 48), noise=900.0) -> tuple[np.ndarray, np.ndarray]:
@@ -85,3 +91,102 @@ def test_threshold_options():
         solid_mask(ct, threshold=float("inf"))
     with pytest.raises(VolmlaError, match="min_size"):
         label_particles(ct, min_size=-1)
+
+
+# --------------------------------------------------------------------------- a hard scan: cupping, blur, bright rims
+
+
+@pytest.fixture(scope="module")
+def hard_scan():
+    from volmla.synthetic import crushed_ore
+
+    return crushed_ore(shape=64, seed=5, level="hard")
+
+
+def _global_midpoint_mask(ct: np.ndarray) -> np.ndarray:
+    """The mask before #16's local cut: denoised, one global mode midpoint."""
+    from volmla.preprocess import gaussian
+
+    smooth = gaussian(ct, sigma=DENOISE_SIGMA).compute()
+    return smooth > auto_threshold(smooth)
+
+
+def test_auto_mask_on_a_hard_scan_beats_one_global_cut(hard_scan):
+    from volmla.particles.evaluate import match_particles
+
+    truth = hard_scan.particles > 0
+    auto = solid_mask(da.from_array(hard_scan.intensity, chunks=32), threshold="auto").compute()
+    flat = _global_midpoint_mask(hard_scan.intensity)
+    wrong_auto = np.count_nonzero(auto != truth) / truth.sum()
+    wrong_flat = np.count_nonzero(flat != truth) / truth.sum()
+    assert wrong_auto < 0.11
+    assert wrong_auto < 0.75 * wrong_flat  # measured 0.102 against 0.162
+    # what matters downstream: particles found (IoU >= 0.8), against the same split of the global cut
+    found = label_particles(hard_scan.intensity).labels.compute()
+    before = label_particles(flat.astype(np.uint8), threshold=None, fill_holes=True, min_size=27).labels.compute()
+    now = match_particles(found, hard_scan.particles).matched_fraction
+    then = match_particles(before, hard_scan.particles).matched_fraction
+    assert now > then + 0.1  # measured 0.59 against 0.43
+
+
+def test_auto_mask_is_the_same_for_every_chunking(hard_scan):
+    ct = hard_scan.intensity
+    whole = solid_mask(ct, threshold="auto").compute()
+    for chunks in [(64, 5, 13), (1, 64, 64), (17, 30, 64)]:
+        np.testing.assert_array_equal(solid_mask(da.from_array(ct, chunks=chunks), threshold="auto").compute(), whole)
+
+
+def test_flatten_cupping_measures_it_on_the_void():
+    rng = np.random.default_rng(4)
+    y, x = np.mgrid[:40, :40] - 19.5
+    cup = 1 - 0.15 * (1 - (y**2 + x**2) / (2 * 20.0**2))
+    solid = rng.random((12, 40, 40)) < 0.3
+    grey = np.where(solid, rng.choice([22000.0, 46000.0], size=solid.shape, p=[0.9, 0.1]), 10000.0)
+    vol = (grey * cup + rng.normal(0, 200, solid.shape)).astype(np.float32)
+    flat = flatten_cupping(da.from_array(vol, chunks=(5, 13, 40)), threshold=16000.0).compute()
+    void = flat[~solid].reshape(-1)
+    centre = np.broadcast_to((y**2 + x**2) < 36, solid.shape)
+    rim = np.broadcast_to((y**2 + x**2) > 18**2, solid.shape)
+    assert abs(np.median(flat[~solid & centre]) - np.median(flat[~solid & rim])) < 100  # 1500 before
+    assert abs(np.median(vol[~solid & centre]) - np.median(vol[~solid & rim])) > 600
+    assert abs(np.median(void) - 10000 * np.mean(cup)) < 300
+    np.testing.assert_array_equal(flatten_cupping(vol, threshold=16000.0).compute(), flat)
+    # air at about zero carries no cupping: left as it is
+    dark = np.where(solid, 22000.0, 50.0).astype(np.float32)
+    np.testing.assert_array_equal(flatten_cupping(dark).compute(), dark)
+
+
+def _blurred(fine: np.ndarray, sigma: float = 0.8) -> np.ndarray:
+    coarse = fine.reshape(fine.shape[0] // 2, 2, fine.shape[1] // 2, 2, fine.shape[2] // 2, 2).mean(axis=(1, 3, 5))
+    return ndi.gaussian_filter(coarse, sigma).astype(np.float32)
+
+
+def test_local_solid_cuts_a_bright_particle_at_its_own_level_without_notching_intergrown_ones():
+    zz, yy, xx = np.mgrid[:64, :64, :160]  # the fine grid: the scan is half as fine
+    bright = (zz - 32) ** 2 + (yy - 32) ** 2 + (xx - 36) ** 2 <= 14**2  # a free bright (pyrite) particle
+    mixed = (zz - 32) ** 2 + (yy - 32) ** 2 + (xx - 110) ** 2 <= 14**2  # quartz with a bright cap
+    cap = mixed & (xx > 116)
+    grey = np.where(bright | cap, 46000.0, np.where(mixed, 22000.0, 10000.0))
+    ct = _blurred(grey)
+    truth = _blurred((bright | mixed).astype(np.float64), 1e-9) > 0.5
+    got = local_solid(ct, void=10000.0, solid=22000.0)
+    one_cut = ct > 16000.0
+    ball, body = np.s_[:, :, :37], np.s_[:, :, 37:]
+    added = np.count_nonzero(got[ball] & ~truth[ball])
+    assert added <= 0.05 * truth[ball].sum()  # measured 100 of 2764
+    assert np.count_nonzero(one_cut[ball] & ~truth[ball]) > 4 * added  # the global midpoint's rim: 689
+    assert np.count_nonzero(truth[ball] & ~got[ball]) <= 0.01 * truth[ball].sum()
+    # the quartz next to the bright cap keeps its own (lower) level: no notch
+    lost = np.count_nonzero(truth[body] & ~got[body])
+    assert lost <= 0.01 * truth[body].sum()
+    assert np.count_nonzero(got[body] & ~truth[body]) <= 0.05 * truth[body].sum()
+
+
+def test_local_solid_keeps_a_thin_gap_open():
+    fine = np.zeros((32, 32, 64), bool)
+    fine[4:28, 4:28, 4:30] = fine[4:28, 4:28, 32:60] = True  # two blocks, a 2-fine-voxel (1-voxel) gap
+    ct = _blurred(np.where(fine, 22000.0, 10000.0))
+    got = local_solid(ct, void=10000.0, solid=22000.0)
+    assert not got[2:14, 2:14, 15].any()  # the gap between them stays void
+    assert (ct[2:14, 2:14, 15] > 16000).any()  # where one global midpoint closes it
+    assert ndi.label(got)[1] == 2

@@ -12,6 +12,7 @@ import scipy.ndimage as ndi
 from volmla.errors import VolmlaError
 from volmla.particles import label_particles
 from volmla.particles.split import (
+    H_MIN,
     h_maxima_caps,
     max_distance,
     merge_basins,
@@ -199,3 +200,15 @@ def test_a_particle_longer_than_the_halo_is_reported(caplog):
     with caplog.at_level(logging.WARNING, logger="volmla.particles.split"):
         assert label_particles(da.from_array(rod, chunks=(10, 10, 120)), threshold=None).count == 1
     assert "beyond the split halo" not in caplog.text
+
+
+def test_small_touching_particles_stay_apart_by_default():
+    # two balls of radius 2.5 voxels pressed half a voxel into each other: their saddle lies
+    # only ~0.3 voxel below the peaks, so a default h of half a voxel merged them (#16)
+    zz, yy, xx = np.mgrid[:16, :16, :24]
+    two = ((zz - 8) ** 2 + (yy - 8) ** 2 + (xx - 6.0) ** 2 <= 6.25) | ((zz - 8) ** 2 + (yy - 8) ** 2 + (xx - 10.5) ** 2 <= 6.25)
+    assert H_MIN <= 0.25
+    assert len(np.unique(split_block(two))) - 1 == 2
+    assert len(np.unique(split_block(two, h=0.5))) - 1 == 1
+    found = label_particles(two.astype(np.uint8), threshold=None)
+    assert found.count == 2

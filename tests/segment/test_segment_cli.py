@@ -99,3 +99,31 @@ def test_segment_user_errors(tmp_path, volumes, capsys, args, message) -> None:
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_labels_alone_segment_by_region_and_particles_can_be_given(tmp_path, capsys) -> None:
+    """``volmla segment IN -o OUT --labels L``: the default path, phases by region inside the
+    particles it labels from the CT; ``--particles`` uses given ones (issue 17)."""
+    from volmla.particles import label_particles
+    from volmla.synthetic import crushed_ore
+
+    ore = crushed_ore(shape=(48, 48, 48), seed=2, level="easy")
+    truth = np.asarray(ore.phases)
+    labels = np.zeros_like(truth)
+    for z in (12, 24, 36):
+        labels[z] = truth[z] + 1
+    scan = write_volume(np.asarray(ore.intensity), tmp_path / "scan.zarr", voxel_size=1.0, chunks=24)
+    lab = write_volume(labels, tmp_path / "labels.zarr", voxel_size=1.0, chunks=24)
+    assert main(["-q", "segment", str(scan), "-o", str(tmp_path / "ph.zarr"), "--labels", str(lab)]) == 0
+    phases = open_volume(tmp_path / "ph.zarr")
+    assert phases.attrs["provenance"][-1]["method"] == "regions"
+    solid = truth > 0
+    assert (phases.values[solid] == truth[solid]).mean() > 0.85
+    parts = write_volume(label_particles(open_volume(scan)).labels, tmp_path / "parts.zarr", voxel_size=1.0,
+                         kind="labels")
+    assert main(["-q", "segment", str(scan), "-o", str(tmp_path / "ph2.zarr"), "--labels", str(lab),
+                 "--particles", str(parts)]) == 0
+    np.testing.assert_array_equal(open_volume(tmp_path / "ph2.zarr").values, phases.values)
+    assert main(["segment", str(scan), "-o", str(tmp_path / "x.zarr"), "--method", "threshold", "--classes", "4",
+                 "--particles", str(parts)]) == 2
+    assert "--particles is for --method regions" in capsys.readouterr().err

@@ -26,6 +26,7 @@ def liberation_cmd(
     particles: Annotated[Path, typer.Option("--particles", help="Particle label volume (OME-Zarr).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (particles.parquet, grains.parquet, summary.json, PNGs, report.html).")],
     grains: Annotated[Path | None, typer.Option("--grains", help="Grain label volume (OME-Zarr).")] = None,
+    intensity: Annotated[Path | None, typer.Option("--intensity", help="The CT the phases came from (OME-Zarr): partial-volume phase volumes and CT views in the report.")] = None,
     phase_names: Annotated[str | None, typer.Option("--phase-names", help="Names of phases 1..N, e.g. quartz,feldspar,pyrite.")] = None,
     densities: Annotated[str | None, typer.Option("--densities", help="Densities per phase (g/cm3), e.g. 2.65,2.6,5.0.")] = None,
     free_threshold: Annotated[float, typer.Option("--free-threshold", help="A particle is free in a phase whose grade exceeds this.")] = 0.99,
@@ -49,6 +50,7 @@ def liberation_cmd(
         size_edges=_number_list(size_edges, "--size-edges"), by=cast(SizeBy, by),  # analyse checks it
         include_border=include_border, section_step=section_step or None, pieces=pieces or None, n_boot=n_boot,
         seed=seed, overwrite=overwrite, cluster=running,
+        intensity=open_volume(intensity) if intensity is not None else None,
     )
     typer.echo(
         f"{summary['n_particles']} particles analysed ({summary['n_border']} on the border "

@@ -79,9 +79,10 @@ def segment_command(
     input_path: Annotated[Path, typer.Argument(metavar="IN", help="Intensity volume (OME-Zarr).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Phase volume to write (uint8).")],
     model: Annotated[Path | None, typer.Option("--model", help="ONNX model: a U-Net (volmla or foreign) or a volmla random forest.")] = None,
-    method: Annotated[str | None, typer.Option("--method", help="unet | threshold | kmeans | rf (default: unet with --model).")] = None,
+    method: Annotated[str | None, typer.Option("--method", help="regions | unet | rf | threshold | kmeans (default: unet or rf from --model; regions with --labels alone).")] = None,
     classes: Annotated[int | None, typer.Option("--classes", help="K classes for threshold / kmeans (0..K-1 by intensity).")] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help="Sparse labels (phase + 1, 0 unlabelled) to train --method rf.")] = None,
+    labels: Annotated[Path | None, typer.Option("--labels", help="Sparse labels (phase + 1, 0 unlabelled): the levels of --method regions, or to train --method rf.")] = None,
+    particles: Annotated[Path | None, typer.Option("--particles", help="Particle labels for --method regions (default: labelled here from the CT, as volmla particles does).")] = None,
     save_model: Annotated[Path | None, typer.Option("--save-model", help="Write the random forest trained on --labels here (ONNX; default: beside the output, OUTPUT.rf.onnx).")] = None,
     halo: Annotated[int | None, typer.Option("--halo", help="Context voxels (required for models without volmla metadata).")] = None,
     tile: Annotated[tuple[int, int, int] | None, typer.Option("--tile", help="Tile Z Y X (default: the model's).")] = None,
@@ -94,7 +95,7 @@ def segment_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed for kmeans / rf.")] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Segment phases: ONNX U-Net, or classical threshold / kmeans / random forest."""
+    """Segment phases: by region inside particles (the default with --labels), ONNX U-Net, random forest, threshold, kmeans."""
     from volmla.io import check_output, open_volume, write_volume
     from volmla.segment.dispatch import METHODS, check_options, segment_phases
 
@@ -105,6 +106,8 @@ def segment_command(
     except ValueError:
         raise VolmlaError(f"--sigmas must be comma-separated numbers, got {sigmas!r}") from None
     forest_path = save_model
+    if particles is not None and method not in (None, "regions"):
+        raise VolmlaError("--particles is for --method regions")
     if labels is not None and forest_path is None:  # a forest trained here is kept beside the output
         forest_path = output.parent / f"{output.name.removesuffix('.zarr')}.rf.onnx"
     method = check_options(method, model=model, labels=labels, save_model=forest_path, classes=classes,
@@ -114,6 +117,8 @@ def segment_command(
            "model": str(model.resolve()) if model else None, "classes": classes, "halo": halo,
            "tile": list(tile) if tile else None, "overlap": overlap, "seed": seed,
            "labels": str(labels.resolve()) if labels else None, "sigmas": sigmas}
+    if particles is not None:
+        job["particles"] = str(particles.resolve())
     check_output(output, overwrite=overwrite, job=job)
     if uncertainty is not None:
         check_output(uncertainty, overwrite=overwrite, job={**job, "output": "uncertainty"})
@@ -125,7 +130,8 @@ def segment_command(
         seg = segment_phases(vol, method=method, model=model, labels=open_volume(labels) if labels else None,
                              save_model=forest_path, classes=classes, seed=seed, sigmas=scales, halo=halo,
                              tile=tile, overlap=overlap, batch=batch, device=device(), fp16=fp16,
-                             uncertainty=uncertainty is not None, threads=threads)
+                             uncertainty=uncertainty is not None, threads=threads,
+                             particles=open_volume(particles) if particles is not None else None)
         if seg.train_accuracy is not None:
             typer.echo(f"random forest: training accuracy {seg.train_accuracy:.3f}", err=True)
             typer.echo(f"wrote {seg.model}", err=STATE.quiet)

@@ -1,19 +1,30 @@
-"""The solid mask and its clean-up: threshold, pore filling, dust removal.
+"""The solid mask and its clean-up: threshold (a local partial-volume cut), pore filling, dust removal.
 
 Steps 1-3 of :func:`volmla.particles.label_particles`, each a lazy mask over the chunks
 (the eager passes are small reductions):
 
-1. **threshold**: a phase volume's nonzero voxels, or an intensity volume above a
-   global threshold read off the out-of-core histogram of
-   :func:`volmla.engine.reduce.histogram` (every integer value its own bin for
-   8/16-bit data, :data:`HIST_BINS` bins between the global minimum and maximum
-   otherwise): by default (``"auto"``, :func:`auto_threshold`) the volume is first
-   denoised (a gaussian of :data:`DENOISE_SIGMA` voxels, from
-   :mod:`volmla.preprocess`) and cut half-way between its void and solid modes (the
-   histogram's highest bins below and above Otsu's threshold), which is where a
-   boundary voxel half filled with solid lies: Otsu's threshold sits wherever the
-   class sizes and spreads put it, and loses or adds a shell of partial-volume voxels
-   around every particle. Or Otsu's threshold (:func:`otsu_threshold`), or a value;
+1. **threshold**: a phase volume's nonzero voxels; or an intensity volume above Otsu's
+   threshold (:func:`otsu_threshold`) or a given value; or, by default (``"auto"``),
+   a cut placed for partial volume voxel by voxel, so that it holds on scans with
+   cupping, blur and bright phases (one global cut added ~11 % solid on hard phantoms,
+   fusing neighbours):
+
+   a. **denoise**: a gaussian of :data:`DENOISE_SIGMA` voxels (:mod:`volmla.preprocess`);
+   b. **cupping** (:func:`flatten_cupping`): the void's mean level per distance from
+      the z axis (an exact, chunk-independent radial profile of the voxels below the
+      global mode midpoint), a polynomial in ``r^2`` fitted to it, divided out;
+   c. **levels**: the void and solid modes of the flattened volume's out-of-core
+      histogram (:func:`volmla.engine.reduce.histogram`; the highest bins below and
+      above Otsu's threshold: :func:`mode_midpoint` is half-way between them, where a
+      voxel half filled with solid lies, whereas Otsu's threshold sits wherever the
+      class sizes put it);
+   d. **local cut** (:func:`local_solid`, a pure kernel through
+      :func:`volmla.engine.overlap.halo_map` with :data:`LOCAL_HALO`, so exact for any
+      chunking): an unsharp mask deepens the blurred gaps and creases between touching
+      particles, and each voxel is cut half-way between the void and its local solid
+      level: the main solid's, or a bright phase's (sulphides) where one lies within
+      :data:`BRIGHT_RADIUS` and no main solid is next to it, so the blur rim around a
+      bright particle stays void;
 2. **fill interior pores** (:func:`fill_holes`): the background is labelled
    (6-connected, like :func:`scipy.ndimage.binary_fill_holes`), the components present
    on the volume's six faces are read from the border planes, and every other
@@ -21,12 +32,17 @@ Steps 1-3 of :func:`volmla.particles.label_particles`, each a lazy mask over the
 3. **drop dust** (:func:`remove_small`): solid components smaller than ``min_size``
    voxels are dropped; their sizes (:func:`component_sizes`) come from per-block
    ``fastremap.unique`` counts merged by label.
+
+The module is one piece (about 530 lines): the three steps are one mask's life, and the
+``"auto"`` cut's pieces (levels, cupping, local kernel) share its histogram and constants.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import dask.array as da
@@ -46,12 +62,48 @@ HIST_BINS = 4096
 DENOISE_SIGMA = 0.5
 """Gaussian (voxels) applied before the ``"auto"`` threshold."""
 
+SHARPEN_SIGMA = 1.5
+"""Gaussian (voxels) of the ``"auto"`` mask's unsharp mask (:func:`local_solid`)."""
+
+SHARPEN_AMOUNT = 0.5
+"""Amount of the ``"auto"`` mask's unsharp mask: ``u + amount * (u - gaussian(u))``."""
+
+BRIGHT = 0.6
+"""A phase is *bright* (cut half-way to its own level) when it lies more than this
+fraction of the void-to-solid contrast above the main solid."""
+
+BRIGHT_RADIUS = 2
+"""Voxels within which a bright phase sets the local solid level (:func:`local_solid`)."""
+
+CORE_LOW = 0.75
+"""Main-solid core: normalised values between this and ``1 + BRIGHT``."""
+
+LOCAL_HALO = max(int(4.0 * SHARPEN_SIGMA + 0.5), 1 + BRIGHT_RADIUS)
+"""Halo of :func:`local_solid`: the unsharp mask's gaussian (truncated at 4 sigma), and
+the core's erosion (1) and growth (``BRIGHT_RADIUS``)."""
+
+CUPPING_ORDER = 2
+"""Degree in ``r^2`` of the void profile fitted by :func:`flatten_cupping`."""
+
+CUPPING_LIMIT = 2.0
+"""Largest gain (and smallest, its inverse) :func:`flatten_cupping` applies."""
+
 __all__ = [
+    "BRIGHT",
+    "BRIGHT_RADIUS",
+    "CORE_LOW",
+    "CUPPING_LIMIT",
+    "CUPPING_ORDER",
     "DENOISE_SIGMA",
     "HIST_BINS",
+    "LOCAL_HALO",
+    "SHARPEN_AMOUNT",
+    "SHARPEN_SIGMA",
     "auto_threshold",
     "component_sizes",
     "fill_holes",
+    "flatten_cupping",
+    "local_solid",
     "mode_midpoint",
     "otsu_threshold",
     "remove_small",
@@ -95,6 +147,23 @@ def otsu_threshold(volume: VolumeLike) -> float:
     return otsu(hist)  # empty end bins trimmed, as threshold_otsu's own image path does
 
 
+def _modes(hist: Histogram) -> tuple[float, float]:
+    """The void and solid modes of a histogram: its highest bins below and above Otsu's threshold."""
+    from scipy.ndimage import gaussian_filter1d
+
+    counts = np.asarray(hist.counts, np.float64)
+    used = np.flatnonzero(counts)
+    if len(used) < 2:
+        raise VolmlaError("cannot threshold a constant volume: give threshold=VALUE")
+    first, last = int(used[0]), int(used[-1])
+    smooth = gaussian_filter1d(counts[first : last + 1], max(0.01 * (last - first), 0.5), mode="constant")
+    cut = int(np.clip(math.floor((otsu(hist) - hist.first) / hist.width) - first, 0, last - first - 1))
+    void = int(np.argmax(smooth[: cut + 1]))
+    solid = cut + 1 + int(np.argmax(smooth[cut + 1 :]))
+    offset = first + (0.0 if hist.exact else 0.5)  # exact bins hold one value each
+    return float(hist.first + (void + offset) * hist.width), float(hist.first + (solid + offset) * hist.width)
+
+
 def mode_midpoint(hist: Histogram) -> float:
     """Half-way between the void and solid modes of a histogram (the partial-volume edge).
 
@@ -120,28 +189,20 @@ def mode_midpoint(hist: Histogram) -> float:
     >>> 95 < mode_midpoint(histogram(x.reshape(8, 10, 100))) < 105
     True
     """
-    from scipy.ndimage import gaussian_filter1d
-
-    counts = np.asarray(hist.counts, np.float64)
-    used = np.flatnonzero(counts)
-    if len(used) < 2:
-        raise VolmlaError("cannot threshold a constant volume: give threshold=VALUE")
-    first, last = int(used[0]), int(used[-1])
-    smooth = gaussian_filter1d(counts[first : last + 1], max(0.01 * (last - first), 0.5), mode="constant")
-    cut = int(np.clip(math.floor((otsu(hist) - hist.first) / hist.width) - first, 0, last - first - 1))
-    void = int(np.argmax(smooth[: cut + 1]))
-    solid = cut + 1 + int(np.argmax(smooth[cut + 1 :]))
-    centre = (void + solid) / 2 + first + (0.0 if hist.exact else 0.5)  # exact bins hold one value each
-    return float(hist.first + centre * hist.width)
+    void, solid = _modes(hist)
+    return (void + solid) / 2
 
 
 def auto_threshold(volume: VolumeLike) -> float:
-    """The ``"auto"`` threshold: :func:`mode_midpoint` of the volume's out-of-core histogram.
+    """:func:`mode_midpoint` of a volume's out-of-core histogram (the global ``"auto"`` level).
+
+    :func:`solid_mask` with ``threshold="auto"`` starts from it and then places the cut
+    voxel by voxel (:func:`flatten_cupping`, :func:`local_solid`).
 
     Parameters
     ----------
     volume
-        3-D intensity volume (already denoised, as :func:`solid_mask` does).
+        3-D intensity volume.
 
     Returns
     -------
@@ -161,6 +222,142 @@ def auto_threshold(volume: VolumeLike) -> float:
     return mode_midpoint(histogram(data, bins=HIST_BINS))
 
 
+def _void_gain_block(block: np.ndarray, *, origin: Sequence[int], center: tuple[float, float],
+                     coeffs: tuple[float, ...], r2_max: float, level: float) -> np.ndarray:
+    from volmla.preprocess.kernels import _plane_r2
+
+    r2 = np.minimum(_plane_r2(block.shape, origin, center), r2_max)
+    profile = np.polynomial.polynomial.polyval(r2, coeffs)
+    gain = np.clip(level / np.maximum(profile, 1e-12), 1 / CUPPING_LIMIT, CUPPING_LIMIT).astype(np.float32)
+    return block * gain[None]
+
+
+def flatten_cupping(volume: VolumeLike, *, threshold: float | None = None) -> da.Array:
+    """Divide out a radial cupping measured on the void (resin, air) between the particles.
+
+    Cupping (beam hardening) darkens the middle of each slice; a global threshold then
+    loses solid there and adds it at the rim. The void is one material present at every
+    radius, so its level per radius is a steady measure of the cupping where the solid's
+    mix of phases changes from radius to radius:
+
+    1. the mean of the voxels below ``threshold`` (default :func:`auto_threshold`) per
+       integer distance from the z axis (:func:`volmla.preprocess.radial_profile`: exact
+       fixed-point sums, independent of the chunking);
+    2. a polynomial of degree :data:`CUPPING_ORDER` in ``r^2`` fitted to it (weighted by
+       the counts; radii with fewer than 16 voxels left out);
+    3. every voxel multiplied by the mean void level over the fitted profile at its
+       radius (the gain clipped to ``1 / CUPPING_LIMIT .. CUPPING_LIMIT``), lazily.
+
+    The volume comes back unchanged (and a log line says why) when the void is too dark
+    to carry the cupping (mean below a quarter of the way to the solid mode: air at about
+    zero) or too few radii hold void.
+
+    Parameters
+    ----------
+    volume
+        3-D intensity volume, already denoised (the void's partial-volume rims below the
+        threshold barely move the means).
+    threshold
+        The void lies below it (default :func:`auto_threshold`).
+
+    Returns
+    -------
+    dask.array.Array
+        float32, lazy.
+
+    Examples
+    --------
+    >>> y, x = np.mgrid[:32, :32] - 15.5
+    >>> cup = 1 - 0.2 * (1 - (y**2 + x**2) / 512)
+    >>> solid = np.broadcast_to((y % 8 < 4) & (x % 8 < 4), (4, 32, 32))
+    >>> vol = np.where(solid, 200.0, 100.0) * cup
+    >>> flat = flatten_cupping(vol).compute()
+    >>> bool(np.ptp(vol[~solid]) > 15), bool(np.ptp(flat[~solid]) < 2)
+    (True, True)
+    """
+    from volmla.preprocess import radial_profile
+    from volmla.preprocess._wiring import pointwise_at
+
+    data = as_volume(volume, finite=True).data.astype(np.float32)
+    hist = histogram(data, bins=HIST_BINS)
+    void_mode, solid_mode = _modes(hist)
+    cut = (void_mode + solid_mode) / 2 if threshold is None else float(threshold)
+    top = hist.first + hist.width * len(hist.counts)
+    maxabs = max(abs(hist.first), abs(top))
+    prof = radial_profile(-data, threshold=-cut, maxabs=maxabs)  # counts the voxels below the cut
+    used = (prof.counts >= 16) & np.isfinite(prof.r2)
+    if int(used.sum()) <= CUPPING_ORDER:
+        logger.info("cupping not corrected: void at only %d radii", int(used.sum()))
+        return data
+    means = -prof.sums[used] / prof.counts[used]
+    level = float(-prof.sums[used].sum() / prof.counts[used].sum())
+    if level < 0.25 * solid_mode:
+        logger.info("cupping not corrected: the void (%g) is too dark to measure it", level)
+        return data
+    coeffs = np.polynomial.polynomial.polyfit(prof.r2[used], means, CUPPING_ORDER, w=np.sqrt(prof.counts[used]))
+    r2_max = float(prof.r2[used].max())
+    logger.info("cupping from the void: level %g, profile coefficients %s", level, np.round(coeffs, 6).tolist())
+    return pointwise_at(data, _void_gain_block, np.float32, center=prof.center,
+                        coeffs=tuple(float(c) for c in coeffs), r2_max=r2_max, level=level)
+
+
+@functools.cache
+def _ball(radius: int) -> np.ndarray:
+    r = np.arange(-radius, radius + 1)
+    return np.asarray(r[:, None, None] ** 2 + r[None, :, None] ** 2 + r[None, None, :] ** 2 <= radius**2)
+
+
+def local_solid(block: np.ndarray, *, void: float, solid: float) -> np.ndarray:
+    """The ``"auto"`` cut on one block: partial-volume midpoint, local solid level, gaps kept.
+
+    The per-block kernel of :func:`solid_mask` (pure; SciPy's ``reflect`` boundary, so
+    :func:`volmla.engine.overlap.halo_map` with :data:`LOCAL_HALO` makes it exact for
+    any chunking). With ``u = (block - void) / (solid - void)`` (0 void, 1 main solid):
+
+    1. **gaps and necks kept**: ``u`` is sharpened by an unsharp mask (a gaussian of
+       :data:`SHARPEN_SIGMA`, amount :data:`SHARPEN_AMOUNT`): the blur of the scan fills
+       the thin void between particles and the creases where they touch, which then
+       fuse; the unsharp mask deepens such narrow dark valleys again;
+    2. **bright phases** (sulphides, metals): a voxel with a brighter-than-solid value
+       ``hi > 1 + BRIGHT`` within :data:`BRIGHT_RADIUS` (the largest ``u`` there) and no
+       main-solid core near it (voxels with ``0.75 < u < 1 + BRIGHT`` whose whole
+       radius-1 ball is so, grown by ``BRIGHT_RADIUS``) is cut half-way to that bright
+       level instead, so the partial-volume and blur rim around a bright particle is not
+       counted as solid; next to main solid (a bright grain inside an intergrown
+       particle) the main level is kept, so no notch is cut into the particle;
+    3. solid is where the sharpened ``u`` exceeds half the local solid level.
+
+    Parameters
+    ----------
+    block
+        Denoised, cupping-flattened intensities (an extended block).
+    void, solid
+        The void and (main) solid levels.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean block, same shape.
+
+    Examples
+    --------
+    >>> b = np.zeros((1, 1, 9), np.float32); b[0, 0, 3:6] = 100
+    >>> local_solid(b, void=0.0, solid=100.0).astype(int).tolist()
+    [[[0, 0, 0, 1, 1, 1, 0, 0, 0]]]
+    """
+    from scipy import ndimage as ndi
+
+    u = (np.asarray(block, np.float32) - np.float32(void)) / np.float32(solid - void)
+    bright = np.float32(1 + BRIGHT)
+    hi = ndi.maximum_filter(u, footprint=_ball(BRIGHT_RADIUS), mode="reflect")
+    core = (u > np.float32(CORE_LOW)) & (u < bright)
+    core = ndi.minimum_filter(core, footprint=_ball(1), mode="reflect")
+    near_core = ndi.maximum_filter(core, footprint=_ball(BRIGHT_RADIUS), mode="reflect")
+    level = np.where((hi > bright) & ~near_core, hi, np.float32(1))
+    sharp = u + np.float32(SHARPEN_AMOUNT) * (u - ndi.gaussian_filter(u, SHARPEN_SIGMA, mode="reflect", truncate=4.0))
+    return np.asarray(sharp > np.float32(0.5) * level)
+
+
 def solid_mask(
     volume: VolumeLike, *, threshold: Literal["auto", "otsu"] | float | None = "auto"
 ) -> da.Array:
@@ -171,8 +368,12 @@ def solid_mask(
     volume
         Intensity (with a threshold) or phase volume (``threshold=None``).
     threshold
-        ``"auto"`` (the volume denoised by a gaussian of :data:`DENOISE_SIGMA` voxels,
-        then :func:`auto_threshold`: one eager pass, two for float data), ``"otsu"``
+        ``"auto"``: the volume denoised by a gaussian of :data:`DENOISE_SIGMA` voxels,
+        its cupping divided out (:func:`flatten_cupping`), the void and solid modes read
+        off its out-of-core histogram, and each voxel cut half-way between them (or
+        half-way to a bright phase next to it), after an unsharp mask that keeps the
+        gaps between particles open (:func:`local_solid`, with a halo of
+        :data:`LOCAL_HALO`); five eager passes (reductions). ``"otsu"``
         (:func:`otsu_threshold` of the volume as it is), a number, or None.
 
     Returns
@@ -190,12 +391,15 @@ def solid_mask(
         return data != 0
     if isinstance(threshold, str):
         if threshold == "auto":
+            from volmla.engine.overlap import halo_map
             from volmla.preprocess import gaussian
 
             smooth = as_volume(gaussian(data, sigma=DENOISE_SIGMA)).data
-            value = auto_threshold(smooth)
-            logger.info("auto threshold %g (denoised, half-way between the void and solid modes)", value)
-            return smooth > value
+            flat = flatten_cupping(smooth)
+            void, solid = _modes(histogram(flat, bins=HIST_BINS))
+            logger.info("auto mask: void %g, solid %g (cupping flattened), cut locally half-way", void, solid)
+            return halo_map(flat, local_solid, halo=LOCAL_HALO, boundary="reflect", dtype=bool, void=void,
+                            solid=solid)
         if threshold != "otsu":
             raise VolmlaError(f"threshold must be 'auto', 'otsu', a number or None, got {threshold!r}")
         value = otsu_threshold(data)
