@@ -3,9 +3,11 @@
 :func:`label_particles` runs these steps on a chunked volume, never holding it whole:
 
 1. **solid mask** (:func:`volmla.particles.mask.solid_mask`): a phase volume's nonzero
-   voxels, or an intensity volume above a global threshold: by default (``"auto"``)
-   denoised and cut half-way between the void and solid modes of its *out-of-core*
-   histogram (the partial-volume edge); or Otsu's threshold; or a given value;
+   voxels, or an intensity volume above a threshold: by default (``"auto"``) denoised,
+   its cupping (measured on the void) flattened, and each voxel cut half-way between the
+   void level and its local solid level (the partial-volume edge; bright-phase rims
+   removed), the levels from the *out-of-core* histogram; or Otsu's threshold; or a
+   given value;
 2. **interior pores filled** (:func:`volmla.particles.mask.fill_holes`; by default for
    an ``"auto"`` mask): exact for any chunking;
 3. **dust removal** (:func:`volmla.particles.mask.remove_small`): solid components
@@ -99,9 +101,9 @@ def label_particles(
     connectivity
         6, 18 or 26, for components and the watershed.
     scratch
-        A folder (on storage every worker reaches) where the watershed keys are stored
-        once, so the labelling passes and every later use of the labels read them
-        instead of recomputing the split. The caller removes it once the labels are
+        A folder (on storage every worker reaches) where the solid mask and the watershed
+        keys are stored once, so the split's passes, the labelling passes and every
+        later use of the labels read them instead of recomputing the mask and the split. The caller removes it once the labels are
         written. None: a temporary folder on this machine, removed when Python exits,
         when the work runs here (no cluster, or workers on this machine); with workers
         elsewhere the split is recomputed at each use (a warning says so).
@@ -137,9 +139,13 @@ def label_particles(
         solid = remove_small(solid, min_size=min_size, connectivity=connectivity)
     if not split:
         return label(solid, connectivity=connectivity)
+    where = Path(scratch) if scratch is not None else _session_scratch()
+    if where is not None and (auto or fill_holes or min_size):
+        # the mask chain (reductions, pore filling and dust removal each label the volume)
+        # runs once: the split's passes read the stored mask instead of recomputing it
+        solid = _stored(solid, where / "solid.zarr")
     keys = split_touching(solid, neck=neck, h=h, max_radius=max_radius, voxel_size=voxel_size,
                           connectivity=connectivity)
-    where = Path(scratch) if scratch is not None else _session_scratch()
     if where is not None:
         keys = _stored(keys, where / "split-keys.zarr")
     found = label(keys, connectivity=connectivity, multilabel=True)
