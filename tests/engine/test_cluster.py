@@ -201,3 +201,17 @@ def test_interrupted_threaded_compute_leaves_no_task_running() -> None:
     with dask.config.set(scheduler="threads", num_workers=3), pytest.raises(KeyboardInterrupt):
         vc.compute(tasks)
     assert sorted(finished) == [0, 1]  # both were running: they finished before compute returned
+
+
+def test_repeated_computes_of_shared_layers_are_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    """Two computes sharing lazy layers (fused differently by Dask) log no run_spec warning."""
+    import dask.array as da
+
+    x = da.random.default_rng(0).random((64, 64, 64), chunks=16)
+    y = (x > 0.5).map_blocks(lambda b: b.astype(np.uint8), dtype=np.uint8)
+    with vc.cluster(workers=1, dashboard=False) as client:
+        assert vc.current_client() is client
+        total = int(vc.compute([y.sum()])[0])
+        assert int(vc.compute([(y * 2).sum()])[0]) == 2 * total
+        assert vc.compute([y.max()])[0] == 1
+    assert not [r for r in caplog.records if "run_spec" in r.getMessage()]

@@ -56,7 +56,9 @@ def test_levels_and_cupping_from_the_labels() -> None:
 def test_regions_split_what_voxels_cannot_and_keep_the_inclusion() -> None:
     img, ph, part = _two_grains(2, cupping=0.1)
     labels = _planes(ph)
-    out = region_phases(img, part, labels).compute()
+    # one particle of two half-volume grains: the region is sized for the grains (the
+    # particle-derived "auto" radius, 5 here, assumes grains a good part of a particle)
+    out = region_phases(img, part, labels, radius=3).compute()
     inside = part > 0
     wrong = (out != ph) & inside
     # voxel by voxel (nearest level of the flattened grey) a third is wrong; by region
@@ -157,3 +159,22 @@ def test_psf_is_estimated_from_the_edges() -> None:
     lmap = _level_map_block(part, blurred, bounds=groups.bounds, pore=groups.pore, group_levels=glev)
     flat = flatten_cupping(blurred.astype(np.float32), lv)
     assert estimate_psf(flat, da.from_array(lmap), noise_sigma=lv.noise_sigma) == pytest.approx(0.8, abs=0.15)
+
+
+def test_auto_radius_follows_the_particle_sizes() -> None:
+    from volmla.segment.pooled import AUTO_RADIUS_RANGE, DEFAULT_RADIUS, auto_radius
+
+    def balls(r: float, n: int = 4) -> np.ndarray:
+        size = int(2 * r + 4)
+        zz, yy, xx = np.indices((size, size, size * n))
+        out = np.zeros(zz.shape, np.uint32)
+        for i in range(n):
+            c = (size / 2, size / 2, size * (i + 0.5))
+            out[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r * r] = i + 1
+        return out
+
+    assert auto_radius(balls(4.5)) == 3  # hard crushed ore: particles of r_eq ~4.5
+    assert auto_radius(balls(7.2)) == 3  # easy crushed ore
+    assert auto_radius(balls(8.5)) == 4  # the demo's: r_eq ~8.5
+    assert auto_radius(balls(30.0, n=2)) == AUTO_RADIUS_RANGE[1]
+    assert auto_radius(balls(2.0)) == DEFAULT_RADIUS  # only dust: no size to go by

@@ -173,6 +173,9 @@ def cluster(
                 dashboard_address=dash or _HTTP_ONLY,
                 scheduler_kwargs={"dashboard": dash is not None},
             )
+    scheduler_log = logging.getLogger("distributed.scheduler")
+    if not any(isinstance(f, _DropRunSpecNotice) for f in scheduler_log.filters):
+        scheduler_log.addFilter(_DropRunSpecNotice())
     try:
         client = Client(local, set_as_default=True)
         client.register_plugin(_embedded_worker_setup(task_errors=task_errors), name="volmla-worker-setup")
@@ -216,6 +219,19 @@ class _DropTaskErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Compute Failed")
+
+
+class _DropRunSpecNotice(logging.Filter):
+    """Drops the scheduler's "Detected different `run_spec` for key" warning.
+
+    volmla computes several graphs that share lazy layers (a mask's histogram, then the
+    mask); Dask fuses them differently per call, so a released key comes back as a fused
+    alias of the same pure, deterministic task. The warning guards against keys reused
+    for *different* computations, which volmla's tokenized keys never are.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Detected different `run_spec`" not in str(record.msg)
 
 
 class _DropClosingHeartbeat(logging.Filter):
