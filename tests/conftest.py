@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+# conftest files are plugins, not modules with doctests: collecting them for
+# --doctest-modules imports each under the one name "conftest" and clashes
+collect_ignore_glob = ["conftest.py", "*/conftest.py"]
+
 
 @pytest.fixture
 def rng() -> np.random.Generator:
