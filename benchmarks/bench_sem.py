@@ -5,7 +5,8 @@ Measures, in one run on one machine:
 1. **training**: the random-forest form classifier
    (:func:`volmla.sem.train_classifier`) on the classical segmentation of ``--train``
    synthetic images (seeds 0..), 1024 x 768 pixels, 40 crystals each, occlusion
-   ``overlap=0.75``;
+   ``overlap=0.75``, the generator's default mild stage-tilt perspective (0.03,
+   ``--perspective``);
 2. **held-out images** (seeds 10000..): instance segmentation against the truth (visible
    parts): the fraction of true crystals matched at IoU >= 0.7, the mean IoU of those
    matches, AP50 (:func:`volmla.sem.score_instances`, pooled over the images);
@@ -21,7 +22,11 @@ Measures, in one run on one machine:
    one warm-up image (lazy imports, the ONNX session); wall time and this process's CPU
    time (the fair figure on a shared machine: the load average is recorded too).
 
-With ``--cnn`` the optional crop CNN (:mod:`volmla.sem.cnn`) is trained on the same
+With ``--segmenter-train N`` the border-core segmenter
+(:func:`volmla.sem.train_segmenter`, ``--segmenter-iterations`` steps) is trained on N
+synthetic images (seeds 0..) and scored on the same held-out images beside the
+classical path (``segmentation_model``: matched at IoU >= 0.7, mean IoU, AP50,
+segmentation megapixels per second). With ``--cnn`` the optional crop CNN (:mod:`volmla.sem.cnn`) is trained on the same
 synthetic images and scored on the same matched crystals (``classification_cnn``).
 
 ``python benchmarks/bench_sem.py`` runs the quick check (8 training, 4 held-out images;
@@ -57,10 +62,21 @@ from volmla.sem import (
 from volmla.synthetic.sem import SEM_CLASSES, sem_image
 
 RESULTS = Path(__file__).parent / "results" / "sem.json"
-OPTIONS = {"shape": (768, 1024), "n_crystals": 40, "overlap": 0.75}
+OPTIONS: dict[str, Any] = {"shape": (768, 1024), "n_crystals": 40, "overlap": 0.75, "perspective": 0.03}
 
 
-def run(n_train: int, n_test: int, cnn: bool = False, epochs: int = 30) -> dict[str, Any]:
+def _ap50(hits: list[tuple[float, bool]], n_true: int) -> float:
+    """AP50 pooled over images, predictions ranked by area."""
+    ranked = sorted(hits, key=lambda h: -h[0])
+    tp = np.cumsum([h[1] for h in ranked])
+    precision = tp / np.arange(1, len(ranked) + 1)
+    recall = tp / max(n_true, 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(ranked) else np.zeros(0)
+    return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * envelope))
+
+
+def run(n_train: int, n_test: int, cnn: bool = False, epochs: int = 30, seg_train: int = 0,
+        seg_iterations: int = 600) -> dict[str, Any]:
     t0 = time.perf_counter()
     table = synthetic_training_table(n_images=n_train, seed=0, **OPTIONS)
     clf = train_classifier(table, n_estimators=300, seed=0)
@@ -75,6 +91,18 @@ def run(n_train: int, n_test: int, cnn: bool = False, epochs: int = 30) -> dict[
         train_forms(cnn_model, kind="cnn", n_images=n_train, epochs=epochs, seed=0)
         cnn_s = time.perf_counter() - t1
     y_cnn: list[int] = []
+    seg_model = None
+    if seg_train:
+        from volmla.sem import segment_with_model, train_segmenter
+
+        seg_fit = train_segmenter(Path(tempfile.mkdtemp()) / "segmenter.onnx", n_images=seg_train,
+                                  iterations=seg_iterations, seed=0, threads=1, **OPTIONS)  # type: ignore[arg-type]
+        seg_model = seg_fit.path
+        segment_with_model(sem_image(seed=9998, **OPTIONS).image, model=seg_model)  # type: ignore[arg-type]
+    seg_matched: list[float] = []
+    seg_hits: list[tuple[float, bool]] = []
+    seg_pred = 0
+    seg_seconds = seg_cpu = 0.0
     get_session(model)  # warm the per-process cache and the lazy imports before timing
     warm = sem_image(seed=9999, **OPTIONS)  # type: ignore[arg-type]
     classify_table(crystal_table(segment_crystals(warm.image), warm.image, pixel_size=warm.pixel_size), model=model)
@@ -102,6 +130,19 @@ def run(n_train: int, n_test: int, cnn: bool = False, epochs: int = 30) -> dict[
         seconds += time.perf_counter() - start
         cpu_seconds += time.process_time() - cpu
         pixels += image.size
+        if seg_model is not None:
+            start, cpu = time.perf_counter(), time.process_time()
+            spred = segment_with_model(image, model=seg_model)
+            seg_seconds += time.perf_counter() - start
+            seg_cpu += time.process_time() - cpu
+            _, _, siou = match_instances(truth, spred, iou=0.7)
+            seg_matched += list(siou)
+            _, spi5, _ = match_instances(truth, spred, iou=0.5)
+            shit = set(spi5.tolist())
+            sarea = np.bincount(spred.ravel())
+            sids = np.unique(spred[spred > 0])
+            seg_pred += len(sids)
+            seg_hits += [(float(sarea[p]), p in shit) for p in sids]
         true_ids = np.unique(truth[truth > 0])
         pred_ids = np.unique(pred[pred > 0])
         n_true += len(true_ids)
@@ -144,18 +185,22 @@ def run(n_train: int, n_test: int, cnn: bool = False, epochs: int = 30) -> dict[
             if complete[t - 1] and not bool(true_table.loc[t, "touches_border"]):
                 whole_err.append(float(m.loc[p, "equivalent_diameter_um"] / s.diameter_um[t - 1] - 1))
 
-    # AP50 pooled over images, predictions ranked by area
-    ranked = sorted(ap_hits, key=lambda h: -h[0])
-    tp = np.cumsum([h[1] for h in ranked])
-    precision = tp / np.arange(1, len(ranked) + 1)
-    recall = tp / max(n_true, 1)
-    envelope = np.maximum.accumulate(precision[::-1])[::-1]
-    ap50 = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * envelope))
+    ap50 = _ap50(ap_hits, n_true)
     confusion = np.zeros((len(SEM_CLASSES), len(SEM_CLASSES)), int)
     for t, p in zip(y_true, y_pred, strict=True):
         confusion[t, p] += 1
     se, ae, we = np.abs(size_err), np.abs(aspect_err), np.abs(whole_err)
     extra: dict[str, Any] = {}
+    if seg_model is not None:
+        extra["segmentation_model"] = {
+            "train_images": seg_train, "iterations": seg_iterations, "best_iteration": seg_fit.best_iteration,
+            "val_pixel_accuracy": round(seg_fit.val_accuracy, 4), "train_seconds": round(seg_fit.seconds, 1),
+            "true_crystals": n_true, "predicted": seg_pred,
+            "matched_iou07": round(len(seg_matched) / max(n_true, 1), 4),
+            "mean_iou_of_matches": round(float(np.mean(seg_matched)), 4) if seg_matched else None,
+            "ap50": round(_ap50(seg_hits, n_true), 4),
+            "segmentation_megapixels_per_second": round(pixels / 1e6 / seg_seconds, 3),
+            "segmentation_megapixels_per_cpu_second": round(pixels / 1e6 / seg_cpu, 3)}
     if cnn_model is not None:
         cm = np.zeros((len(SEM_CLASSES), len(SEM_CLASSES)), int)
         for t, p in zip(y_true, y_cnn, strict=True):
@@ -165,7 +210,7 @@ def run(n_train: int, n_test: int, cnn: bool = False, epochs: int = 30) -> dict[
                                        "confusion_rows_true": cm.tolist()}
     return {
         "images": {"train": n_train, "test": n_test, "shape": list(OPTIONS["shape"]), "crystals_per_image": 40,
-                   "overlap": OPTIONS["overlap"], "training_crystals": len(table), "train_seconds": round(train_s, 1)},
+                   "overlap": OPTIONS["overlap"], "perspective": OPTIONS["perspective"], "training_crystals": len(table), "train_seconds": round(train_s, 1)},
         "segmentation": {"true_crystals": n_true, "predicted": n_pred,
                          "matched_iou07": round(len(matched_07) / max(n_true, 1), 4),
                          "mean_iou_of_matches": round(float(np.mean(matched_07)), 4), "ap50": round(ap50, 4)},
@@ -197,8 +242,14 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=4, help="held-out images (4: quick; 20: full)")
     ap.add_argument("--cnn", action="store_true", help="also train and score the crop CNN (needs torch; slow on CPU)")
     ap.add_argument("--epochs", type=int, default=30, help="CNN training passes")
+    ap.add_argument("--segmenter-train", type=int, default=0,
+                    help="also train the border-core segmenter on this many synthetic images and score it (needs torch)")
+    ap.add_argument("--segmenter-iterations", type=int, default=600, help="segmenter optimisation steps (at most)")
+    ap.add_argument("--perspective", type=float, default=0.03, help="stage-tilt perspective of the images (0: none)")
     args = ap.parse_args()
-    result = run(args.train, args.test, cnn=args.cnn, epochs=args.epochs)
+    OPTIONS["perspective"] = args.perspective
+    result = run(args.train, args.test, cnn=args.cnn, epochs=args.epochs, seg_train=args.segmenter_train,
+                 seg_iterations=args.segmenter_iterations)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1, default=float))
     print(json.dumps(result, indent=1, default=float))

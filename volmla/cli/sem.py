@@ -34,15 +34,24 @@ def crystals_cmd(
 
 @sem_app.command("train")
 def train_cmd(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Classifier file to write (.onnx).")],
-    kind: Annotated[str, typer.Option("--kind", help="forest (shape descriptors) | cnn (crops; needs torch).")] = "forest",
-    labelled: Annotated[Path | None, typer.Option("--labelled", help="Folder of NAME.tif + NAME.labels.tif + NAME.classes.csv (default: synthetic images).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.onnx).")],
+    kind: Annotated[str, typer.Option("--kind", help="forest (shape descriptors) | cnn (crops; needs torch) | segmenter (border-core U-Net for --segmenter; needs torch).")] = "forest",
+    labelled: Annotated[Path | None, typer.Option("--labelled", help="Folder of NAME.tif + NAME.labels.tif + NAME.classes.csv (the segmenter needs no .classes.csv; default: synthetic images).")] = None,
     n_images: Annotated[int, typer.Option("--n-images", help="Synthetic training images.")] = 24,
     epochs: Annotated[int, typer.Option("--epochs", help="CNN training passes.")] = 20,
+    iterations: Annotated[int, typer.Option("--iterations", help="Segmenter optimisation steps (at most; early stopping).")] = 600,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Train the crystal-form classifier (random forest on shape descriptors, or a small CNN; ONNX)."""
+    """Train the crystal-form classifier (random forest or small CNN) or the border-core segmenter (ONNX)."""
+    if kind == "segmenter":
+        from volmla.sem.segmenter import train_segmenter
+
+        r = train_segmenter(out, labelled=labelled, n_images=n_images, iterations=iterations, seed=seed,
+                            overwrite=overwrite)
+        typer.echo(f"segmenter written to {out} ({r.n_images} images, best iteration {r.best_iteration}, "
+                   f"validation pixel accuracy {r.val_accuracy:.3f})")
+        return
     from volmla.sem import train_forms
 
     classes, accuracy = train_forms(out, kind=kind, labelled=labelled, n_images=n_images, seed=seed,  # type: ignore[arg-type]

@@ -3,7 +3,7 @@
 ``crystals(images, out_dir=...)`` (:mod:`volmla.sem.api`) reads a batch of micrographs
 (:mod:`volmla.sem.io`: FEI/Zeiss/TESCAN pixel sizes, info bar cropped), segments each
 into crystal instances (:mod:`volmla.sem.segment`: classical distance watershed, or an
-ONNX border-core model), measures them (:mod:`volmla.sem.features`) and classifies
+ONNX border-core model, trained by :mod:`volmla.sem.segmenter`), measures them (:mod:`volmla.sem.features`) and classifies
 their form (:mod:`volmla.sem.classify`: a random forest on shape descriptors, stored as
 ONNX), one Dask task per image, into ``crystals.parquet`` and ``report.html``.
 :mod:`volmla.sem.evaluate` scores a segmentation against synthetic truth
@@ -29,6 +29,7 @@ from volmla.sem.evaluate import InstanceScores, match_instances, score_instances
 from volmla.sem.features import DESCRIPTORS, crystal_table
 from volmla.sem.io import SemImage, info_bar_rows, read_sem, sem_files, tiff_pixel_size
 from volmla.sem.segment import segment_crystals, segment_with_model
+from volmla.sem.segmenter import SegmenterTraining, train_segmenter
 
 __all__ = [
     "COLUMNS",
@@ -36,6 +37,7 @@ __all__ = [
     "CrystalsResult",
     "FormClassifier",
     "InstanceScores",
+    "SegmenterTraining",
     "SemImage",
     "check_model",
     "class_summary",
@@ -58,4 +60,5 @@ __all__ = [
     "tiff_pixel_size",
     "train_classifier",
     "train_forms",
+    "train_segmenter",
 ]

@@ -328,7 +328,7 @@ def train_forms(out: str | Path, *, kind: Literal["forest", "cnn"] = "forest", l
     if not path.resolve().parent.is_dir():
         raise VolmlaError(f"the folder of the output, {path.resolve().parent}, does not exist")
     if kind not in ("forest", "cnn"):
-        raise VolmlaError(f"kind must be 'forest' or 'cnn', got {kind!r}")
+        raise VolmlaError(f"kind must be 'forest' or 'cnn' (or 'segmenter': train_segmenter), got {kind!r}")
     if kind == "cnn":
         if labelled is not None:
             raise VolmlaError("kind='cnn' trains on synthetic images only: leave out labelled= or use kind='forest'")

@@ -19,7 +19,15 @@ crystallometry and crystal-form classification), in memory and seeded:
 4. **occlusion**: crystals are drawn back to front, placed so that neighbours overlap
    only partly; the truth label of a pixel is the crystal drawn last there (its visible
    part);
-5. **the detector**: a gaussian PSF, charging streaks (bright scan lines decaying to the
+5. **perspective** (optional, default mild): the scene seen on a tilted stage, a
+   projective warp whose magnification changes by about ``perspective`` across the
+   field in a seeded direction (the image bilinear, the labels nearest, both by the
+   same map); the view is the part of the scene the warp covers, so crystals that leave
+   it are dropped and the labels renumbered. The truth's sizes (``diameter_um``,
+   ``aspect``) are **recomputed** on the warped whole crystals (as the image shows
+   them; the same nearest map, so a visible part is never larger than its crystal);
+   ``orientation`` stays the un-warped one;
+6. **the detector**: a gaussian PSF, charging streaks (bright scan lines decaying to the
    right), gaussian noise, then an info bar at the bottom (a uniform black band with
    white text-like marks), as SEM software writes it.
 
@@ -159,6 +167,61 @@ def _moments_aspect(mask: np.ndarray) -> float:
     return float(math.sqrt(ev[1] / max(ev[0], 1e-9)))
 
 
+class _Tilt:
+    """A projective map of the field: output pixel -> scene pixel, and back."""
+
+    def __init__(self, shape: tuple[int, int], strength: float, seed: int) -> None:
+        direction = np.random.default_rng([seed, 7]).uniform(0, 2 * math.pi)  # own stream: same scene
+        self.centre = ((shape[0] - 1) / 2, (shape[1] - 1) / 2)
+        self.p = (strength * math.sin(direction) / max(self.centre[0], 1.0),
+                  strength * math.cos(direction) / max(self.centre[1], 1.0))
+        corners = [(r, c) for r in (-self.centre[0], self.centre[0]) for c in (-self.centre[1], self.centre[1])]
+        self.s = min(1 + self.p[0] * r + self.p[1] * c for r, c in corners)  # the view lies inside the scene
+
+    def source(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xr, xc = rows - self.centre[0], cols - self.centre[1]
+        d = self.s / (1 + self.p[0] * xr + self.p[1] * xc)
+        return self.centre[0] + xr * d, self.centre[1] + xc * d
+
+    def target(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sr, sc = (rows - self.centre[0]) / self.s, (cols - self.centre[1]) / self.s
+        d = 1 / (1 - self.p[0] * sr - self.p[1] * sc)
+        return self.centre[0] + sr * d, self.centre[1] + sc * d
+
+
+def _perspective(image: np.ndarray, labels: np.ndarray, wholes: list[tuple[np.ndarray, int, int]], strength: float,
+                 pixel_size: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[int], list[float], list[float]]:
+    """Warp image (bilinear) and labels (nearest); the kept crystals and their warped sizes and aspects."""
+    tilt = _Tilt(image.shape, strength, seed)
+    rr, cc = np.mgrid[0:image.shape[0], 0:image.shape[1]].astype(np.float64)
+    sr, sc = tilt.source(rr, cc)
+    warped = ndi.map_coordinates(image, [sr, sc], order=1, mode="nearest").astype(np.float32)
+    ir = np.clip(np.floor(sr + 0.5).astype(np.int64), 0, image.shape[0] - 1)
+    ic = np.clip(np.floor(sc + 0.5).astype(np.int64), 0, image.shape[1] - 1)
+    lab = labels[ir, ic]
+    present = np.zeros(len(wholes) + 1, bool)
+    present[np.unique(lab)] = True
+    keep = [k for k in range(len(wholes)) if present[k + 1]]
+    lut = np.zeros(len(wholes) + 1, np.int32)
+    lut[[k + 1 for k in keep]] = np.arange(1, len(keep) + 1, dtype=np.int32)
+    diameters, aspects = [], []
+    for k in keep:
+        whole, oy, ox = wholes[k]
+        h, w = whole.shape
+        tr, tc = tilt.target(np.array([oy - 0.5, oy - 0.5, oy + h - 0.5, oy + h - 0.5]),
+                             np.array([ox - 0.5, ox + w - 0.5, ox - 0.5, ox + w - 0.5]))
+        r0, c0 = int(math.floor(tr.min())) - 1, int(math.floor(tc.min())) - 1
+        gr, gc = np.mgrid[r0:int(math.ceil(tr.max())) + 2, c0:int(math.ceil(tc.max())) + 2].astype(np.float64)
+        wr, wc = tilt.source(gr, gc)
+        jr, jc = np.floor(wr + 0.5).astype(np.int64) - oy, np.floor(wc + 0.5).astype(np.int64) - ox
+        ok = (jr >= 0) & (jr < h) & (jc >= 0) & (jc < w)
+        mask = np.zeros(gr.shape, bool)
+        mask[ok] = whole[jr[ok], jc[ok]]
+        diameters.append(2 * math.sqrt(mask.sum() / math.pi) * pixel_size)
+        aspects.append(_moments_aspect(mask))
+    return warped, lut[lab], keep, diameters, aspects
+
+
 def sem_image(
     *,
     shape: Sequence[int] = (768, 1024),
@@ -169,6 +232,7 @@ def sem_image(
     overlap: float = 0.8,
     noise: float = 0.04,
     streaks: float = 3.0,
+    perspective: float = 0.03,
     info_bar: bool = True,
     classes: Sequence[int] | None = None,
     dtype: Literal["uint8", "uint16"] = "uint8",
@@ -195,6 +259,10 @@ def sem_image(
         Gaussian noise sigma, in units of the full grey range.
     streaks
         Mean number of charging streaks.
+    perspective
+        Stage-tilt perspective: the relative change of magnification across the field
+        (about; direction seeded by ``seed``); 0 for none. The truth's sizes are those of
+        the warped crystals.
     info_bar
         Add an info bar at the bottom (7 % of the rows, at least 6).
     classes
@@ -220,6 +288,9 @@ def sem_image(
     pixel_size = check_number("pixel_size", pixel_size, minimum=0.0)
     median_diameter = check_number("median_diameter", median_diameter, minimum=0.0)
     overlap = check_number("overlap", overlap, minimum=0.0)
+    perspective = check_number("perspective", perspective, minimum=0.0, strict=False)
+    if perspective > 0.5:
+        raise VolmlaError(f"perspective must lie in 0..0.5 (a relative change of magnification), got {perspective}")
     if dtype not in ("uint8", "uint16"):
         raise VolmlaError(f"dtype must be 'uint8' or 'uint16', got {dtype!r}")
     pool = np.array(list(range(len(SEM_CLASSES))) if classes is None else list(classes), dtype=np.int64)
@@ -247,6 +318,7 @@ def sem_image(
     light = np.array([-0.45, -0.35, 0.82])  # detector side: up-left
     light /= np.linalg.norm(light)
     out_classes, diameters, aspects, orients = [], [], [], []
+    wholes: list[tuple[np.ndarray, int, int]] = []
     for cy, cx, r in placed:
         kind = int(rng.choice(pool))
         verts, a, b = _outline(kind, rng)
@@ -272,6 +344,7 @@ def sem_image(
         diameters.append(2 * math.sqrt(whole.sum() / math.pi) * pixel_size)
         aspects.append(_moments_aspect(whole))
         orients.append(angle % math.pi)
+        wholes.append((whole, int(cy) - ext, int(cx) - ext))
         label = len(out_classes)
         sl = (slice(y0 - (int(cy) - ext), y1 - (int(cy) - ext)), slice(x0 - (int(cx) - ext), x1 - (int(cx) - ext)))
         inside, h, rho_w = whole[sl], height[sl] * scale * rng.uniform(0.5, 0.9), rho[sl]
@@ -286,7 +359,13 @@ def sem_image(
         window[inside] = grey[inside]
         labels[y0:y1, x0:x1][inside] = label
 
-    # 5. detector: PSF, charging streaks, noise; then the info bar
+    # 5. perspective: warp image and labels, recompute the truth on the warped crystals
+    if perspective > 0:
+        image, labels, keep, diameters, aspects = _perspective(image, labels, wholes, perspective, pixel_size, seed)
+        out_classes = [out_classes[k] for k in keep]
+        orients = [orients[k] for k in keep]
+
+    # 6. detector: PSF, charging streaks, noise; then the info bar
     image = ndi.gaussian_filter(image, 0.8)
     for _ in range(int(rng.poisson(streaks))):
         row, start = int(rng.integers(0, field_rows)), int(rng.integers(0, cols))
