@@ -81,7 +81,7 @@ import numpy as np
 from volmla.engine.blocks import as_volume
 from volmla.errors import VolmlaError
 from volmla.measure.fractions import PhaseLevels
-from volmla.segment.regions import DEFAULT_CONTRAST, MIN_GRAIN, clean_phases
+from volmla.segment.regions import DEFAULT_CONTRAST, MIN_GRAIN, _relabel_block, clean_phases
 from volmla.types import VolumeLike
 
 logger = logging.getLogger(__name__)
@@ -744,15 +744,6 @@ def _grain_sums(grains: np.ndarray, interior: np.ndarray, flat: np.ndarray, ph: 
             "n": np.bincount(inv, weights=inside, minlength=uk.size).astype(np.int64), "sum": sums}
 
 
-def _grain_block(ph: np.ndarray, grains: np.ndarray, *, ids: np.ndarray, new: np.ndarray) -> np.ndarray:
-    if not ids.size:
-        return np.asarray(ph, np.uint8)
-    g = np.asarray(grains, np.uint64)
-    at = np.minimum(np.searchsorted(ids, g), ids.size - 1)
-    hit = (ids[at] == g) & (g != 0)
-    return np.where(hit, new[at], ph).astype(np.uint8)
-
-
 def _grain_decisions(rows: list[dict[str, np.ndarray]], groups: _Groups, *, scale: float,
                      min_grain: int) -> tuple[np.ndarray, np.ndarray]:
     """Step 7 after the blocks: grains of a pooled group with at least ``min_grain``
@@ -974,5 +965,5 @@ def region_phases(
         *(a.to_delayed().ravel() for a in (glab, interior, corrected.rechunk(lab.chunks), ph)), strict=True)]
     rows: list[dict[str, np.ndarray]] = compute(tasks, desc="grain regions")
     ids, new = _grain_decisions(rows, groups, scale=scale, min_grain=int(min_grain))
-    return da.map_blocks(functools.partial(_grain_block, ids=ids, new=new), ph, glab, dtype=np.uint8,
+    return da.map_blocks(functools.partial(_relabel_block, ids=ids, new=new), ph, glab, dtype=np.uint8,
                          meta=np.empty((0, 0, 0), np.uint8))
