@@ -33,6 +33,7 @@ __all__ = [
     "as_volume",
     "block_grid",
     "default_chunks",
+    "map_blocks_at",
     "map_reduce",
     "normalise_chunks",
 ]
@@ -307,3 +308,42 @@ def map_reduce(data: da.Array, block_fn: Callable[[np.ndarray], Any], *, desc: s
     dsk[collect] = (list, keys)
     graph = HighLevelGraph.from_collections(collect, dsk, dependencies=[cast(DaskCollection, data)])
     return cast(list[Any], compute([Delayed(collect, graph)], desc=desc)[0])
+
+
+def map_blocks_at(data: da.Array, kernel: Callable[..., Any], result_dtype: Any, **kwargs: Any) -> da.Array:
+    """``kernel(block, origin=(z0, y0, x0), **kwargs)`` on every block, lazily (no halo).
+
+    The origin (the block's first voxel, from Dask's ``block_info``) lets a kernel place
+    its voxels, e.g. their distance from the rotation axis.
+
+    Parameters
+    ----------
+    data
+        A 3-D Dask array.
+    kernel
+        A pure function of one NumPy block and its ``origin``, returning a block of the
+        same shape.
+    result_dtype
+        The result's dtype.
+    **kwargs
+        Passed to ``kernel``.
+
+    Returns
+    -------
+    dask.array.Array
+
+    Examples
+    --------
+    >>> x = da.zeros((4, 1, 1), dtype=np.uint8, chunks=2)
+    >>> map_blocks_at(x, lambda b, origin: b + origin[0], np.uint8).compute().ravel().tolist()
+    [0, 0, 2, 2]
+    """
+    # the kernel and its keywords go through map_blocks, so they are part of the graph's keys
+    return da.map_blocks(_at_origin, data, kernel=kernel, dtype=result_dtype, meta=np.empty((0, 0, 0), result_dtype),
+                         **kwargs)
+
+
+def _at_origin(block: np.ndarray, *, kernel: Callable[..., Any], block_info: dict[Any, Any] | None = None,
+               **kwargs: Any) -> Any:
+    origin = [lo for lo, _ in block_info[0]["array-location"]] if block_info else [0, 0, 0]
+    return kernel(block, origin=origin, **kwargs)

@@ -224,9 +224,9 @@ def auto_threshold(volume: VolumeLike) -> float:
 
 def _void_gain_block(block: np.ndarray, *, origin: Sequence[int], center: tuple[float, float],
                      coeffs: tuple[float, ...], r2_max: float, level: float) -> np.ndarray:
-    from volmla.preprocess.kernels import _plane_r2
+    from volmla.preprocess.kernels import plane_r2
 
-    r2 = np.minimum(_plane_r2(block.shape, origin, center), r2_max)
+    r2 = np.minimum(plane_r2(block.shape, origin, center), r2_max)
     profile = np.polynomial.polynomial.polyval(r2, coeffs)
     gain = np.clip(level / np.maximum(profile, 1e-12), 1 / CUPPING_LIMIT, CUPPING_LIMIT).astype(np.float32)
     return block * gain[None]
@@ -275,8 +275,8 @@ def flatten_cupping(volume: VolumeLike, *, threshold: float | None = None) -> da
     >>> bool(np.ptp(vol[~solid]) > 15), bool(np.ptp(flat[~solid]) < 2)
     (True, True)
     """
+    from volmla.engine.blocks import map_blocks_at
     from volmla.preprocess import radial_profile
-    from volmla.preprocess._wiring import pointwise_at
 
     data = as_volume(volume, finite=True).data.astype(np.float32)
     hist = histogram(data, bins=HIST_BINS)
@@ -297,7 +297,7 @@ def flatten_cupping(volume: VolumeLike, *, threshold: float | None = None) -> da
     coeffs = np.polynomial.polynomial.polyfit(prof.r2[used], means, CUPPING_ORDER, w=np.sqrt(prof.counts[used]))
     r2_max = float(prof.r2[used].max())
     logger.info("cupping from the void: level %g, profile coefficients %s", level, np.round(coeffs, 6).tolist())
-    return pointwise_at(data, _void_gain_block, np.float32, center=prof.center,
+    return map_blocks_at(data, _void_gain_block, np.float32, center=prof.center,
                         coeffs=tuple(float(c) for c in coeffs), r2_max=r2_max, level=level)
 
 

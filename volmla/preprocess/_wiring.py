@@ -18,6 +18,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from volmla.engine.blocks import map_blocks_at as pointwise_at
 from volmla.types import VolumeLike
 
 #: What a step returns: xarray for xarray input, else a Dask array; always lazy.
@@ -40,21 +41,3 @@ def pointwise(data: da.Array, kernel: Callable[..., Any], result_dtype: Any, **k
     """``kernel(block, **kwargs)`` on every block, lazily (no halo)."""
     run = functools.partial(kernel, **kwargs)
     return da.map_blocks(run, data, dtype=result_dtype, meta=np.empty((0, 0, 0), result_dtype))
-
-
-def _with_origin(kernel: Callable[..., Any]) -> Callable[..., Any]:
-    def run(block: np.ndarray, block_info: dict[Any, Any] | None = None, **kwargs: Any) -> Any:
-        origin = [lo for lo, _ in block_info[0]["array-location"]] if block_info else [0, 0, 0]
-        return kernel(block, origin=origin, **kwargs)
-
-    return run
-
-
-def pointwise_at(data: da.Array, kernel: Callable[..., Any], result_dtype: Any, **kwargs: Any) -> da.Array:
-    """``kernel(block, origin=(z0, y0, x0), **kwargs)`` on every block, lazily (no halo).
-
-    The origin (the block's first voxel, from Dask's ``block_info``) lets a kernel place
-    its voxels, e.g. their distance from the rotation axis.
-    """
-    meta = np.empty((0, 0, 0), result_dtype)
-    return da.map_blocks(_with_origin(kernel), data, dtype=result_dtype, meta=meta, **kwargs)

@@ -30,9 +30,9 @@ from volmla.preprocess._wiring import LazyVolume, like, pointwise_at
 from volmla.preprocess.kernels import (
     _cupping_kernel,
     _float_dtype,
-    _plane_r2,
     _radial_block,
     _radial_hist_block,
+    plane_r2,
 )
 from volmla.types import VolumeLike
 
@@ -145,7 +145,7 @@ def _ring_r2(ny: int, nx: int, center: Sequence[float], nbins: int) -> np.ndarra
     step = max(1, 2**20 // max(nx, 1))
     for y0 in range(0, ny, step):
         rows = min(step, ny - y0)
-        r2 = _plane_r2((1, rows, nx), (0, y0, 0), center).ravel()
+        r2 = plane_r2((1, rows, nx), (0, y0, 0), center).ravel()
         k = np.sqrt(r2).astype(np.int64)
         sums += np.bincount(k, weights=r2, minlength=nbins)
         counts += np.bincount(k, minlength=nbins)

@@ -46,6 +46,7 @@ __all__ = [
     "nlmeans_halo",
     "nlmeans_kernel",
     "normalize_kernel",
+    "plane_r2",
     "unsharp_halo",
     "unsharp_kernel",
 ]
@@ -425,8 +426,26 @@ def normalize_kernel(block: Any, *, low: float, high: float, dtype: NormDtype = 
 # ============================================================================ radial kernels
 
 
-def _plane_r2(shape: Sequence[int], origin: Sequence[int], center: Sequence[float]) -> np.ndarray:
-    """Squared distance of each (y, x) voxel of a block from the axis at ``center`` (voxels)."""
+def plane_r2(shape: Sequence[int], origin: Sequence[int], center: Sequence[float]) -> np.ndarray:
+    """Squared distance of each (y, x) voxel of a block from the rotation axis at ``center``.
+
+    Parameters
+    ----------
+    shape, origin
+        The block's shape and first voxel (z, y, x) in the volume.
+    center
+        The axis (y, x) in voxels.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(y, x)`` float64.
+
+    Examples
+    --------
+    >>> plane_r2((1, 1, 3), (0, 2, 0), (2.0, 1.0)).tolist()
+    [[1.0, 0.0, 1.0]]
+    """
     yy = np.arange(origin[1], origin[1] + shape[1], dtype=np.float64) - center[0]
     xx = np.arange(origin[2], origin[2] + shape[2], dtype=np.float64) - center[1]
     return yy[:, None] ** 2 + xx[None, :] ** 2
@@ -434,7 +453,7 @@ def _plane_r2(shape: Sequence[int], origin: Sequence[int], center: Sequence[floa
 
 def _plane_rbin(shape: Sequence[int], origin: Sequence[int], center: Sequence[float]) -> np.ndarray:
     """Integer radius (floor of the distance from the axis) of each (y, x) voxel."""
-    return np.sqrt(_plane_r2(shape, origin, center)).astype(np.int64)
+    return np.sqrt(plane_r2(shape, origin, center)).astype(np.int64)
 
 
 def _cupping_kernel(
@@ -447,7 +466,7 @@ def _cupping_kernel(
     level: float,
 ) -> np.ndarray:
     """Divide out the fitted radial profile ``p(r^2)``, scaled to keep the mean ``level``."""
-    r2 = np.minimum(_plane_r2(block.shape, origin, center), r2_max)
+    r2 = np.minimum(plane_r2(block.shape, origin, center), r2_max)
     profile = np.polynomial.polynomial.polyval(r2, np.asarray(coeffs, np.float64))
     gain = level / np.maximum(profile, 1e-3 * abs(level))
     return (block.astype(np.float64) * gain[None]).astype(_float_dtype(block.dtype))
@@ -472,7 +491,7 @@ def _radial_block(
     r2_scale: float,
 ) -> np.ndarray:
     """Per-radius fixed-point value sums, counts and fixed-point r^2 sums of one block."""
-    r2_plane = _plane_r2(block.shape, origin, center)
+    r2_plane = plane_r2(block.shape, origin, center)
     rbin = np.broadcast_to(np.sqrt(r2_plane).astype(np.int64)[None], block.shape)
     r2 = np.broadcast_to(r2_plane[None], block.shape)
     values = block.astype(np.float64)

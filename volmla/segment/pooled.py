@@ -163,10 +163,10 @@ class LabelLevels(NamedTuple):
 
 
 def _radius(origin: Sequence[int], block_shape: Sequence[int], shape: Sequence[int]) -> np.ndarray:
-    """Distance from the scan axis of every (y, x) of a block (voxel centres)."""
-    y = np.arange(origin[1], origin[1] + block_shape[1]) + 0.5 - shape[1] / 2.0
-    x = np.arange(origin[2], origin[2] + block_shape[2]) + 0.5 - shape[2] / 2.0
-    return np.sqrt(y[:, None] ** 2 + x[None, :] ** 2)
+    """Distance from the scan axis (the centre of the slice) of every (y, x) of a block."""
+    from volmla.preprocess.kernels import plane_r2
+
+    return np.sqrt(plane_r2(block_shape, origin, ((shape[1] - 1) / 2.0, (shape[2] - 1) / 2.0)))
 
 
 def _r_max(shape: Sequence[int]) -> float:
