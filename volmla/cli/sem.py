@@ -37,7 +37,7 @@ def train_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.onnx).")],
     kind: Annotated[str, typer.Option("--kind", help="forest (shape descriptors) | cnn (crops; needs torch) | segmenter (border-core U-Net for --segmenter; needs torch).")] = "forest",
     labelled: Annotated[Path | None, typer.Option("--labelled", help="Folder of NAME.tif + NAME.labels.tif + NAME.classes.csv (the segmenter needs no .classes.csv; default: synthetic images).")] = None,
-    n_images: Annotated[int, typer.Option("--n-images", help="Synthetic training images.")] = 24,
+    n_images: Annotated[int, typer.Option("--n-images", help="Synthetic training images (80: the default classifier).")] = 80,
     epochs: Annotated[int, typer.Option("--epochs", help="CNN training passes.")] = 20,
     iterations: Annotated[int, typer.Option("--iterations", help="Segmenter optimisation steps (at most; early stopping).")] = 600,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,

@@ -25,7 +25,7 @@ from volmla.sem.classify import (
     train_classifier,
     train_forms,
 )
-from volmla.sem.evaluate import InstanceScores, match_instances, score_instances
+from volmla.sem.evaluate import InstanceScores, evaluate_folder, match_instances, score_instances
 from volmla.sem.features import DESCRIPTORS, crystal_table
 from volmla.sem.io import SemImage, info_bar_rows, read_sem, sem_files, tiff_pixel_size
 from volmla.sem.segment import segment_crystals, segment_with_model
@@ -45,6 +45,7 @@ __all__ = [
     "classify_table",
     "crystal_table",
     "crystals",
+    "evaluate_folder",
     "folder_training_table",
     "info_bar_rows",
     "load_classifier",
