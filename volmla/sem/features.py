@@ -102,11 +102,18 @@ def feret_min(points: np.ndarray) -> float:
     hull = _hull(points)
     if len(hull) < 3:
         return 0.0
+    _, width = _edge_widths(hull)
+    return float(width.min()) if width.size else 0.0
+
+
+def _edge_widths(hull: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit normals of a convex hull's (non-degenerate) edges and the hull's width across each."""
     edges = np.roll(hull, -1, axis=0) - hull
+    length = np.linalg.norm(edges, axis=1)
+    edges = edges[length > 1e-9] / length[length > 1e-9, None]
     normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1)
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12
     proj = hull @ normals.T
-    return float((proj.max(axis=0) - proj.min(axis=0)).min())
+    return normals, proj.max(axis=0) - proj.min(axis=0)
 
 
 def min_parallelogram_area(points: np.ndarray) -> float:
@@ -136,12 +143,7 @@ def min_parallelogram_area(points: np.ndarray) -> float:
     hull = _hull(points)
     if len(hull) < 3:
         return 0.0
-    edges = np.roll(hull, -1, axis=0) - hull
-    length = np.linalg.norm(edges, axis=1)
-    edges = edges[length > 1e-9] / length[length > 1e-9, None]
-    normals = np.stack([-edges[:, 1], edges[:, 0]], axis=1)
-    proj = hull @ normals.T
-    width = proj.max(axis=0) - proj.min(axis=0)
+    normals, width = _edge_widths(hull)
     sine = np.abs(normals[:, None, 0] * normals[None, :, 1] - normals[:, None, 1] * normals[None, :, 0])
     area = np.where(sine > 1e-3, width[:, None] * width[None, :] / np.maximum(sine, 1e-12), np.inf)
     best = float(area.min()) if area.size else math.inf
