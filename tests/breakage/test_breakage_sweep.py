@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from volmla.breakage import breakage, curve_intervals, grind_sizes, measured_p80
+from volmla.breakage import break_volume, breakage, curve_intervals, grind_sizes, measured_p80
 
 CURVE_COLUMNS = ["p80_um", "realisation", "phase", "liberation_degree", "modal_fraction", "n_particles"]
 
@@ -122,3 +122,32 @@ def test_command_line(tmp_path, capsys) -> None:
         assert main([*args, "--p80", "abc", "--overwrite"]) == 2
         assert "--p80" in capsys.readouterr().err
     assert set(pd.read_parquet(out / "liberation_curve.parquet")["p80_um"]) == {20.0, 40.0}  # kept
+
+
+def test_sweep_realisations_are_break_volumes_fragments(swept) -> None:
+    """The sweep (keys computed once into scratch, then labelled and measured) gives the very fragments
+    and liberation of break_volume with the same realisation seed and calibration."""
+    from volmla.breakage.api import CALIBRATION, realisation_seed
+    from volmla.breakage.fracture import calibrate, size_law
+    from volmla.liberation.summary import liberation_summary
+    from volmla.measure import measure
+
+    ph, _, result = swept
+    names = ["quartz", "feldspar", "pyrite"]
+    run = next(r for r in result.summary["realisations"] if r["p80_um"] == 6.0 and r["realisation"] == 1)
+    cal = calibrate(size_law("rosin-rammler", 6.0, 1.2, d_lo=3.0), seed=realisation_seed(4, CALIBRATION, 6.0))
+    f = break_volume(ph, p80=6.0, voxel_size=1.0, seed=realisation_seed(4, 1, 6.0), calibration=cal)
+    assert run["seed"] == realisation_seed(4, 1, 6.0) and run["n_fragments"] == f.count
+    t = measure(f.labels.compute(), ph, voxel_size=1.0, phase_names=names)
+    ld = liberation_summary(t.particles, phase_names=names)["liberation_degree"]
+    rows = result.curve[(result.curve["p80_um"] == 6.0) & (result.curve["realisation"] == 1)].set_index("phase")
+    for n in names:
+        assert rows.loc[n, "liberation_degree"] == pytest.approx(ld[n], nan_ok=True)
+
+
+def test_runs_record_the_fitted_size_law(swept) -> None:
+    _, _, result = swept
+    for run in result.summary["realisations"]:
+        assert run["uniformity"] == 1.2
+        assert 0.3 < run["uniformity_measured"] < 6.0 and 0.0 <= run["law_fit_rms"] < 0.5
+        assert run["p80_measured_um"] == pytest.approx(run["p80_um"], rel=0.35)

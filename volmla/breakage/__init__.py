@@ -19,8 +19,16 @@ from volmla.breakage.api import (
     breakage,
     check_phases,
 )
-from volmla.breakage.fracture import LAWS, MIN_FRAGMENT, Seeds, SizeLaw, size_law
-from volmla.breakage.sweep import curve_intervals, grind_sizes, measured_p80
+from volmla.breakage.fracture import (
+    LAWS,
+    MIN_FRAGMENT,
+    LawFit,
+    Seeds,
+    SizeLaw,
+    fit_size_law,
+    size_law,
+)
+from volmla.breakage.sweep import curve_intervals, grind_sizes, measured_law, measured_p80
 
 __all__ = [
     "LAWS",
@@ -29,13 +37,16 @@ __all__ = [
     "Breakage",
     "Fragments",
     "Law",
+    "LawFit",
     "Seeds",
     "SizeLaw",
     "break_volume",
     "breakage",
     "check_phases",
     "curve_intervals",
+    "fit_size_law",
     "grind_sizes",
+    "measured_law",
     "measured_p80",
     "size_law",
 ]

@@ -12,17 +12,22 @@ behind ``volmla breakage``:
    (``SeedSequence(seed, spawn_key=(realisation, p80 in nm))``), the phases at the seeds
    gathered where a boundary weight needs them, and the fragment keys computed per block
    (:func:`volmla.breakage.fracture.fragment_block` through ``map_blocks``; exact for any
-   chunking) and labelled as particles (:func:`volmla.particles.label.label`, multilabel:
-   the connected pieces of each key), ids ``1..n`` unique over the volume; the labels are
-   written once to a scratch OME-Zarr inside the temporary output (removed after use) so
-   the measurement passes read them instead of recomputing the fracture;
-3. the first realisation of each grind size goes through the whole liberation analysis
+   chunking) and written once to a scratch OME-Zarr inside the temporary output (uint32
+   where every key fits; removed after use): the fracture kernel, the costly step, runs
+   once per realisation, and every later pass reads the keys back;
+3. the keys are labelled as particles (:func:`volmla.particles.label.label`, multilabel:
+   the connected pieces of each key, ids ``1..n`` unique over the volume); its lazy
+   relabelling recomputes a block's pieces from the stored keys with cc3d, far cheaper
+   than the fracture, so no label volume is written;
+4. the first realisation of each grind size goes through the whole liberation analysis
    (:func:`volmla.liberation.analysis.analyse`, into ``p80_<value>/``); the others through
    one measurement pass (:func:`volmla.measure.measure`) and
-   :func:`volmla.liberation.summary.liberation_summary`; every realisation's phase voxel
-   counts are compared with the histogram of step 1 (every solid voxel in exactly one
-   fragment, or an error);
-4. the table, the intervals across realisations and the grind sizes at the target
+   :func:`volmla.liberation.summary.liberation_summary` of the few columns the statistics
+   read; every realisation's phase voxel counts are compared with the histogram of step 1
+   (every solid voxel in exactly one fragment, or an error), and the size law is fitted
+   to its fragments (:func:`volmla.breakage.sweep.measured_law`: realised P80 and
+   uniformity, in ``summary.json``'s ``realisations``);
+5. the table, the intervals across realisations and the grind sizes at the target
    liberation degree (:mod:`volmla.breakage.sweep`), a plot and ``summary.json`` are
    written into a temporary sibling folder renamed into place at the end.
 
@@ -51,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from volmla.breakage.fracture import (
+    KEY_STRIDE,
     LAWS,
     MIN_FRAGMENT,
     Calibration,
@@ -64,7 +70,14 @@ from volmla.breakage.fracture import (
     index_seeds,
     size_law,
 )
-from volmla.breakage.sweep import curve_intervals, grind_sizes, measured_p80, p80_label, plot_curve
+from volmla.breakage.sweep import (
+    curve_intervals,
+    grind_sizes,
+    measured_law,
+    measured_p80,
+    p80_label,
+    plot_curve,
+)
 from volmla.engine.blocks import as_volume
 from volmla.errors import VolmlaError
 from volmla.types import VolumeLike
@@ -96,6 +109,11 @@ class Fragments(NamedTuple):
     count: int  # type: ignore[assignment]  # shadows tuple.count; the field name of Labels
     n_seeds: int
     scale: float
+
+
+_SLIM = ["particle_id", "volume_voxels", "volume_um3", "esd_um", "touches_border",
+         "bbox_z0", "bbox_y0", "bbox_x0", "bbox_z1", "bbox_y1", "bbox_x1"]
+"""The particle columns the sweep's statistics read (a slim table: pandas row selections copy every column)."""
 
 
 class Breakage(NamedTuple):
@@ -264,20 +282,55 @@ class _Spec(NamedTuple):
 
 
 @functools.lru_cache(maxsize=2)
+def _seeds(spec: _Spec) -> Seeds:
+    """The seeds, drawn once per process (millions of seeds are not shipped per task)."""
+    return draw_seeds(spec.extent, spec.law, seed=spec.seed, boundary_weight=spec.boundary_weight,
+                      detachment=spec.detachment, scale=spec.calibration.scale)
+
+
+@functools.lru_cache(maxsize=2)
 def _realisation(spec: _Spec) -> tuple[Seeds, SeedIndex]:
-    """The seeds and their index, drawn once per process (millions of seeds are not shipped per task)."""
-    seeds = draw_seeds(spec.extent, spec.law, seed=spec.seed, boundary_weight=spec.boundary_weight,
-                       detachment=spec.detachment, scale=spec.calibration.scale)
+    """The seeds and their index, built once per worker process (the client needs the seeds only)."""
+    seeds = _seeds(spec)
     return seeds, index_seeds(seeds)
 
 
 def _keys_task(block: np.ndarray, spec: _Spec, seed_phases: np.ndarray | None, spacing: tuple[float, float, float],
-               tile: int, block_info: dict[Any, Any] | None = None) -> np.ndarray:
+               tile: int, dtype: np.dtype[Any], block_info: dict[Any, Any] | None = None) -> np.ndarray:
     origin = tuple(lo for lo, _ in block_info[0]["array-location"]) if block_info else (0, 0, 0)
     seeds, index = _realisation(spec)
     if seed_phases is not None:
         seeds = seeds._replace(phase=seed_phases)
-    return fragment_block(block, origin, seeds, spacing=spacing, index=index, tile=tile)
+    return fragment_block(block, origin, seeds, spacing=spacing, index=index, tile=tile).astype(dtype, copy=False)
+
+
+class _Keys(NamedTuple):
+    """One realisation's fragment keys (lazy) and what made them."""
+
+    keys: da.Array
+    n_seeds: int
+    scale: float
+
+
+def _fragment_keys(data: da.Array, vs: tuple[float, float, float], *, p80: float, law: str, uniformity: float,
+                   boundary_weight: float, detachment: float, seed: int, calibration: Calibration | None) -> _Keys:
+    """The lazy key volume of one realisation: uint32 when every key fits (fewer than 2**24 seeds), else uint64."""
+    shape = tuple(int(n) for n in data.shape)
+    slaw = size_law(law, p80, uniformity, d_lo=MIN_FRAGMENT * max(vs))
+    if calibration is None:
+        calibration = calibrate(slaw, seed=seed)
+    extent = (shape[0] * vs[0], shape[1] * vs[1], shape[2] * vs[2])
+    spec = _Spec(extent, slaw, int(seed), float(boundary_weight), float(detachment), calibration)
+    seeds = _seeds(spec)
+    # the phase at each seed (one byte a seed) is the only seed data the tasks receive
+    phases = dask.delayed(_seed_phases(data, seeds, vs), pure=True) if boundary_weight > 0 else None
+    tile = int(np.clip(round(p80 / max(vs) / 2), 8, 16))  # speed only: any tile gives the same fragments
+    top = (seeds.r2.size + 1) * KEY_STRIDE
+    dtype = np.dtype(np.uint32) if top < 2**32 else np.dtype(np.uint64)
+    packed = dask.delayed(spec, pure=True, traverse=False)
+    keys = da.map_blocks(_keys_task, data, packed, phases, vs, tile, dtype, dtype=dtype,
+                         meta=np.empty((0, 0, 0), dtype))
+    return _Keys(keys, int(seeds.r2.size), calibration.scale)
 
 
 def _fragments(data: da.Array, vs: tuple[float, float, float], *, p80: float, law: str, uniformity: float,
@@ -285,21 +338,10 @@ def _fragments(data: da.Array, vs: tuple[float, float, float], *, p80: float, la
                connectivity: int) -> Fragments:
     from volmla.particles.label import label
 
-    shape = tuple(int(n) for n in data.shape)
-    slaw = size_law(law, p80, uniformity, d_lo=MIN_FRAGMENT * max(vs))
-    if calibration is None:
-        calibration = calibrate(slaw, seed=seed)
-    extent = (shape[0] * vs[0], shape[1] * vs[1], shape[2] * vs[2])
-    spec = _Spec(extent, slaw, int(seed), float(boundary_weight), float(detachment), calibration)
-    seeds, _ = _realisation(spec)
-    # the phase at each seed (one byte a seed) is the only seed data the tasks receive
-    phases = dask.delayed(_seed_phases(data, seeds, vs), pure=True) if boundary_weight > 0 else None
-    tile = int(np.clip(round(p80 / max(vs) / 2), 8, 16))  # speed only: any tile gives the same fragments
-    packed = dask.delayed(spec, pure=True, traverse=False)
-    keys = da.map_blocks(_keys_task, data, packed, phases, vs, tile, dtype=np.uint64,
-                         meta=np.empty((0, 0, 0), np.uint64))
-    lab = label(keys, connectivity=connectivity, multilabel=True)  # type: ignore[arg-type]  # checked by label
-    return Fragments(lab.labels, int(lab.count), int(seeds.r2.size), calibration.scale)
+    made = _fragment_keys(data, vs, p80=p80, law=law, uniformity=uniformity, boundary_weight=boundary_weight,
+                          detachment=detachment, seed=seed, calibration=calibration)
+    lab = label(made.keys, connectivity=connectivity, multilabel=True)  # type: ignore[arg-type]  # checked by label
+    return Fragments(lab.labels.data, int(lab.count), made.n_seeds, made.scale)
 
 
 def break_volume(
@@ -482,8 +524,10 @@ def _sweep(check: PhaseCheck, sizes: list[float], tmp: Path, *, realisations: in
     from volmla.io.volume import open_volume, write_volume
     from volmla.liberation.summary import liberation_summary
     from volmla.measure import measure
+    from volmla.particles.label import label
 
     names = [check.names[i] for i in sorted(check.names)]
+    vox = [f"vox_{n}" for n in names]
     rows: list[dict[str, Any]] = []
     by_size: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
@@ -493,31 +537,34 @@ def _sweep(check: PhaseCheck, sizes: list[float], tmp: Path, *, realisations: in
         cal = calibrate(slaw, seed=realisation_seed(seed, CALIBRATION, p80_um))
         for r in range(realisations):
             rseed = realisation_seed(seed, r, p80_um)
-            frag = _fragments(check.data, vs, p80=p80_um, law=law, uniformity=uniformity,
-                              boundary_weight=boundary_weight, detachment=detachment, seed=rseed, calibration=cal,
-                              connectivity=26)
-            logger.info("p80 %g um, realisation %d: %d fragments from %d seeds", p80_um, r, frag.count, frag.n_seeds)
-            # the labels are written once to scratch so the passes that follow read them, not recompute them
-            scratch = tmp / f".fragments-{p80_label(p80_um)}-{r}.zarr"
-            write_volume(frag.labels, scratch, voxel_size=vs, kind="labels",
-                         chunks=tuple(int(c[0]) for c in frag.labels.chunks))
-            labels = open_volume(scratch)
+            made = _fragment_keys(check.data, vs, p80=p80_um, law=law, uniformity=uniformity,
+                                  boundary_weight=boundary_weight, detachment=detachment, seed=rseed, calibration=cal)
+            # the keys are computed once, into scratch: labelling and the measurement passes read them back
+            # (a block's pieces are recomputed from its keys by cc3d, far cheaper than the fracture)
+            scratch = tmp / f".keys-{p80_label(p80_um)}-{r}.zarr"
+            write_volume(made.keys, scratch, voxel_size=vs, kind="labels",
+                         chunks=tuple(int(c[0]) for c in made.keys.chunks))
+            keys = open_volume(scratch)
             try:
+                lab = label(keys, connectivity=26, multilabel=True)
+                logger.info("p80 %g um, realisation %d: %d fragments from %d seeds", p80_um, r, lab.count, made.n_seeds)
                 if r == 0:
-                    summary = analyse(check.data, labels, out_dir=tmp / p80_label(p80_um), phase_names=check.names,
+                    summary = analyse(check.data, lab.labels, out_dir=tmp / p80_label(p80_um), phase_names=check.names,
                                       voxel_size=vs, free_threshold=thr, **{"seed": seed, "n_boot": 0, **options})
-                    pdf = pd.read_parquet(tmp / p80_label(p80_um) / "particles.parquet")
+                    pdf = pd.read_parquet(tmp / p80_label(p80_um) / "particles.parquet", columns=_SLIM + vox)
                 else:
-                    tables = measure(labels, check.data, voxel_size=vs, phase_names=check.names)
-                    pdf = tables.particles
+                    tables = measure(lab.labels, check.data, voxel_size=vs, phase_names=check.names)
+                    pdf = tables.particles[_SLIM + vox]
                     summary = liberation_summary(pdf, phase_names=names, free_threshold=thr, voxel_size=vs)
             finally:
-                del labels
+                del keys
                 shutil.rmtree(scratch, ignore_errors=True)
             _check_modal(pdf, check, p80_um, r)
             p80_meas = measured_p80(pdf, shape=tuple(check.data.shape), voxel_size=vs)
-            runs.append({"p80_um": p80_um, "realisation": r, "seed": rseed, "scale": frag.scale,
-                         "n_seeds": frag.n_seeds, "n_fragments": frag.count, "p80_measured_um": p80_meas})
+            fit = measured_law(pdf, law=law, d_lo=slaw.d_lo, shape=tuple(check.data.shape), voxel_size=vs)
+            runs.append({"p80_um": p80_um, "realisation": r, "seed": rseed, "scale": made.scale,
+                         "n_seeds": made.n_seeds, "n_fragments": int(lab.count), "p80_measured_um": p80_meas,
+                         "uniformity": uniformity, "uniformity_measured": fit.m, "law_fit_rms": fit.rms})
             total = {n: float(pdf[f"vox_{n}"].sum()) for n in names}
             solid = sum(total.values())
             for n in names:

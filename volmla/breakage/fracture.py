@@ -17,7 +17,8 @@ fragments, intersected with the solid voxels of the phase volume:
    seed set only. The size scale is calibrated (:func:`calibrate`) so the volume-weighted
    P80 of the cells of a seed set equals the target (seeds that overlap make cells that
    are not their spheres); only the P80: the cells spread less than the law (see
-   :func:`calibrate`);
+   :func:`calibrate`), which :func:`fit_size_law` measures (the law's uniformity that
+   best matches a set of particles' passing sizes at their P80);
 3. **labelling** (:func:`fragment_block`, a pure Numba kernel on one block): each solid
    voxel ``x`` takes the seed of least power distance ``|x - c|^2 - r^2`` plus the seed's
    penalty when the voxel's phase differs from the phase at the seed (``boundary_weight``
@@ -65,6 +66,9 @@ __all__ = [
     "index_seeds",
     "interior_cells",
     "passing_size",
+    "LawFit",
+    "fit_size_law",
+    "law_quantiles",
     "size_law",
 ]
 
@@ -217,7 +221,13 @@ def calibrate(law: SizeLaw, *, seed: int) -> Calibration:
     narrower than the law its seeds are drawn at (for Rosin-Rammler ``m = 1.2`` the cells'
     P20 / P80 is about 0.44 where the law's is 0.34), since large seeds meet neighbours
     and small ones are swallowed; seed counts re-weighted per size class do not widen it
-    (more large seeds overlap more), a packing of the seeds would.
+    (more large seeds overlap more), a packing of the seeds would. Fitted by
+    :func:`fit_size_law` (96^3, P80 12 voxels) the cells' uniformity is 1.96 for a
+    Rosin-Rammler ``m = 1.5``, 3.37 for ``m = 3`` and 1.78 for a Gates-Gaudin-Schuhmann
+    ``m = 1.5``. Drawing the seeds at a uniformity corrected by the fit brings those
+    within about 10 %, but the fit of one calibration window is too noisy for wide laws
+    (``m <= 1.2``: large cells, few in the window) to correct them reliably, so it is not
+    done.
 
     Parameters
     ----------
@@ -303,6 +313,17 @@ def cells_p80(keys: np.ndarray) -> float:
     return passing_size(vol, 0.8, extents=ext, shape=keys.shape)
 
 
+def _quantiles(volumes: np.ndarray, qs: np.ndarray, extents: np.ndarray | None, shape: tuple[int, ...] | None) -> np.ndarray:
+    w = volumes.astype(float)
+    if extents is not None and shape is not None:
+        room = np.clip(np.asarray(shape, float) - extents, 1.0, None)
+        w = w * (np.prod(np.asarray(shape, float)) / np.prod(room, axis=1))
+    esd = np.cbrt(6.0 * volumes / np.pi)
+    order = np.argsort(esd)
+    cum = np.cumsum(w[order]) / w.sum()
+    return np.asarray(np.interp(qs, cum, esd[order]))
+
+
 def passing_size(
     volumes: np.ndarray, q: float, *, extents: np.ndarray | None = None, shape: tuple[int, ...] | None = None
 ) -> float:
@@ -337,14 +358,110 @@ def passing_size(
     """
     if volumes.size == 0:
         return float("nan")
-    w = volumes.astype(float)
-    if extents is not None and shape is not None:
-        room = np.clip(np.asarray(shape, float) - extents, 1.0, None)
-        w = w * (np.prod(np.asarray(shape, float)) / np.prod(room, axis=1))
-    esd = np.cbrt(6.0 * volumes / np.pi)
-    order = np.argsort(esd)
-    cum = np.cumsum(w[order]) / w.sum()
-    return float(np.interp(q, cum, esd[order]))
+    return float(_quantiles(volumes, np.array([q]), extents, shape)[0])
+
+
+class LawFit(NamedTuple):
+    """A size law fitted to particle sizes: its P80, uniformity and the rms misfit (log size)."""
+
+    p80: float
+    m: float
+    rms: float
+
+
+_FIT_QUANTILES = np.linspace(0.1, 0.9, 17)
+
+
+def law_quantiles(law: SizeLaw, qs: np.ndarray) -> np.ndarray:
+    """Sizes at which the law truncated to ``[d_lo, d_hi]`` (as seeds are drawn) passes ``qs``.
+
+    Parameters
+    ----------
+    law
+        The size law.
+    qs
+        Cumulative volume fractions, 0..1.
+
+    Returns
+    -------
+    numpy.ndarray
+        The passing sizes.
+
+    Examples
+    --------
+    >>> s = size_law("gates-gaudin-schuhmann", 8.0, 1.0, d_lo=0.0)
+    >>> law_quantiles(s, np.array([0.5, 0.8])).round(3).tolist()
+    [5.0, 8.0]
+    """
+    d = np.geomspace(max(law.d_lo, 1e-6 * law.d_hi), law.d_hi, 2000)
+    f = law.passing(d)
+    f = (f - f[0]) / (f[-1] - f[0])
+    return np.asarray(np.interp(qs, f, d))
+
+
+def fit_size_law(
+    volumes: np.ndarray, law: str, *, d_lo: float = MIN_FRAGMENT, extents: np.ndarray | None = None,
+    shape: tuple[int, ...] | None = None,
+) -> LawFit:
+    """Fit a size law's uniformity to particle volumes at their P80, the truncation at ``d_lo`` kept.
+
+    The particles' volume-weighted passing sizes at 10, 15, ..., 90 % (Miles-Lantuejoul
+    weighted with ``extents`` and ``shape``, as :func:`passing_size`) give the P80; the
+    uniformity ``m`` is the one whose law, truncated at ``d_lo`` as :func:`draw_seeds`
+    draws it and passing 80 % at that P80, matches those sizes best in log size (least
+    squares);
+    ``rms`` is the remaining misfit (0.05: sizes off by about 5 % on average), which says
+    how well the law's shape fits at all. (P80 and ``m`` fitted together trade off
+    against each other under the truncation; the P80 is the law's anchor.)
+
+    Parameters
+    ----------
+    volumes
+        Particle volumes (voxels, or the law's units cubed).
+    law
+        ``"rosin-rammler"`` or ``"gates-gaudin-schuhmann"``.
+    d_lo
+        The truncation of the law (the smallest fragment size).
+    extents, shape
+        Bounding-box sizes ``(n, 3)`` and the window's shape, for the border weights.
+
+    Returns
+    -------
+    LawFit
+        ``p80``, ``m`` and ``rms``; NaN without particles.
+
+    Examples
+    --------
+    >>> s = size_law("gates-gaudin-schuhmann", 10.0, 1.5, d_lo=3.0)
+    >>> d = law_quantiles(s, (np.arange(400) + 0.5) / 400)  # equal volume in each of 400 sizes
+    >>> f = fit_size_law(np.repeat(np.pi / 6 * d**3, np.round(40 * (d.max() / d) ** 3).astype(int)),
+    ...                  "gates-gaudin-schuhmann", d_lo=3.0)
+    >>> round(f.p80, 1), round(f.m, 1), f.rms < 0.01  # P80 of the law truncated at 3: 10.2
+    (10.2, 1.5, True)
+    """
+    from scipy.optimize import minimize_scalar
+
+    if law not in LAWS:
+        raise VolmlaError(f"law must be one of {LAWS}, got law={law!r}")
+    v = np.asarray(volumes, float)
+    if v.size < 2:
+        return LawFit(float("nan"), float("nan"), float("nan"))
+    got = np.log(_quantiles(v, _FIT_QUANTILES, extents, shape))
+    p80 = float(_quantiles(v, np.array([0.8]), extents, shape)[0])
+    if p80 <= d_lo:
+        return LawFit(p80, float("nan"), float("nan"))
+
+    def misfit(logm: float) -> float:
+        m = math.exp(logm)
+        anchor = p80  # the law's own P80 whose truncated form passes 80 % at the particles' P80
+        for _ in range(4):
+            anchor *= p80 / float(law_quantiles(size_law(law, anchor, m, d_lo=d_lo), np.array([0.8]))[0])
+            anchor = max(anchor, d_lo * 1.001)
+        want = np.log(law_quantiles(size_law(law, anchor, m, d_lo=d_lo), _FIT_QUANTILES))
+        return float(np.mean((want - got) ** 2))
+
+    fit = minimize_scalar(misfit, bounds=(math.log(0.05), math.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    return LawFit(p80, float(math.exp(fit.x)), float(math.sqrt(fit.fun)))
 
 
 class SeedIndex(NamedTuple):

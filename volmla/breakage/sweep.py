@@ -5,7 +5,8 @@ Pure functions of tables (no volumes):
 1. :func:`measured_p80`: the realised P80 of one realisation from its particle table
    (volume-weighted 80 % passing ESD of the particles that miss the border, each weighted
    by the Miles-Lantuejoul factor so large fragments, more often cut, are not
-   under-counted);
+   under-counted); :func:`measured_law`: the size law fitted to the same particles (its
+   uniformity, i.e. the spread, at that P80);
 2. :func:`curve_intervals`: per grind size and phase the mean liberation degree over the
    realisations, their range, and the 95 % t-interval of the mean;
 3. :func:`grind_sizes`: per phase the coarsest grind size at which the mean liberation
@@ -24,9 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from volmla.breakage.fracture import passing_size
+from volmla.breakage.fracture import LawFit, fit_size_law, passing_size
 
-__all__ = ["curve_intervals", "grind_sizes", "measured_p80", "p80_label", "plot_curve"]
+__all__ = ["curve_intervals", "grind_sizes", "measured_law", "measured_p80", "p80_label", "plot_curve"]
 
 
 def p80_label(p80_um: float) -> str:
@@ -64,13 +65,51 @@ def measured_p80(particles: pd.DataFrame, *, shape: tuple[int, ...], voxel_size:
     >>> round(measured_p80(df, shape=(100, 100, 100), voxel_size=(1.0, 1.0, 1.0)), 2)
     10.41
     """
+    vol, ext = _interior(particles, voxel_size)
+    return passing_size(vol, 0.8, extents=ext, shape=shape) if vol.size else float("nan")
+
+
+def _interior(particles: pd.DataFrame, voxel_size: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Volumes (um^3) and bounding-box extents (voxels) of the particles that miss the border."""
     inner = particles[~particles["touches_border"].astype(bool)]
-    if inner.empty:
-        return float("nan")
     ext = np.stack([inner[f"bbox_{a}1"].to_numpy() - inner[f"bbox_{a}0"].to_numpy() for a in "zyx"], axis=1)
-    unit = float(np.prod(voxel_size))
     vox = inner["volume_voxels"].to_numpy().astype(float)
-    return passing_size(vox * unit, 0.8, extents=ext.astype(float), shape=shape)
+    return vox * float(np.prod(voxel_size)), ext.astype(float).reshape(-1, 3)
+
+
+def measured_law(particles: pd.DataFrame, *, law: str, d_lo: float, shape: tuple[int, ...],
+                 voxel_size: tuple[float, float, float]) -> LawFit:
+    """The size law fitted to a realisation's interior particles: P80 (um), uniformity, misfit.
+
+    Parameters
+    ----------
+    particles
+        The particle table (``volume_voxels``, ``bbox_*``, ``touches_border``).
+    law
+        The law's family (``"rosin-rammler"`` or ``"gates-gaudin-schuhmann"``).
+    d_lo
+        The law's truncation (um): the smallest fragment size.
+    shape
+        The volume's shape (voxels).
+    voxel_size
+        (z, y, x) um.
+
+    Returns
+    -------
+    LawFit
+        :func:`volmla.breakage.fracture.fit_size_law` of the particles off the border,
+        Miles-Lantuejoul weighted.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"volume_voxels": [1000, 8, 30], "touches_border": [False] * 3,
+    ...     **{f"bbox_{a}0": [0] * 3 for a in "zyx"}, **{f"bbox_{a}1": [10, 2, 3] for a in "zyx"}})
+    >>> f = measured_law(df, law="rosin-rammler", d_lo=1.0, shape=(100, 100, 100), voxel_size=(1.0, 1.0, 1.0))
+    >>> round(f.p80, 2), f.m > 0
+    (10.65, True)
+    """
+    vol, ext = _interior(particles, voxel_size)
+    return fit_size_law(vol, law, d_lo=d_lo, extents=ext, shape=shape)
 
 
 def curve_intervals(curve: pd.DataFrame) -> pd.DataFrame:
