@@ -10,7 +10,9 @@ sources:
 
 three methods are run in the same process:
 
-- ``volmla``: :func:`volmla.particles.label_particles` with its defaults;
+- ``volmla``: :func:`volmla.particles.label_particles` with its defaults (from the CT:
+  the ``"auto"`` mask, split on the distance map weighted by the scan's fill,
+  :func:`volmla.particles.mask.local_fill`);
 - ``cc``: plain connected components (``label_particles(..., split=False)``);
 - ``snow``: PoreSpy's SNOW partitioning with its defaults (the peer; skipped with a
   note in the JSON when PoreSpy is not installed: it is no dependency of volmla).

@@ -27,7 +27,7 @@ def check_equal(mask: np.ndarray, connectivity: int, chunks) -> np.ndarray:
     """Labels must equal SciPy's exactly: same partition and same numbering."""
     ref, n = scipy_label(mask, connectivity)
     out = label(da.from_array(mask, chunks=chunks), connectivity=connectivity)
-    got = out.labels.compute()
+    got = out.labels.values
     assert out.count == n
     assert got.dtype == np.uint32
     np.testing.assert_array_equal(got, ref)
@@ -165,12 +165,12 @@ def test_identical_across_chunkings_workers_and_schedulers():
     outputs = []
     for chunks, workers in [((24, 20, 22), 1), ((7, 5, 9), 1), ((7, 5, 9), 2), ((3, 20, 4), 2)]:
         with dask.config.set(scheduler="threads", num_workers=workers):
-            outputs.append(label(da.from_array(mask, chunks=chunks)).labels.compute())
+            outputs.append(label(da.from_array(mask, chunks=chunks)).labels.values)
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         with Client(cluster):
-            outputs.append(label(da.from_array(mask, chunks=(5, 6, 7))).labels.compute())
+            outputs.append(label(da.from_array(mask, chunks=(5, 6, 7))).labels.values)
     for other in outputs[1:]:
         np.testing.assert_array_equal(other, outputs[0])
 
@@ -183,7 +183,7 @@ def test_multilabel_equals_cc3d(connectivity):
     for chunks in [(12, 11, 10), (1, 4, 3), (5, 5, 5)]:
         out = label(da.from_array(values, chunks=chunks), connectivity=connectivity, multilabel=True)
         assert out.count == n
-        np.testing.assert_array_equal(out.labels.compute(), ref)
+        np.testing.assert_array_equal(out.labels.values, ref)
 
 
 def test_multilabel_keeps_touching_values_apart():
@@ -192,7 +192,7 @@ def test_multilabel_keeps_touching_values_apart():
     values[0, 0, 3:] = 7
     out = label(da.from_array(values, chunks=(1, 1, 2)), multilabel=True)
     assert out.count == 2
-    assert out.labels.compute().ravel().tolist() == [1, 1, 1, 2, 2, 2]
+    assert out.labels.values.ravel().tolist() == [1, 1, 1, 2, 2, 2]
 
 
 # --------------------------------------------------------------------------- validation

@@ -49,7 +49,7 @@ def test_two_touching_spheres_split_single_not():
         assert label_particles(da.from_array(two, chunks=chunks[:2] + (40,)), threshold=None).count == 2
         assert label_particles(da.from_array(one, chunks=chunks[:2] + (40,)), threshold=None).count == 1
         assert label_particles(da.from_array(ellipsoid, chunks=chunks), threshold=None, max_radius=20).count == 1
-    split = label_particles(two, threshold=None).labels.compute()
+    split = label_particles(two, threshold=None).labels.values
     # each sphere's centre in its own particle, the halves roughly equal
     assert split[12, 12, 11] != split[12, 12, 27]
     sizes = np.bincount(split.ravel())[1:]
@@ -65,12 +65,12 @@ def touching_field(seed: int, shape=(48, 48, 48), n=30) -> np.ndarray:
 def test_split_chunk_independent():
     field = touching_field(1)
     ref = label_particles(da.from_array(field, chunks=48), threshold=None, max_radius=12)
-    ref_labels = ref.labels.compute()
+    ref_labels = ref.labels.values
     assert ref.count > cc3d.connected_components(field, connectivity=26, return_N=True)[1]
     for chunks in [(16, 16, 16), (10, 48, 7)]:
         out = label_particles(da.from_array(field, chunks=chunks), threshold=None, max_radius=12)
         assert out.count == ref.count
-        got = out.labels.compute()
+        got = out.labels.values
         # stated tolerance: >= 99.5 % of solid voxels in the same particle (up to renumbering)
         assert agreement(got, ref_labels) >= 0.995
         assert agreement(ref_labels, got) >= 0.995
@@ -84,7 +84,7 @@ def test_phantom_particle_count():
     n_true = len(np.unique(truth)) - 1
     out = label_particles(ph.phases, threshold=None)
     assert abs(out.count - n_true) <= max(1, round(0.1 * n_true))
-    assert agreement(truth, out.labels.compute()) > 0.95
+    assert agreement(truth, out.labels.values) > 0.95
 
 
 def test_otsu_matches_skimage():
@@ -141,7 +141,7 @@ def test_grains_equal_cc3d():
     for chunks in [part.shape, (5, 3, 7)]:
         out = label_grains(da.from_array(part, chunks=chunks), da.from_array(phases, chunks=chunks))
         assert out.count == n
-        np.testing.assert_array_equal(out.labels.compute(), ref)
+        np.testing.assert_array_equal(out.labels.values, ref)
     with pytest.raises(VolmlaError, match="same shape"):
         label_grains(part, phases[:, :, :-1])
 
@@ -195,9 +195,9 @@ def test_labels_come_back_on_the_input_grid_and_combine_with_it() -> None:
     found = label_particles(phases, threshold=None)
     assert found.labels.chunks == phases.chunks
     grains = label_grains(found.labels, phases)
-    ref = label_grains(found.labels.compute(), phases.compute())
+    ref = label_grains(found.labels.values, phases.compute())
     assert grains.count == ref.count
-    np.testing.assert_array_equal(grains.labels.compute(), ref.labels.compute())
+    np.testing.assert_array_equal(grains.labels.values, ref.labels.values)
 
 
 def test_the_split_runs_once_however_often_the_labels_are_used(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -86,7 +86,7 @@ def test_flat_contacts_split_by_default(seed):
     n_true = len(np.unique(truth)) - 1
     out = label_particles(truth > 0, threshold=None)
     assert abs(out.count - n_true) <= max(1, round(0.05 * n_true))
-    assert matched(out.labels.compute(), truth) >= 0.9
+    assert matched(out.labels.values, truth) >= 0.9
     # the shallow saddles are what a fixed h = 2 misses: it merges some of these pairs
     dist = ndi.distance_transform_edt(truth > 0)
     fixed = ndi.label(h_maxima_caps(dist.astype(np.float32), 2.0), np.ones((3, 3, 3)))[1]
@@ -98,13 +98,13 @@ def test_identical_for_three_chunkings():
     solid = truth > 0
     largest = 2 * max_distance(solid)
     ref = label_particles(da.from_array(solid, chunks=64), threshold=None)
-    ref_labels = ref.labels.compute()
+    ref_labels = ref.labels.values
     assert ref.count > ndi.label(solid)[1]
     for chunks in [(32, 32, 32), (8, 64, 12), (10, 9, 7)]:  # the last two thinner than the largest particle
         assert min(chunks) < largest or chunks == (32, 32, 32)
         out = label_particles(da.from_array(solid, chunks=chunks), threshold=None)
         assert out.count == ref.count
-        np.testing.assert_array_equal(out.labels.compute(), ref_labels)
+        np.testing.assert_array_equal(out.labels.values, ref_labels)
 
 
 def test_max_distance_exact_and_grows_its_halo():
@@ -134,13 +134,13 @@ def test_merge_basins_keeps_narrow_necks_and_merges_wide_ones():
 def test_empty_mask_and_a_mask_that_is_all_solid():
     empty = da.zeros((20, 20, 20), bool, chunks=8)
     out = label_particles(empty, threshold=None)
-    assert out.count == 0 and not out.labels.compute().any()
+    assert out.count == 0 and not out.labels.values.any()
     full = da.ones((24, 20, 22), bool, chunks=8)
     res = label_particles(full, threshold=None)
     assert res.count == 1
-    assert (res.labels.compute() == 1).all()
-    np.testing.assert_array_equal(label_particles(np.ones((24, 20, 22), bool), threshold=None).labels.compute(),
-                                  res.labels.compute())
+    assert (res.labels.values == 1).all()
+    np.testing.assert_array_equal(label_particles(np.ones((24, 20, 22), bool), threshold=None).labels.values,
+                                  res.labels.values)
 
 
 def test_particles_much_larger_than_a_chunk():
@@ -151,7 +151,7 @@ def test_particles_much_larger_than_a_chunk():
     assert ref.count == 2
     for chunks in [(6, 6, 6), (56, 5, 80)]:
         out = label_particles(da.from_array(solid, chunks=chunks), threshold=None)
-        np.testing.assert_array_equal(out.labels.compute(), ref.labels.compute())
+        np.testing.assert_array_equal(out.labels.values, ref.labels.values)
 
 
 def test_anisotropic_voxels_use_physical_distances():
@@ -167,7 +167,7 @@ def test_anisotropic_voxels_use_physical_distances():
     ref = label_particles(da.from_array(two, chunks=(12, 24, 40)), threshold=None, voxel_size=(2.0, 1.0, 1.0))
     for chunks in [(4, 7, 9), (12, 5, 40)]:
         out = label_particles(da.from_array(two, chunks=chunks), threshold=None, voxel_size=(2.0, 1.0, 1.0))
-        np.testing.assert_array_equal(out.labels.compute(), ref.labels.compute())
+        np.testing.assert_array_equal(out.labels.values, ref.labels.values)
     # a ball in micrometres is an ellipsoid in voxels: one particle with the voxel size
     one = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 20) ** 2 <= 100
     assert label_particles(one, threshold=None, voxel_size=(2.0, 1.0, 1.0)).count == 1

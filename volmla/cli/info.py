@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,7 +12,7 @@ from volmla.cli.app import app
 
 @app.command()
 def info(
-    path: Annotated[Path, typer.Argument(help="An OME-Zarr volume.")],
+    path: Annotated[str, typer.Argument(help="An OME-Zarr volume: a path or an fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Shape, dtype, chunks, voxel size, phases and provenance of a volume."""

@@ -22,11 +22,11 @@ def _number_list(text: str | None, option: str) -> list[float] | None:
 
 @app.command("liberation")
 def liberation_cmd(
-    phases: Annotated[Path, typer.Option("--phases", help="Phase volume (OME-Zarr, uint8).")],
-    particles: Annotated[Path, typer.Option("--particles", help="Particle label volume (OME-Zarr).")],
+    phases: Annotated[str, typer.Option("--phases", help="Phase volume (OME-Zarr, uint8; a path or an fsspec URL).")],
+    particles: Annotated[str, typer.Option("--particles", help="Particle label volume (OME-Zarr; a path or an fsspec URL).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder (particles.parquet, grains.parquet, summary.json, PNGs, report.html).")],
-    grains: Annotated[Path | None, typer.Option("--grains", help="Grain label volume (OME-Zarr).")] = None,
-    intensity: Annotated[Path | None, typer.Option("--intensity", help="The CT the phases came from (OME-Zarr): partial-volume phase volumes and CT views in the report.")] = None,
+    grains: Annotated[str | None, typer.Option("--grains", help="Grain label volume (OME-Zarr; a path or an fsspec URL).")] = None,
+    intensity: Annotated[str | None, typer.Option("--intensity", help="The CT the phases came from (OME-Zarr; a path or an fsspec URL): partial-volume phase volumes and CT views in the report.")] = None,
     phase_names: Annotated[str | None, typer.Option("--phase-names", help="Names of phases 1..N, e.g. quartz,feldspar,pyrite.")] = None,
     densities: Annotated[str | None, typer.Option("--densities", help="Densities per phase (g/cm3), e.g. 2.65,2.6,5.0.")] = None,
     free_threshold: Annotated[float, typer.Option("--free-threshold", help="A particle is free in a phase whose grade exceeds this.")] = 0.99,

@@ -15,7 +15,7 @@ ConnectivityOpt = Annotated[int, typer.Option("--connectivity", help="6 (faces),
 
 @app.command("label")
 def label_command(
-    mask: Annotated[Path, typer.Argument(metavar="MASK", help="Binary mask (or, with --multilabel, an integer volume).")],
+    mask: Annotated[str, typer.Argument(metavar="MASK", help="Binary mask (or, with --multilabel, an integer volume): OME-Zarr, a path or an fsspec URL.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output label volume (OME-Zarr).")],
     connectivity: ConnectivityOpt = 26,
     multilabel: Annotated[bool, typer.Option("--multilabel", help="Label the components of each nonzero value separately.")] = False,
@@ -32,7 +32,7 @@ def label_command(
 
 @app.command("particles")
 def particles_command(
-    input_path: Annotated[Path, typer.Argument(metavar="IN", help="Intensity volume, or a phase volume whose nonzero voxels are solid.")],
+    input_path: Annotated[str, typer.Argument(metavar="IN", help="Intensity volume, or a phase volume whose nonzero voxels are solid (a path or an fsspec URL).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output particle labels (OME-Zarr).")],
     threshold: Annotated[str, typer.Option("--threshold", show_default=False, help="auto | otsu | VALUE (intensity input; solid is above it). Default: auto (denoised, half-way between the void and solid modes).")] = "auto",
     min_size: Annotated[int | None, typer.Option("--min-size", show_default=False, help="Drop solid components smaller than this (voxels). Default: 27 with --threshold auto, else 0.")] = None,
@@ -58,8 +58,8 @@ def particles_command(
 
 @app.command("grains")
 def grains_command(
-    particles: Annotated[Path, typer.Option("--particles", help="Particle labels (OME-Zarr).")],
-    phases: Annotated[Path, typer.Option("--phases", help="Phase volume (OME-Zarr, uint8).")],
+    particles: Annotated[str, typer.Option("--particles", help="Particle labels (OME-Zarr; a path or an fsspec URL).")],
+    phases: Annotated[str, typer.Option("--phases", help="Phase volume (OME-Zarr, uint8; a path or an fsspec URL).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output grain labels (OME-Zarr).")],
     connectivity: ConnectivityOpt = 26,
     overwrite: OverwriteOpt = False,

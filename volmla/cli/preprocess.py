@@ -12,7 +12,7 @@ from volmla.cli.app import STATE, OverwriteOpt, app, device, running
 
 @app.command("preprocess")
 def preprocess_command(
-    input_path: Annotated[Path, typer.Argument(metavar="IN", help="Intensity volume (OME-Zarr).")],
+    input_path: Annotated[str, typer.Argument(metavar="IN", help="Intensity volume (OME-Zarr; a path or an fsspec URL).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output volume (OME-Zarr).")],
     steps: Annotated[
         list[str] | None,

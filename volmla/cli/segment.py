@@ -76,13 +76,13 @@ def export_command(
 
 @app.command("segment")
 def segment_command(
-    input_path: Annotated[Path, typer.Argument(metavar="IN", help="Intensity volume (OME-Zarr).")],
+    input_path: Annotated[str, typer.Argument(metavar="IN", help="Intensity volume (OME-Zarr; a path or an fsspec URL).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Phase volume to write (uint8).")],
     model: Annotated[Path | None, typer.Option("--model", help="ONNX model: a U-Net (volmla or foreign) or a volmla random forest.")] = None,
     method: Annotated[str | None, typer.Option("--method", help="regions | unet | rf | threshold | kmeans (default: unet or rf from --model; regions with --labels alone).")] = None,
     classes: Annotated[int | None, typer.Option("--classes", help="K classes for threshold / kmeans (0..K-1 by intensity).")] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help="Sparse labels (phase + 1, 0 unlabelled): the levels of --method regions, or to train --method rf.")] = None,
-    particles: Annotated[Path | None, typer.Option("--particles", help="Particle labels for --method regions (default: labelled here from the CT, as volmla particles does).")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help="Sparse labels (phase + 1, 0 unlabelled; a path or an fsspec URL): the levels of --method regions, or to train --method rf.")] = None,
+    particles: Annotated[str | None, typer.Option("--particles", help="Particle labels for --method regions (a path or an fsspec URL; default: labelled here from the CT, as volmla particles does).")] = None,
     save_model: Annotated[Path | None, typer.Option("--save-model", help="Write the random forest trained on --labels here (ONNX; default: beside the output, OUTPUT.rf.onnx).")] = None,
     halo: Annotated[int | None, typer.Option("--halo", help="Context voxels (required for models without volmla metadata).")] = None,
     tile: Annotated[tuple[int, int, int] | None, typer.Option("--tile", help="Tile Z Y X (default: the model's).")] = None,
@@ -97,6 +97,7 @@ def segment_command(
 ) -> None:
     """Segment phases: by region inside particles (the default with --labels), ONNX U-Net, random forest, threshold, kmeans."""
     from volmla.io import check_output, open_volume, write_volume
+    from volmla.io.outputs import source_id
     from volmla.segment.dispatch import METHODS, check_options, segment_phases
 
     if method is not None and method not in METHODS:
@@ -113,12 +114,12 @@ def segment_command(
     method = check_options(method, model=model, labels=labels, save_model=forest_path, classes=classes,
                            uncertainty=uncertainty is not None)
     vol = open_volume(input_path)
-    job = {"command": "segment", "input": str(input_path.resolve()), "method": method,
+    job = {"command": "segment", "input": source_id(input_path), "method": method,
            "model": str(model.resolve()) if model else None, "classes": classes, "halo": halo,
            "tile": list(tile) if tile else None, "overlap": overlap, "seed": seed,
-           "labels": str(labels.resolve()) if labels else None, "sigmas": sigmas}
+           "labels": source_id(labels) if labels else None, "sigmas": sigmas}
     if particles is not None:
-        job["particles"] = str(particles.resolve())
+        job["particles"] = source_id(particles)
     check_output(output, overwrite=overwrite, job=job)
     if uncertainty is not None:
         check_output(uncertainty, overwrite=overwrite, job={**job, "output": "uncertainty"})
@@ -148,8 +149,8 @@ def segment_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    pred: Annotated[Path, typer.Option("--pred", help="Predicted phase volume.")],
-    truth: Annotated[Path, typer.Option("--truth", help="True phases, or sparse labels (phase + 1) with --mask labelled.")],
+    pred: Annotated[str, typer.Option("--pred", help="Predicted phase volume (a path or an fsspec URL).")],
+    truth: Annotated[str, typer.Option("--truth", help="True phases, or sparse labels (phase + 1) with --mask labelled (a path or an fsspec URL).")],
     out: Annotated[Path | None, typer.Option("--out", help="Folder for confusion.csv/.png, metrics.csv/.json.")] = None,
     mask: Annotated[str, typer.Option("--mask", help="all | labelled (labelled-only: truth is sparse labels).")] = "all",
     overwrite: OverwriteOpt = False,

@@ -4,7 +4,9 @@ Every stage takes NumPy, Dask or xarray input. :func:`as_volume` is the one plac
 turns any of these into a 3-D Dask array (plus the xarray attributes, when there are
 some) and states the chunk policy for in-memory input: NumPy arrays are cut into views
 (no copy, no hash) of :func:`default_chunks` (about 64 MiB, isotropic) unless the caller
-names its chunks. Dask and xarray input keep their chunks.
+names its chunks. Dask and xarray input keep their chunks. :func:`as_dataarray` is the
+way back: a stage's lazy result as an :class:`xarray.DataArray` on its input's grid
+(coordinates in micrometres, voxel size, translation, provenance).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, NamedTuple, cast
 
 import dask.array as da
 import numpy as np
+import xarray as xr
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
@@ -30,6 +33,7 @@ __all__ = [
     "DIMS",
     "Volume",
     "as_blocks",
+    "as_dataarray",
     "as_volume",
     "block_grid",
     "default_chunks",
@@ -114,6 +118,71 @@ def as_volume(
         what = f"{name} {attrs['path']}" if attrs.get("path") else name
         data = data.map_blocks(_finite_block, what=what, dtype=data.dtype, meta=data._meta)
     return Volume(data, attrs)
+
+
+def as_dataarray(
+    data: da.Array,
+    *,
+    like: VolumeLike,
+    name: str,
+    kind: str,
+    phases: dict[int, str] | None = None,
+    record: dict[str, Any] | None = None,
+) -> xr.DataArray:
+    """A stage's lazy result as a DataArray on the grid of the volume it came from.
+
+    Parameters
+    ----------
+    data
+        The result (3-D Dask array, the shape of ``like``).
+    like
+        The stage's input. An xarray input lends its coordinates, ``voxel_size_um``,
+        ``translation_um``, ``unit`` and provenance; NumPy or Dask input gets voxel-index
+        coordinates (``unit: "voxel"``, no ``voxel_size_um``: none is invented).
+    name
+        The DataArray's name (``"particles"``, ``"phases"``, ...).
+    kind
+        ``attrs["kind"]``: ``"intensity"``, ``"phases"`` or ``"labels"``, as
+        :func:`volmla.io.write_volume` stores it.
+    phases
+        Phase names by id (phase volumes), stored as ``attrs["phases"]``.
+    record
+        A provenance record appended to the input's.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``(z, y, x)``, still lazy (the Dask graph of ``data``).
+
+    Examples
+    --------
+    >>> src = xr.DataArray(np.zeros((2, 3, 4)), dims=DIMS, coords={"x": np.arange(4) * 0.5},
+    ...                    attrs={"voxel_size_um": (1.0, 1.0, 0.5)})
+    >>> out = as_dataarray(da.ones((2, 3, 4), chunks=2), like=src, name="mask", kind="labels")
+    >>> out.attrs["voxel_size_um"], out.x.values.tolist(), out.attrs["kind"]
+    ((1.0, 1.0, 0.5), [0.0, 0.5, 1.0, 1.5], 'labels')
+    """
+    src_attrs: dict[str, Any] = dict(like.attrs or {}) if isinstance(like, xr.DataArray) else {}
+    attrs: dict[str, Any] = {k: src_attrs[k] for k in ("voxel_size_um", "translation_um", "unit")
+                             if k in src_attrs}
+    coords: dict[str, Any] = {}
+    if isinstance(like, xr.DataArray) and tuple(like.shape) == tuple(data.shape):
+        coords = {d: like.coords[d].values for d in DIMS if d in like.coords}
+    for axis, d in enumerate(DIMS):
+        if d in coords:
+            continue
+        index = np.arange(int(data.shape[axis]), dtype=np.float64)
+        if attrs.get("voxel_size_um") is not None:
+            index = index * float(attrs["voxel_size_um"][axis])
+            index = index + float(attrs.get("translation_um", (0.0, 0.0, 0.0))[axis])
+        coords[d] = index
+    if attrs.get("voxel_size_um") is None:
+        attrs["unit"] = "voxel"
+    attrs["kind"] = kind
+    attrs["phases"] = dict(phases or {})
+    provenance = list(src_attrs.get("provenance", []))
+    attrs["provenance"] = [*provenance, record] if record is not None else provenance
+    return xr.DataArray(data, dims=DIMS, coords=coords, attrs=attrs, name=name)
 
 
 def _finite_block(block: Any, *, what: str, block_info: dict[Any, Any] | None = None) -> Any:

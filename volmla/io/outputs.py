@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any, Literal
 
 from volmla.errors import VolmlaError
 from volmla.io.lock import busy_error, lock_holder
+from volmla.io.ngff import is_url
 
 ATTR = "volmla"
 DONE_DIR = ".volmla-done"
@@ -41,7 +43,9 @@ OutputState = Literal["new", "resume", "replace", "done"]
 
 __all__ = ["ATTR", "DONE_DIR", "INPUTS_KEY", "OutputState", "check_not_input", "check_output", "decide_output",
            "files_fingerprint", "input_fingerprint", "is_volume", "job_fingerprint", "job_identity", "job_inputs", "output_state",
-           "read_attrs", "volmla_block"]
+           "read_attrs", "source_id", "volmla_block"]
+
+logger = logging.getLogger(__name__)
 
 # keys of a job that name what it is or what it writes, never an input
 _NOT_PATHS = frozenset({"command", "stage", "output", "out", "out_dir", "save_model", "scratch", INPUTS_KEY})
@@ -84,9 +88,34 @@ def job_inputs(job: Mapping[str, Any] | None) -> dict[str, str]:
         items = [(key, value)] if isinstance(value, str) else (
             [(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list | tuple) else [])
         for name, item in items:
-            if isinstance(item, str) and _looks_like_path(item) and os.path.exists(item):
+            if isinstance(item, str) and (is_url(item) or _looks_like_path(item) and os.path.exists(item)):
                 found[name] = item
     return found
+
+
+def source_id(path: str | Path) -> str:
+    """How a job names an input: an fsspec URL as it is, a local path made absolute.
+
+    Parameters
+    ----------
+    path
+        A local path (``file://`` accepted) or a URL (``s3://bucket/scan.zarr``).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> source_id("s3://bucket/scan.zarr")
+    's3://bucket/scan.zarr'
+    >>> source_id("/data/../data/scan.zarr")
+    '/data/scan.zarr'
+    """
+    text = str(path)
+    if is_url(text):
+        return text
+    return str(Path(text.removeprefix("file://")).resolve())
 
 
 def _is_zarr(path: Path) -> bool:
@@ -140,6 +169,8 @@ def input_fingerprint(path: str | Path) -> str:
     >>> input_fingerprint(out) == input_fingerprint(out)
     True
     """
+    if is_url(path):
+        return _url_fingerprint(str(path))
     root = Path(path)
     if not root.exists():
         raise VolmlaError(f"input {path} does not exist")
@@ -171,6 +202,50 @@ def input_fingerprint(path: str | Path) -> str:
     for key, size, full in _sample(files):
         digest.update(key.encode())
         _hash_ends(digest, full, size)
+    return digest.hexdigest()[:16]
+
+
+def _url_fingerprint(url: str) -> str:
+    """:func:`input_fingerprint` of a remote Zarr group through fsspec: its metadata
+    documents, the listing (names and sizes) where the store can list, and the bytes of up
+    to 8 sampled chunk objects. A store that cannot list (plain HTTP without an index
+    page) is fingerprinted by its metadata documents alone."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    digest = hashlib.sha256(b"zarr-url")
+    try:
+        listing = fs.find(root, detail=True, withdirs=False)
+    except (OSError, ValueError, NotImplementedError) as exc:
+        logger.debug("cannot list %s (%s): fingerprinting its metadata only", url, exc)
+        listing = {}
+    files: list[tuple[str, int, str]] = []
+    meta: list[str] = []
+    for full in sorted(listing):
+        key = full[len(root):].lstrip("/")
+        parts = key.split("/")
+        if any(part.startswith(".") and part not in _METADATA for part in parts) or parts[0] == "labels":
+            continue
+        if parts[-1] in _METADATA:
+            meta.append(full)
+        else:
+            files.append((key, int(listing[full].get("size") or 0), full))
+    if not meta:  # nothing listed: the group's own documents
+        meta = [f"{root}/{name}" for name in ("zarr.json", ".zgroup", ".zattrs") if fs.exists(f"{root}/{name}")]
+    if not meta:
+        raise VolmlaError(f"input {url} does not exist (no zarr.json)")
+    for full in meta:
+        digest.update(full[len(root):].encode() + b"\0" + fs.cat_file(full) + b"\0")
+    for key, size, _ in files:
+        digest.update(f"{key}:{size}\n".encode())
+    for key, size, full in _sample(files):
+        digest.update(key.encode())
+        if size <= 2 * _SAMPLE_BYTES:
+            digest.update(fs.cat_file(full))
+        else:
+            digest.update(fs.cat_file(full, start=0, end=_SAMPLE_BYTES))
+            digest.update(fs.cat_file(full, start=size - _SAMPLE_BYTES, end=size))
     return digest.hexdigest()[:16]
 
 
@@ -240,7 +315,7 @@ def job_identity(job: Mapping[str, Any] | None) -> dict[str, Any]:
     desc = dict(job or {})
     if INPUTS_KEY in desc:
         return desc
-    inputs = {key: p for key, p in job_inputs(desc).items() if os.path.isfile(p) or _is_zarr(Path(p))}
+    inputs = {key: p for key, p in job_inputs(desc).items() if is_url(p) or os.path.isfile(p) or _is_zarr(Path(p))}
     if inputs:
         desc[INPUTS_KEY] = {key: input_fingerprint(p) for key, p in inputs.items()}
     return desc

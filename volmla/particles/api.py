@@ -17,7 +17,11 @@
    :func:`volmla.particles.split.split_touching`): a watershed of the distance map (in
    physical units) from all its maxima, maxima behind a wide neck merged
    (saddle-depth criterion, no fixed ``h``), per block with a halo derived from the
-   largest distance value present; each particle keyed by its peak's global position;
+   largest distance value present; each particle keyed by its peak's global position.
+   For an ``"auto"`` mask the distance map is weighted by how full of solid the scan
+   looks around each voxel (:func:`volmla.particles.mask.local_fill`): the blur fills
+   the creases where particles touch, widening the mask's necks, but leaves them
+   greyer than the particles' insides, so the weighted saddles stay low;
 5. **global relabelling**: :func:`volmla.particles.label.label` in multilabel mode on the
    keys stitches the pieces of a basin across blocks (equal keys join, different keys
    stay apart) and numbers the particles ``1..n`` by their first voxel.
@@ -37,12 +41,13 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import dask.array as da
+import xarray as xr
 
-from volmla.engine.blocks import as_volume
+from volmla.engine.blocks import as_dataarray, as_volume
 from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
+from volmla.particles.mask import auto_solid, remove_small, solid_mask
 from volmla.particles.mask import fill_holes as _fill_holes
-from volmla.particles.mask import remove_small, solid_mask
 from volmla.particles.split import H_MIN, NECK, split_touching
 from volmla.types import VolumeLike
 
@@ -86,7 +91,8 @@ def label_particles(
         Fill interior pores (background not connected to the volume border). None:
         with ``threshold="auto"`` only.
     split
-        Separate touching particles (a watershed of the distance map).
+        Separate touching particles (a watershed of the distance map; for an ``"auto"``
+        mask, of the distance times how full of solid the scan looks, step 4).
     neck
         Two distance maxima stay separate particles when the saddle between them is
         below ``neck`` times the lower one (0 to 1; larger splits more).
@@ -111,8 +117,10 @@ def label_particles(
     Returns
     -------
     Labels
-        Particle ids ``1..count`` (uint32), numbered by first voxel in C order, chunked
-        as the input.
+        ``labels``: particle ids ``1..count`` (uint32), numbered by first voxel in C order,
+        as a lazy DataArray chunked as the input, with its coordinates and voxel size
+        (from the stored split keys: computing it again reads them, it does not redo the
+        split); ``count``: the number of particles.
 
     Examples
     --------
@@ -132,27 +140,47 @@ def label_particles(
     vol = as_volume(volume, chunks=getattr(volume, "shape", None))  # in-memory input: one block
     if voxel_size is None:
         voxel_size = vol.attrs.get("voxel_size_um")
-    solid = solid_mask(vol.data, threshold=threshold)
+    record: dict[str, Any] = {"step": "particles", "threshold": threshold, "min_size": min_size,
+                              "fill_holes": fill_holes, "split": split, "neck": neck, "h": h,
+                              "max_radius": max_radius, "connectivity": connectivity}
+    weight = None
+    if auto:
+        # the scan's own evidence for the split: how full of solid it looks around each
+        # voxel weights the distance map, so blurred creases between particles stay saddles
+        found_solid = auto_solid(vol.data)
+        solid, weight = found_solid.mask, found_solid.fill
+        if split:
+            record["relief"] = "distance x local_fill"
+    else:
+        solid = solid_mask(vol.data, threshold=threshold)
     if fill_holes:
         solid = _fill_holes(solid)
     if min_size:
         solid = remove_small(solid, min_size=min_size, connectivity=connectivity)
     if not split:
-        return label(solid, connectivity=connectivity)
+        found = label(solid, connectivity=connectivity)
+        return Labels(_on_grid(found.labels.data, volume, record | {"count": found.count}), found.count)
     where = Path(scratch) if scratch is not None else _session_scratch()
     if where is not None and (auto or fill_holes or min_size):
         # the mask chain (reductions, pore filling and dust removal each label the volume)
         # runs once: the split's passes read the stored mask instead of recomputing it
         solid = _stored(solid, where / "solid.zarr")
     keys = split_touching(solid, neck=neck, h=h, max_radius=max_radius, voxel_size=voxel_size,
-                          connectivity=connectivity)
+                          connectivity=connectivity, weight=weight)
     if where is not None:
         keys = _stored(keys, where / "split-keys.zarr")
     found = label(keys, connectivity=connectivity, multilabel=True)
     # the split works on blocks sized to its halo; hand the labels back on the input's grid,
     # so they combine block by block with the volume they came from
     chunks = vol.data.chunks
-    return found if found.labels.chunks == chunks else Labels(found.labels.rechunk(chunks), found.count)
+    data = found.labels.data
+    data = data if data.chunks == chunks else data.rechunk(chunks)
+    return Labels(_on_grid(data, volume, record | {"count": found.count}), found.count)
+
+
+def _on_grid(data: da.Array, volume: VolumeLike, record: dict[str, Any]) -> xr.DataArray:
+    """Particle ids as a DataArray with the input's coordinates, voxel size and provenance."""
+    return as_dataarray(data, like=volume, name="particles", kind="labels", record=record)
 
 
 def _session_scratch() -> Path | None:

@@ -75,16 +75,17 @@ def plan_label(
     LabelsPlan
     """
     from volmla.io import check_output, open_volume
+    from volmla.io.outputs import source_id
 
     connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
     vol = open_volume(mask)
     options = {"connectivity": connectivity, "multilabel": bool(multilabel)}
-    job = {"command": "label", "input": str(Path(mask).resolve()), **options}
+    job = {"command": "label", "input": source_id(mask), **options}
     check_output(output, overwrite=overwrite, job=job)
     return LabelsPlan("label", (vol,), Path(output), options, overwrite, job)
 
 
-def _threshold(value: Any, path: Path, kind: str) -> Literal["auto", "otsu"] | float | None:
+def _threshold(value: Any, path: str | Path, kind: str) -> Literal["auto", "otsu"] | float | None:
     """The threshold :func:`~volmla.particles.label_particles` gets for a volume of ``kind``."""
     if kind != "intensity":
         if not (isinstance(value, str) and value == "auto"):
@@ -139,6 +140,7 @@ def plan_particles(
     LabelsPlan
     """
     from volmla.io import check_output, open_volume
+    from volmla.io.outputs import source_id
 
     connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
     if max_radius is not None:
@@ -149,13 +151,12 @@ def plan_particles(
     for name, number, upper in (("neck", neck, 1.0), ("h", h, math.inf)):
         if isinstance(number, bool) or not isinstance(number, int | float | np.number) or not 0 <= number <= upper:
             raise VolmlaError(f"{name} must be {'between 0 and 1' if name == 'neck' else 'a number >= 0'}, got {number}")
-    path = Path(volume)
-    vol = open_volume(path)
-    value = _threshold(threshold, path, vol.attrs.get("kind", "intensity"))
+    vol = open_volume(volume)
+    value = _threshold(threshold, volume, vol.attrs.get("kind", "intensity"))
     options = {"threshold": value, "min_size": None if min_size is None else int(min_size),
                "fill_holes": None if fill_holes is None else bool(fill_holes), "split": bool(split),
                "neck": float(neck), "h": float(h), "max_radius": max_radius, "connectivity": connectivity}
-    job = {"command": "particles", "input": str(path.resolve()), **options}
+    job = {"command": "particles", "input": source_id(volume), **options}
     check_output(output, overwrite=overwrite, job=job)
     return LabelsPlan("particles", (vol,), Path(output), options, overwrite, job)
 
@@ -188,6 +189,7 @@ def plan_grains(
     LabelsPlan
     """
     from volmla.io import check_output, open_volume
+    from volmla.io.outputs import source_id
 
     connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
     part, ph = open_volume(particles), open_volume(phases)
@@ -199,8 +201,7 @@ def plan_grains(
             f"and {list(ph.attrs['voxel_size_um'])} um"
         )
     options = {"connectivity": connectivity}
-    job = {"command": "grains", "particles": str(Path(particles).resolve()), "phases": str(Path(phases).resolve()),
-           **options}
+    job = {"command": "grains", "particles": source_id(particles), "phases": source_id(phases), **options}
     check_output(output, overwrite=overwrite, job=job)
     return LabelsPlan("grains", (part, ph), Path(output), options, overwrite, job)
 

@@ -14,7 +14,7 @@ from typing import Literal
 import dask.array as da
 import numpy as np
 
-from volmla.engine.blocks import as_volume
+from volmla.engine.blocks import as_dataarray, as_volume
 from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.types import VolumeLike
@@ -37,12 +37,13 @@ def label_grains(particles: VolumeLike, phases: VolumeLike, *, connectivity: Lit
     Returns
     -------
     Labels
-        Grain ids ``1..count``; voxels outside particles or of phase 0 are 0.
+        Grain ids ``1..count`` as a lazy DataArray on the particles' grid (coordinates,
+        voxel size); voxels outside particles or of phase 0 are 0.
 
     Examples
     --------
     >>> p = np.array([[[1, 1, 1, 2]]], np.uint32); f = np.array([[[1, 2, 1, 1]]], np.uint8)
-    >>> label_grains(p, f).labels.compute().tolist()
+    >>> label_grains(p, f).labels.values.tolist()
     [[[1, 2, 3, 4]]]
     """
     connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
@@ -56,7 +57,10 @@ def label_grains(particles: VolumeLike, phases: VolumeLike, *, connectivity: Lit
     # explicitly on one grid: map_blocks (dask 2026.8) does not rechunk operands on other grids
     phase = phase if phase.chunks == part.chunks else phase.rechunk(part.chunks)
     key = da.map_blocks(_grain_key, part, phase, dtype=np.uint64, meta=np.empty((0, 0, 0), np.uint64))
-    return label(key, connectivity=connectivity, multilabel=True)
+    found = label(key, connectivity=connectivity, multilabel=True)
+    grains = as_dataarray(found.labels.data, like=particles, name="grains", kind="labels",
+                          record={"step": "grains", "connectivity": connectivity, "count": found.count})
+    return Labels(grains, found.count)
 
 
 def _grain_key(part: np.ndarray, phase: np.ndarray) -> np.ndarray:

@@ -53,12 +53,13 @@ from typing import Any, NamedTuple, cast
 
 import dask.array as da
 import numpy as np
+import xarray as xr
 from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.typing import DaskCollection
 
-from volmla.engine.blocks import as_volume, block_grid
+from volmla.engine.blocks import as_dataarray, as_volume, block_grid
 from volmla.errors import VolmlaError
 from volmla.types import Connectivity, VolumeLike
 
@@ -79,9 +80,14 @@ __all__ = [
 
 
 class Labels(NamedTuple):
-    """Labelled volume: ``labels`` (lazy Dask, 0 = background, ids ``1..count``) and ``count``."""
+    """Labelled volume: ``labels`` and ``count``.
 
-    labels: da.Array
+    ``labels`` is a lazy, Dask-backed :class:`xarray.DataArray` (0 = background, ids
+    ``1..count``) on the input's grid: its coordinates and ``voxel_size_um`` when the input
+    had them (:func:`volmla.engine.blocks.as_dataarray`); ``labels.data`` is the Dask array.
+    """
+
+    labels: xr.DataArray
     count: int  # type: ignore[assignment]  # shadows tuple.count; public field name
 
 
@@ -467,7 +473,8 @@ def label(
     Returns
     -------
     Labels
-        ``labels``: lazy Dask array with the mask's chunks, ids ``1..count`` numbered by
+        ``labels``: lazy Dask-backed DataArray with the mask's chunks and coordinates
+        (:class:`Labels`), ids ``1..count`` numbered by
         the C order of each component's first voxel (as :func:`scipy.ndimage.label`),
         ``uint32`` (``uint64`` from ``2**32`` components); ``count``: the number of
         components. Computing the count is the one eager step (small data).
@@ -477,7 +484,7 @@ def label(
     >>> import dask.array as da, numpy as np
     >>> m = da.from_array(np.array([[[1, 0, 1, 1]]], np.uint8), chunks=(1, 1, 2))
     >>> out = label(m, connectivity=6)
-    >>> out.count, out.labels.compute().tolist()
+    >>> out.count, out.labels.values.tolist()
     (2, [[[1, 0, 2, 2]]])
     """
     from volmla.engine.cluster import compute
@@ -555,4 +562,4 @@ def label(
         dsk[(name, *idx)] = (_relabel_block, (data.name, *idx), lut, connectivity, multilabel)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[cast(DaskCollection, data)])
     labels = da.Array(graph, name, chunks=data.chunks, dtype=out_dtype, meta=np.empty((0, 0, 0), out_dtype))
-    return Labels(labels, count)
+    return Labels(as_dataarray(labels, like=mask, name="labels", kind="labels"), count)

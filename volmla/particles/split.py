@@ -16,7 +16,10 @@ Step 4 of :func:`volmla.particles.label_particles`. :func:`split_touching` runs
 3. per extended block (:func:`split_block`):
 
    a. **distance map** (:func:`distance_map`): the exact EDT in units of the finest
-      voxel edge (``sampling`` = voxel size over its smallest entry);
+      voxel edge (``sampling`` = voxel size over its smallest entry); with a ``weight``
+      (for a CT: :func:`volmla.particles.mask.local_fill`, how full of solid the scan
+      looks around each voxel) the relief is the distance times it, a grey-weighted
+      distance whose saddles stay low at contacts that the blur has filled;
    b. **all regional maxima** (26-connected plateaus) seed a watershed of the negated
       distance inside the solid: one basin per maximum;
    c. **saddle-depth merging** (:func:`merge_basins`): the basin adjacency graph is
@@ -44,7 +47,7 @@ particle lies within the halo of the block that holds its voxels, which holds fo
 particles up to about three times as long as the largest inscribed radius (the check
 of step 3e); longer ones are reported by its warning. Give ``max_radius`` to use a larger halo.
 
-The module is one piece (about 600 lines): the distance pass, the halo it sets, the
+The module is one piece (about 650 lines): the distance pass, the halo it sets, the
 block kernel and the halo check share the halo's geometry and the key format, which
 splitting would only spread out.
 """
@@ -376,6 +379,7 @@ def split_block(
     connectivity: int = 26,
     origin: tuple[int, ...] = (0, 0, 0),
     shape: tuple[int, ...] | None = None,
+    weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """Watershed of the distance map on one (extended) block, insignificant maxima merged.
 
@@ -392,6 +396,11 @@ def split_block(
     origin, shape
         The block's first voxel in the volume (may be negative in a halo) and the
         volume's shape; keys are global C-order indices.
+    weight
+        Optional, same shape, in ``0..1``: the relief is the distance map times it
+        (the *grey-weighted distance*; e.g. :func:`volmla.particles.mask.local_fill`,
+        how full of solid a scan looks around each voxel), so blurred creases where
+        particles touch lower the saddle between them. None: the distance map alone.
 
     Returns
     -------
@@ -417,6 +426,8 @@ def split_block(
     dist = distance_map(solid, sampling)
     if not np.isfinite(dist).all():
         dist = np.where(np.isfinite(dist), dist, np.float32(np.sum(solid.shape) * max(sampling)))
+    if weight is not None:
+        dist = dist * np.clip(np.asarray(weight, np.float32), np.float32(0), np.float32(1))
     caps = h_maxima_caps(dist, 0) & solid
     markers, n = cc3d.connected_components(caps.view(np.uint8), connectivity=26, return_N=True)
     if n == 0:
@@ -501,16 +512,24 @@ def _overlap(mask: da.Array, halo: Sequence[int]) -> tuple[da.Array, tuple[int, 
     context from neighbours: it gets a one-voxel rim of background only (the volume's
     border is background either way).
     """
-    halo = tuple(min(h, max(n - 1, 0)) for h, n in zip(halo, mask.shape, strict=True))
-    chunks = tuple(da.overlap.ensure_minimum_chunksize(max(h, 1), c) for h, c in zip(halo, mask.chunks, strict=True))
-    if chunks != mask.chunks:
-        mask = mask.rechunk(chunks)
-    halo = tuple(1 if len(c) == 1 else h for h, c in zip(halo, mask.chunks, strict=True))
-    return da.overlap.overlap(mask, depth=dict(enumerate(halo)), boundary={a: 0 for a in range(3)}), halo
+    (ext,), used = _overlap_all([mask], halo)
+    return ext, used
+
+
+def _overlap_all(arrays: Sequence[da.Array], halo: Sequence[int]) -> tuple[list[da.Array], tuple[int, ...]]:
+    """:func:`_overlap` of arrays of one shape, all on the first one's (merged) chunks; zeros outside."""
+    first = arrays[0]
+    halo = tuple(min(h, max(n - 1, 0)) for h, n in zip(halo, first.shape, strict=True))
+    chunks = tuple(da.overlap.ensure_minimum_chunksize(max(h, 1), c) for h, c in zip(halo, first.chunks, strict=True))
+    arrays = [a if a.chunks == chunks else a.rechunk(chunks) for a in arrays]
+    halo = tuple(1 if len(c) == 1 else h for h, c in zip(halo, chunks, strict=True))
+    depth, zeros = dict(enumerate(halo)), {a: 0 for a in range(3)}
+    return [da.overlap.overlap(a, depth=depth, boundary=zeros) for a in arrays], halo
 
 
 def _split_extended(
     block: np.ndarray,
+    weight: np.ndarray | None = None,
     *,
     block_id: tuple[int, ...] | None = None,
     starts: list[np.ndarray],
@@ -529,7 +548,7 @@ def _split_extended(
         crop = tuple(slice(a - d, n - (a - d)) for a, d, n in zip(halo, depth, block.shape, strict=True))
         origin = tuple(int(starts[a][block_id[a]]) - depth[a] for a in range(3))
         keys = split_block(block[crop], neck=neck, h=h, sampling=sampling, connectivity=connectivity,
-                           origin=origin, shape=shape)
+                           origin=origin, shape=shape, weight=None if weight is None else weight[crop])
         core = keys[_core(depth, keys.shape)]
         cut, at = _reaching(keys, core, origin, shape)
         if not cut:
@@ -569,6 +588,7 @@ def split_touching(
     max_radius: float | None = None,
     voxel_size: float | Sequence[float] | None = None,
     connectivity: Literal[6, 18, 26] = 26,
+    weight: VolumeLike | None = None,
 ) -> da.Array:
     """Lazy watershed keys (uint64) of a solid mask, per block with a halo from the data.
 
@@ -592,6 +612,11 @@ def split_touching(
         ``voxel_size_um`` if it has one, else isotropic.
     connectivity
         Watershed neighbourhood: 6, 18 or 26.
+    weight
+        Optional volume of the mask's shape in ``0..1`` that multiplies the distance map
+        (:func:`split_block`'s ``weight``; :func:`volmla.particles.label_particles` gives
+        :func:`volmla.particles.mask.local_fill`'s for an ``"auto"`` mask). None: the
+        distance map alone.
 
     Returns
     -------
@@ -615,10 +640,17 @@ def split_touching(
     if max_radius is None:
         max_radius = max(max_distance(mask, sampling=sampling), 1.0)
         logger.info("largest distance in the solid: %.3g voxels", max_radius)
-    ext, halo = _overlap(mask, split_halo(max_radius, sampling))
+    arrays = [mask]
+    if weight is not None:
+        fill = as_volume(weight, name="weight").data
+        if fill.shape != mask.shape:
+            raise VolmlaError(f"weight must have the mask's shape {mask.shape}, got {fill.shape}")
+        arrays.append(fill.astype(np.float32))
+    exts, halo = _overlap_all(arrays, split_halo(max_radius, sampling))
+    ext = exts[0]
     first = tuple(min(h_, f) for h_, f in zip(halo, split_halo(max_radius, sampling, factor=FIRST_FACTOR), strict=True))
     chunks = tuple(tuple(n - 2 * h_ for n in c) for h_, c in zip(halo, ext.chunks, strict=True))
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
     kernel = functools.partial(_split_extended, starts=starts, halo=halo, first=first, shape=tuple(mask.shape),
                                neck=neck, h=h, sampling=sampling, connectivity=connectivity)
-    return da.map_blocks(kernel, ext, dtype=np.uint64, chunks=chunks, meta=np.empty((0, 0, 0), np.uint64))
+    return da.map_blocks(kernel, *exts, dtype=np.uint64, chunks=chunks, meta=np.empty((0, 0, 0), np.uint64))

@@ -77,6 +77,7 @@ def plan_preprocess(
     >>> plan_preprocess("scan.zarr", "out.zarr", steps=["median:size=3"])  # doctest: +SKIP
     """
     from volmla.io import check_output, open_volume
+    from volmla.io.outputs import source_id
 
     given = [*(load_steps(config) if config is not None else []), *(_as_step(s) for s in steps)]
     volume = open_volume(input_path)
@@ -87,7 +88,7 @@ def plan_preprocess(
     out_chunks = chunks if chunks is not None else tuple(int(c[0]) for c in volume.data.chunks)
     job = {
         "command": "preprocess",
-        "input": str(Path(input_path).resolve()),
+        "input": source_id(input_path),
         "steps": [s.as_dict() for s in checked],
         "device": dev,
     }

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TypeAlias, cast
 import xarray as xr
 
 from volmla.engine.backend import resolve_device
-from volmla.engine.blocks import DIMS, as_volume
+from volmla.engine.blocks import as_dataarray, as_volume
 from volmla.engine.overlap import normalise_halo
 from volmla.errors import VolmlaError
 from volmla.preprocess._params import check_params
@@ -333,8 +333,8 @@ def preprocess(
     >>> preprocess(x, ["median:size=3", "gaussian:sigma=1"]).dtype
     dtype('float32')
     """
-    if not isinstance(volume, xr.DataArray):
-        volume = xr.DataArray(as_volume(volume).data, dims=DIMS, attrs={"provenance": []})
+    if not isinstance(volume, xr.DataArray):  # voxel-index coordinates, as every stage gives them
+        volume = as_dataarray(as_volume(volume).data, like=volume, name="volume", kind="intensity")
     checked = check_steps(steps, volume.shape)
     dev = resolve_device(device)
     out: LazyVolume = volume
