@@ -519,3 +519,66 @@ def test_dashboard_listens_on_this_machine_only() -> None:
         listening = {c.laddr.ip for c in psutil.Process().net_connections("inet")
                      if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
     assert listening == {"127.0.0.1"}
+
+
+# ----------------------------------------------------------------------------- sparse labels (issue 17)
+
+
+@pytest.fixture(scope="module")
+def label_library(library: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The input library plus sparse labels that cannot fit phase levels, and run configs naming them."""
+    root = tmp_path_factory.mktemp("label_library")
+    shutil.copytree(library, root, dirs_exist_ok=True)
+    planes = np.zeros(SHAPE, np.uint8)
+    planes[6, 2:14, 2:14] = 1
+    planes[6, 4:12, 4:12] = 2  # the scan's bright cube: phase 1 only
+    _write(root / "named_labels.zarr", planes, kind="phases", phases=["qz", "fsp", "py"])  # fsp, py never labelled
+    gap = planes.copy()
+    gap[6, 4:6, 4:6] = 4  # phase 3 labelled, phase 2 not
+    _write(root / "gap_labels.zarr", gap, kind="labels")
+    _write(root / "void_labels.zarr", (planes > 0).astype(np.uint8), kind="labels")  # only the void
+    few = np.zeros(SHAPE, np.uint8)
+    few[6, 5:8, 5:8] = 2  # one small patch of one plane: too few voxels to measure the noise
+    _write(root / "few_labels.zarr", few, kind="labels")
+    _write(root / "long_labels.zarr", np.zeros((17, 16, 16), np.uint8), kind="labels")
+    regions = "out: {out}\ninput: scan.zarr\nsegment: {{labels: {labels}{names}}}\n"
+    configs = {
+        "run_labels_named": regions.format(out="q1", labels="planes.zarr", names=", phase_names: [qz, fsp]"),
+        "run_labels_shape": regions.format(out="q2", labels="long_labels.zarr", names=""),
+        "run_labels_more": regions.format(out="q3", labels="gap_labels.zarr", names=", phase_names: [qz]"),
+    }
+    _write(root / "planes.zarr", planes, kind="labels")
+    for name, text in configs.items():
+        (root / f"{name}.yaml").write_text(text)
+    return root
+
+
+LABEL_CASES: dict[str, Case] = {
+    "segment-labels-named-phase-unlabelled": Case("segment scan.zarr -o o.zarr --labels named_labels.zarr",
+                                                  "phase 'fsp' (2) has no labelled voxels"),
+    "segment-labels-phase-gap": Case("segment scan.zarr -o o.zarr --labels gap_labels.zarr",
+                                     "phase 2 has no labelled voxels"),
+    "segment-labels-void-only": Case("segment scan.zarr -o o.zarr --labels void_labels.zarr", "solid phase"),
+    "segment-labels-too-few": Case("segment scan.zarr -o o.zarr --labels few_labels.zarr",
+                                   "too few pure voxels to measure the noise"),
+    "segment-regions-labels-shape": Case("segment scan.zarr -o o.zarr --labels long_labels.zarr",
+                                         "labels must have the shape of the intensity"),
+    "run-labels-named-phase-unlabelled": Case("run run_labels_named.yaml",
+                                              "planes.zarr: phase 'fsp' (2) has no labelled voxels"),
+    "run-labels-shape": Case("run run_labels_shape.yaml", "has shape (17, 16, 16)"),
+    "run-labels-more-than-named": Case("run run_labels_more.yaml", "segment.phase_names names 1 phases"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LABEL_CASES))
+def test_bad_sparse_labels(name: str, label_library: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Labels that cannot fit a phase's level: one line, exit 2, nothing written (no output
+    volume, no run folder)."""
+    case = LABEL_CASES[name]
+    folder = tmp_path / "case"
+    shutil.copytree(label_library, folder)
+    before = _tree(folder)
+    code, out, err = _run(case.argv.split(), folder, capfd)
+    _check(code, out, err, rc=case.rc, needle=case.needle, before=before, folder=folder)
+    assert not (folder / "o.zarr").exists()
+    assert not [p for p in folder.iterdir() if p.name in ("q1", "q2", "q3")]

@@ -70,6 +70,8 @@ MASS_HATCH = "///"
 """Mass-weighted bars (beside volume-weighted ones) and 2-D bars (beside 3-D ones)."""
 LEGEND_BESIDE = 5
 """More legend entries than this go beside the axes instead of over the data."""
+LEGEND_POINTS = 20_000
+"""Above this many plotted points a legend goes beside the axes instead of searching for a free corner."""
 SMALL_MULTIPLES = 5
 """Line plots of more phases than this get one panel per phase (else the lines tangle)."""
 
@@ -187,6 +189,9 @@ def _log(ax: Any, *, x: Any = None, y: Any = None) -> None:
         if v.size:
             (ax.set_xscale if axis is ax.xaxis else ax.set_yscale)("log")
             _plain_ticks(axis, few=v.max() / v.min() < 30)
+            if v.max() <= v.min() * (1 + 1e-9):  # one value (particles all of one size): a range around it,
+                # else the log axis has zero width and matplotlib divides by it when drawing
+                (ax.set_xlim if axis is ax.xaxis else ax.set_ylim)(v.min() / 1.5, v.max() * 1.5)
 
 
 def _plain_ticks(axis: Any, *, few: bool) -> None:
@@ -201,11 +206,15 @@ def _plain_ticks(axis: Any, *, few: bool) -> None:
 
 def _legend(ax: Any, **kwargs: Any) -> None:
     """A legend only when something drawn has a label (else matplotlib warns); beside
-    the axes when it has many entries, so it never covers the data."""
+    the axes when it has many entries or the axes hold many points (matplotlib's
+    ``loc="best"`` search costs seconds over hundreds of thousands of points), so it
+    never covers the data."""
     handles, _ = ax.get_legend_handles_labels()
     if not handles:
         return
-    if len(handles) > LEGEND_BESIDE:
+    points = sum(len(line.get_xydata()) for line in ax.lines) + sum(
+        len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets"))
+    if len(handles) > LEGEND_BESIDE or (points > LEGEND_POINTS and "loc" not in kwargs):
         kwargs = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "frameon": False, "fontsize": 8, **kwargs}
     ax.legend(**kwargs)
 
@@ -783,7 +792,8 @@ def executive_summary(summary: Mapping[str, Any], *, particles: pd.DataFrame | N
             "ld": _fmt(summary["liberation_degree"].get(p)),
             "ld_ci": _interval(ld_ci.get(p)),
         })
-    warnings = []
+    warnings = [str(w) for w in summary.get("warnings") or []]  # the summary's own (phases not found)
+    said = {w.split(":", 1)[0].removeprefix("phase ") for w in warnings if w.startswith("phase ")}
     note = empty_note(summary)
     if note:
         warnings.append(note)
@@ -800,6 +810,8 @@ def executive_summary(summary: Mapping[str, Any], *, particles: pd.DataFrame | N
     for p in names:
         modal = summary["modal_mineralogy"].get(p)
         ld = summary["liberation_degree"].get(p)
+        if p in said:
+            continue
         if n and not modal:
             warnings.append(f"{p} is not found in the analysed particles")
         elif n and ld is not None and ld == 0:

@@ -10,6 +10,7 @@ summary dumps with ``allow_nan=False``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,10 @@ from volmla.liberation.stats import (
 )
 from volmla.liberation.uncertainty import Uncertainty
 
-__all__ = ["SPECTRUM_ENCODING", "Provenance", "Summary", "input_path", "liberation_summary", "provenance"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["SPECTRUM_ENCODING", "Provenance", "Summary", "input_path", "liberation_summary", "phase_warnings",
+           "provenance"]
 
 SPECTRUM_ENCODING = (
     "grade_lo/grade_hi in percent: (0, 0) exactly 0 %, (100, 100) exactly 100 %, "
@@ -81,6 +85,9 @@ class Summary(TypedDict):
     liberation_spectrum_by_number: dict[str, list[dict[str, float | None]]]
     spectrum_classes: str
     locking: dict[str, dict[str, dict[str, float | None]]]
+    warnings: list[str]
+    """What qualifies the figures, as sentences (:func:`phase_warnings`): a phase with no
+    voxels at all, or none in the analysed particles. The report lists them first."""
     shape: NotRequired[list[int]]
     association: NotRequired[dict[str, dict[str, float | None]]]
     surface_correction: NotRequired[float]
@@ -147,8 +154,8 @@ def liberation_summary(
         Keys ``voxel_size_um, n_particles, n_particles_total, n_border,
         free_threshold, include_border, size_by, modal_mineralogy,
         modal_mineralogy_mass, liberation_degree, liberation_by_size,
-        liberation_spectrum, liberation_spectrum_by_number, spectrum_classes, locking``
-        (NaN as ``None``).
+        liberation_spectrum, liberation_spectrum_by_number, spectrum_classes, locking,
+        warnings`` (NaN as ``None``).
 
     Examples
     --------
@@ -185,8 +192,49 @@ def liberation_summary(
         ),
         "spectrum_classes": SPECTRUM_ENCODING,
         "locking": locking(particles_df, phase_names=names, free_threshold=thr, include_border=include_border),
+        "warnings": phase_warnings(particles_df, phase_names=names, include_border=include_border),
     }
     return cast(Summary, _nan_to_none(summary))
+
+
+def phase_warnings(particles_df: pd.DataFrame, *, phase_names: Sequence[str], include_border: bool = False) -> list[str]:
+    """Warnings for phases the figures are silent about: a named phase with no voxel in
+    any particle (``"phase X: no voxels found"``: absent from the scan, or lost by the
+    segmentation), or one found only in the particles left out (cut by the border).
+
+    Each is also logged. A zero modal fraction and liberation degree of such a phase are
+    not measurements of it.
+
+    Parameters
+    ----------
+    particles_df
+        The particle table (``vox_<phase>`` columns).
+    phase_names
+        The phases reported.
+    include_border
+        Whether particles touching the volume border are analysed.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"vox_a": [10, 5], "vox_b": [0, 0], "vox_c": [0, 3], "touches_border": [False, True]})
+    >>> phase_warnings(df, phase_names=["a", "b", "c"])
+    ['phase b: no voxels found', 'phase c: found only in particles cut by the volume border (excluded)']
+    """
+    out = []
+    pop = _population(particles_df, include_border)
+    for p in phase_names:
+        total = float(np.nansum(particles_df[f"vox_{p}"].to_numpy(np.float64)))
+        if total <= 0:
+            out.append(f"phase {p}: no voxels found")
+        elif len(pop) and float(np.nansum(pop[f"vox_{p}"].to_numpy(np.float64))) <= 0:
+            out.append(f"phase {p}: found only in particles cut by the volume border (excluded)")
+    for line in out:
+        logger.warning(line)
+    return out
 
 
 def input_path(volume: Any) -> str | None:

@@ -7,7 +7,7 @@
       paths: [scan/]              #   TIFF folder(s) / stacks / MHA / raw
       voxel_size: 2.3             #   micrometres (else from the files' metadata)
       chunks: 128
-    # input: scan.zarr            # ... or an OME-Zarr volume already ingested
+    # input: scan.zarr            # ... or an OME-Zarr volume already ingested (or s3://...)
     preprocess:                   # steps, in order (see ``volmla preprocess --help``)
       - median:size=3
       - gaussian:sigma=1
@@ -209,6 +209,13 @@ def _path(base: Path, value: Any, what: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def _volume(base: Path, value: Any, what: str) -> Path | str:
+    """A volume the run reads: a path (relative to the config) or an fsspec URL, kept as text."""
+    from volmla.io.ngff import is_url
+
+    return value if isinstance(value, str) and is_url(value) else _path(base, value, what)
+
+
 # ----------------------------------------------------------------------------- sections
 
 
@@ -216,7 +223,8 @@ def _path(base: Path, value: Any, what: str) -> Path:
 class InputConfig:
     """Where the volume comes from: an OME-Zarr (``zarr``) or scanner files to ingest (``paths``)."""
 
-    zarr: Path | None = None
+    zarr: Path | str | None = None
+    """An OME-Zarr volume: a path, or an fsspec URL (``s3://bucket/scan.zarr``)."""
     paths: list[Path] = field(default_factory=list)
     voxel_size: float | list[float] | None = None
     chunks: int | None = None
@@ -259,7 +267,8 @@ class SegmentConfig:
 
     method: SegmentMethod
     model: Path | None = None
-    labels: Path | None = None
+    labels: Path | str | None = None
+    """Sparse labels: a path, or an fsspec URL."""
     classes: int | None = None
     phase_names: list[str] | None = None
     halo: int | None = None
@@ -414,7 +423,7 @@ def load_config(path: str | Path) -> PipelineConfig:
 
 def _input(raw: Any, base: Path) -> InputConfig:
     if isinstance(raw, str | Path):
-        return InputConfig(zarr=_path(base, raw, "input"))
+        return InputConfig(zarr=_volume(base, raw, "input"))
     section = _section("input", raw, _INPUT_CHECKS)
     zarr = section.pop("zarr", None)
     paths = section.pop("paths", None)
@@ -422,7 +431,7 @@ def _input(raw: Any, base: Path) -> InputConfig:
         other = sorted(set(section) - {"chunks"})
         if paths is not None or other:
             raise VolmlaError(f"config input.zarr (an OME-Zarr volume) takes only input.chunks, got input.{(other or ['paths'])[0]}")
-        return InputConfig(zarr=_path(base, zarr, "input.zarr"), chunks=section.get("chunks"))
+        return InputConfig(zarr=_volume(base, zarr, "input.zarr"), chunks=section.get("chunks"))
     if isinstance(paths, str | Path):
         paths = [paths]
     if not paths:
@@ -469,7 +478,7 @@ def _segment(raw: Any, base: Path) -> SegmentConfig | None:
         raise VolmlaError(f"config segment.classes must be an integer in 2..255, got {seg['classes']!r}")
     for key in ("model", "labels", "save_model"):
         if key in seg:
-            seg[key] = _path(base, seg[key], f"segment.{key}")
+            seg[key] = (_volume if key == "labels" else _path)(base, seg[key], f"segment.{key}")
     given = tuple(k for k in seg if k != "method")
     options = {k: v for k, v in seg.items() if k != "method"}
     return SegmentConfig(method=cast(SegmentMethod, method), spelled=spelled, given=(*given, "method"), **options)

@@ -40,7 +40,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import xarray as xr
 
 from volmla.errors import VolmlaError
@@ -182,7 +181,7 @@ def _phase_names(seg: SegmentConfig) -> dict[int, str] | None:
 
 
 def _segment(volume: xr.DataArray, seg: SegmentConfig, *, device: Device, out: Path,
-             particles: xr.DataArray | None = None) -> da.Array:
+             particles: xr.DataArray | None = None) -> xr.DataArray:
     """The config's segmentation: a saved forest is used as is; else one is trained on the
     labels; ``regions`` fits its levels on the labels and classifies inside ``particles``."""
     from volmla.segment import segment_phases
@@ -192,7 +191,8 @@ def _segment(volume: xr.DataArray, seg: SegmentConfig, *, device: Device, out: P
     save_model = seg.save_model or out / "random_forest.onnx"
     return segment_phases(volume, method=seg.method, model=seg.model, labels=labels,
                           save_model=save_model if trains else None, classes=seg.classes,
-                          particles=particles, halo=seg.halo, tile=seg.tile, device=device).phases
+                          particles=particles, halo=seg.halo, tile=seg.tile, device=device,
+                          phase_names=seg.phase_names if seg.method == "regions" else None).phases
 
 
 def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, out: Path, log: Log, overwrite: bool,
@@ -252,9 +252,17 @@ def _open_input(cfg: PipelineConfig) -> xr.DataArray:
     if seg is not None:
         if seg.model is not None and not seg.model.is_file():
             raise VolmlaError(f"config segment.model {seg.model} does not exist")
-        if seg.labels is not None and seg.method == "rf" and seg.model is None:
+        if seg.labels is not None and seg.method in ("rf", "regions") and seg.model is None:
             labels = open_volume(seg.labels)
             if tuple(labels.shape) != tuple(volume.shape):
                 raise VolmlaError(f"config segment.labels {seg.labels} has shape {tuple(labels.shape)}, "
                                   f"the input {tuple(volume.shape)}: they must match")
+            if seg.method == "regions":  # a named phase without labels: refused before any stage runs
+                from volmla.segment.dispatch import check_labels
+
+                try:
+                    check_labels(labels, shape=volume.shape, phase_names=seg.phase_names)
+                except VolmlaError as exc:  # name the config's keys, not the Python keywords
+                    raise VolmlaError(f"config segment.labels {seg.labels}: "
+                                      + str(exc).replace("phase_names", "segment.phase_names")) from None
     return volume

@@ -16,7 +16,12 @@ segment through :func:`segment_phases`:
    below 0.1 on the hard one, in a fraction of the forest's time). The old spelling
    ``model`` for the U-Net method is accepted (:data:`METHOD_ALIASES`).
 2. Checks: every option the method needs is there before anything is computed
-   (errors name the keyword: ``classes=``, ``model=``, ``labels=``, ``save_model=``).
+   (errors name the keyword: ``classes=``, ``model=``, ``labels=``, ``save_model=``);
+   sparse labels for ``regions`` are checked by :func:`check_labels` (one pass over
+   them) before the particles are labelled: the shape, at least one solid phase, and
+   every phase named (``phase_names=``, else the labels' ``phases`` attribute) or lying
+   below the highest labelled one has labelled voxels, since its grey level is fitted
+   on them (a phase without labels would silently get no voxels).
 3. ``rf`` with ``labels`` and no saved forest trains one (a small global pass over the
    labels and regions around the labelled planes) and writes it to ``save_model``, a
    path the caller chooses; the phases are then predicted with that file. ``regions``
@@ -35,6 +40,8 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, cast
 
 import dask.array as da
+import numpy as np
+import xarray as xr
 
 from volmla.errors import VolmlaError
 from volmla.types import Device, VolumeLike
@@ -51,6 +58,7 @@ __all__ = [
     "METHOD_ALIASES",
     "PhaseSegmentation",
     "SegmentMethod",
+    "check_labels",
     "check_options",
     "resolve_method",
     "segment_phases",
@@ -60,11 +68,12 @@ __all__ = [
 class PhaseSegmentation(NamedTuple):
     """What :func:`segment_phases` returns."""
 
-    phases: da.Array
-    """Lazy uint8 phase ids (0 = void)."""
+    phases: xr.DataArray
+    """Lazy uint8 phase ids (0 = void), a Dask-backed DataArray on the input's grid
+    (coordinates, voxel size; ``attrs["phases"]`` the names by id)."""
     classes: tuple[str, ...]
     """Class names; the index is the phase id (``classes[0]`` is void)."""
-    confidence: da.Array | None
+    confidence: xr.DataArray | None
     """uint8 maximum class probability x 255 (U-Net with ``uncertainty=True``), else None."""
     method: SegmentMethod
     """The method used (resolved from the model when none was given)."""
@@ -171,6 +180,77 @@ def check_options(
     return resolved
 
 
+def check_labels(labels: VolumeLike, *, shape: Sequence[int],
+                 phase_names: Sequence[str] | Mapping[int, str] | None = None) -> dict[int, int]:
+    """Check sparse labels against the scan and the phase names, computing one pass.
+
+    A phase's grey level (``regions``) is fitted on its labelled voxels, so a phase that
+    is named but never labelled, or that lies below the highest labelled phase without
+    labels of its own, cannot be found: it would get no voxels, silently. Each of those
+    is a one-line error naming the phase.
+
+    Parameters
+    ----------
+    labels
+        Sparse labels (``phase + 1``, 0 unlabelled, 1 void).
+    shape
+        The scan's shape (z, y, x).
+    phase_names
+        Names of phases 1..N; default the labels' ``phases`` attribute (id -> name),
+        if any.
+
+    Returns
+    -------
+    dict
+        Phase id (0 = void) -> labelled voxels, for the phases labelled.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> labels = np.zeros((2, 4, 4), np.uint8); labels[0, :2] = 1; labels[0, 2:] = 2
+    >>> check_labels(labels, shape=(2, 4, 4))
+    {0: 8, 1: 8}
+    >>> check_labels(labels, shape=(2, 4, 4), phase_names=["quartz", "pyrite"])
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: phase 'pyrite' (2) has no labelled voxels in labels: its grey level cannot be fitted; label some of it or leave it out of phase_names
+    """
+    from volmla.engine.blocks import as_volume
+    from volmla.engine.cluster import compute
+
+    given = tuple(int(n) for n in getattr(labels, "shape", np.shape(labels)))
+    if given != tuple(int(n) for n in shape):
+        raise VolmlaError(f"labels must have the shape of the intensity {tuple(shape)}, got {given}")
+    lab = as_volume(labels, name="labels", integer=True)
+    if phase_names is None:
+        named = {int(k): str(v) for k, v in (lab.attrs.get("phases") or {}).items()}
+    elif isinstance(phase_names, Mapping):
+        named = {int(k): str(v) for k, v in phase_names.items()}
+    else:
+        named = {i: str(v) for i, v in enumerate(phase_names, start=1)}
+    data = lab.data
+    (top,) = compute([data.max()], desc="label classes")
+    top = int(top)
+    if top > 255:
+        raise VolmlaError(f"labels must hold phase + 1 below 256, got {top}")
+    (counts,) = compute([da.bincount(data.ravel().astype(np.int64), minlength=top + 1)], desc="labelled voxels")
+    counts = np.asarray(counts, np.int64)
+    found = {k - 1: int(counts[k]) for k in range(1, counts.size) if counts[k] > 0}
+    if not any(k > 0 for k in found):
+        raise VolmlaError("labels must mark at least one solid phase (sparse labels hold phase + 1), got none")
+    if phase_names is not None and max(found) > len(named):
+        raise VolmlaError(f"labels hold phase {max(found)} (label {max(found) + 1}) but phase_names names "
+                          f"{len(named)} phases")
+    for k in range(1, max(max(found), max(named, default=0)) + 1):
+        if k not in found:
+            if k in named:
+                raise VolmlaError(f"phase {named[k]!r} ({k}) has no labelled voxels in labels: its grey level cannot "
+                                  "be fitted; label some of it or leave it out of phase_names")
+            raise VolmlaError(f"phase {k} has no labelled voxels in labels (label {k + 1}) but phase {max(found)} has: "
+                              "its grey level cannot be fitted; label some of it (sparse labels hold phase + 1)")
+    return found
+
+
 def segment_phases(
     volume: VolumeLike,
     *,
@@ -184,6 +264,7 @@ def segment_phases(
     forest_options: Mapping[str, Any] | None = None,
     particles: VolumeLike | None = None,
     region_options: Mapping[str, Any] | None = None,
+    phase_names: Sequence[str] | Mapping[int, str] | None = None,
     halo: int | None = None,
     tile: int | Sequence[int] | Literal["block"] | None = None,
     overlap: float = 0.25,
@@ -225,6 +306,9 @@ def segment_phases(
     region_options
         Other keywords of :func:`volmla.segment.pooled.region_phases` (``radius``,
         ``min_grain``, ``psf_sigma``, ...).
+    phase_names
+        ``regions``: names of phases 1..N (default the labels' ``phases`` attribute);
+        every one must be labelled (:func:`check_labels`).
     halo, tile, overlap, batch, device, fp16, uncertainty, threads
         U-Net inference options (:func:`volmla.segment.infer.segment`); ``device`` is
         ignored by the other methods.
@@ -232,19 +316,22 @@ def segment_phases(
     Returns
     -------
     PhaseSegmentation
-        Lazy phases, class names, confidence (or None), the method and model used,
-        and the training accuracy of a forest trained here.
+        Lazy phases (a DataArray with the input's coordinates and voxel size), class
+        names, confidence (or None), the method and model used, and the training
+        accuracy of a forest trained here.
 
     Examples
     --------
     >>> import numpy as np
     >>> image = np.repeat([10, 200], 32).reshape(1, 8, 8).astype(np.uint8)
     >>> out = segment_phases(image, method="kmeans", classes=2)
-    >>> out.classes, np.bincount(out.phases.compute().ravel()).tolist()
+    >>> out.classes, np.bincount(out.phases.values.ravel()).tolist()
     (('void', 'class1'), [32, 32])
     """
     resolved = check_options(method, model=model, labels=labels, save_model=save_model, classes=classes,
                              uncertainty=uncertainty)
+    if phase_names is not None and resolved != "regions":
+        raise VolmlaError(f"phase_names= is for method regions (the names of the labelled phases), got method {resolved}")
     if resolved in ("threshold", "kmeans"):
         from volmla.segment.classical import kmeans_segment, threshold_segment
 
@@ -252,22 +339,28 @@ def segment_phases(
         phases = (threshold_segment(volume, classes=classes) if resolved == "threshold"
                   else kmeans_segment(volume, classes=classes, seed=seed))
         names = ("void", *(f"class{i}" for i in range(1, classes)))
-        return PhaseSegmentation(phases, names, None, resolved, None, None)
+        return _result(volume, phases, names, None, resolved, None, None)
     if resolved == "regions":
         from volmla.segment.pooled import label_levels, region_phases
 
         assert labels is not None
+        from volmla.engine.blocks import as_volume
+
+        check_labels(labels, shape=tuple(getattr(volume, "shape", np.shape(volume))), phase_names=phase_names)
         if particles is None:
             from volmla.particles import label_particles
 
             particles = label_particles(volume).labels
         levels = label_levels(volume, labels, particles=particles)
         phases = region_phases(volume, particles, levels=levels, **dict(region_options or {}))
-        from volmla.engine.blocks import as_volume
-
-        named = {int(k): str(v) for k, v in as_volume(labels, name="labels").attrs.get("phases", {}).items()}
+        if phase_names is None:
+            named = {int(k): str(v) for k, v in (as_volume(labels, name="labels").attrs.get("phases") or {}).items()}
+        elif isinstance(phase_names, Mapping):
+            named = {int(k): str(v) for k, v in phase_names.items()}
+        else:
+            named = {i: str(v) for i, v in enumerate(phase_names, start=1)}
         names = ("void", *(named.get(k, f"phase{k}") for k in range(1, max(levels.levels) + 1)))
-        return PhaseSegmentation(phases, names, None, resolved, None, None)
+        return _result(volume, phases, names, None, resolved, None, None)
     if resolved == "rf":
         from volmla.segment.forest import (
             DEFAULT_SIGMAS,
@@ -287,10 +380,29 @@ def segment_phases(
         assert model is not None
         path = Path(model)
         phases = random_forest_segment(volume, model=path)
-        return PhaseSegmentation(phases, load_random_forest(path).classes, None, resolved, path, accuracy)
+        return _result(volume, phases, load_random_forest(path).classes, None, resolved, path, accuracy)
     from volmla.segment.infer import segment
 
     assert model is not None
     seg = segment(volume, model=model, halo=halo, tile=tile, overlap=overlap, batch=batch, device=device,
                   fp16=fp16, uncertainty=uncertainty, threads=threads)
-    return PhaseSegmentation(seg.phases, seg.classes, seg.confidence, resolved, Path(model), None)
+    return _result(volume, seg.phases, seg.classes, seg.confidence, resolved, Path(model), None)
+
+
+def _result(volume: VolumeLike, phases: da.Array | xr.DataArray, classes: Sequence[str],
+            confidence: da.Array | xr.DataArray | None,
+            method: SegmentMethod, model: Path | None, accuracy: float | None) -> PhaseSegmentation:
+    """The lazy results as DataArrays on the input's grid, with the classes and provenance."""
+    from volmla.engine.blocks import as_dataarray
+
+    names = tuple(classes)
+    record = {"step": "segment", "method": method, "model": None if model is None else str(model)}
+    out = as_dataarray(_dask(phases), like=volume, name="phases", kind="phases",
+                       phases={i: n for i, n in enumerate(names) if i}, record=record)
+    conf = None if confidence is None else as_dataarray(_dask(confidence), like=volume,
+                                                         name="confidence", kind="intensity", record=record)
+    return PhaseSegmentation(out, names, conf, method, model, accuracy)
+
+
+def _dask(array: da.Array | xr.DataArray) -> da.Array:
+    return array.data if isinstance(array, xr.DataArray) else array

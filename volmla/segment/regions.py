@@ -262,7 +262,7 @@ def clean_phases(
                            dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8))
     if min_grain <= 1:
         return ph
-    grains = label_grains(lab, ph, connectivity=connectivity).labels
+    grains = label_grains(lab, ph, connectivity=connectivity).labels.data
     grains = grains if grains.chunks == lab.chunks else grains.rechunk(lab.chunks)
     faces = neighbour_map(packed_labels(lab, ph), "phase_faces", np.uint64)
     scale = 1.0 if np.issubdtype(image.dtype, np.integer) else 2.0**16 / max(sigma, 1e-300)

@@ -1,0 +1,60 @@
+"""A phase absent from the scan is a warning in summary.json and the report, never a silent zero (issue 17)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from volmla.liberation import analyse, liberation_summary
+from volmla.liberation.report import executive_summary
+from volmla.liberation.summary import phase_warnings
+
+
+def _table() -> pd.DataFrame:
+    return pd.DataFrame({"particle_id": [1, 2, 3], "vox_qz": [10, 5, 8], "vox_fsp": [0, 5, 0], "vox_py": [0, 0, 0],
+                         "vox_mag": [0, 0, 4], "volume_voxels": [10, 10, 12], "esd_um": [2.0, 3.0, 2.5],
+                         "volume_um3": [10.0, 10.0, 12.0], "touches_border": [False, False, True]})
+
+
+def test_phase_warnings_name_the_absent_and_the_border_only_phases(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="volmla.liberation.summary"):
+        out = phase_warnings(_table(), phase_names=["qz", "fsp", "py", "mag"])
+    assert out == ["phase py: no voxels found",
+                   "phase mag: found only in particles cut by the volume border (excluded)"]
+    assert [r.getMessage() for r in caplog.records] == out
+    # with the border particles analysed, mag is found
+    assert phase_warnings(_table(), phase_names=["qz", "fsp", "py", "mag"], include_border=True) == [
+        "phase py: no voxels found"]
+    assert phase_warnings(_table(), phase_names=["qz", "fsp"]) == []
+
+
+def test_summary_carries_them_and_the_report_lists_each_once() -> None:
+    summary = liberation_summary(_table(), phase_names=["qz", "fsp", "py", "mag"])
+    assert summary["warnings"] == ["phase py: no voxels found",
+                                   "phase mag: found only in particles cut by the volume border (excluded)"]
+    assert summary["modal_mineralogy"]["py"] == 0.0  # the zero the warning qualifies
+    warnings = executive_summary(summary)["warnings"]
+    assert warnings[:2] == summary["warnings"]
+    assert not any(w.startswith(("py ", "mag ")) for w in warnings)  # not said twice in other words
+    assert "no free particle of fsp: its liberation degree is 0" in warnings  # the others still there
+
+
+def test_analyse_writes_the_warning_into_summary_json_and_the_report(tmp_path: Path) -> None:
+    phases = np.zeros((12, 12, 12), np.uint8)
+    phases[2:6, 2:6, 2:6] = 1
+    phases[6:11, 6:11, 6:11] = 2  # phase 3 (py) named, never found
+    particles = np.zeros_like(phases, np.uint32)
+    particles[2:6, 2:6, 2:6], particles[6:11, 6:11, 6:11] = 1, 2
+    named = xr.DataArray(phases, dims=("z", "y", "x"), attrs={"phases": {1: "qz", 2: "fsp", 3: "py"}})
+    summary = analyse(named, particles, out_dir=tmp_path / "lib", section_step=None, pieces=None, n_boot=0,
+                      voxel_size=1.0)
+    assert summary["warnings"] == ["phase py: no voxels found"]
+    written = json.loads((tmp_path / "lib" / "summary.json").read_text())
+    assert written["warnings"] == ["phase py: no voxels found"]
+    assert "phase py: no voxels found" in (tmp_path / "lib" / "report.html").read_text()
