@@ -246,7 +246,7 @@ def _write(plan: LabelsPlan, result: Labels) -> None:
 
     like = plan.inputs[0]
     write_volume(
-        like.copy(data=result.labels),
+        like.copy(data=result.labels.data),
         plan.output,
         chunks=tuple(int(c[0]) for c in like.data.chunks),
         kind="labels",
