@@ -216,7 +216,7 @@ def check_labels(labels: VolumeLike, *, shape: Sequence[int],
     volmla.errors.VolmlaError: phase 'pyrite' (2) has no labelled voxels in labels: its grey level cannot be fitted; label some of it or leave it out of phase_names
     """
     from volmla.engine.blocks import as_volume
-    from volmla.engine.cluster import compute
+    from volmla.engine.reduce import histogram
 
     given = tuple(int(n) for n in getattr(labels, "shape", np.shape(labels)))
     if given != tuple(int(n) for n in shape):
@@ -228,14 +228,12 @@ def check_labels(labels: VolumeLike, *, shape: Sequence[int],
         named = {int(k): str(v) for k, v in phase_names.items()}
     else:
         named = {i: str(v) for i, v in enumerate(phase_names, start=1)}
-    data = lab.data
-    (top,) = compute([data.max()], desc="label classes")
-    top = int(top)
-    if top > 255:
+    hist = histogram(lab.data)  # exact, one pass for (u)int8/16 labels
+    held = np.flatnonzero(hist.counts)
+    top = int(hist.first + hist.width * held.max()) if held.size else 0
+    if not hist.exact or top > 255 or hist.first + hist.width * held.min() < 0:
         raise VolmlaError(f"labels must hold phase + 1 below 256, got {top}")
-    (counts,) = compute([da.bincount(data.ravel().astype(np.int64), minlength=top + 1)], desc="labelled voxels")
-    counts = np.asarray(counts, np.int64)
-    found = {k - 1: int(counts[k]) for k in range(1, counts.size) if counts[k] > 0}
+    found = {int(hist.first) + int(k) - 1: int(hist.counts[k]) for k in held if hist.first + k > 0}
     if not any(k > 0 for k in found):
         raise VolmlaError("labels must mark at least one solid phase (sparse labels hold phase + 1), got none")
     if phase_names is not None and max(found) > len(named):

@@ -107,7 +107,13 @@ import numpy as np
 from volmla.engine.blocks import as_volume
 from volmla.errors import VolmlaError
 from volmla.measure.fractions import PhaseLevels
-from volmla.segment.regions import DEFAULT_CONTRAST, MIN_GRAIN, _relabel_block, clean_phases
+from volmla.segment.regions import (
+    DEFAULT_CONTRAST,
+    MIN_GRAIN,
+    _relabel_block,
+    clean_phases,
+    merge_grain_rows,
+)
 from volmla.types import VolumeLike
 
 logger = logging.getLogger(__name__)
@@ -884,17 +890,10 @@ def _grain_decisions(rows: list[dict[str, np.ndarray]], groups: _Groups, *, scal
                      min_grain: int) -> tuple[np.ndarray, np.ndarray]:
     """Step 7 after the blocks: grains of a pooled group with at least ``min_grain``
     interior voxels take the phase whose level is nearest their interior mean."""
-    rows = [r for r in rows if r["grain"].size]
-    if not rows:
+    uk, merged = merge_grain_rows(rows, summed=("n", "sum"))
+    if not uk.size:
         return np.zeros(0, np.uint64), np.zeros(0, np.uint8)
-    ids = np.concatenate([r["grain"] for r in rows])
-    uk, inv = np.unique(ids, return_inverse=True)
-    n = np.zeros(uk.size, np.int64)
-    sums = np.zeros(uk.size, np.int64)
-    phase = np.zeros(uk.size, np.int64)
-    np.add.at(n, inv, np.concatenate([r["n"] for r in rows]))
-    np.add.at(sums, inv, np.concatenate([r["sum"] for r in rows]))
-    phase[inv] = np.concatenate([r["phase"] for r in rows])
+    n, sums, phase = merged["n"], merged["sum"], merged["phase"]
     group = np.zeros(256, np.int64)
     for g in range(1, groups.phases.shape[0]):
         group[groups.phases[g][groups.phases[g] > 0]] = g

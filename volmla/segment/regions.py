@@ -70,7 +70,7 @@ real inclusion."""
 MAX_PHASES = 21
 """Phase ids the face counts hold (3 bits per phase in 64 bits)."""
 
-__all__ = ["DEFAULT_CONTRAST", "MAX_PHASES", "MIN_GRAIN", "clean_phases", "grain_decisions"]
+__all__ = ["DEFAULT_CONTRAST", "MAX_PHASES", "MIN_GRAIN", "clean_phases", "grain_decisions", "merge_grain_rows"]
 
 
 def _lut(levels: PhaseLevels) -> np.ndarray:
@@ -118,6 +118,47 @@ def _grain_rows(grains: np.ndarray, ph: np.ndarray, faces: np.ndarray, image: np
             "grey": np.add.reduceat(grey, starts), "faces": np.add.reduceat(per, starts, axis=0)}
 
 
+def merge_grain_rows(rows: list[dict[str, np.ndarray]], *,
+                     summed: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Merge per-block grain rows by grain id: the ``summed`` fields added up (a grain
+    crossing blocks has a row in each), ``phase`` taken as it is (one per grain).
+
+    Parameters
+    ----------
+    rows
+        Per-block dicts of equal-length arrays: ``grain`` (ids), ``phase`` and the
+        ``summed`` fields (1-D, or 2-D with one row per grain).
+    summed
+        The fields to add up.
+
+    Returns
+    -------
+    (numpy.ndarray, dict)
+        The sorted grain ids and, for each summed field and ``phase``, one int64 entry
+        per id.
+
+    Examples
+    --------
+    >>> rows = [{"grain": np.array([5, 2]), "n": np.array([1, 2]), "phase": np.array([1, 2])},
+    ...         {"grain": np.array([5]), "n": np.array([3]), "phase": np.array([1])}]
+    >>> ids, merged = merge_grain_rows(rows, summed=("n",))
+    >>> ids.tolist(), merged["n"].tolist(), merged["phase"].tolist()
+    ([2, 5], [2, 4], [2, 1])
+    """
+    rows = [r for r in rows if r["grain"].size]
+    if not rows:
+        return np.zeros(0, np.uint64), {}
+    uk, inv = np.unique(np.concatenate([r["grain"] for r in rows]), return_inverse=True)
+    merged: dict[str, np.ndarray] = {}
+    for field in summed:
+        values = np.concatenate([r[field] for r in rows])
+        merged[field] = np.zeros((uk.size, *values.shape[1:]), np.int64)
+        np.add.at(merged[field], inv, values)
+    merged["phase"] = np.zeros(uk.size, np.int64)
+    merged["phase"][inv] = np.concatenate([r["phase"] for r in rows])
+    return uk, merged
+
+
 def grain_decisions(rows: list[dict[str, np.ndarray]], *, levels: PhaseLevels, scale: float, min_grain: int,
                     contrast: float) -> tuple[np.ndarray, np.ndarray]:
     """Steps 3-4 after the blocks: merge the grain rows and decide.
@@ -138,19 +179,10 @@ def grain_decisions(rows: list[dict[str, np.ndarray]], *, levels: PhaseLevels, s
     (numpy.ndarray, numpy.ndarray)
         The sorted ids of the grains that change phase, and their new phases (uint8).
     """
-    rows = [r for r in rows if r["grain"].size]
-    if not rows:
+    uk, merged = merge_grain_rows(rows, summed=("n", "grey", "faces"))
+    if not uk.size:
         return np.zeros(0, np.uint64), np.zeros(0, np.uint8)
-    ids = np.concatenate([r["grain"] for r in rows])
-    uk, inv = np.unique(ids, return_inverse=True)
-    n = np.zeros(uk.size, np.int64)
-    grey = np.zeros(uk.size, np.int64)
-    faces = np.zeros((uk.size, MAX_PHASES), np.int64)
-    phase = np.zeros(uk.size, np.int64)
-    np.add.at(n, inv, np.concatenate([r["n"] for r in rows]))
-    np.add.at(grey, inv, np.concatenate([r["grey"] for r in rows]))
-    np.add.at(faces, inv, np.concatenate([r["faces"] for r in rows]))
-    phase[inv] = np.concatenate([r["phase"] for r in rows])
+    n, grey, faces = merged["n"], merged["grey"], merged["faces"]
     lut = _lut(levels)
     best = faces.argmax(axis=1)  # ties: the lowest phase id
     has = faces[np.arange(uk.size), best] > 0
