@@ -65,20 +65,11 @@ from volmla.sem import (
     synthetic_training_table,
     train_classifier,
 )
+from volmla.sem.evaluate import average_precision
 from volmla.synthetic.sem import SEM_CLASSES, sem_image
 
 RESULTS = Path(__file__).parent / "results" / "sem.json"
 OPTIONS: dict[str, Any] = {"shape": (768, 1024), "n_crystals": 40, "overlap": 0.75, "perspective": 0.03}
-
-
-def _ap50(hits: list[tuple[float, bool]], n_true: int) -> float:
-    """AP50 pooled over images, predictions ranked by area."""
-    ranked = sorted(hits, key=lambda h: -h[0])
-    tp = np.cumsum([h[1] for h in ranked])
-    precision = tp / np.arange(1, len(ranked) + 1)
-    recall = tp / max(n_true, 1)
-    envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(ranked) else np.zeros(0)
-    return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * envelope))
 
 
 def _confusion(y_true: list[int], y_pred: list[int]) -> list[list[int]]:
@@ -214,7 +205,7 @@ def run(n_train: int, n_test: int, cnn: bool = False, epochs: int = 30, seg_trai
             if complete[t - 1] and not bool(true_table.loc[t, "touches_border"]):
                 whole_err.append(float(m.loc[p, "equivalent_diameter_um"] / s.diameter_um[t - 1] - 1))
 
-    ap50 = _ap50(ap_hits, n_true)
+    ap50 = average_precision(ap_hits, n_true)
     right = np.array(y_true) == np.array(y_pred)
     cut, at07 = np.array(border, bool), np.array(y07, bool)
     se, ae, we = np.abs(size_err), np.abs(aspect_err), np.abs(whole_err)
@@ -226,7 +217,7 @@ def run(n_train: int, n_test: int, cnn: bool = False, epochs: int = 30, seg_trai
             "true_crystals": n_true, "predicted": seg_pred,
             "matched_iou07": round(len(seg_matched) / max(n_true, 1), 4),
             "mean_iou_of_matches": round(float(np.mean(seg_matched)), 4) if seg_matched else None,
-            "ap50": round(_ap50(seg_hits, n_true), 4),
+            "ap50": round(average_precision(seg_hits, n_true), 4),
             "segmentation_megapixels_per_second": round(pixels / 1e6 / seg_seconds, 3),
             "segmentation_megapixels_per_cpu_second": round(pixels / 1e6 / seg_cpu, 3),
             "classification": {"crystals_matched_iou07": len(seg_y_true), "top1": _top1(seg_y_true, seg_y_pred),

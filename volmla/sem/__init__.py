@@ -25,7 +25,13 @@ from volmla.sem.classify import (
     train_classifier,
     train_forms,
 )
-from volmla.sem.evaluate import InstanceScores, evaluate_folder, match_instances, score_instances
+from volmla.sem.evaluate import (
+    InstanceScores,
+    average_precision,
+    evaluate_folder,
+    match_instances,
+    score_instances,
+)
 from volmla.sem.features import DESCRIPTORS, crystal_table
 from volmla.sem.io import SemImage, info_bar_rows, read_sem, sem_files, tiff_pixel_size
 from volmla.sem.segment import segment_crystals, segment_with_model
@@ -39,6 +45,7 @@ __all__ = [
     "InstanceScores",
     "SegmenterTraining",
     "SemImage",
+    "average_precision",
     "check_model",
     "class_summary",
     "classify_crystals",

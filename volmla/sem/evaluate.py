@@ -21,7 +21,7 @@ import numpy as np
 
 from volmla.errors import VolmlaError
 
-__all__ = ["InstanceScores", "evaluate_folder", "match_instances", "score_instances"]
+__all__ = ["InstanceScores", "average_precision", "evaluate_folder", "match_instances", "score_instances"]
 
 
 class InstanceScores(NamedTuple):
@@ -109,24 +109,35 @@ def score_instances(truth: np.ndarray, pred: np.ndarray, *, iou: float = 0.7) ->
     _, pi50, _ = match_instances(truth, pred, iou=0.5)
     matched = len(ti) / len(true_ids) if len(true_ids) else 1.0
     mean_iou = float(ious.mean()) if len(ious) else 0.0
-    # AP50: rank predictions by area (larger first), precision over recall
+    # AP50: predictions ranked by area (larger first), precision over recall
     area = np.bincount(np.asarray(pred).ravel().astype(np.int64))
-    ranked = pred_ids[np.argsort(-area[pred_ids], kind="stable")]
-    hit = np.isin(ranked, pi50).astype(np.float64)
-    if not len(true_ids):
-        ap = 1.0 if not len(ranked) else 0.0
-    else:
-        tp = np.cumsum(hit)
-        precision = tp / np.arange(1, len(ranked) + 1)
-        recall = tp / len(true_ids)
-        envelope = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
-        steps = np.diff(np.concatenate([[0.0], recall]))
-        ap = float(np.sum(steps * envelope))
+    hit50 = set(pi50.tolist())
+    ap = average_precision([(float(area[k]), int(k) in hit50) for k in pred_ids], len(true_ids))
     return InstanceScores(len(true_ids), len(pred_ids), float(matched), mean_iou, ap)
 
 
-def _ap(hits: list[tuple[float, bool]], n_true: int) -> float:
-    """AP50 of predictions ranked by their score (area), pooled over images."""
+def average_precision(hits: list[tuple[float, bool]], n_true: int) -> float:
+    """Average precision of ranked predictions (COCO-style, one class, no interpolation grid).
+
+    Parameters
+    ----------
+    hits
+        ``(score, matched)`` per prediction, e.g. (area, matched at IoU 0.5), from one
+        image or pooled over many.
+    n_true
+        True instances.
+
+    Returns
+    -------
+    float
+        Precision integrated over recall (its upper envelope); 1 with nothing to find
+        and nothing predicted.
+
+    Examples
+    --------
+    >>> average_precision([(9.0, True), (4.0, False), (1.0, True)], 2)
+    0.8333333333333333
+    """
     if not n_true:
         return 1.0 if not hits else 0.0
     ranked = sorted(hits, key=lambda h: -h[0])
@@ -228,7 +239,7 @@ def evaluate_folder(folder: str | Path, *, model: str | Path | None = None, segm
     out: dict[str, Any] = {"images": len(rows), "true_crystals": n_true, "predicted": n_pred,
                            "matched_iou07": len(ious) / n_true if n_true else 1.0,
                            "mean_iou_of_matches": float(np.mean(ious)) if ious else 0.0,
-                           "ap50": _ap(hits, n_true), "segmenter": "model" if segmenter is not None else "classical",
+                           "ap50": average_precision(hits, n_true), "segmenter": "model" if segmenter is not None else "classical",
                            "per_image": rows}
     if model is not None:
         order = sorted(set(y_true) | set(y_pred))
