@@ -215,3 +215,23 @@ def test_repeated_computes_of_shared_layers_are_quiet(caplog: pytest.LogCaptureF
         assert int(vc.compute([(y * 2).sum()])[0]) == 2 * total
         assert vc.compute([y.max()])[0] == 1
     assert not [r for r in caplog.records if "run_spec" in r.getMessage()]
+
+
+def test_interrupted_sync_cancel_report_is_dropped_and_other_loop_errors_kept() -> None:
+    """A Ctrl-C before distributed's sync() made its future logs a NameError traceback from
+    the loop thread on top of volmla's one-line message (seen once in CI); only that goes."""
+    import logging
+
+    from volmla.engine.cluster import _DropInterruptedSyncCancel, _quiet_known_noise
+
+    _quiet_known_noise()
+    _quiet_known_noise()
+    log = logging.getLogger("tornado.application")
+    assert sum(isinstance(f, _DropInterruptedSyncCancel) for f in log.filters) == 1
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("tornado.application", logging.ERROR, __file__, 1, msg, (), None)
+
+    cancel = "Exception in callback functools.partial(<function sync.<locals>.cancel at 0x7f>)"
+    assert not log.filter(record(cancel))
+    assert log.filter(record("Exception in callback <function other at 0x7f>"))

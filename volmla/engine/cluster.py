@@ -141,6 +141,7 @@ def cluster(
     if scheduler is not None:
         if workers is not None or gpus:
             logger.info("workers and gpus are ignored when attaching to %s", scheduler)
+        _quiet_known_noise()
         try:
             client = Client(scheduler, timeout=timeout, set_as_default=True)
         except (OSError, TimeoutError) as exc:
@@ -173,9 +174,7 @@ def cluster(
                 dashboard_address=dash or _HTTP_ONLY,
                 scheduler_kwargs={"dashboard": dash is not None},
             )
-    scheduler_log = logging.getLogger("distributed.scheduler")
-    if not any(isinstance(f, _DropRunSpecNotice) for f in scheduler_log.filters):
-        scheduler_log.addFilter(_DropRunSpecNotice())
+    _quiet_known_noise()
     try:
         client = Client(local, set_as_default=True)
         client.register_plugin(_embedded_worker_setup(task_errors=task_errors), name="volmla-worker-setup")
@@ -232,6 +231,27 @@ class _DropRunSpecNotice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Detected different `run_spec`" not in str(record.msg)
+
+
+class _DropInterruptedSyncCancel(logging.Filter):
+    """Drops tornado's report of distributed's ``sync`` cancel callback failing on Ctrl-C.
+
+    When the interrupt lands before ``distributed.utils.sync`` has created its future,
+    the cancel callback it schedules raises ``NameError`` (``future`` unbound) on the
+    event loop's thread, and tornado logs that traceback on top of volmla's one-line
+    "interrupted" message. The computation is cancelled either way; only the report goes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "sync.<locals>.cancel" not in record.getMessage()
+
+
+def _quiet_known_noise() -> None:
+    """Install the log filters above once per process (each is idempotent)."""
+    for name, kind in (("distributed.scheduler", _DropRunSpecNotice), ("tornado.application", _DropInterruptedSyncCancel)):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in log.filters):
+            log.addFilter(kind())
 
 
 class _DropClosingHeartbeat(logging.Filter):
