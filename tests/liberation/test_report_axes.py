@@ -44,3 +44,35 @@ def test_particles_all_of_one_size_draw_their_size_curve(tmp_path) -> None:
     analyse(phases, particles, out_dir=tmp_path / "lib", section_step=None, pieces=None, n_boot=0, voxel_size=1.0,
             phase_names=["a", "b"])
     assert (tmp_path / "lib" / "cumulative_size.png").stat().st_size > 1000
+
+
+
+def test_a_scatter_of_millions_draws_a_stated_seeded_subset(monkeypatch, tmp_path) -> None:
+    """Millions of grains (a fine breakage sweep) are drawn as a subset the legend names."""
+    from volmla.liberation import analyse, report
+    from volmla.liberation.report import _subset
+
+    index = np.arange(10, 1010)
+    a, b = _subset(index, 100), _subset(index, 100)
+    assert a.size == 100 and np.array_equal(a, b) and np.all(np.diff(a) > 0) and np.isin(a, index).all()
+    assert _subset(index, 5000) is index
+
+    drawn: list[tuple[int, str]] = []
+    scatter = matplotlib.axes.Axes.scatter
+
+    def spy(self, x, y, *args, **kwargs):  # type: ignore[no-untyped-def]
+        drawn.append((len(x), str(kwargs.get("label", ""))))
+        return scatter(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", spy)
+    monkeypatch.setattr(report, "SCATTER_POINTS", 7)
+    phases = np.zeros((4, 32, 32), np.uint8)
+    particles = np.zeros_like(phases, np.uint32)
+    for k in range(100):  # 100 particles of 2x2 voxels, one grain of "a" and one of "b" each
+        y, x = 1 + 3 * (k // 10), 1 + 3 * (k % 10)
+        particles[1:3, y : y + 2, x : x + 2] = k + 1
+        phases[1:3, y : y + 2, x] = 1
+        phases[1:3, y : y + 2, x + 1] = 2
+    analyse(phases, particles, out_dir=tmp_path / "lib", section_step=None, pieces=None, n_boot=0, voxel_size=1.0,
+            phase_names=["a", "b"])
+    assert (7, "a (7 of 100 shown)") in drawn and (7, "b (7 of 100 shown)") in drawn

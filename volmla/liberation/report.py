@@ -72,6 +72,11 @@ LEGEND_BESIDE = 5
 """More legend entries than this go beside the axes instead of over the data."""
 LEGEND_POINTS = 20_000
 """Above this many plotted points a legend goes beside the axes instead of searching for a free corner."""
+SCATTER_POINTS = 20_000
+"""Most points a scatter draws per phase: beyond it a seeded random subset is drawn (the
+legend says how many of how many); the binned statistics use every point. Millions of
+marks (a fine breakage sweep holds millions of grains) take minutes to draw and show
+only ink."""
 SMALL_MULTIPLES = 5
 """Line plots of more phases than this get one panel per phase (else the lines tangle)."""
 
@@ -221,6 +226,14 @@ def _legend(ax: Any, **kwargs: Any) -> None:
 
 def _nothing(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+
+
+def _subset(index: np.ndarray, most: int | None = None) -> np.ndarray:
+    """At most ``most`` (default :data:`SCATTER_POINTS`) of ``index``: a seeded random subset, in order."""
+    most = SCATTER_POINTS if most is None else most
+    if index.size <= most:
+        return index
+    return np.sort(np.random.default_rng(0).choice(index, size=most, replace=False))
 
 
 def _clip01(values: Any) -> np.ndarray:
@@ -630,10 +643,12 @@ def plots(
         pv = vol.reindex(g["particle_id"].to_numpy()).to_numpy(np.float64)
         gv = g["volume_um3"].to_numpy(np.float64)
         for p in names:
-            sel = (g["phase"] == p).to_numpy()
-            if sel.any():
-                ax.scatter(pv[sel], gv[sel], s=16, alpha=0.85, color=style[p].color, marker=style[p].marker,
-                           edgecolors="k", linewidths=0.3, label=p)
+            sel = np.flatnonzero((g["phase"] == p).to_numpy())
+            if sel.size:
+                shown = _subset(sel)
+                label = p if shown.size == sel.size else f"{p} ({shown.size:,} of {sel.size:,} shown)"
+                ax.scatter(pv[shown], gv[shown], s=16, alpha=0.85, color=style[p].color, marker=style[p].marker,
+                           edgecolors="k", linewidths=0.3, label=label)
         edges = _bins(pv, 12)
         idx = np.digitize(pv, edges) - 1
         bin_mids, means, stds = [], [], []
