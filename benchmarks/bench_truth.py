@@ -14,7 +14,9 @@ For each seed and difficulty level of :func:`volmla.synthetic.crushed_ore`:
    with apportioning; (o) the same with the two opt-in steps of
    :func:`~volmla.segment.pooled.region_phases` (``per_particle=True, refine=True``:
    smaller regions in small particles, levels re-measured on the scan), measured beside
-   the default; (t) the true phases with apportioning give the floor that the scan
+   the default; (m) the same with the Potts field (``mrf=True``,
+   :func:`volmla.segment.mrf.potts_phases`) between the pooled classes and the cleaning
+   (``regions_mrf``); (t) the true phases with apportioning give the floor that the scan
    resolution itself sets;
 3. per phase: |LD error| and |modal error| against ``ore.liberation`` (exact, from the
    fine grid), free-particle recall (truly free particles of the phase measured free of
@@ -30,7 +32,9 @@ For each seed and difficulty level of :func:`volmla.synthetic.crushed_ore`:
 
 Run: ``python benchmarks/bench_truth.py`` (3 seeds x 2 levels at 80^3 and the 128^3
 timing, several minutes on two cores: the forest's training and prediction dominate);
-``--quick`` for one small case and no timing.
+``--quick`` for one small case and no timing; ``--regions-only`` measures only the region
+paths (``regions_pv``, ``regions_mrf``) and the truth floor on the true particles (no forest,
+no end to end, no timing; write it elsewhere with ``--output``).
 Writes ``benchmarks/results/truth.json`` and prints a table.
 """
 
@@ -49,7 +53,8 @@ import numpy as np
 import pandas as pd
 
 NAMES = ["quartz", "feldspar", "pyrite"]
-KEYS = ("today", "cleaned_pv", "regions_pv", "regions_opt_pv", "truth_phases_pv")
+KEYS = ("today", "cleaned_pv", "regions_pv", "regions_opt_pv", "regions_mrf", "truth_phases_pv")
+REGION_KEYS = ("regions_pv", "regions_mrf", "truth_phases_pv")
 SIZE_BINS = [1, 5, 10, 20, 30, 40, 60, 100, 260, 10**12]
 
 
@@ -131,6 +136,31 @@ def _overall(df: pd.DataFrame, truth: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def run_regions_case(shape: int, seed: int, level: str) -> dict[str, Any]:
+    """The region paths only (default and ``mrf=True``) and the truth floor, on the true particles."""
+    from volmla.measure import particle_table
+    from volmla.segment.pooled import region_phases
+    from volmla.synthetic import crushed_ore
+
+    ore = crushed_ore(shape=shape, seed=seed, level=level)
+    labels = _sparse_labels(ore.phases)
+    t0 = time.perf_counter()
+    regions = np.asarray(region_phases(ore.intensity, ore.particles, labels).compute())
+    t1 = time.perf_counter()
+    with_field = np.asarray(region_phases(ore.intensity, ore.particles, labels, mrf=True).compute())
+    t2 = time.perf_counter()
+    inside = ore.particles > 0
+    out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level, "n_particles": int(ore.params["n_particles"]),
+                           "voxel_accuracy_in_particles": {
+                               k: float((v[inside] == ore.phases[inside]).mean())
+                               for k, v in (("regions", regions), ("regions_mrf", with_field))}}
+    for key, ph in (("regions_pv", regions), ("regions_mrf", with_field), ("truth_phases_pv", ore.phases)):
+        table = particle_table(ore.particles, ph, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
+        out[key] = _scores(table, ore.table, ore.liberation)
+    out["seconds"] = {"regions": t1 - t0, "regions_mrf": t2 - t1}
+    return out
+
+
 def run_case(shape: int, seed: int, level: str, *, min_grain: int, workdir: Path) -> dict[str, Any]:
     from volmla.measure import particle_table
     from volmla.particles import label_particles
@@ -158,6 +188,9 @@ def run_case(shape: int, seed: int, level: str, *, min_grain: int, workdir: Path
     by_region_opt = particle_table(ore.particles, optional, voxel_size=1.0, phase_names=NAMES,
                                    intensity=ore.intensity)
     t4b = time.perf_counter()
+    with_field = np.asarray(region_phases(ore.intensity, ore.particles, _sparse_labels(ore.phases), mrf=True).compute())
+    by_field = particle_table(ore.particles, with_field, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
+    t4c = time.perf_counter()
     # end to end: particles from the CT (label_particles defaults), phases by region in them
     own = np.asarray(label_particles(ore.intensity, voxel_size=1.0).labels.compute())
     own_phases = np.asarray(region_phases(ore.intensity, own, _sparse_labels(ore.phases)).compute())
@@ -166,7 +199,8 @@ def run_case(shape: int, seed: int, level: str, *, min_grain: int, workdir: Path
     floor = particle_table(ore.particles, ore.phases, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
     inside = ore.particles > 0
     acc = {k: float((v[inside] == ore.phases[inside]).mean())
-           for k, v in (("forest", predicted), ("cleaned", cleaned), ("regions", regions), ("regions_opt", optional))}
+           for k, v in (("forest", predicted), ("cleaned", cleaned), ("regions", regions), ("regions_opt", optional),
+                        ("regions_mrf", with_field))}
     return {
         "shape": shape, "seed": seed, "level": level, "n_particles": int(ore.params["n_particles"]),
         "voxel_accuracy_in_particles": acc,
@@ -174,11 +208,13 @@ def run_case(shape: int, seed: int, level: str, *, min_grain: int, workdir: Path
         "cleaned_pv": _scores(ours, ore.table, ore.liberation),
         "regions_pv": _scores(by_region, ore.table, ore.liberation),
         "regions_opt_pv": _scores(by_region_opt, ore.table, ore.liberation),
+        "regions_mrf": _scores(by_field, ore.table, ore.liberation),
         "truth_phases_pv": _scores(floor, ore.table, ore.liberation),
         "end_to_end": _overall(end_to_end, ore.liberation),
         "grain_purity": _purity(ore.particles, predicted, ore.phases),
         "seconds": {"phantom": t1 - t0, "forest": t2 - t1, "clean_and_measure": t3 - t2, "regions_and_measure": t4 - t3,
-                    "regions_opt_and_measure": t4b - t4, "end_to_end": t5 - t4b},
+                    "regions_opt_and_measure": t4b - t4, "regions_mrf_and_measure": t4c - t4b,
+                    "end_to_end": t5 - t4c},
     }
 
 
@@ -203,11 +239,11 @@ def time_case(shape: int, *, workdir: Path) -> dict[str, Any]:
                                             "regions": float((regions[inside] == ore.phases[inside]).mean())}}
 
 
-def _table(cases: list[dict[str, Any]]) -> str:
+def _table(cases: list[dict[str, Any]], keys: tuple[str, ...] = KEYS) -> str:
     lines = ["| level | seed | method | LD err q/f/py | modal err q/f/py | free recall q/f/py | false free q/f/py |",
              "|---|---|---|---|---|---|---|"]
     for c in cases:
-        for key in KEYS:
+        for key in keys:
             s = c[key]
 
             def fmt(field: str, spec: str, s: dict[str, Any] = s) -> str:
@@ -218,6 +254,33 @@ def _table(cases: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _summary(cases: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: {"max_ld_error": max(c[key]["max_ld_error"] for c in cases),
+                  "mean_max_ld_error": float(np.mean([c[key]["max_ld_error"] for c in cases])),
+                  "max_modal_error": max(c[key]["max_modal_error"] for c in cases)} for key in keys}
+
+
+def _regions_only(args: argparse.Namespace) -> int:
+    cases = []
+    for level in args.levels:
+        for seed in args.seeds:
+            case = run_regions_case(args.shape, seed, level)
+            acc = case["voxel_accuracy_in_particles"]
+            print(f"{level} seed {seed}: max |LD error| regions+PV {case['regions_pv']['max_ld_error']:.3f} "
+                  f"(modal {case['regions_pv']['max_modal_error']:.4f}, voxels {acc['regions']:.4f}, "
+                  f"{case['seconds']['regions']:.1f} s), Potts field {case['regions_mrf']['max_ld_error']:.3f} "
+                  f"(modal {case['regions_mrf']['max_modal_error']:.4f}, voxels {acc['regions_mrf']:.4f}, "
+                  f"{case['seconds']['regions_mrf']:.1f} s)", file=sys.stderr, flush=True)
+            cases.append(case)
+    out = {"regions_only": True, "targets": {"max_ld_error": 0.03, "max_modal_error": 0.01},
+           "summary": _summary(cases, REGION_KEYS), "cases": cases, "cpus": os.cpu_count()}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(out, indent=2, allow_nan=False, default=float))
+    print(_table(cases, REGION_KEYS))
+    print(json.dumps(out["summary"], indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, default=80)
@@ -226,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-grain", type=int, default=None, help="default: volmla.segment.regions.MIN_GRAIN")
     parser.add_argument("--quick", action="store_true", help="one 48^3 easy case (a smoke run), no timing")
     parser.add_argument("--timing-shape", type=int, default=128, help="edge of the runtime case (0: none)")
+    parser.add_argument("--regions-only", action="store_true",
+                        help="only regions_pv, regions_mrf and the truth floor on the true particles (no forest, "
+                             "no end to end, no timing)")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "truth.json")
     args = parser.parse_args(argv)
     from volmla.segment.regions import MIN_GRAIN
@@ -234,25 +300,22 @@ def main(argv: list[str] | None = None) -> int:
         args.shape, args.seeds, args.levels, args.timing_shape = 48, [0], ["easy"], 0
     min_grain = MIN_GRAIN if args.min_grain is None else args.min_grain
     cases = []
+    if args.regions_only:
+        return _regions_only(args)
     with tempfile.TemporaryDirectory() as tmp:
         for level in args.levels:
             for seed in args.seeds:
                 case = run_case(args.shape, seed, level, min_grain=min_grain, workdir=Path(tmp))
                 print(f"{level} seed {seed}: max |LD error| today {case['today']['max_ld_error']:.3f}, "
                       f"cleaned+PV {case['cleaned_pv']['max_ld_error']:.3f}, regions+PV {case['regions_pv']['max_ld_error']:.3f} "
-                      f"(opt-in steps {case['regions_opt_pv']['max_ld_error']:.3f}) "
+                      f"(opt-in steps {case['regions_opt_pv']['max_ld_error']:.3f}, "
+                      f"Potts field {case['regions_mrf']['max_ld_error']:.3f}) "
                       f"(modal {case['regions_pv']['max_modal_error']:.4f}); end to end "
                       f"{case['end_to_end']['max_ld_error']:.3f} (modal {case['end_to_end']['max_modal_error']:.4f})",
                       file=sys.stderr, flush=True)
                 cases.append(case)
         timing = time_case(args.timing_shape, workdir=Path(tmp)) if args.timing_shape else None
-    summary = {}
-    for key in (*KEYS, "end_to_end"):
-        summary[key] = {
-            "max_ld_error": max(c[key]["max_ld_error"] for c in cases),
-            "mean_max_ld_error": float(np.mean([c[key]["max_ld_error"] for c in cases])),
-            "max_modal_error": max(c[key]["max_modal_error"] for c in cases),
-        }
+    summary = _summary(cases, (*KEYS, "end_to_end"))
     out = {"min_grain": min_grain, "targets": {"max_ld_error": 0.03, "max_modal_error": 0.01,
                                                "end_to_end": {"max_ld_error": 0.05, "max_modal_error": 0.02}},
            "summary": summary, "timing": timing, "cases": cases, "cpus": os.cpu_count()}
