@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import re
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
@@ -102,14 +103,22 @@ def _global_options(
 
 
 @contextlib.contextmanager
-def running(*, eager: bool = False) -> Iterator[Any]:
+def running(*, eager: bool = False, inputs: Iterable[Any] = ()) -> Iterator[Any]:
     """The cluster a command computes on, with the dashboard address and progress bars.
 
     A cluster the user asked for (``--scheduler``, ``--workers``, ``--gpus``,
-    ``--dashboard``) or an ``eager`` one starts at once. Otherwise the embedded cluster
-    starts at the first computation of more than
-    :data:`~volmla.engine.cluster.SMALL_GRAPH` tasks, and a small volume's command runs
-    on threads in this process without paying the cluster's start-up.
+    ``--dashboard``) or an ``eager`` one starts at once. Otherwise, when the command's
+    ``inputs`` fit in this process (:func:`~volmla.engine.cluster.fits_in_process`), it
+    runs on Dask's threaded scheduler without starting a cluster; else the embedded
+    cluster starts at the first computation of more than
+    :data:`~volmla.engine.cluster.SMALL_GRAPH` tasks.
+
+    Parameters
+    ----------
+    eager
+        Start the cluster at once.
+    inputs
+        The volumes the command reads (anything with ``nbytes``: DataArrays, arrays).
     """
     from volmla.engine.cluster import cluster, on_demand, progress_enabled
 
@@ -127,7 +136,9 @@ def running(*, eager: bool = False) -> Iterator[Any]:
             with progress_enabled(not STATE.quiet):
                 yield client
         return
-    with on_demand(start, on_start=announce) as deferred, progress_enabled(not STATE.quiet):
+    sizes = [int(v.nbytes) for v in inputs]
+    nbytes = sum(sizes) if sizes else None
+    with on_demand(start, on_start=announce, nbytes=nbytes) as deferred, progress_enabled(not STATE.quiet):
         yield deferred
 
 
@@ -139,6 +150,48 @@ def device() -> Literal["cpu", "gpu"]:
 
 
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+
+
+class _LibraryDefault:
+    """An option default that lives in the library, read only when a command runs or its
+    help is shown (click calls a callable default; the help shows its ``str``)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __call__(self) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __str__(self) -> str:
+        return str(self())
+
+    def __repr__(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+def library_default(module: str, name: str) -> Any:
+    """The default ``module.name`` for an option, without importing ``module`` now.
+
+    So that registering the commands (``volmla --help``, ``--version``) imports no stage
+    package, and with it neither Dask nor xarray.
+
+    Parameters
+    ----------
+    module, name
+        Where the library keeps the default, e.g. ``"volmla.particles.split", "NECK"``.
+
+    Returns
+    -------
+    object
+        A callable default, for the option's ``=``; its ``str`` is the value (the help).
+
+    Examples
+    --------
+    >>> default = library_default("math", "tau")
+    >>> default(), str(default)
+    (6.283185307179586, '6.283185307179586')
+    """
+    return _LibraryDefault(module, name)
 
 
 # ----------------------------------------------------------------------------- entry point

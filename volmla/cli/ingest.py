@@ -57,7 +57,7 @@ def ingest(
         dtype=dtype,
         byteorder=byteorder,  # type: ignore[arg-type]
     )
-    with running():
+    with running(inputs=[vol]):
         path = save(vol, output, levels=levels, overwrite=overwrite)
     typer.echo(f"{path}: {' x '.join(map(str, vol.shape))} {vol.dtype}, voxel {list(vol.attrs['voxel_size_um'])} um")
 

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from volmla.cli.app import STATE, OverwriteOpt, app, running
-from volmla.particles.split import H_MIN, NECK
+from volmla.cli.app import STATE, OverwriteOpt, app, library_default, running
 
 ConnectivityOpt = Annotated[int, typer.Option("--connectivity", help="6 (faces), 18 (+edges) or 26 (+corners).")]
 
@@ -25,7 +24,7 @@ def label_command(
     from volmla.particles.files import plan_label, write_labels
 
     plan = plan_label(mask, output, connectivity=connectivity, multilabel=multilabel, overwrite=overwrite)  # type: ignore[arg-type]
-    with running():
+    with running(inputs=plan.inputs):
         result = write_labels(plan)
     typer.echo(f"{output}: {result.count} labels", err=STATE.quiet)
 
@@ -38,8 +37,8 @@ def particles_command(
     min_size: Annotated[int | None, typer.Option("--min-size", show_default=False, help="Drop solid components smaller than this (voxels). Default: 27 with --threshold auto, else 0.")] = None,
     no_split: Annotated[bool, typer.Option("--no-split", help="Do not separate touching particles.")] = False,
     fill_holes: Annotated[bool | None, typer.Option("--fill-holes/--no-fill-holes", show_default=False, help="Fill interior pores before labelling. Default: with --threshold auto.")] = None,
-    neck: Annotated[float, typer.Option("--neck", help="Two distance maxima stay separate particles when the saddle between them is below this fraction of the lower one (0-1; larger splits more).")] = NECK,
-    h: Annotated[float, typer.Option("--h", help="... and the lower one rises at least this many voxels above the saddle.")] = H_MIN,
+    neck: Annotated[float, typer.Option("--neck", help="Two distance maxima stay separate particles when the saddle between them is below this fraction of the lower one (0-1; larger splits more).")] = library_default("volmla.particles.split", "NECK"),
+    h: Annotated[float, typer.Option("--h", help="... and the lower one rises at least this many voxels above the saddle.")] = library_default("volmla.particles.split", "H_MIN"),
     max_radius: Annotated[float | None, typer.Option("--max-radius", show_default=False, help="Largest distance value (voxels) the split's halo is made for. Default: measured from the data (one pass).")] = None,
     connectivity: ConnectivityOpt = 26,
     overwrite: OverwriteOpt = False,
@@ -51,7 +50,7 @@ def particles_command(
                           split=not no_split, neck=neck, h=h, max_radius=max_radius,
                           connectivity=connectivity,  # type: ignore[arg-type]
                           overwrite=overwrite)
-    with running():
+    with running(inputs=plan.inputs):
         result = write_labels(plan)
     typer.echo(f"{output}: {result.count} labels", err=STATE.quiet)
 
@@ -68,6 +67,6 @@ def grains_command(
     from volmla.particles.files import plan_grains, write_labels
 
     plan = plan_grains(particles, phases, output, connectivity=connectivity, overwrite=overwrite)  # type: ignore[arg-type]
-    with running():
+    with running(inputs=plan.inputs):
         result = write_labels(plan)
     typer.echo(f"{output}: {result.count} labels", err=STATE.quiet)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from volmla.cli.app import STATE, OverwriteOpt, app, running
+
+if TYPE_CHECKING:
+    from volmla.pipeline.config import PipelineConfig
 
 
 @app.command("run")
@@ -20,7 +23,7 @@ def run_command(
     from volmla.pipeline import load_config, run
 
     cfg = load_config(config)  # every section checked before the cluster starts
-    with running():
+    with running(inputs=_run_inputs(cfg)):
         result = run(cfg, overwrite=overwrite, device=STATE.device, log=_log)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "summary"}, indent=2))
 
@@ -41,6 +44,17 @@ def demo_command(
         summary = demo(out, shape=shape, seed=seed, unet=unet, iterations=iterations, overwrite=overwrite,
                        device=STATE.device, log=_log)
     _print_demo(summary)
+
+
+def _run_inputs(cfg: PipelineConfig) -> list[Any]:
+    """The run's input when it is an OME-Zarr volume, so its size picks threads or a
+    cluster; scanner files are not scanned twice (such a run starts its cluster at the
+    first large graph, and every later stage reuses it)."""
+    if cfg.input.zarr is None:
+        return []
+    from volmla.io import open_volume
+
+    return [open_volume(cfg.input.zarr)]
 
 
 def _log(line: str) -> None:

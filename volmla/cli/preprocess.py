@@ -33,7 +33,7 @@ def preprocess_command(
 
     plan = plan_preprocess(input_path, output, steps=steps or [], config=config, chunks=chunks, device=device(),
                            overwrite=overwrite)
-    with running():
+    with running(inputs=[plan.volume]):
         path = write_preprocessed(plan)
     if not STATE.quiet:
         typer.echo(f"wrote {path}")

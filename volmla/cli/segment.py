@@ -127,7 +127,7 @@ def segment_command(
         _refuse_existing(forest_path, overwrite)
     chunks = [int(c[0]) for c in vol.data.chunks]
     steps = [{"step": "segment", **{k: v for k, v in job.items() if k not in ("command", "input")}}]
-    with running():
+    with running(inputs=[vol]):
         seg = segment_phases(vol, method=method, model=model, labels=open_volume(labels) if labels else None,
                              save_model=forest_path, classes=classes, seed=seed, sigmas=scales, halo=halo,
                              tile=tile, overlap=overlap, batch=batch, device=device(), fp16=fp16,

@@ -11,11 +11,13 @@
 3. :func:`compute` is the one place library writers hand tasks to: on the current
    client if there is one (else Dask's threaded scheduler), with a progress bar only
    when the command line has switched progress on (:func:`progress_enabled`);
-4. :func:`on_demand` defers starting a cluster until a computation is worth it: graphs
-   of at most :data:`SMALL_GRAPH` tasks (a volume of a few chunks) run on a threaded
-   scheduler in this process, so a small command does not pay the ~3 s a cluster takes to
-   start; the first larger graph starts the cluster, and every later computation of the
-   block uses it. On the threaded path too, no task outlives an interrupted
+4. :func:`on_demand` defers starting a cluster until a computation is worth it: a
+   block whose data fit in this process (:func:`fits_in_process`: under
+   :data:`SMALL_BYTES` and an eighth of the memory available) runs wholly on Dask's
+   threaded scheduler, as do graphs of at most :data:`SMALL_GRAPH` tasks (a volume of a
+   few chunks), so a small command does not pay the ~3 s a cluster takes to start; for
+   larger data the first larger graph starts the cluster, and every later computation of
+   the block uses it. On the threaded path too, no task outlives an interrupted
    :func:`compute` (it waits for the running ones before the error propagates).
 """
 
@@ -36,12 +38,47 @@ logger = logging.getLogger(__name__)
 
 _PROGRESS = {"on": False}
 
-__all__ = ["SMALL_GRAPH", "cluster", "compute", "current_client", "gpu_annotation", "on_demand", "peak_rss",
-           "progress_enabled", "worker_environ"]
+__all__ = ["SMALL_BYTES", "SMALL_GRAPH", "cluster", "compute", "current_client", "fits_in_process", "gpu_annotation",
+           "on_demand", "peak_rss", "progress_enabled", "worker_environ"]
 
 SMALL_GRAPH = 64
 """Graphs of at most this many tasks run in-process under :func:`on_demand` (a volume of
 a few chunks: starting a cluster would cost more than it saves)."""
+
+SMALL_BYTES = 64 * 2**20
+"""Input data of at most this many bytes (and an eighth of the available memory) run
+in-process under :func:`on_demand`, however many tasks their graphs hold: a 400^3 uint8
+volume, or 256^3 float32. Past it, worker processes win: the cluster's start-up (~3 s)
+is small beside the computation, the Python parts of the kernels (union-find, merges,
+task glue) run one at a time on threads (the GIL), and workers bound their memory."""
+
+
+def fits_in_process(nbytes: int) -> bool:
+    """Whether a computation over ``nbytes`` of input runs on threads in this process.
+
+    True when ``nbytes`` is at most :data:`SMALL_BYTES` and at most an eighth of the
+    memory available now (the stages' intermediates, distance maps and 64-bit labels,
+    are several times their input).
+
+    Parameters
+    ----------
+    nbytes
+        Bytes of the input volumes (uncompressed).
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> fits_in_process(100**3), fits_in_process(2**40)
+    (True, False)
+    """
+    if nbytes > SMALL_BYTES:
+        return False
+    import psutil
+
+    return nbytes <= psutil.virtual_memory().available // 8
 
 
 @contextlib.contextmanager
@@ -537,16 +574,28 @@ def _local_compute(tasks: list[Any], optimize: bool) -> list[Any]:
     (``optimize=False``) go to the scheduler directly, without Dask's expression layer
     (~2 ms a call, which shows on small in-memory volumes). On the threaded scheduler an
     error or Ctrl-C waits for the tasks already running, so none outlives the call."""
-    from dask.base import get_scheduler
     from dask.delayed import Delayed
     from dask.highlevelgraph import HighLevelGraph
 
-    scheduler = get_scheduler(collections=tasks)
+    scheduler = _local_scheduler(tasks)
     with _own_pool(scheduler) as extra:
         if optimize or not tasks or not all(isinstance(t, Delayed) for t in tasks):
-            return list(dask.compute(*tasks, optimize_graph=optimize, **extra))
+            return list(dask.compute(*tasks, optimize_graph=optimize, scheduler=scheduler, **extra))
         graph = HighLevelGraph.merge(*(t.__dask_graph__() for t in tasks))
         return list(scheduler(dict(graph), [t.key for t in tasks], **extra))
+
+
+def _local_scheduler(tasks: list[Any]) -> Any:
+    """The scheduler ``dask.compute`` would choose for ``tasks``, without importing
+    distributed to look for a client when it is not loaded (none can exist then; the
+    import costs ~0.4 s, a third of a small command)."""
+    from dask.base import get_scheduler
+
+    if "distributed" in sys.modules or dask.config.get("scheduler", None) is not None \
+            or dask.config.get("get", None) is not None:
+        return get_scheduler(collections=tasks)
+    chosen = {t.__dask_scheduler__ for t in tasks if t is not None and hasattr(t, "__dask_scheduler__")}
+    return chosen.pop() if len(chosen) == 1 else get_scheduler(collections=tasks)
 
 
 @contextlib.contextmanager
@@ -573,13 +622,14 @@ class _Deferred:
     """A cluster started by the first computation worth it (see :func:`on_demand`)."""
 
     def __init__(self, start: Callable[[], contextlib.AbstractContextManager[Any]],
-                 on_start: Callable[[Any], None] | None, small: int) -> None:
+                 on_start: Callable[[Any], None] | None, small: int, in_process: bool) -> None:
         self.start, self.on_start, self.small = start, on_start, small
+        self.in_process = in_process  # the block's data fit in this process: no cluster
         self.stack = contextlib.ExitStack()
         self.client: Any | None = None
 
     def client_for(self, tasks: list[Any]) -> Any | None:
-        if self.client is None and _n_tasks(tasks) > self.small:
+        if self.client is None and not self.in_process and _n_tasks(tasks) > self.small:
             logger.info("starting the cluster for a graph of more than %d tasks", self.small)
             self.client = self.stack.enter_context(self.start())
             if self.on_start is not None:
@@ -602,8 +652,10 @@ def on_demand(
     *,
     on_start: Callable[[Any], None] | None = None,
     small: int = SMALL_GRAPH,
+    nbytes: int | None = None,
 ) -> Iterator[Any]:
-    """Start a cluster only when a computation of this block is larger than ``small`` tasks.
+    """Start a cluster only when a computation of this block is larger than ``small`` tasks
+    and its data do not fit in this process.
 
     Parameters
     ----------
@@ -615,12 +667,16 @@ def on_demand(
         Called with the client once the cluster has started (to print its dashboard).
     small
         Graphs of at most this many tasks run on a threaded scheduler in this process.
+    nbytes
+        Bytes of the data the block computes on (its input volumes), if known: when
+        they fit (:func:`fits_in_process`), every computation of the block runs on the
+        threaded scheduler and the cluster never starts.
 
     Yields
     ------
     object
         A handle whose ``client`` is the started cluster's client, or None while none was
-        needed.
+        needed, and whose ``in_process`` says whether the data fit in this process.
 
     Examples
     --------
@@ -630,7 +686,10 @@ def on_demand(
     >>> deferred.client is None  # doctest: +SKIP
     True
     """
-    deferred = _Deferred(start, on_start, small)
+    in_process = nbytes is not None and fits_in_process(nbytes)
+    if in_process:
+        logger.info("%.1f MB of data: computing on threads in this process, no cluster", (nbytes or 0) / 1e6)
+    deferred = _Deferred(start, on_start, small, in_process)
     _DEFERRED.append(deferred)
     try:
         yield deferred
