@@ -248,7 +248,9 @@ def _configs(ctx: Ctx) -> list[tuple[str, Any, bool]]:
     configs: list[tuple[str, Any, bool]] = [("block_fp32", "block", False)]
     if ctx.on_gpu:
         configs.append(("block_fp16", "block", True))
-    configs.append(("tile64_fp32" if not ctx.cpu_check else "tile_fp32", None, False))
+    configs.append(("amortised_fp32", None, False))  # the default: large blocks, one tile each, shared context
+    if ctx.on_gpu:
+        configs.append(("amortised_fp16", None, True))
     return configs
 
 

@@ -3,26 +3,48 @@
 1. Model and session: the ONNX file is inspected once and every worker process keeps
    one cached session per (model, providers, fp16, threads) (:mod:`volmla.segment.sessions`:
    metadata, checks, TensorRT -> CUDA -> CPU providers, fp16).
-2. Chunks are aligned to the model's pooling grid and made at least as thick as its halo.
-3. Blocks: :func:`volmla.engine.overlap.halo_map` extends every block by the model's halo
-   (reflect at the volume's faces; chunks are first aligned to the model's pooling grid).
-   Inside the block, fixed-shape tiles overlapping by ``overlap`` (and by at least twice the
-   model's context, capped at half a tile) run in batches; their softmax scores are
-   blended with a Gaussian weight (heaviest at the tile centre, nearly zero within the
-   context margin of a tile face, where the network sees padding) in a block-sized buffer
-   (tiles that would predict only halo voxels are skipped), and the argmax over classes
-   becomes uint8 per block: there is never a float buffer larger than one block's scores. With ``tile="block"`` the whole
-   extended block is one tile (no blending), and the output does not depend on the
-   chunking at all (batch normalisation, halo >= receptive field).
-4. On a GPU, tiles are CuPy arrays bound to the session with IO binding (no host
+2. Context: the model's halo is its full receptive field (28 voxels for a depth-3 U-Net),
+   but the zero padding at a tile's face changes a label only a few voxels in (the demo's
+   depth-3 U-Net: 0.9 % of the voxels 8 voxels from a face, 0.2 % at 12, none from 21 on).
+   The default inference keeps ``context`` voxels around every voxel it predicts:
+   ``sqrt(5 * halo)`` rounded up to the pooling grid (:func:`default_context`: 12 for a halo
+   of 28), where the labels agree with whole-volume inference with the full halo on 99.98 %
+   of the voxels
+   (``context=halo`` makes them identical; ``tile="block"`` and explicit tiles use the full halo).
+3. Amortised blocks (the default, ``tile=None``): the volume is rechunked into blocks as
+   large as one tile allows (the tile is the block plus ``context`` on every side; tile
+   voxels are bounded by :data:`TILE_BYTES` of ONNX Runtime memory, estimated from the
+   model's width), their sizes on the pooling grid and chosen to minimise the voxels
+   inferred in all (the shared context is the only repeated work: 1.67x for a 128^3
+   volume, less for larger ones). :func:`volmla.engine.overlap.halo_map` extends each
+   block by ``context`` (reflect at the volume's faces) and the extended block runs as
+   one tile: no blending, no float buffer, class ids straight from the scores. On a GPU
+   every tile is padded to one shape (steady TensorRT engines). ONNX Runtime threads
+   default to this machine's cores shared among the blocks that run at once.
+4. Explicit tiles (``tile=(z, y, x)``): chunks are aligned to the model's pooling grid and
+   extended by the full halo; inside the block, fixed-shape tiles overlapping by
+   ``overlap`` (and by at least twice the model's context, capped at half a tile) run in
+   batches; their softmax scores are blended with a Gaussian weight (heaviest at the tile
+   centre, nearly zero within the context margin of a tile face, where the network sees
+   padding; computed once per tile shape) in a block-sized buffer (tiles that would
+   predict only halo voxels are skipped), and the argmax over classes becomes uint8 per
+   block. With ``tile="block"`` the whole halo-extended block is one tile and the output
+   does not depend on the chunking at all (batch normalisation, halo >= receptive field).
+5. On a GPU, tiles are CuPy arrays bound to the session with IO binding (no host
    round trip per tile) and batches are padded to a fixed shape; on the CPU it is NumPy.
-5. Optionally the maximum class probability (0-255) comes back as a second uint8
+6. Optionally the maximum class probability (0-255) comes back as a second uint8
    volume (computed in the same kernel, packed with the class into uint16).
+
+One module past 500 lines: the block plan (block sizes, context, tile shape) and the
+per-block kernel share one tile geometry, and neither is used without the other.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -44,10 +66,21 @@ from volmla.types import Device, VolumeLike
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "TILE_BYTES",
     "Segmentation",
+    "default_context",
+    "plan_blocks",
     "predict_block",
     "segment",
 ]
+
+TILE_BYTES = 2 * 2**30
+"""ONNX Runtime memory one amortised tile may take (estimated as ``40 * base`` bytes per
+voxel for a volmla U-Net of ``base`` channels: 300 bytes for base 8, measured 290-310 at
+144^3-208^3), and at most a third of a Dask worker's memory limit."""
+
+_BYTES_PER_CHANNEL = 40
+_FOREIGN_BASE = 32  # a model without volmla metadata: assume a wide one
 
 
 # ----------------------------------------------------------------------------- per block
@@ -66,6 +99,12 @@ def _starts(length: int, tile: int, step: int, need: tuple[int, int], margin: in
 
 
 def _weights(tile: Sequence[int], margin: Sequence[int]) -> np.ndarray:
+    """The cached, read-only blending weight of a tile shape (see :func:`_blend_weights`)."""
+    return _blend_weights(tuple(int(t) for t in tile), tuple(int(r) for r in margin))
+
+
+@functools.lru_cache(maxsize=16)
+def _blend_weights(tile: tuple[int, ...], margin: tuple[int, ...]) -> np.ndarray:
     """Blending weight of a tile: a Gaussian (sigma = tile / 8 per axis) times 1e-3 within ``margin`` of a face.
 
     Voxels near a tile's faces see the network's zero padding instead of real context; the
@@ -83,6 +122,7 @@ def _weights(tile: Sequence[int], margin: Sequence[int]) -> np.ndarray:
         shape = [1] * len(tile)
         shape[axis] = n
         w = w * g.reshape(shape).astype(np.float32)
+    w.flags.writeable = False
     return w
 
 
@@ -105,6 +145,12 @@ def _run(session: Any, info: ModelInfo, batch: Any, xp: Any) -> Any:
     return out
 
 
+def _top_probability(scores: Any, xp: Any) -> Any:
+    """The largest softmax probability over classes (axis 0) of ``(C, ...)`` scores."""
+    e = xp.exp(scores - scores.max(axis=0, keepdims=True))
+    return (1.0 / e.sum(axis=0)).astype(xp.float32)
+
+
 def predict_block(
     block: Any,
     *,
@@ -115,6 +161,7 @@ def predict_block(
     batch: int = 4,
     fixed_batch: bool = False,
     halo: Sequence[int] = (0, 0, 0),
+    probability: bool = True,
 ) -> tuple[Any, Any]:
     """Class ids (uint8) and max probability (float32) of one (halo-extended) block.
 
@@ -143,6 +190,9 @@ def predict_block(
         first capped at the number of tiles, so a block of one tile is never padded.
     halo
         Context (z, y, x) around the block's own voxels.
+    probability
+        Also compute the maximum probability (else it comes back as None where the
+        tiles do not overlap: one tile per block, or per slice).
 
     Returns
     -------
@@ -152,10 +202,11 @@ def predict_block(
     from volmla.engine.backend import get_array_module
 
     xp = get_array_module(block)
-    x = block.astype(xp.float32)
+    x = block.astype(xp.float32)  # a copy: normalised in place
     if info.norm is not None:
         lo, hi = info.norm
-        x = (x - xp.float32(lo)) * xp.float32(1.0 / (hi - lo))
+        x -= xp.float32(lo)
+        x *= xp.float32(1.0 / (hi - lo))
     shape = x.shape
     m = info.multiple
     mults = (1, m, m) if info.dim == 2 else (m, m, m)
@@ -178,11 +229,17 @@ def predict_block(
         axes[0] = list(range(padded[0]))
     origins = [(z, y, xx) for z in axes[0] for y in axes[1] for xx in axes[2]]
     single = len(origins) == 1 and list(t) == padded  # one tile covering the whole block
+    # tiles that do not overlap (one tile per block, or one per slice of a 2-D model):
+    # each voxel has one prediction, so class ids come straight from the scores
+    disjoint = all(ti == p or ti == 1 for ti, p in zip(t, padded, strict=True))
     batch = min(batch, len(origins))  # a fixed batch never pads beyond the tiles there are
     n_classes = info.n_classes
     acc: Any = None
     weight: Any = None
-    w = None if single else xp.asarray(_weights(t, margin))
+    w = None if single or disjoint else xp.asarray(_weights(t, margin))
+    if disjoint and not single:
+        labels_out = xp.empty(padded, xp.uint8)
+        prob_out = xp.empty(padded, xp.float32) if probability else None
     for i in range(0, len(origins), batch):
         group = origins[i : i + batch]
         tiles = xp.stack([x[z : z + t[0], y : y + t[1], xx : xx + t[2]] for z, y, xx in group])[:, None]
@@ -192,15 +249,19 @@ def predict_block(
         scores = _run(session, info, feed, xp)
         if info.dim == 2:
             scores = scores[:, :, None]
-        scores = scores[: len(group)].astype(xp.float32)
+        scores = scores[: len(group)].astype(xp.float32, copy=False)
         if n_classes is None:
             n_classes = int(scores.shape[1])
         if single:
-            z, y, xx = group[0]
             crop = scores[0][:, : shape[0], : shape[1], : shape[2]]
-            labels = crop.argmax(axis=0).astype(xp.uint8)
-            e = xp.exp(crop - crop.max(axis=0, keepdims=True))
-            return labels, (1.0 / e.sum(axis=0)).astype(xp.float32)
+            return crop.argmax(axis=0).astype(xp.uint8), _top_probability(crop, xp) if probability else None
+        if disjoint:
+            for (z, y, xx), s in zip(group, scores, strict=True):
+                region = (slice(z, z + t[0]), slice(y, y + t[1]), slice(xx, xx + t[2]))
+                labels_out[region] = s.argmax(axis=0)
+                if prob_out is not None:
+                    prob_out[region] = _top_probability(s, xp)
+            continue
         if acc is None:
             acc = xp.zeros((n_classes, *padded), xp.float32)
             weight = xp.zeros(padded, xp.float32)
@@ -210,6 +271,9 @@ def predict_block(
             region = (slice(z, z + t[0]), slice(y, y + t[1]), slice(xx, xx + t[2]))
             acc[(slice(None), *region)] += p * w
             weight[region] += w
+    if disjoint:
+        crop3 = (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
+        return labels_out[crop3], None if prob_out is None else prob_out[crop3]
     assert acc is not None and weight is not None
     acc = acc[:, : shape[0], : shape[1], : shape[2]]
     labels = acc.argmax(axis=0).astype(xp.uint8)
@@ -230,14 +294,17 @@ def _segment_block(
     batch: int,
     uncertainty: bool,
     context: tuple[int, int, int],
+    steady: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     from volmla.engine.backend import to_device, to_numpy
 
     session = get_session(info.path, providers=providers, fp16=fp16, threads=threads)
     on_gpu = session.get_providers()[0] in GPU_PROVIDERS
     data = to_device(block, "gpu") if on_gpu else block
+    if on_gpu and tile is None and steady is not None:
+        tile = steady  # every block padded to one tile shape: one TensorRT engine
     labels, prob = predict_block(data, session=session, info=info, tile=tile, overlap=overlap, batch=batch,
-                                 fixed_batch=on_gpu, halo=context)
+                                 fixed_batch=on_gpu, halo=context, probability=uncertainty)
     labels = to_numpy(labels)
     if not uncertainty:
         return labels
@@ -285,6 +352,154 @@ def _normalise_tile(tile: Any, info: ModelInfo) -> tuple[int, ...] | None:
     return tuple(values)
 
 
+def default_context(info: ModelInfo) -> int:
+    """Context voxels amortised inference keeps around each predicted voxel by default.
+
+    The model's own ``context`` metadata when it has one; else ``sqrt(5 * halo)``
+    rounded up to the pooling grid (at most the halo). A network's effective receptive
+    field grows as the square root of its theoretical one (Luo et al. 2016, "Understanding
+    the effective receptive field"): the zero padding beyond a tile's face changes labels
+    only a few voxels in. The factor 5 is measured: with it the labels of the demo's
+    depth-3 U-Net (halo 28, context 12) and of a depth-2 one (halo 10, context 8) agree
+    with whole-volume inference on 99.98 % and 100 % of the voxels.
+
+    Parameters
+    ----------
+    info
+        The model (:func:`volmla.segment.sessions.inspect_model`).
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> default_context(SimpleNamespace(halo=28, multiple=4, metadata={}))
+    12
+    """
+    halo, m = int(info.halo), max(int(info.multiple), 1)
+    declared = (info.metadata or {}).get("context")
+    if declared is not None:
+        return min(halo, int(declared))
+    return min(halo, _round_up(math.ceil(math.sqrt(5 * halo)), m))
+
+
+def _tile_budget(info: ModelInfo, batch: int) -> int:
+    """Voxels one amortised tile (times ``batch`` slices for a 2-D model) may hold."""
+    from volmla.engine.cluster import current_client
+
+    nbytes = TILE_BYTES
+    client = current_client()
+    if client is not None:
+        limits = [w.get("memory_limit") or 0 for w in client.scheduler_info().get("workers", {}).values()]
+        if limits and min(limits) > 0:
+            nbytes = min(nbytes, min(limits) // 3)
+    base = (info.metadata.get("arch") or {}).get("base", _FOREIGN_BASE)
+    return max(1, int(nbytes // (_BYTES_PER_CHANNEL * max(int(base), 1) * (batch if info.dim == 2 else 1))))
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
+
+def plan_blocks(
+    shape: Sequence[int],
+    *,
+    context: Sequence[int],
+    multiple: int,
+    max_tile: int,
+    tiled: Sequence[bool] = (True, True, True),
+) -> tuple[tuple[int, ...], ...]:
+    """Dask chunks for amortised inference: the fewest voxels inferred, one tile per block.
+
+    Along each tiled axis a block of ``B`` voxels runs as a tile of ``B + 2 * context``
+    (rounded up to ``multiple``); the block sizes minimise the voxels inferred over the
+    whole volume, ``prod(n_blocks * tile)``, with at most ``max_tile`` voxels in a tile.
+    Blocks start on multiples of ``multiple`` (the model's pooling grid) and are at least
+    ``context`` thick (as :func:`~volmla.engine.overlap.halo_map` needs). An untiled axis
+    (the slices of a 2-D model) takes as many planes as fit ``max_tile`` voxels per block.
+
+    Parameters
+    ----------
+    shape
+        The volume's shape (z, y, x).
+    context
+        Context voxels per side and axis.
+    multiple
+        The model's size multiple.
+    max_tile
+        Voxels a tile may hold.
+    tiled
+        Whether the model's tiles extend along each axis.
+
+    Returns
+    -------
+    tuple
+        Dask chunks per axis.
+
+    Examples
+    --------
+    >>> plan_blocks((128, 128, 128), context=(12, 12, 12), multiple=4, max_tile=2**23)
+    ((128,), (128,), (128,))
+    >>> plan_blocks((192, 192, 192), context=(12, 12, 12), multiple=4, max_tile=6_000_000)
+    ((96, 96), (192,), (192,))
+    """
+    m = max(int(multiple), 1)
+    axes = [a for a in range(3) if tiled[a]]
+    options = []  # per tiled axis: (block, tile extent, voxels inferred along the axis)
+    for a in axes:
+        n_vox, c = int(shape[a]), int(context[a])
+        blocks = {min(_round_up(_round_up(n_vox, n) // n, m), n_vox) for n in range(1, min(_round_up(n_vox, m) // m, 32) + 1)}
+        cube = int(max_tile ** (1 / len(axes))) - 2 * c
+        if m <= cube < n_vox:
+            blocks.add(cube // m * m)
+        # the halo engine merges blocks thinner than the context: none are planned
+        blocks = {b for b in blocks if b >= min(c, n_vox) and not 0 < n_vox % b < c} | {n_vox}
+        rows = []
+        for b in sorted(blocks):
+            extent = _round_up(b + 2 * c, m)
+            rows.append((b, extent, _round_up(n_vox, b) // b * extent))
+        options.append(np.array(rows, dtype=np.float64))
+    grids = np.meshgrid(*[o[:, 1] for o in options], indexing="ij")
+    costs = np.meshgrid(*[o[:, 2] for o in options], indexing="ij")
+    tile_vox = functools.reduce(np.multiply, grids)
+    cost = functools.reduce(np.multiply, costs)
+    fits = tile_vox <= max_tile
+    if fits.any():
+        flat = np.where(fits, cost, np.inf)
+        idx = np.unravel_index(int(np.argmin(flat)), flat.shape)
+    else:  # nothing fits: the smallest tiles there are
+        idx = np.unravel_index(int(np.argmin(tile_vox)), tile_vox.shape)
+    chosen = [int(o[i, 0]) for o, i in zip(options, idx, strict=True)]
+    sizes = [0, 0, 0]
+    for a, b in zip(axes, chosen, strict=True):
+        sizes[a] = b
+    per_block = math.prod(s for s in sizes if s)
+    for a in range(3):
+        if not tiled[a]:
+            sizes[a] = int(min(shape[a], max(1, max_tile // max(per_block, 1))))
+    return tuple(
+        tuple([b] * (int(n) // b) + ([int(n) % b] if int(n) % b else [])) if n else (0,)
+        for b, n in zip(sizes, shape, strict=True)
+    )
+
+
+def _auto_threads(n_blocks: int) -> int:
+    """ONNX Runtime threads per session: this machine's cores shared by the blocks that run at once."""
+    from volmla.engine.cluster import current_client
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    client = current_client()
+    if client is not None:
+        slots = sum(int(w.get("nthreads", 1)) for w in client.scheduler_info().get("workers", {}).values()) or 1
+    else:
+        import dask
+
+        slots = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    return max(1, cores // max(1, min(slots, n_blocks)))
+
+
 def _aligned(data: da.Array, multiple: int, depth: Sequence[int]) -> da.Array:
     """Rechunk so every chunk boundary lies on the model's pooling grid (multiples of ``multiple``).
 
@@ -314,6 +529,7 @@ def segment(
     fp16: bool = False,
     uncertainty: bool = False,
     threads: int | None = None,
+    context: int | None = None,
 ) -> Segmentation:
     """Segment a volume with an ONNX model, block by block, lazily.
 
@@ -324,14 +540,18 @@ def segment(
     model
         ONNX file (a volmla export, or any model with input ``(N, 1, Z, Y, X)`` float32).
     halo
-        Context voxels per side (default: the model's metadata; required for foreign models).
+        The model's receptive field in voxels per side (default: the model's metadata;
+        required for foreign models).
     tile
-        Tile shape; default the model's tile; ``"block"`` runs each halo-extended block as
-        one tile (no blending; chunking-independent output).
+        ``None`` (default): amortised blocks, each run as one tile with ``context``
+        voxels around it (a model with a fixed input shape keeps that shape as its
+        tile); ``"block"``: each block extended by the full halo is one tile
+        (chunking-independent output); ``(z, y, x)``: fixed tiles blended over the full
+        halo.
     overlap
-        Fraction of a tile shared with its neighbour (Gaussian blending).
+        Fraction of a tile shared with its neighbour (Gaussian blending; fixed tiles only).
     batch
-        Tiles per ONNX Runtime call.
+        Tiles per ONNX Runtime call (fixed tiles and the slices of a 2-D model).
     device
         ``auto`` (GPU when ONNX Runtime and CUDA work), ``cpu`` or ``gpu``.
     fp16
@@ -339,12 +559,18 @@ def segment(
     uncertainty
         Also return the maximum class probability as uint8 (x255).
     threads
-        ONNX Runtime intra-op threads per session.
+        ONNX Runtime intra-op threads per session (default on the CPU: this machine's
+        cores shared by the blocks that run at once).
+    context
+        Context voxels around every predicted voxel with ``tile=None`` (default
+        :func:`default_context`, about ``sqrt(5 * halo)``; ``context=halo`` gives the labels
+        of whole-volume inference exactly).
 
     Returns
     -------
     Segmentation
-        ``phases`` (uint8 class ids), ``confidence`` (uint8 or None), class names, halo.
+        ``phases`` (uint8 class ids), ``confidence`` (uint8 or None), class names, and the
+        halo each block was extended by.
 
     Examples
     --------
@@ -359,20 +585,41 @@ def segment(
         raise VolmlaError(f"overlap must lie in [0, 1), got {overlap!r}")
     if batch < 1:
         raise VolmlaError(f"batch must be at least 1, got {batch!r}")
+    if context is not None and (int(context) != context or context < 0):
+        raise VolmlaError(f"context must be a non-negative integer, got {context!r}")
     providers = select_providers(device)
-    if fp16 and providers[0] not in GPU_PROVIDERS:
+    on_gpu = providers[0] in GPU_PROVIDERS
+    if fp16 and not on_gpu:
         raise VolmlaError("fp16 needs a GPU (CUDA or TensorRT provider); none is available here")
-    tile_shape = _normalise_tile(tile, info)
-    h = info.halo
-    depth = [0 if (info.dim == 2 and axis == 0) else min(h, max(n - 1, 0)) for axis, n in enumerate(data.shape)]
-    if depth != [0 if (info.dim == 2 and a == 0) else h for a in range(3)]:
+    fixed_shape = tile is None and info.tile is not None and not info.metadata.get("tile")
+    amortised = tile is None and not fixed_shape and min(data.shape) > 0
+    tile_shape = info.tile if fixed_shape else (None if amortised else _normalise_tile(tile, info))
+    flat = [info.dim == 2 and axis == 0 for axis in range(3)]
+    h = min(int(context), info.halo) if amortised and context is not None else (
+        default_context(info) if amortised else info.halo)
+    # a halo clipped by a small volume stays on the pooling grid when it is a context
+    grid = info.multiple if amortised else 1
+    depth = [0 if flat[axis] else min(h, max(n - 1, 0) // grid * grid) for axis, n in enumerate(data.shape)]
+    if depth != [0 if flat[a] else h for a in range(3)]:
         logger.info("halo clipped to %s by the volume's size %s", depth, data.shape)
-    data = _aligned(data, info.multiple, depth)
+    steady = None
+    if amortised:
+        chunks = plan_blocks(data.shape, context=depth, multiple=info.multiple,
+                             max_tile=_tile_budget(info, batch), tiled=[not f for f in flat])
+        data = data.rechunk(chunks)
+        steady = tuple(_round_up(c[0] + 2 * d, info.multiple) for c, d, f in zip(chunks, depth, flat, strict=True) if not f)
+        logger.info("amortised U-Net inference: blocks %s, context %s, tile %s",
+                    [c[0] for c in chunks], depth, steady)
+    else:
+        data = _aligned(data, info.multiple, depth)
+    if threads is None and not on_gpu:
+        threads = _auto_threads(math.prod(data.numblocks))
     packed = halo_map(
         data, _segment_block, halo=tuple(depth), boundary="reflect",
         dtype=np.uint16 if uncertainty else np.uint8,
         info=info, providers=providers, fp16=fp16, threads=threads, tile=tile_shape,
         overlap=float(overlap), batch=int(batch), uncertainty=uncertainty, context=tuple(depth),
+        steady=steady,
     )
     classes = info.classes or tuple(f"class{i}" for i in range(info.n_classes or 0))
     if not uncertainty:
