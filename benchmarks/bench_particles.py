@@ -30,8 +30,10 @@ Default (3 seeds x 2 levels at 128^3, about ten minutes on 2 cores):
     python benchmarks/bench_particles.py
 Proof it runs (1 seed, easy, 64^3):
     python benchmarks/bench_particles.py --quick
-Speed of ``label_particles`` on the CT (defaults) at N^3 on a LocalCluster of 2 workers,
-the 128^3 hard phantom of seed 0 tiled to N^3 (written to ``particles_speed.json``):
+Speed of ``volmla particles`` (plan + write, file to file, the CLI's path) from the CT
+(defaults) and from the true solid at N^3 on a LocalCluster of 2 workers, the 128^3 hard
+phantom of seed 0 tiled to N^3, with scikit-image's in-memory recipe timed alongside
+(``particles_speed.json`` at 384, ``particles_speed_N.json`` otherwise; N defaults to 192):
     python benchmarks/bench_particles.py --speed 384
 """
 
@@ -185,35 +187,104 @@ def _table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def speed(n: int, *, workers: int, out: Path) -> int:
-    """Time ``label_particles`` (defaults, from the CT) on a tiled hard phantom at ``n^3``."""
-    import dask.array as da
+def _tiled(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 128^3 hard phantom of seed 0 (CT and true solid) tiled to ``n^3``."""
+    ore = crushed_ore(shape=128, seed=0, level="hard")
+    reps = [math.ceil(n / s) for s in ore.intensity.shape]
+    ct = np.tile(ore.intensity, reps)[:n, :n, :n]
+    solid = np.tile(ore.particles > 0, reps)[:n, :n, :n]
+    return ct, solid
 
-    from volmla.engine.cluster import cluster
 
-    tile = crushed_ore(shape=128, seed=0, level="hard").intensity
-    reps = [math.ceil(n / s) for s in tile.shape]
-    ct = np.tile(tile, reps)[:n, :n, :n]
-    volume = da.from_array(ct, chunks=128)
-    with cluster(workers=workers, dashboard=False):
+def _peer(ct: np.ndarray | None, solid: np.ndarray | None) -> tuple[np.ndarray, dict[str, float]]:
+    """The scikit-image recipe in memory, one thread: Otsu, pores, dust, EDT, peaks, watershed."""
+    import scipy.ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.filters import threshold_otsu
+    from skimage.morphology import remove_small_objects
+    from skimage.segmentation import watershed
+
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    if solid is None:
+        assert ct is not None
+        solid = ct > threshold_otsu(ct)
+        solid = ndi.binary_fill_holes(solid)
+        try:
+            solid = remove_small_objects(solid, max_size=26)  # scikit-image >= 0.26
+        except TypeError:
+            solid = remove_small_objects(solid, min_size=27)
+        times["mask"] = time.perf_counter() - t
         t = time.perf_counter()
-        found = label_particles(volume)
-        labels = compute([found.labels], desc="particles")[0]
+    dist = ndi.distance_transform_edt(solid).astype(np.float32)
+    times["distance"] = time.perf_counter() - t
+    t = time.perf_counter()
+    peaks = peak_local_max(dist, min_distance=3, labels=ndi.label(solid)[0], exclude_border=False)
+    markers = np.zeros(dist.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    times["peaks"] = time.perf_counter() - t
+    t = time.perf_counter()
+    labels = watershed(-dist, markers, mask=solid)
+    times["watershed"] = time.perf_counter() - t
+    return labels, times
+
+
+def speed(n: int, *, workers: int, out: Path) -> int:
+    """Mvx/s of ``volmla particles`` (plan + write, the CLI's path) at ``n^3`` on ``workers``, with peers.
+
+    The 128^3 hard phantom of seed 0 tiled to ``n^3`` is written to OME-Zarr (chunks 128),
+    then labelled file to file by :func:`volmla.particles.files.plan_particles` and
+    :func:`~volmla.particles.files.write_labels` on a LocalCluster, from the CT (defaults:
+    ``"auto"`` mask, pores, dust, weighted split) and from the true solid (a phases
+    volume: nonzero is solid). The peer is scikit-image's in-memory recipe on one thread
+    (Otsu, ``binary_fill_holes``, ``remove_small_objects``, EDT, ``peak_local_max``,
+    ``watershed``), timed per stage on the same volumes.
+    """
+    import tempfile
+
+    from volmla.engine.cluster import cluster, peak_rss
+    from volmla.io import write_volume
+    from volmla.particles.files import plan_particles, write_labels
+
+    ct, solid = _tiled(n)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-particles-") as tmp:
+        folder = Path(tmp)
+        write_volume(ct, folder / "ct.zarr", voxel_size=1.0, chunks=128, kind="intensity")
+        write_volume(solid.astype(np.uint8), folder / "solid.zarr", voxel_size=1.0, chunks=128, kind="phases")
+        with cluster(workers=workers, dashboard=False) as client:
+            for source, name in [("ct", "ct.zarr"), ("perfect", "solid.zarr")]:  # a phases volume: nonzero is solid
+                client.run(peak_rss, reset=True)
+                t = time.perf_counter()
+                plan = plan_particles(folder / name, folder / f"{source}-particles.zarr")
+                found = write_labels(plan)
+                dt = time.perf_counter() - t
+                rss = max(client.run(peak_rss).values())
+                rows.append({"source": source, "method": "volmla", "workers": workers, "seconds": dt,
+                             "mvox_per_s": ct.size / dt / 1e6, "n_particles": int(found.count),
+                             "peak_worker_rss_gb": rss / 1e9})
+                print(f"{source:7s} volmla {n}^3 on {workers} workers: {dt:6.1f} s {ct.size / dt / 1e6:5.2f} Mvx/s "
+                      f"{found.count} particles, peak worker RSS {rss / 1e9:.2f} GB", flush=True)
+    for source, args in [("ct", (ct, None)), ("perfect", (None, solid))]:
+        t = time.perf_counter()
+        labels, stages = _peer(*args)
         dt = time.perf_counter() - t
+        count = int(labels.max())
+        rows.append({"source": source, "method": "skimage", "workers": 1, "seconds": dt,
+                     "mvox_per_s": ct.size / dt / 1e6, "n_particles": count, "stage_seconds": stages})
+        print(f"{source:7s} skimage {n}^3 in memory, 1 thread: {dt:6.1f} s {ct.size / dt / 1e6:5.2f} Mvx/s "
+              f"{count} particles ({', '.join(f'{k} {v:.1f} s' for k, v in stages.items())})", flush=True)
     result = {
         "benchmark": "particles_speed",
         "shape": [n] * 3,
         "chunks": 128,
         "workers": workers,
-        "seconds": dt,
-        "mvox_per_s": ct.size / dt / 1e6,
-        "n_particles": int(found.count),
-        "n_labelled_voxels": int(np.count_nonzero(labels)),
-        "note": "label_particles(ct) with its defaults (auto mask, fill, dust, split), in-memory input, "
-                "distributed LocalCluster; the 128^3 hard phantom of seed 0 tiled",
+        "rows": rows,
+        "note": "volmla: plan_particles + write_labels (the CLI's path, OME-Zarr to OME-Zarr) on a LocalCluster; "
+                "skimage: the in-memory recipe on one thread (no pores/dust for the true solid); "
+                "the 128^3 hard phantom of seed 0 tiled",
         "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
     }
-    print(f"{n}^3 on {workers} workers: {dt:.1f} s, {result['mvox_per_s']:.2f} Mvx/s, {found.count} particles")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
@@ -228,11 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 seed, easy, 64^3")
     ap.add_argument("--out", type=Path, default=RESULTS / "particles.json")
     ap.add_argument("--no-snow", action="store_true", help="skip the PoreSpy peer")
-    ap.add_argument("--speed", type=int, metavar="N", help="only time label_particles on the CT at N^3 (2 workers)")
+    ap.add_argument("--speed", type=int, nargs="?", const=192, metavar="N",
+                    help="only time volmla particles (CT and true solid) and the skimage peer at N^3 "
+                         "(default 192; the reference size is 384)")
     ap.add_argument("--workers", type=int, default=2, help="workers of the --speed cluster")
     args = ap.parse_args(argv)
     if args.speed:
-        return speed(args.speed, workers=args.workers, out=RESULTS / "particles_speed.json")
+        name = "particles_speed.json" if args.speed == 384 else f"particles_speed_{args.speed}.json"
+        return speed(args.speed, workers=args.workers, out=RESULTS / name)
     if args.quick:
         args.shape, args.seeds, args.levels = 64, [0], ["easy"]
         if args.out == RESULTS / "particles.json":

@@ -153,6 +153,11 @@ def label_particles(
             record["relief"] = "distance x local_fill"
     else:
         solid = solid_mask(vol.data, threshold=threshold)
+    where = Path(scratch) if scratch is not None else _session_scratch() if split else None
+    if where is not None and auto and (fill_holes or min_size):
+        # the "auto" cut (denoising, cupping, local levels) runs once: pore filling and
+        # dust removal make four passes over the mask, which read it from scratch
+        solid = _stored(solid, where / "auto-mask.zarr", desc="storing the solid mask")
     if fill_holes:
         solid = _fill_holes(solid)
     if min_size:
@@ -160,11 +165,10 @@ def label_particles(
     if not split:
         found = label(solid, connectivity=connectivity)
         return Labels(_on_grid(found.labels.data, volume, record | {"count": found.count}), found.count)
-    where = Path(scratch) if scratch is not None else _session_scratch()
     if where is not None and (auto or fill_holes or min_size):
         # the mask chain (reductions, pore filling and dust removal each label the volume)
         # runs once: the split's passes read the stored mask instead of recomputing it
-        solid = _stored(solid, where / "solid.zarr")
+        solid = _stored(solid, where / "solid.zarr", desc="storing the solid mask")
     keys = split_touching(solid, neck=neck, h=h, max_radius=max_radius, voxel_size=voxel_size,
                           connectivity=connectivity, weight=weight)
     if where is not None:
@@ -211,7 +215,7 @@ def _workers_here(client: Any) -> bool:
     return bool(hosts) and hosts <= here
 
 
-def _stored(data: da.Array, path: Path) -> da.Array:
+def _stored(data: da.Array, path: Path, *, desc: str = "storing split keys") -> da.Array:
     """Write ``data`` to a scratch Zarr array once and read it back lazily.
 
     :func:`~volmla.particles.label.label` makes two passes over its input (scan, then relabel);
@@ -226,5 +230,5 @@ def _stored(data: da.Array, path: Path) -> da.Array:
     # checksummed like every chunk volmla writes: a scratch chunk damaged on disk fails to
     # decode instead of becoming wrong labels
     codecs = (compressor("labels"), Crc32cCodec())
-    compute([data.to_zarr(str(path), overwrite=True, compute=False, compressors=codecs)], desc="storing split keys")
+    compute([data.to_zarr(str(path), overwrite=True, compute=False, compressors=codecs)], desc=desc)
     return da.from_zarr(str(path))

@@ -9,10 +9,16 @@ Step 4 of :func:`volmla.particles.label_particles`. :func:`split_touching` runs
    most the halo (the nearest background then lies inside the extended block), so the
    pass starts with a halo of 16 voxels and doubles it until every block passes. The
    result ``D`` is the radius of the largest ball that fits in the solid;
-2. **halo** (:func:`split_halo`): each block reads ``3 * D + 2`` voxels around it (per
-   axis in physical units for anisotropic voxels) but is first split with
-   ``2 * D + 2``: a core voxel's particle and its distance peak lie within that for
-   compact particles up to ``D`` thick;
+2. **halo** (:func:`split_halo`): each block reads and is split with ``3 * D + 2``
+   voxels around it (per axis in physical units for anisotropic voxels): a core voxel's
+   particle and its distance peak lie within ``2 * D + 2`` for compact particles up to
+   ``D`` thick, the peaks of the particles touching it within the rest. (A smaller first
+   halo, :data:`FIRST_FACTOR`, with the full one only where a particle reaches its face,
+   paid off on small blocks only: on blocks sized to the halo nearly every block was
+   split twice.) Blocks are sized to the halo: where the input's
+   chunks are smaller, the split works on blocks of about :data:`SPLIT_BLOCK` voxels,
+   halo included (:func:`_grown`), so fewer halos are split; beyond the volume's faces
+   an extended block keeps one plane of background, not the halo;
 3. per extended block (:func:`split_block`):
 
    a. **distance map** (:func:`distance_map`): the exact EDT in units of the finest
@@ -38,22 +44,24 @@ Step 4 of :func:`volmla.particles.label_particles`. :func:`split_touching` runs
       the pieces of a key across blocks (step 5 of
       :func:`~volmla.particles.label_particles`);
    e. **halo check**: a particle that reaches both the block proper and the outer face
-      of the extended block (away from the volume's faces) may be cut by it: the block
-      is split again with the full halo, and a particle that still reaches its face is
-      logged as a warning, since its labels may then depend on the chunking.
+      of the extended block (away from the volume's faces) may be cut by it: a block
+      first split with a smaller halo (:data:`FIRST_FACTOR`) is split again with the
+      full one, and a particle that still reaches its face is logged as a warning,
+      since its labels may then depend on the chunking.
 
 Chunk independence: exact (identical labels for every chunking, tested) when every
 particle lies within the halo of the block that holds its voxels, which holds for
 particles up to about three times as long as the largest inscribed radius (the check
 of step 3e); longer ones are reported by its warning. Give ``max_radius`` to use a larger halo.
 
-The module is one piece (about 650 lines): the distance pass, the halo it sets, the
+The module is one piece (about 790 lines): the distance pass, the halo it sets, the
 block kernel and the halo check share the halo's geometry and the key format, which
 splitting would only spread out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -86,18 +94,29 @@ fraction of a voxel below their peaks (``benchmarks/bench_particles.py``: 0.5 me
 HALO_FACTOR = 3.0
 """The split halo (the most a block reads) in units of the largest distance value."""
 
-FIRST_FACTOR = 2.0
-"""The halo a block is first split with; the full one only where a particle reaches its face."""
+FIRST_FACTOR = HALO_FACTOR
+"""The halo a block is first split with; the full one only where a particle reaches its face.
+The full one from the start: on blocks sized to the halo (:data:`SPLIT_BLOCK`) nearly
+every block had a particle reaching the face of a ``2 * D + 2`` halo (8 of 8 on the
+tiled 384^3 hard phantom of ``benchmarks/bench_particles.py --speed``), so splitting
+first with it and then again cost more than it saved."""
+
+SPLIT_BLOCK = 256
+"""Edge (voxels) of the extended blocks the split works on, halo included, where the
+input's chunks are smaller (:func:`split_touching`): the fewer blocks, the fewer halos
+are split twice. About 0.65 GB of working memory per block at 256^3 (a weighted split)."""
 
 __all__ = [
     "H_MIN",
     "NECK",
+    "SPLIT_BLOCK",
     "UNMARKED",
     "distance_map",
     "h_maxima_caps",
     "max_distance",
     "merge_basins",
     "normalise_sampling",
+    "regional_maxima",
     "split_block",
     "split_halo",
     "split_touching",
@@ -194,8 +213,12 @@ def _sitk_run(filt: Any, image: Any) -> Any:
 def distance_map(solid: np.ndarray, sampling: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
     """Euclidean distance (float32) of each solid voxel to the nearest background.
 
-    SimpleITK's exact Maurer transform (as :func:`scipy.ndimage.distance_transform_edt`
-    with ``sampling``, several times faster). A block without background gets ``inf``.
+    The exact transform of :func:`scipy.ndimage.distance_transform_edt` with
+    ``sampling`` (outside the block is not background): the ``edt`` package's (seung-lab,
+    about twice as fast) when it is installed, else SimpleITK's Maurer transform. The two
+    give the same float32 values for isotropic voxels and agree to float32 rounding
+    otherwise (either way every block of a run uses the same one, so the split stays
+    chunk-independent). A block without background gets ``inf``.
 
     Parameters
     ----------
@@ -214,11 +237,22 @@ def distance_map(solid: np.ndarray, sampling: Sequence[float] = (1.0, 1.0, 1.0))
     >>> distance_map(np.array([[[0, 1, 1, 1, 0]]], bool)).tolist()
     [[[0.0, 1.0, 2.0, 1.0, 0.0]]]
     """
-    import SimpleITK as sitk
-
     solid = np.asarray(solid, bool)
     if solid.all():
         return np.full(solid.shape, np.inf, np.float32)
+    try:
+        import edt
+    except ImportError:
+        return _sitk_distance(solid, sampling)
+    anisotropy = tuple(float(s) for s in sampling)
+    out = edt.edt(np.ascontiguousarray(solid), anisotropy=anisotropy, black_border=False, parallel=1)
+    return np.asarray(out, np.float32)
+
+
+def _sitk_distance(solid: np.ndarray, sampling: Sequence[float]) -> np.ndarray:
+    """:func:`distance_map` by SimpleITK's exact Maurer transform (without the ``edt`` package)."""
+    import SimpleITK as sitk
+
     image = sitk.GetImageFromArray((~solid).view(np.uint8))
     isotropic = all(s == 1.0 for s in sampling)
     if not isotropic:
@@ -229,6 +263,47 @@ def distance_map(solid: np.ndarray, sampling: Sequence[float] = (1.0, 1.0, 1.0))
     filt.SetUseImageSpacing(not isotropic)
     squared = sitk.GetArrayFromImage(_sitk_run(filt, image))
     return np.sqrt(np.maximum(squared, 0)).astype(np.float32) * solid
+
+
+def regional_maxima(values: np.ndarray) -> np.ndarray:
+    """Regional maxima (26-connected plateaus with no higher neighbour) of a block.
+
+    The same set as SimpleITK's ``RegionalMaximaImageFilter`` (fully connected), about
+    three times faster: a voxel is a *candidate* when no neighbour is higher (a 3x3x3
+    maximum filter); adjacent candidates are equal, so the candidates' 26-connected
+    components lie in plateaus, and a component is a regional maximum unless one of its
+    voxels has an equal neighbour that is no candidate (its plateau then reaches a
+    higher voxel).
+
+    Parameters
+    ----------
+    values
+        float32 block (z, y, x), e.g. a distance map.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, True on the regional maxima.
+
+    Examples
+    --------
+    >>> regional_maxima(np.array([[[0, 1, 3, 1, 0, 2, 2, 0]]], np.float32)).astype(int).tolist()
+    [[[0, 0, 1, 0, 0, 1, 1, 0]]]
+    """
+    import cc3d
+    from scipy import ndimage as ndi
+
+    values = np.asarray(values, np.float32)
+    cand = values == ndi.maximum_filter(values, size=3, mode="nearest")  # nearest: only in-block neighbours
+    others = np.where(cand, np.float32(-np.inf), values)
+    bad = cand & (ndi.maximum_filter(others, size=3, mode="constant", cval=-np.inf) == values)
+    if not bad.any():
+        return cand
+    plateaus, n = cc3d.connected_components(cand.view(np.uint8), connectivity=26, return_N=True)
+    keep = np.ones(n + 1, bool)
+    keep[0] = False
+    keep[plateaus[bad]] = False
+    return keep.take(plateaus)
 
 
 def h_maxima_caps(dist: np.ndarray, h: float) -> np.ndarray:
@@ -256,11 +331,12 @@ def h_maxima_caps(dist: np.ndarray, h: float) -> np.ndarray:
     """
     import SimpleITK as sitk
 
+    if h <= 0:
+        return regional_maxima(dist)
     image = sitk.GetImageFromArray(np.asarray(dist, np.float32))
-    if h > 0:
-        hmax = sitk.HMaximaImageFilter()
-        hmax.SetHeight(float(h))
-        image = _sitk_run(hmax, image)
+    hmax = sitk.HMaximaImageFilter()
+    hmax.SetHeight(float(h))
+    image = _sitk_run(hmax, image)
     regional = sitk.RegionalMaximaImageFilter()
     regional.SetFullyConnected(True)
     regional.SetBackgroundValue(0)
@@ -272,16 +348,18 @@ def _saddles(basins: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarr
     """Basin pairs touching across a face and their saddle (highest ``min(d(p), d(q))``)."""
     los, his, vals = [], [], []
     for axis in range(3):
-        n = basins.shape[axis]
-        a = basins.take(range(n - 1), axis)
-        b = basins.take(range(1, n), axis)
-        cut = (a != b) & (a > 0) & (b > 0)
+        low = tuple(slice(0, -1) if a == axis else slice(None) for a in range(3))
+        high = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
+        a, b = basins[low], basins[high]  # views: neighbours along the axis
+        cut = a != b
+        cut &= a > 0
+        cut &= b > 0
         if not cut.any():
             continue
         va, vb = a[cut], b[cut]
         los.append(np.minimum(va, vb))
         his.append(np.maximum(va, vb))
-        vals.append(np.minimum(dist.take(range(n - 1), axis)[cut], dist.take(range(1, n), axis)[cut]))
+        vals.append(np.minimum(dist[low][cut], dist[high][cut]))
     if not los:
         empty = np.empty(0, np.int64)
         return empty, empty, np.empty(0, np.float32)
@@ -355,17 +433,17 @@ def merge_basins(
 
 
 def _peak_keys(
-    markers: np.ndarray, n: int, dist: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...]
+    where: np.ndarray, ids: np.ndarray, values: np.ndarray, block: tuple[int, ...], origin: tuple[int, ...],
+    shape: tuple[int, ...],
 ) -> np.ndarray:
-    """Key of each marker ``1..n``: 1 + global C-order index of its highest voxel (ties: first)."""
-    flat = markers.ravel()
-    where = np.flatnonzero(flat)
-    ids = flat[where]
-    order = np.lexsort((where, -dist.ravel()[where], ids))  # by marker, highest first, then C order
+    """Key of each particle ``1..n`` from its marker voxels (flat indices ``where`` in the
+    block, particle ``ids``, relief ``values``): 1 + global C-order index of its highest
+    voxel (ties: the first)."""
+    order = np.lexsort((where, -values, ids))  # by particle, highest first, then C order
     first = np.ones(len(order), bool)
     first[1:] = ids[order][1:] != ids[order][:-1]
     pos = where[order][first]
-    local = np.unravel_index(pos, markers.shape)
+    local = np.unravel_index(pos, block)
     coords = tuple(np.asarray(c, np.int64) + o for c, o in zip(local, origin, strict=True))
     return np.ravel_multi_index(coords, shape).astype(np.uint64) + np.uint64(1)
 
@@ -437,11 +515,11 @@ def split_block(
     basins = watershed(-dist, markers=markers, mask=solid, connectivity={6: 1, 18: 2, 26: 3}[connectivity])
     peaks = np.zeros(n + 1, np.float64)
     cap_at = np.flatnonzero(markers.ravel())
-    peaks[markers.ravel()[cap_at]] = dist.ravel()[cap_at]
+    cap_ids, cap_values = markers.ravel()[cap_at], dist.ravel()[cap_at]
+    peaks[cap_ids] = cap_values
     lo, hi, saddle = _saddles(basins, dist)
     particle = merge_basins(peaks, lo, hi, saddle, neck=neck, h=h)
-    m = int(particle.max())
-    keys = _peak_keys(particle.take(markers), m, dist, origin, shape)
+    keys = _peak_keys(cap_at, particle[cap_ids], cap_values, solid.shape, origin, shape)
     lut = np.concatenate([[np.uint64(0)], keys]).astype(np.uint64).take(particle)
     out = lut.take(basins)
     out[solid & (basins == 0)] = UNMARKED
@@ -505,6 +583,48 @@ def max_distance(solid: VolumeLike, *, sampling: Sequence[float] = (1.0, 1.0, 1.
         reach *= 2
 
 
+def _grown(mask: da.Array, halo: Sequence[int], *, min_blocks: int | None = None) -> da.Array:
+    """``mask`` on blocks of about :data:`SPLIT_BLOCK` voxels with their ``halo`` (never smaller ones).
+
+    An axis in chunks smaller than ``SPLIT_BLOCK - 2 * halo`` is cut into the fewest
+    equal blocks of at most that size instead: the halo is then read (and split) fewer
+    times. Axes already in one chunk or in larger ones stay as they are. At least
+    ``min_blocks`` blocks are kept where the input had that many (default: two per
+    thread of the cluster or of this machine), so every worker has blocks to split.
+    """
+    if min_blocks is None:
+        min_blocks = 2 * _threads()
+    counts, grows = [], []
+    for c, h, n in zip(mask.chunks, halo, mask.shape, strict=True):
+        grow = len(c) > 1 and SPLIT_BLOCK - 2 * h > max(c)
+        counts.append(math.ceil(n / (SPLIT_BLOCK - 2 * h)) if grow else len(c))
+        grows.append(grow)
+    floor = min(min_blocks, math.prod(len(c) for c in mask.chunks))
+    while math.prod(counts) < floor:  # the largest grown blocks are cut again
+        axis = max((a for a in range(3) if grows[a] and counts[a] < len(mask.chunks[a])),
+                   key=lambda a: mask.shape[a] / counts[a])
+        counts[axis] += 1
+    chunks = []
+    for c, n, k, grow in zip(mask.chunks, mask.shape, counts, grows, strict=True):
+        size, extra = divmod(n, k)
+        chunks.append(tuple(size + (i < extra) for i in range(k)) if grow else c)
+    grown = tuple(chunks)
+    return mask if grown == mask.chunks else mask.rechunk(grown)
+
+
+def _threads() -> int:
+    """Threads that compute: the current cluster's, else this machine's cores."""
+    import os
+
+    from volmla.engine.cluster import current_client
+
+    client = current_client()
+    if client is not None:
+        with contextlib.suppress(Exception):
+            return max(1, sum(client.nthreads().values()))
+    return os.cpu_count() or 1
+
+
 def _overlap(mask: da.Array, halo: Sequence[int]) -> tuple[da.Array, tuple[int, ...]]:
     """The mask's blocks extended by ``halo`` (background outside) and the halo used.
 
@@ -541,15 +661,23 @@ def _split_extended(
     sampling: tuple[float, ...],
     connectivity: int,
 ) -> np.ndarray:
-    """Split one block with the ``first`` halo; again with the full ``halo`` if a particle reaches its face."""
+    """Split one block with the ``first`` halo; again with the full ``halo`` if a particle reaches its face.
+
+    Beyond the volume's faces the extended block holds background only: one plane of it
+    is kept there (the distances see the face as background all the same), not the halo.
+    """
     assert block_id is not None
     cut = 0
+    low_face = [block_id[a] == 0 for a in range(3)]
+    high_face = [int(starts[a][block_id[a]]) + block.shape[a] - 2 * halo[a] >= shape[a] for a in range(3)]
     for depth in dict.fromkeys((first, halo)):  # the first halo, then (if different) the full one
-        crop = tuple(slice(a - d, n - (a - d)) for a, d, n in zip(halo, depth, block.shape, strict=True))
-        origin = tuple(int(starts[a][block_id[a]]) - depth[a] for a in range(3))
+        lo = [min(d, 1) if face else d for d, face in zip(depth, low_face, strict=True)]
+        hi = [min(d, 1) if face else d for d, face in zip(depth, high_face, strict=True)]
+        crop = tuple(slice(a - l_, n - (a - h_)) for a, l_, h_, n in zip(halo, lo, hi, block.shape, strict=True))
+        origin = tuple(int(starts[a][block_id[a]]) - lo[a] for a in range(3))
         keys = split_block(block[crop], neck=neck, h=h, sampling=sampling, connectivity=connectivity,
                            origin=origin, shape=shape, weight=None if weight is None else weight[crop])
-        core = keys[_core(depth, keys.shape)]
+        core = keys[tuple(slice(l_, n - h_) for l_, h_, n in zip(lo, hi, keys.shape, strict=True))]
         cut, at = _reaching(keys, core, origin, shape)
         if not cut:
             return core
@@ -593,7 +721,8 @@ def split_touching(
     """Lazy watershed keys (uint64) of a solid mask, per block with a halo from the data.
 
     See the module docstring for the steps and what is exact. Chunks thinner than the
-    halo are merged first.
+    halo are merged first, and chunks smaller than :data:`SPLIT_BLOCK` less the halo
+    are regrouped into blocks of about that size (fewer halos to split).
 
     Parameters
     ----------
@@ -622,7 +751,7 @@ def split_touching(
     -------
     dask.array.Array
         Lazy uint64 keys (as :func:`split_block`), with the mask's chunks (or the
-        merged ones).
+        merged or regrouped ones).
 
     Examples
     --------
@@ -638,7 +767,9 @@ def split_touching(
     mask = vol.data.astype(bool)
     sampling = normalise_sampling(voxel_size if voxel_size is not None else vol.attrs.get("voxel_size_um"))
     if max_radius is None:
-        max_radius = max(max_distance(mask, sampling=sampling), 1.0)
+        start = 16.0
+        reach = tuple(math.ceil(start / s) for s in sampling)
+        max_radius = max(max_distance(_grown(mask, reach), sampling=sampling, start=start), 1.0)
         logger.info("largest distance in the solid: %.3g voxels", max_radius)
     arrays = [mask]
     if weight is not None:
@@ -646,6 +777,8 @@ def split_touching(
         if fill.shape != mask.shape:
             raise VolmlaError(f"weight must have the mask's shape {mask.shape}, got {fill.shape}")
         arrays.append(fill.astype(np.float32))
+    grown = _grown(mask, split_halo(max_radius, sampling, factor=FIRST_FACTOR))
+    arrays = [a if a.chunks == grown.chunks else a.rechunk(grown.chunks) for a in arrays]
     exts, halo = _overlap_all(arrays, split_halo(max_radius, sampling))
     ext = exts[0]
     first = tuple(min(h_, f) for h_, f in zip(halo, split_halo(max_radius, sampling, factor=FIRST_FACTOR), strict=True))
