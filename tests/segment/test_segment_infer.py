@@ -28,29 +28,7 @@ def toy(shape=(24, 32, 32), seed=0):
     return image, truth.astype(np.uint8)
 
 
-def _model(tmp_path_factory, dim: int) -> str:
-    from volmla.segment.export import export
-    from volmla.segment.train import TrainConfig, save_model, train
-
-    image, truth = toy()
-    labels = np.zeros_like(truth)
-    for z in (4, 12, 20):
-        labels[z] = truth[z] + 1
-    config = TrainConfig(dim=dim, depth=2, base=4, patch=16, batch=2, iterations=40, lr=1e-2, augment=False, val_every=10, threads=1, tile=16)
-    result = train(da.from_array(image, chunks=16), da.from_array(labels, chunks=16), config=config)
-    folder = tmp_path_factory.mktemp(f"model{dim}d")
-    save_model(result, folder / "m.pt")
-    return str(export(folder / "m.pt", folder / "m.onnx").path)
-
-
-@pytest.fixture(scope="module")
-def model3d(tmp_path_factory) -> str:
-    return _model(tmp_path_factory, 3)
-
-
-@pytest.fixture(scope="module")
-def model2d(tmp_path_factory) -> str:
-    return _model(tmp_path_factory, 2)
+# model3d and model2d: tests/segment/conftest.py
 
 
 @pytest.mark.parametrize("chunks", [(8, 8, 8), (5, 7, 9), (24, 1, 32), -1])
