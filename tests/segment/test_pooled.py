@@ -178,3 +178,28 @@ def test_auto_radius_follows_the_particle_sizes() -> None:
     assert auto_radius(balls(8.5)) == 4  # the demo's: r_eq ~8.5
     assert auto_radius(balls(30.0, n=2)) == AUTO_RADIUS_RANGE[1]
     assert auto_radius(balls(2.0)) == DEFAULT_RADIUS  # only dust: no size to go by
+
+
+def test_the_region_kernel_runs_once_per_block(monkeypatch) -> None:
+    """Cleaning and grains as regions read the pooled phases in several passes: they read
+    them back from scratch, so the region kernel runs once per block, with the same result."""
+    from volmla.segment import pooled
+
+    img, ph, part = _two_grains(2)
+    args = [da.from_array(a, chunks=14) for a in (img, part, _planes(ph))]
+    blocks = 8
+    calls: list[int] = []
+    kernel = pooled._region_block
+
+    def counted(*a, **kw):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return kernel(*a, **kw)
+
+    monkeypatch.setattr(pooled, "_region_block", counted)
+    stored = region_phases(*args).compute()
+    assert len(calls) == blocks
+    monkeypatch.setattr(pooled, "session_scratch", lambda *a, **kw: None)  # no scratch: recomputed per pass
+    calls.clear()
+    recomputed = region_phases(*args).compute()
+    assert len(calls) > 2 * blocks
+    np.testing.assert_array_equal(stored, recomputed)

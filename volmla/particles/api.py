@@ -29,21 +29,16 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import logging
-import shutil
-import socket
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 import dask.array as da
 import xarray as xr
 
 from volmla.engine.blocks import as_dataarray, as_volume
+from volmla.engine.scratch import session_scratch, store
 from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.particles.mask import auto_solid, remove_small, solid_mask
@@ -188,47 +183,11 @@ def _on_grid(data: da.Array, volume: VolumeLike, record: dict[str, Any]) -> xr.D
 
 
 def _session_scratch() -> Path | None:
-    """A folder for the split keys, on this machine, removed when Python exits; None when
-    the computation runs on workers elsewhere (they could not read it)."""
-    from volmla.engine.cluster import current_client
-
-    client = current_client()
-    if client is not None and not _workers_here(client):
-        logger.warning("the particle split is recomputed at each use of the labels: give scratch= a folder "
-                       "every worker reaches to store it once")
-        return None
-    path = Path(tempfile.mkdtemp(prefix="volmla-split-"))
-    atexit.register(shutil.rmtree, path, True)
-    return path
-
-
-def _workers_here(client: Any) -> bool:
-    """Whether every worker of ``client`` runs on this machine."""
-    from distributed import LocalCluster
-
-    if isinstance(getattr(client, "cluster", None), LocalCluster):
-        return True
-    here = {"127.0.0.1", "localhost", socket.gethostname()}
-    with contextlib.suppress(OSError):
-        here.add(socket.gethostbyname(socket.gethostname()))
-    hosts = {urlparse(addr).hostname for addr in client.scheduler_info().get("workers", {})}
-    return bool(hosts) and hosts <= here
+    """A folder for the split's intermediates on this machine (None: workers elsewhere)."""
+    return session_scratch("volmla-split-", what="the particle split")
 
 
 def _stored(data: da.Array, path: Path, *, desc: str = "storing split keys") -> da.Array:
-    """Write ``data`` to a scratch Zarr array once and read it back lazily.
-
-    :func:`~volmla.particles.label.label` makes two passes over its input (scan, then relabel);
-    storing the watershed keys first means the distance map and watershed run once.
-    """
-    from zarr.codecs import Crc32cCodec
-
-    from volmla.engine.cluster import compute
-    from volmla.io import compressor
-
-    data = data.rechunk(data.chunksize)
-    # checksummed like every chunk volmla writes: a scratch chunk damaged on disk fails to
-    # decode instead of becoming wrong labels
-    codecs = (compressor("labels"), Crc32cCodec())
-    compute([data.to_zarr(str(path), overwrite=True, compute=False, compressors=codecs)], desc=desc)
-    return da.from_zarr(str(path))
+    """:func:`volmla.engine.scratch.store`: :func:`~volmla.particles.label.label` makes two
+    passes over its input (scan, then relabel), so the watershed keys are stored first."""
+    return store(data, path, desc=desc)

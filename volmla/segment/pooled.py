@@ -114,6 +114,7 @@ import numba
 import numpy as np
 
 from volmla.engine.blocks import as_volume
+from volmla.engine.scratch import session_scratch, store
 from volmla.errors import VolmlaError
 from volmla.measure.fractions import PhaseLevels
 from volmla.segment.regions import (
@@ -600,6 +601,14 @@ def _edge_block(lmap: np.ndarray) -> np.ndarray:
     from scipy import ndimage as ndi
 
     return ndi.maximum_filter(lmap, size=3) != ndi.minimum_filter(lmap, size=3)
+
+
+def _kept(ph: da.Array, name: str, *, scratch: Any, like: da.Array) -> da.Array:
+    """``ph`` with ``like``'s chunks, stored once on ``scratch`` (recomputed per use without one)."""
+    ph = _like(ph, like)
+    if scratch is None:
+        return ph
+    return _like(store(ph, scratch / f"{name}.zarr", desc=f"storing the {name} phases"), like)
 
 
 def _like(a: da.Array, ref: da.Array) -> da.Array:
@@ -1134,19 +1143,25 @@ def region_phases(
     region = functools.partial(halo_map, keyed, _region_block, halo=h, boundary="constant", cval=0.0,
                                dtype=np.uint8, crops=True, radius=int(radius), depth=int(depth),
                                small_radius=small_radius)
-    ph = _like(region(groups=groups), lab)
+    # the cleaning and the grains as regions read the phases in ~7 passes (grain labelling
+    # scans and relabels, tables, the final write): each stage's result is stored once on
+    # scratch, so the region kernel runs once and no pass holds a wide graph's intermediates
+    scratch = session_scratch("volmla-regions-", what="the pooled phase volume")
+    kept = functools.partial(_kept, scratch=scratch, like=lab)
+    ph = kept(region(groups=groups), "pooled")
     if refine and groups.pooled.any():
         levels, groups = _refine_levels(ph, lab, corrected, levels, groups)
-        ph = _like(region(groups=groups), lab)
+        ph = kept(region(groups=groups), "refined")
     if mrf and groups.pooled.any():
         from volmla.segment.mrf import potts_phases
 
-        ph = potts_phases(corrected, lab, ph, levels=levels)
+        ph = kept(potts_phases(corrected, lab, ph, levels=levels), "potts")
     plevels = levels.phase_levels()
     if min_grain > 1:
         ph = clean_phases(ph, lab, corrected, min_grain=int(min_grain), contrast=float(contrast), levels=plevels)
     if not grains or min_grain < 1 or not groups.pooled.any():
         return ph
+    ph = kept(ph, "cleaned")
     # step 7: grains as regions (grain labels, per-block rows of interior sums, decisions, relabel)
     ph = ph if ph.chunks == lab.chunks else ph.rechunk(lab.chunks)
     glab = label_grains(lab, ph).labels.data
