@@ -148,11 +148,11 @@ def label_particles(
             record["relief"] = "distance x local_fill"
     else:
         solid = solid_mask(vol.data, threshold=threshold)
-    where = Path(scratch) if scratch is not None else _session_scratch() if split else None
+    where = Path(scratch) if scratch is not None else session_scratch("volmla-split-", what="the particle split") if split else None
     if where is not None and auto and (fill_holes or min_size):
         # the "auto" cut (denoising, cupping, local levels) runs once: pore filling and
         # dust removal make four passes over the mask, which read it from scratch
-        solid = _stored(solid, where / "auto-mask.zarr", desc="storing the solid mask")
+        solid = store(solid, where / "auto-mask.zarr", desc="storing the solid mask")
     if fill_holes:
         solid = _fill_holes(solid)
     if min_size:
@@ -163,11 +163,11 @@ def label_particles(
     if where is not None and (auto or fill_holes or min_size):
         # the mask chain (reductions, pore filling and dust removal each label the volume)
         # runs once: the split's passes read the stored mask instead of recomputing it
-        solid = _stored(solid, where / "solid.zarr", desc="storing the solid mask")
+        solid = store(solid, where / "solid.zarr", desc="storing the solid mask")
     keys = split_touching(solid, neck=neck, h=h, max_radius=max_radius, voxel_size=voxel_size,
                           connectivity=connectivity, weight=weight)
     if where is not None:
-        keys = _stored(keys, where / "split-keys.zarr")
+        keys = store(keys, where / "split-keys.zarr", desc="storing split keys")
     found = label(keys, connectivity=connectivity, multilabel=True)
     # the split works on blocks sized to its halo; hand the labels back on the input's grid,
     # so they combine block by block with the volume they came from
@@ -180,14 +180,3 @@ def label_particles(
 def _on_grid(data: da.Array, volume: VolumeLike, record: dict[str, Any]) -> xr.DataArray:
     """Particle ids as a DataArray with the input's coordinates, voxel size and provenance."""
     return as_dataarray(data, like=volume, name="particles", kind="labels", record=record)
-
-
-def _session_scratch() -> Path | None:
-    """A folder for the split's intermediates on this machine (None: workers elsewhere)."""
-    return session_scratch("volmla-split-", what="the particle split")
-
-
-def _stored(data: da.Array, path: Path, *, desc: str = "storing split keys") -> da.Array:
-    """:func:`volmla.engine.scratch.store`: :func:`~volmla.particles.label.label` makes two
-    passes over its input (scan, then relabel), so the watershed keys are stored first."""
-    return store(data, path, desc=desc)
