@@ -26,7 +26,8 @@ Step 4 of :func:`volmla.particles.label_particles`. :func:`split_touching` runs
       (for a CT: :func:`volmla.particles.mask.local_fill`, how full of solid the scan
       looks around each voxel) the relief is the distance times it, a grey-weighted
       distance whose saddles stay low at contacts that the blur has filled;
-   b. **all regional maxima** (26-connected plateaus) seed a watershed of the negated
+   b. **all regional maxima** (26-connected plateaus) seed a watershed (compiled
+      hierarchical-queue flooding, :func:`volmla.particles._watershed.watershed`) of the negated
       distance inside the solid: one basin per maximum;
    c. **saddle-depth merging** (:func:`merge_basins`): the basin adjacency graph is
       weighted by its saddles (the highest ``min(d(p), d(q))`` over touching voxel
@@ -494,7 +495,8 @@ def split_block(
     2
     """
     import cc3d
-    from skimage.segmentation import watershed
+
+    from volmla.particles._watershed import watershed
 
     solid = np.asarray(solid, bool)
     out = np.zeros(solid.shape, np.uint64)
@@ -512,7 +514,7 @@ def split_block(
         out[solid] = UNMARKED
         return out
     markers = markers.astype(np.int32)
-    basins = watershed(-dist, markers=markers, mask=solid, connectivity={6: 1, 18: 2, 26: 3}[connectivity])
+    basins = watershed(-dist, markers, solid, connectivity={6: 1, 18: 2, 26: 3}[connectivity])
     peaks = np.zeros(n + 1, np.float64)
     cap_at = np.flatnonzero(markers.ravel())
     cap_ids, cap_values = markers.ravel()[cap_at], dist.ravel()[cap_at]
