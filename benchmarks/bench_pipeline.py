@@ -29,6 +29,7 @@ The issue's set (hours on 2 cores; needs ~10 GB of disk for the 2 Gvoxel scan):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -37,7 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -55,7 +56,7 @@ def _shape(text: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
-def _tile(level: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _tile(level: Literal["easy", "hard"], seed: int) -> tuple[np.ndarray, np.ndarray]:
     from volmla.synthetic import crushed_ore
 
     ore = crushed_ore(shape=128, seed=seed, level=level)
@@ -112,6 +113,7 @@ class _Stages:
         self.rows: list[dict[str, Any]] = []
         self.current: str | None = None
         self.start = 0.0
+        self.steps: list[dict[str, Any]] = []  # with ``--trace``: one row per compute call of this stage
 
     def _rss(self) -> tuple[list[int], int]:
         from volmla.engine.cluster import peak_rss
@@ -123,10 +125,44 @@ class _Stages:
         if self.current is None:
             return
         workers, driver = self._rss()
-        self.rows.append({"stage": self.current, "seconds": time.perf_counter() - self.start,
-                          "peak_rss_worker_mb": [round(w / 1e6, 1) for w in workers],
-                          "peak_rss_driver_mb": round(driver / 1e6, 1)})
-        self.current = None
+        worker_mb = [round(w / 1e6, 1) for w in workers]
+        for step in self.steps:  # the marks were reset per step: the stage's peak is the largest
+            worker_mb = [max(a, b) for a, b in zip(worker_mb, step["peak_rss_worker_mb"], strict=True)]
+            driver = max(driver, int(step["peak_rss_driver_mb"] * 1e6))
+        row = {"stage": self.current, "seconds": time.perf_counter() - self.start,
+               "peak_rss_worker_mb": worker_mb, "peak_rss_driver_mb": round(driver / 1e6, 1)}
+        if self.steps:
+            row["steps"] = self.steps
+        self.rows.append(row)
+        self.current, self.steps = None, []
+
+    def trace(self) -> Any:
+        """Patch :func:`volmla.engine.cluster.compute` so every call of the run records its
+        description, wall time and peak RSS per worker (the marks reset around each call):
+        which step of a stage holds the memory. The original is restored on exit."""
+        import volmla.engine.cluster as engine
+
+        original = engine.compute
+
+        def traced(tasks: Any, *, desc: str = "computing", optimize: bool = True) -> list[Any]:
+            self._rss()
+            t = time.perf_counter()
+            out = original(tasks, desc=desc, optimize=optimize)
+            workers, driver = self._rss()
+            self.steps.append({"step": desc, "seconds": round(time.perf_counter() - t, 2),
+                               "peak_rss_worker_mb": [round(w / 1e6, 1) for w in workers],
+                               "peak_rss_driver_mb": round(driver / 1e6, 1)})
+            return out
+
+        @contextlib.contextmanager
+        def patched() -> Any:
+            engine.compute = traced
+            try:
+                yield
+            finally:
+                engine.compute = original
+
+        return patched()
 
     def __call__(self, line: str) -> None:
         name = line.strip()
@@ -138,7 +174,8 @@ class _Stages:
         self.current, self.start = stage, time.perf_counter()
 
 
-def run_volmla(work: Path, shape: tuple[int, int, int], *, workers: int, voxel: float) -> dict[str, Any]:
+def run_volmla(work: Path, shape: tuple[int, int, int], *, workers: int, voxel: float,
+               trace: bool = False) -> dict[str, Any]:
     from volmla.engine.cluster import cluster
     from volmla.pipeline import run
 
@@ -148,7 +185,8 @@ def run_volmla(work: Path, shape: tuple[int, int, int], *, workers: int, voxel: 
     with cluster(workers=workers, dashboard=False) as client:
         stages = _Stages(client)
         t = time.perf_counter()
-        result = run(config, log=stages, overwrite=True)
+        with stages.trace() if trace else contextlib.nullcontext():
+            result = run(config, log=stages, overwrite=True)
         stages.close()
         total = time.perf_counter() - t
     voxels = math.prod(shape)
@@ -218,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-max", type=float, default=64e6, help="run the in-memory peers up to this many voxels")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--out", type=Path, default=RESULTS / "pipeline.json")
+    ap.add_argument("--trace", action="store_true",
+                    help="also record every compute call's time and peak RSS per worker (the 'steps' of a stage)")
     args = ap.parse_args(argv)
 
     intensity, phases = _tile(args.level, args.seed)
@@ -235,11 +275,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{shape}: scan and labels written in {made:.0f} s; running volmla", flush=True)
             entry: dict[str, Any] = {"shape": list(shape), "voxels": math.prod(shape), "label_planes": list(planes),
                                      "write_inputs_s": round(made, 1),
-                                     "volmla": run_volmla(work, shape, workers=args.workers, voxel=voxel)}
+                                     "volmla": run_volmla(work, shape, workers=args.workers, voxel=voxel,
+                                                         trace=args.trace)}
             for row in entry["volmla"]["stages"]:
                 print(f"  {row['stage']:20s} {row['seconds']:8.1f} s {row['mvox_per_s']:8.3f} Mvx/s "
                       f"{row['s_per_gvox_per_core']:9.1f} s/Gvx/core  workers {row['peak_rss_worker_mb']} MB "
                       f"driver {row['peak_rss_driver_mb']} MB", flush=True)
+                for step in row.get("steps", []):
+                    print(f"    {step['step']:30s} {step['seconds']:8.1f} s  workers {step['peak_rss_worker_mb']} MB",
+                          flush=True)
             if math.prod(shape) <= args.peer_max:
                 entry["peers"] = run_peers(work, shape)
                 for name, row in entry["peers"].items():

@@ -124,6 +124,31 @@ def test_peak_rss_is_the_workers_own_and_resets():
     assert peak >= 2**28 and after < peak - 2**27
 
 
+def test_compute_hands_a_steps_freed_heap_back_to_the_system():
+    # without MALLOC_TRIM_THRESHOLD_ glibc keeps freed small blocks; compute() trims after each call
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs Linux")
+
+    def churn() -> int:
+        import psutil
+
+        pieces = [bytearray(100_000) for _ in range(4000)]  # 400 MB in heap-sized pieces (below mmap's threshold)
+        churn.kept = pieces[1::2]  # type: ignore[attr-defined]  # every other one stays: the heap cannot shrink
+        del pieces
+        return int(psutil.Process().memory_info().rss)
+
+    def rss() -> int:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+    with vc.cluster(workers=1, dashboard=False) as client:
+        (held,) = client.run(churn).values()
+        vc.compute([dask.delayed(int)(1)], desc="trim")
+        (after,) = client.run(rss).values()
+    assert after < held - 150_000_000  # the freed half went back
+
+
 @pytest.mark.parametrize("dashboard", [False, True])
 def test_embedded_cluster_listens_on_this_machine_only(dashboard: bool) -> None:
     """Scheduler, its HTTP server (which starts even without a dashboard) and workers bind

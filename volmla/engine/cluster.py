@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 _PROGRESS = {"on": False}
 
 __all__ = ["SMALL_BYTES", "SMALL_GRAPH", "cluster", "compute", "current_client", "fits_in_process", "gpu_annotation",
-           "on_demand", "peak_rss", "progress_enabled", "worker_environ"]
+           "on_demand", "peak_rss", "progress_enabled", "release_freed_memory", "worker_environ"]
 
 SMALL_GRAPH = 64
 """Graphs of at most this many tasks run in-process under :func:`on_demand` (a volume of
@@ -383,7 +383,8 @@ def worker_environ() -> dict[str, Any]:
     Measured on a 256^3 float32 chunk: Blosc decode 75 -> 28 ms, encode 114 -> 75 ms,
     Zarr read 105 -> 51 ms; the first change alone took a 512^3 gaussian on one worker
     from 10.6 s to 8.1 s. The blocks are freed when a task ends, so memory stays bounded
-    by the blocks in flight.
+    by the blocks in flight; what glibc keeps of them is handed back after every
+    :func:`compute` (:func:`release_freed_memory`).
 
     Returns
     -------
@@ -533,10 +534,44 @@ def compute(tasks: Sequence[Any], *, desc: str = "computing", optimize: bool = T
                 job = bar.add_task(desc, total=len(futures))
                 for _ in as_completed(futures):
                     bar.advance(job)
-        return list(client.gather(futures))
+        results = list(client.gather(futures))
     except BaseException:  # an error or Ctrl-C: no task of this call may outlive it
         _cancel(client, futures)
         raise
+    del futures
+    _trim_workers(client)
+    return results
+
+
+def release_freed_memory() -> int:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim(0)``).
+
+    Embedded workers run without ``MALLOC_TRIM_THRESHOLD_`` (:func:`worker_environ`), so
+    glibc keeps what a step freed for the next allocation: fast, but the resident size
+    after a step of large blocks stays at that step's peak (0.9 GB against 0.5 GB live
+    per worker after a 256^3 run). :func:`compute` calls this on every worker after
+    each call, between steps, where it costs milliseconds.
+
+    Returns
+    -------
+    int
+        1 if memory was released, 0 if not (or not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return 0
+    try:
+        return int(ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return 0
+
+
+def _trim_workers(client: Any) -> None:
+    with contextlib.suppress(Exception):  # a closing or remote cluster: nothing to trim
+        client.run(release_freed_memory)
 
 
 def _cancelled_running(dask_worker: Any) -> int:
