@@ -107,6 +107,26 @@ def test_identical_for_three_chunkings():
         np.testing.assert_array_equal(out.labels.values, ref_labels)
 
 
+@pytest.mark.parametrize("chunks", [(64, 64, 64), (32, 32, 32), (10, 9, 7)])
+def test_windows_read_from_the_stored_mask_give_the_same_keys(tmp_path, chunks):
+    """``stored=``: each block reads its own window (no neighbour blocks held); same keys."""
+    import zarr
+
+    truth = flat_contact_clusters(5, clusters=8)
+    solid = truth > 0
+    weight = np.clip(ndi.gaussian_filter(solid.astype(np.float32), 1.0) + 0.3, 0, 1).astype(np.float32)
+    zarr.create_array(str(tmp_path / "solid.zarr"), data=solid, chunks=chunks)
+    zarr.create_array(str(tmp_path / "fill.zarr"), data=weight, chunks=chunks)
+    mask, fill = da.from_array(solid, chunks=chunks), da.from_array(weight, chunks=chunks)
+    borrowed = split_touching(mask, weight=fill, max_radius=12.0)
+    read = split_touching(mask, weight=fill, max_radius=12.0, stored=[tmp_path / "solid.zarr", tmp_path / "fill.zarr"])
+    assert read.chunks == borrowed.chunks
+    assert all(not deps for deps in read.dask.dependencies.values())
+    np.testing.assert_array_equal(read.compute(), borrowed.compute())
+    with pytest.raises(VolmlaError, match="stored must name 2"):
+        split_touching(mask, weight=fill, max_radius=12.0, stored=[tmp_path / "solid.zarr"])
+
+
 def test_max_distance_exact_and_grows_its_halo():
     solid = np.zeros((60, 50, 70), bool)
     zz, yy, xx = np.ogrid[:60, :50, :70]

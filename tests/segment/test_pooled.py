@@ -198,7 +198,11 @@ def test_the_region_kernel_runs_once_per_block(monkeypatch) -> None:
     monkeypatch.setattr(pooled, "_region_block", counted)
     stored = region_phases(*args).compute()
     assert len(calls) == blocks
-    monkeypatch.setattr(pooled, "session_scratch", lambda *a, **kw: None)  # no scratch: recomputed per pass
+    from volmla.engine import scratch
+
+    # no scratch (workers on other machines): recomputed per pass
+    monkeypatch.setattr(pooled, "session_scratch", lambda *a, **kw: None)
+    monkeypatch.setattr(scratch, "session_scratch", lambda *a, **kw: None)
     calls.clear()
     recomputed = region_phases(*args).compute()
     assert len(calls) > 2 * blocks

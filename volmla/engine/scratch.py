@@ -20,6 +20,7 @@ import logging
 import shutil
 import socket
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -28,7 +29,7 @@ import dask.array as da
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["session_scratch", "store", "workers_here"]
+__all__ = ["session_scratch", "store", "store_together", "workers_here"]
 
 
 def workers_here(client: Any) -> bool:
@@ -86,7 +87,7 @@ def session_scratch(prefix: str, *, what: str) -> Path | None:
     return path
 
 
-def store(data: da.Array, path: Path, *, desc: str) -> da.Array:
+def store(data: da.Array, path: Path, *, desc: str, kind: str = "labels") -> da.Array:
     """Write ``data`` to a scratch Zarr array once and read it back lazily.
 
     Parameters
@@ -97,6 +98,9 @@ def store(data: da.Array, path: Path, *, desc: str) -> da.Array:
         The Zarr array to write (replaced if present).
     desc
         Progress bar label.
+    kind
+        The :func:`volmla.io.compressor` kind: ``"labels"`` (zstd, for piecewise-constant
+        data) or ``"intensity"`` (LZ4, for noisy grey values, where zstd gains little).
 
     Returns
     -------
@@ -110,14 +114,44 @@ def store(data: da.Array, path: Path, *, desc: str) -> da.Array:
     >>> out.compute().tolist() == list(range(10))
     True
     """
+    (out,) = store_together([(data, path, kind)], desc=desc)
+    return out
+
+
+def store_together(items: Sequence[tuple[da.Array, Path, str]], *, desc: str) -> list[da.Array]:
+    """:func:`store` several arrays in one pass, so the work they share is done once.
+
+    Parameters
+    ----------
+    items
+        ``(data, path, kind)`` per array, as :func:`store` takes them.
+    desc
+        Progress bar label.
+
+    Returns
+    -------
+    list of dask.array.Array
+        The stored arrays, in order.
+
+    Examples
+    --------
+    >>> where = session_scratch("volmla-doc-", what="nothing")
+    >>> x = da.arange(10, chunks=4)
+    >>> a, b = store_together([(x, where / "a.zarr", "labels"), (x * 2, where / "b.zarr", "labels")], desc="doc")
+    >>> b.compute().tolist()[-1]
+    18
+    """
     from zarr.codecs import Crc32cCodec
 
     from volmla.engine.cluster import compute
     from volmla.io import compressor
 
-    data = data.rechunk(data.chunksize)
-    # checksummed like every chunk volmla writes: a scratch chunk damaged on disk fails to
-    # decode instead of becoming wrong values
-    codecs = (compressor("labels"), Crc32cCodec())
-    compute([data.to_zarr(str(path), overwrite=True, compute=False, compressors=codecs)], desc=desc)
-    return da.from_zarr(str(path))
+    writes = []
+    for data, path, kind in items:
+        data = data.rechunk(data.chunksize)
+        # checksummed like every chunk volmla writes: a scratch chunk damaged on disk fails
+        # to decode instead of becoming wrong values
+        codecs = (compressor(kind), Crc32cCodec())
+        writes.append(data.to_zarr(str(path), overwrite=True, compute=False, compressors=codecs))
+    compute(writes, desc=desc)
+    return [da.from_zarr(str(path)) for _, path, _ in items]

@@ -38,7 +38,7 @@ import dask.array as da
 import xarray as xr
 
 from volmla.engine.blocks import as_dataarray, as_volume
-from volmla.engine.scratch import session_scratch, store
+from volmla.engine.scratch import session_scratch, store, store_together
 from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.particles.mask import auto_solid, remove_small, solid_mask
@@ -149,10 +149,16 @@ def label_particles(
     else:
         solid = solid_mask(vol.data, threshold=threshold)
     where = Path(scratch) if scratch is not None else session_scratch("volmla-split-", what="the particle split") if split else None
-    if where is not None and auto and (fill_holes or min_size):
+    if where is not None and auto and (fill_holes or min_size or weight is not None):
         # the "auto" cut (denoising, cupping, local levels) runs once: pore filling and
-        # dust removal make four passes over the mask, which read it from scratch
-        solid = store(solid, where / "auto-mask.zarr", desc="storing the solid mask")
+        # dust removal make four passes over the mask, and the split reads the fill, from
+        # scratch (the split's wide halos would otherwise hold the fill's chain in memory)
+        items = [(solid, where / "auto-mask.zarr", "labels")]
+        if split and weight is not None:
+            items.append((weight, where / "fill.zarr", "intensity"))
+        kept = store_together(items, desc="storing the solid mask")
+        solid = kept[0]
+        weight = kept[1] if len(kept) > 1 else weight
     if fill_holes:
         solid = _fill_holes(solid)
     if min_size:
@@ -160,12 +166,15 @@ def label_particles(
     if not split:
         found = label(solid, connectivity=connectivity)
         return Labels(_on_grid(found.labels.data, volume, record | {"count": found.count}), found.count)
-    if where is not None and (auto or fill_holes or min_size):
+    stored: list[Path] | None = None
+    if where is not None:
         # the mask chain (reductions, pore filling and dust removal each label the volume)
-        # runs once: the split's passes read the stored mask instead of recomputing it
+        # runs once: the split's passes read the stored mask instead of recomputing it, and
+        # each split block reads its own window of it (and of the stored fill)
         solid = store(solid, where / "solid.zarr", desc="storing the solid mask")
+        stored = [where / "solid.zarr"] + ([where / "fill.zarr"] if weight is not None else [])
     keys = split_touching(solid, neck=neck, h=h, max_radius=max_radius, voxel_size=voxel_size,
-                          connectivity=connectivity, weight=weight)
+                          connectivity=connectivity, weight=weight, stored=stored)
     if where is not None:
         keys = store(keys, where / "split-keys.zarr", desc="storing split keys")
     found = label(keys, connectivity=connectivity, multilabel=True)

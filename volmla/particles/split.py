@@ -67,6 +67,7 @@ import functools
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import dask.array as da
@@ -638,23 +639,42 @@ def _overlap(mask: da.Array, halo: Sequence[int]) -> tuple[da.Array, tuple[int, 
     return ext, used
 
 
+def _halo_geometry(shape: Sequence[int], chunks: tuple[tuple[int, ...], ...],
+                   halo: Sequence[int]) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    """The blocks (chunks thinner than the halo merged) and the halo per axis (one voxel
+    of background along an axis in one block) that :func:`_overlap_all` extends by."""
+    halo = tuple(min(h, max(n - 1, 0)) for h, n in zip(halo, shape, strict=True))
+    merged = tuple(da.overlap.ensure_minimum_chunksize(max(h, 1), c) for h, c in zip(halo, chunks, strict=True))
+    return merged, tuple(1 if len(c) == 1 else h for h, c in zip(halo, merged, strict=True))
+
+
 def _overlap_all(arrays: Sequence[da.Array], halo: Sequence[int]) -> tuple[list[da.Array], tuple[int, ...]]:
     """:func:`_overlap` of arrays of one shape, all on the first one's (merged) chunks; zeros outside."""
-    first = arrays[0]
-    halo = tuple(min(h, max(n - 1, 0)) for h, n in zip(halo, first.shape, strict=True))
-    chunks = tuple(da.overlap.ensure_minimum_chunksize(max(h, 1), c) for h, c in zip(halo, first.chunks, strict=True))
+    chunks, halo = _halo_geometry(arrays[0].shape, arrays[0].chunks, halo)
     arrays = [a if a.chunks == chunks else a.rechunk(chunks) for a in arrays]
-    halo = tuple(1 if len(c) == 1 else h for h, c in zip(halo, chunks, strict=True))
     depth, zeros = dict(enumerate(halo)), {a: 0 for a in range(3)}
     return [da.overlap.overlap(a, depth=depth, boundary=zeros) for a in arrays], halo
+
+
+def _split_block_id(block: np.ndarray, weight: np.ndarray | None = None, *, block_id: tuple[int, ...] | None = None,
+                    starts: list[np.ndarray], **kwargs: Any) -> np.ndarray:
+    """:func:`_split_extended` of a block of ``da.overlap``'s extended array (``starts``: the blocks' origins)."""
+    assert block_id is not None
+    return _split_extended(block, weight, origin=tuple(int(starts[a][block_id[a]]) for a in range(3)), **kwargs)
+
+
+def _split_window(mask: np.ndarray, weight: np.ndarray | None = None, *, origin: tuple[int, ...],
+                  **kwargs: Any) -> np.ndarray:
+    """:func:`_split_extended` of windows read from the stored mask (and weight)."""
+    return _split_extended(np.asarray(mask, bool), None if weight is None else np.asarray(weight, np.float32),
+                           origin=origin, **kwargs)
 
 
 def _split_extended(
     block: np.ndarray,
     weight: np.ndarray | None = None,
     *,
-    block_id: tuple[int, ...] | None = None,
-    starts: list[np.ndarray],
+    origin: tuple[int, ...],
     halo: tuple[int, ...],
     first: tuple[int, ...],
     shape: tuple[int, ...],
@@ -668,19 +688,18 @@ def _split_extended(
     Beyond the volume's faces the extended block holds background only: one plane of it
     is kept there (the distances see the face as background all the same), not the halo.
     """
-    assert block_id is not None
     cut = 0
-    low_face = [block_id[a] == 0 for a in range(3)]
-    high_face = [int(starts[a][block_id[a]]) + block.shape[a] - 2 * halo[a] >= shape[a] for a in range(3)]
+    low_face = [origin[a] == 0 for a in range(3)]
+    high_face = [origin[a] + block.shape[a] - 2 * halo[a] >= shape[a] for a in range(3)]
     for depth in dict.fromkeys((first, halo)):  # the first halo, then (if different) the full one
         lo = [min(d, 1) if face else d for d, face in zip(depth, low_face, strict=True)]
         hi = [min(d, 1) if face else d for d, face in zip(depth, high_face, strict=True)]
         crop = tuple(slice(a - l_, n - (a - h_)) for a, l_, h_, n in zip(halo, lo, hi, block.shape, strict=True))
-        origin = tuple(int(starts[a][block_id[a]]) - lo[a] for a in range(3))
+        at_origin = tuple(origin[a] - lo[a] for a in range(3))
         keys = split_block(block[crop], neck=neck, h=h, sampling=sampling, connectivity=connectivity,
-                           origin=origin, shape=shape, weight=None if weight is None else weight[crop])
+                           origin=at_origin, shape=shape, weight=None if weight is None else weight[crop])
         core = keys[tuple(slice(l_, n - h_) for l_, h_, n in zip(lo, hi, keys.shape, strict=True))]
-        cut, at = _reaching(keys, core, origin, shape)
+        cut, at = _reaching(keys, core, at_origin, shape)
         if not cut:
             return core
     logger.warning(
@@ -719,6 +738,7 @@ def split_touching(
     voxel_size: float | Sequence[float] | None = None,
     connectivity: Literal[6, 18, 26] = 26,
     weight: VolumeLike | None = None,
+    stored: Sequence[str | Path] | None = None,
 ) -> da.Array:
     """Lazy watershed keys (uint64) of a solid mask, per block with a halo from the data.
 
@@ -748,6 +768,12 @@ def split_touching(
         (:func:`split_block`'s ``weight``; :func:`volmla.particles.label_particles` gives
         :func:`volmla.particles.mask.local_fill`'s for an ``"auto"`` mask). None: the
         distance map alone.
+    stored
+        The Zarr arrays ``solid`` (and ``weight``) were read from, in that order: each
+        block then reads its own extended window from them
+        (:func:`volmla.engine.windows.window_map`) instead of borrowing its halo from
+        its neighbours' blocks, so the workers hold no wavefront of blocks (the labels
+        are the same).
 
     Returns
     -------
@@ -780,12 +806,24 @@ def split_touching(
             raise VolmlaError(f"weight must have the mask's shape {mask.shape}, got {fill.shape}")
         arrays.append(fill.astype(np.float32))
     grown = _grown(mask, split_halo(max_radius, sampling, factor=FIRST_FACTOR))
-    arrays = [a if a.chunks == grown.chunks else a.rechunk(grown.chunks) for a in arrays]
-    exts, halo = _overlap_all(arrays, split_halo(max_radius, sampling))
-    ext = exts[0]
+    chunks, halo = _halo_geometry(mask.shape, grown.chunks, split_halo(max_radius, sampling))
     first = tuple(min(h_, f) for h_, f in zip(halo, split_halo(max_radius, sampling, factor=FIRST_FACTOR), strict=True))
-    chunks = tuple(tuple(n - 2 * h_ for n in c) for h_, c in zip(halo, ext.chunks, strict=True))
+    params: dict[str, Any] = {"halo": halo, "first": first, "shape": tuple(mask.shape), "neck": neck, "h": h,
+                              "sampling": sampling, "connectivity": connectivity}
+    if stored is not None:
+        if len(stored) != len(arrays):
+            what = "the solid and the weight" if weight is not None else "the solid"
+            raise VolmlaError(f"stored must name {len(arrays)} array(s) ({what}), got {len(stored)}")
+        from volmla.engine.windows import window_map
+
+        # window_map hands the kernel ``halo=``: the split's own halo goes in as ``params``
+        def kernel(*windows: np.ndarray, halo: tuple[int, ...], origin: tuple[int, ...]) -> np.ndarray:
+            return _split_window(*windows, origin=origin, **params)
+
+        return window_map(kernel, stored, chunks=chunks, halo=halo, dtype=np.uint64, with_origin=True,
+                          name="split")
+    arrays = [a if a.chunks == grown.chunks else a.rechunk(grown.chunks) for a in arrays]
+    exts, _ = _overlap_all(arrays, split_halo(max_radius, sampling))
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
-    kernel = functools.partial(_split_extended, starts=starts, halo=halo, first=first, shape=tuple(mask.shape),
-                               neck=neck, h=h, sampling=sampling, connectivity=connectivity)
-    return da.map_blocks(kernel, *exts, dtype=np.uint64, chunks=chunks, meta=np.empty((0, 0, 0), np.uint64))
+    return da.map_blocks(functools.partial(_split_block_id, starts=starts, **params), *exts, dtype=np.uint64,
+                         chunks=chunks, meta=np.empty((0, 0, 0), np.uint64))

@@ -105,7 +105,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import dask
@@ -114,7 +114,8 @@ import numba
 import numpy as np
 
 from volmla.engine.blocks import as_volume
-from volmla.engine.scratch import session_scratch, store
+from volmla.engine.scratch import session_scratch, store, store_together
+from volmla.engine.windows import window_map
 from volmla.errors import VolmlaError
 from volmla.measure.fractions import PhaseLevels
 from volmla.segment.regions import (
@@ -573,10 +574,11 @@ def _codes(part: np.ndarray, flat: np.ndarray, bounds: np.ndarray, pore: float) 
     return np.where(np.asarray(part) > 0, code, -1)
 
 
-def _key_block(part: np.ndarray, flat: np.ndarray, corrected: np.ndarray, *, bounds: np.ndarray,
-               pore: float, small: np.ndarray | None = None) -> np.ndarray:
-    """Step 3 on one block: ``corrected + 1j * (particle * 256 + 128 * small + group code + 1)``
-    (``small``: the sorted ids of the particles pooled over the smaller radius)."""
+def _region_keys(part: np.ndarray, flat: np.ndarray, *, bounds: np.ndarray, pore: float,
+                 small: np.ndarray | None = None) -> np.ndarray:
+    """Step 3 on one block: ``particle * 256 + 128 * small + group code + 1`` (0 outside
+    particles; ``small``: the sorted ids of the particles pooled over the smaller radius),
+    exact in float64 (ids below ``2**44``)."""
     part = np.asarray(part)
     if part.size and int(part.max()) >= _MAX_ID:
         raise VolmlaError(f"particle ids must lie below 2**44 for region_phases, got {int(part.max())}")
@@ -585,7 +587,28 @@ def _key_block(part: np.ndarray, flat: np.ndarray, corrected: np.ndarray, *, bou
     if small is not None and small.size:
         at = np.minimum(np.searchsorted(small, part.astype(np.uint64)), small.size - 1)
         key = np.where((code >= 0) & (small[at] == part), key + 128.0, key)
+    return key
+
+
+def _key_block(part: np.ndarray, flat: np.ndarray, corrected: np.ndarray, *, bounds: np.ndarray,
+               pore: float, small: np.ndarray | None = None) -> np.ndarray:
+    """Step 3 on one block, as the region kernel reads it: ``corrected + 1j * key``
+    (:func:`_region_keys`)."""
+    key = _region_keys(part, flat, bounds=bounds, pore=pore, small=small)
     return np.asarray(corrected, np.float64) + 1j * key
+
+
+def _stored_key_block(part: np.ndarray, flat: np.ndarray, *, bounds: np.ndarray, pore: float,
+                      small: np.ndarray | None = None) -> np.ndarray:
+    """:func:`_region_keys` as uint64, to store (piecewise constant: a few bytes a block)."""
+    return _region_keys(part, flat, bounds=bounds, pore=pore, small=small).astype(np.uint64)
+
+
+def _region_windows(keys: np.ndarray, corrected: np.ndarray, *, halo: tuple[int, int, int],
+                    **kwargs: Any) -> np.ndarray:
+    """:func:`_region_block` on windows read from the stored keys and corrected grey."""
+    ext = np.asarray(corrected, np.float64) + 1j * np.asarray(keys, np.float64)
+    return _region_block(ext, halo=halo, **kwargs)
 
 
 def _level_map_block(part: np.ndarray, flat: np.ndarray, *, bounds: np.ndarray, pore: float,
@@ -1126,6 +1149,7 @@ def region_phases(
                          meta=np.empty((0, 0, 0), np.float32))
     if psf_sigma is None:
         psf_sigma = estimate_psf(flat, lmap, noise_sigma=levels.noise_sigma)
+    scratch = session_scratch("volmla-regions-", what="the pooled phase volume")
     corrected = flat
     if psf_sigma > 0:
         blurred = _like(halo_map(lmap, _blur, halo=_psf_halo(psf_sigma), boundary="nearest", dtype=np.float32,
@@ -1137,16 +1161,34 @@ def region_phases(
         small_radius = int(radius) - 1
         small = _small_particles(_particle_volumes(lab), int(radius))
         logger.info("regions: %d particles pooled over radius %d", small.size, small_radius)
-    keyed = da.map_blocks(functools.partial(_key_block, bounds=groups.bounds, pore=groups.pore, small=small), lab,
-                          flat, corrected, dtype=np.complex128, meta=np.empty((0, 0, 0), np.complex128))
     h = int(radius) + int(depth)
-    region = functools.partial(halo_map, keyed, _region_block, halo=h, boundary="constant", cval=0.0,
-                               dtype=np.uint8, crops=True, radius=int(radius), depth=int(depth),
-                               small_radius=small_radius)
+    geometry: dict[str, Any] = {"radius": int(radius), "depth": int(depth), "small_radius": small_radius}
+    region: Callable[..., da.Array]
+    if scratch is not None:
+        # every later pass (regions, refinement, cleaning, grains as regions) reads the
+        # corrected grey and the region keys from scratch: no pass recomputes the blur's
+        # chain, and each region task reads its own window (no wavefront of neighbour
+        # blocks held in memory, :mod:`volmla.engine.windows`)
+        keys = da.map_blocks(functools.partial(_stored_key_block, bounds=groups.bounds, pore=groups.pore,
+                                               small=small), lab, flat, dtype=np.uint64,
+                             meta=np.empty((0, 0, 0), np.uint64))
+        stored = store_together([(corrected, scratch / "corrected.zarr", "intensity"),
+                                 (keys, scratch / "keys.zarr", "labels")],
+                                desc="storing the corrected grey and region keys")
+        corrected = _like(stored[0], lab)
+        sources = [scratch / "keys.zarr", scratch / "corrected.zarr"]
+
+        def region(*, groups: _Groups) -> da.Array:
+            return window_map(functools.partial(_region_windows, groups=groups, **geometry), sources,
+                              chunks=lab.chunks, halo=(h, h, h), dtype=np.uint8, name="regions")
+    else:
+        keyed = da.map_blocks(functools.partial(_key_block, bounds=groups.bounds, pore=groups.pore, small=small),
+                              lab, flat, corrected, dtype=np.complex128, meta=np.empty((0, 0, 0), np.complex128))
+        region = functools.partial(halo_map, keyed, _region_block, halo=h, boundary="constant", cval=0.0,
+                                   dtype=np.uint8, crops=True, **geometry)
     # the cleaning and the grains as regions read the phases in ~7 passes (grain labelling
     # scans and relabels, tables, the final write): each stage's result is stored once on
     # scratch, so the region kernel runs once and no pass holds a wide graph's intermediates
-    scratch = session_scratch("volmla-regions-", what="the pooled phase volume")
     kept = functools.partial(_kept, scratch=scratch, like=lab)
     ph = kept(region(groups=groups), "pooled")
     if refine and groups.pooled.any():

@@ -294,6 +294,13 @@ def clean_phases(
                            dtype=np.uint8, meta=np.empty((0, 0, 0), np.uint8))
     if min_grain <= 1:
         return ph
+    if shell:  # the grain passes below read it four times: stored once, read back as plain blocks
+        from volmla.engine.scratch import session_scratch, store
+
+        scratch = session_scratch("volmla-clean-", what="the shell-corrected phases")
+        if scratch is not None:
+            ph = store(ph, scratch / "shell.zarr", desc="storing the shell-corrected phases")
+            ph = ph if ph.chunks == lab.chunks else ph.rechunk(lab.chunks)
     grains = label_grains(lab, ph, connectivity=connectivity).labels.data
     grains = grains if grains.chunks == lab.chunks else grains.rechunk(lab.chunks)
     faces = neighbour_map(packed_labels(lab, ph), "phase_faces", np.uint64)
