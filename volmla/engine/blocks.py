@@ -40,6 +40,7 @@ __all__ = [
     "map_blocks_at",
     "map_reduce",
     "normalise_chunks",
+    "owned",
 ]
 
 
@@ -304,6 +305,40 @@ def block_grid(chunks: Sequence[Sequence[int]]) -> list[tuple[tuple[int, ...], t
         size = tuple(int(chunks[a][i]) for a, i in enumerate(idx))
         out.append((tuple(int(i) for i in idx), origin, size))
     return out
+
+
+def owned(block: Any) -> Any:
+    """``block`` when it holds no more memory than its own bytes, else a compact copy.
+
+    A task's result that is a view (a block cut from its extended window, the first
+    plane of a block) keeps the whole base array alive as long as the result is held,
+    while Dask's ``sizeof`` counts the view's bytes only: workers then hold many times
+    what they report. Kernels' results pass through here before a task returns them.
+
+    Parameters
+    ----------
+    block
+        A task's result; anything but a NumPy view passes unchanged.
+
+    Returns
+    -------
+    Any
+        ``block`` or ``block.copy()``.
+
+    Examples
+    --------
+    >>> big = np.zeros((4, 4, 4))
+    >>> owned(big) is big, owned(big[1:3]).base is None
+    (True, True)
+    """
+    if not isinstance(block, np.ndarray) or block.base is None:
+        return block
+    root: Any = block
+    while isinstance(root, np.ndarray) and root.base is not None:
+        root = root.base
+    if isinstance(root, np.ndarray) and root.nbytes <= block.nbytes:
+        return block  # a reshape or a re-typed view of a buffer of the same size
+    return block.copy()
 
 
 def as_blocks(array: np.ndarray, *, chunks: Any) -> da.Array:

@@ -38,6 +38,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from dask.typing import DaskCollection
 
+from volmla.engine.blocks import owned
 from volmla.engine.backend import to_device, to_numpy
 from volmla.errors import VolmlaError
 
@@ -120,7 +121,9 @@ def face_slab(block: np.ndarray, axis: int, side: int, h: int) -> np.ndarray:
     """
     take = [slice(None)] * 3
     take[axis] = slice(0, h) if side == 0 else slice(block.shape[axis] - h, None)
-    return np.ascontiguousarray(block[tuple(take)])
+    # always a copy: a view (the low slab along z is contiguous) would keep the whole
+    # block alive until the neighbour has run, while the scheduler counts the slab only
+    return block[tuple(take)].copy()
 
 
 def _assemble(
@@ -171,9 +174,9 @@ def _run_extended(block: np.ndarray, slabs: list[np.ndarray], *, run: Callable[.
                   depth: tuple[int, int, int], **assemble: Any) -> np.ndarray:
     ext = _assemble(block, slabs, depth=depth, **assemble)
     out = run(ext)
-    if crops:
-        return out
-    return out[tuple(slice(h, out.shape[a] - h) for a, h in enumerate(depth))]
+    if not crops:
+        out = out[tuple(slice(h, out.shape[a] - h) for a, h in enumerate(depth))]
+    return owned(out)
 
 
 def _halo_blocks(array: da.Array, depth: tuple[int, int, int], boundary: str, cval: float,

@@ -26,6 +26,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from volmla.engine.blocks import owned
 from volmla.errors import VolmlaError
 
 __all__ = ["read_window", "window_map"]
@@ -74,7 +75,7 @@ def _window_task(*, kernel: Callable[..., Any], sources: tuple[str, ...], start:
                  with_origin: bool) -> Any:
     windows = [read_window(p, start, stop, cval=c) for p, c in zip(sources, cvals, strict=True)]
     extra = {"origin": origin} if with_origin else {}
-    return kernel(*windows, halo=halo, **extra)
+    return owned(kernel(*windows, halo=halo, **extra))
 
 
 def window_map(

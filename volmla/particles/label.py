@@ -253,8 +253,10 @@ def _scan_block(
 def _plane(labels: np.ndarray, values: np.ndarray | None, axis: int, index: int) -> tuple[np.ndarray, np.ndarray | None]:
     take: list[slice | int] = [slice(None)] * 3
     take[axis] = index
-    lab = np.ascontiguousarray(labels[tuple(take)])
-    val = None if values is None else np.ascontiguousarray(values[tuple(take)])
+    # copies, never views: a view of the first plane keeps the whole block alive while
+    # the scheduler counts only the plane's bytes
+    lab = labels[tuple(take)].copy()
+    val = None if values is None else values[tuple(take)].copy()
     return lab, val
 
 

@@ -73,7 +73,7 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
-from volmla.engine.blocks import as_volume
+from volmla.engine.blocks import as_volume, owned
 from volmla.errors import VolmlaError
 from volmla.particles.label import check_connectivity
 from volmla.types import VolumeLike
@@ -701,12 +701,12 @@ def _split_extended(
         core = keys[tuple(slice(l_, n - h_) for l_, h_, n in zip(lo, hi, keys.shape, strict=True))]
         cut, at = _reaching(keys, core, at_origin, shape)
         if not cut:
-            return core
+            return owned(core)
     logger.warning(
         "%d particle(s) (one peaks at z, y, x = %s) reach beyond the split halo: their labels may depend on "
         "the chunking; give a larger max_radius", cut, at,
     )
-    return core
+    return owned(core)
 
 
 def _reaching(
