@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import dask.array as da
 import numpy as np
 import pytest
@@ -114,3 +115,28 @@ def test_one_task_per_block_plus_face_slabs():
     own = {name: len(layer) for name, layer in layers.items() if name.startswith("halo-")}
     assert sum(own.values()) == 7 * 64
     np.testing.assert_array_equal(out.compute(), 0.0)
+
+
+def _nbytes_held(x: np.ndarray) -> int:
+    while isinstance(x.base, np.ndarray):
+        x = x.base
+    return x.nbytes
+
+
+def test_task_results_hold_no_more_than_their_bytes():
+    # a view as a task's result keeps its whole base alive while Dask counts only the
+    # view: the face slabs and the cropped results must be compact copies
+    from volmla.engine.overlap import face_slab
+
+    block = np.arange(6 * 5 * 4, dtype=np.float64).reshape(6, 5, 4)
+    for axis in range(3):
+        for side in (0, 1):
+            slab = face_slab(block, axis, side, 2)
+            assert _nbytes_held(slab) == slab.nbytes
+    x = da.from_array(np.ones((16, 16, 16), np.float32), chunks=8)
+    for crops in (False, True):
+        def kernel(ext: np.ndarray, **kw: object) -> np.ndarray:
+            return ext[2:-2, 2:-2, 2:-2] if crops else ext
+        out = halo_map(x, kernel, halo=2, crops=crops)
+        blocks = dask.compute(*out.to_delayed().ravel(), scheduler="sync", optimize_graph=False)
+        assert all(_nbytes_held(b) == b.nbytes == 8**3 * 4 for b in blocks)

@@ -249,3 +249,16 @@ def test_cli_label_non_binary(tmp_path, capsys):
     assert main(["--quiet", "--workers", "1", "label", str(src), "-o", str(tmp_path / "l.zarr")]) == 2
     assert "binary" in capsys.readouterr().err
     assert main(["--quiet", "--workers", "1", "label", str(src), "-o", str(tmp_path / "l.zarr"), "--multilabel"]) == 0
+
+
+def test_block_scan_results_are_planes_not_whole_blocks():
+    # the first plane along z is contiguous: a view of it would pin the whole block's
+    # labels (and, multilabel, its values) while the scheduler counts one plane
+    from volmla.particles.label import _scan_block
+
+    block = np.ones((8, 6, 5), np.uint64)
+    for multilabel in (False, True):
+        mask = block if multilabel else block.astype(np.uint8)
+        out = _scan_block(mask, origin=(0, 0, 0), shape=mask.shape, connectivity=26, multilabel=multilabel)
+        planes = [a for face in out[1:] if isinstance(face, tuple) for a in face if isinstance(a, np.ndarray)]
+        assert planes and all(p.base is None for p in planes)
