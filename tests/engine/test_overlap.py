@@ -135,7 +135,7 @@ def test_task_results_hold_no_more_than_their_bytes():
             assert _nbytes_held(slab) == slab.nbytes
     x = da.from_array(np.ones((16, 16, 16), np.float32), chunks=8)
     for crops in (False, True):
-        def kernel(ext: np.ndarray, **kw: object) -> np.ndarray:
+        def kernel(ext: np.ndarray, crops: bool = crops, **kw: object) -> np.ndarray:
             return ext[2:-2, 2:-2, 2:-2] if crops else ext
         out = halo_map(x, kernel, halo=2, crops=crops)
         blocks = dask.compute(*out.to_delayed().ravel(), scheduler="sync", optimize_graph=False)

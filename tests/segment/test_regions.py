@@ -111,3 +111,25 @@ def test_bad_options() -> None:
         clean_phases(ph, part, img, contrast=float("nan"))
     with pytest.raises(VolmlaError, match="same shape"):
         clean_phases(ph, part, img[:, :, :3])
+
+
+def _task_sizes(array: da.Array) -> list[int]:
+    import cloudpickle
+
+    return sorted(len(cloudpickle.dumps(task)) for task in dict(array.__dask_graph__()).values())
+
+
+def test_grain_decisions_travel_once_not_in_every_block_task() -> None:
+    # many small grains, many blocks: the decided grains' table is one key of the graph
+    rng = np.random.default_rng(3)
+    ph = np.ones((32, 32, 32), np.uint8)
+    speck = rng.random(ph.shape) < 0.05
+    ph[speck] = 2
+    img = GREY[ph] + rng.normal(0, 10, ph.shape)
+    img[speck] = 1010.0
+    part = np.ones(ph.shape, np.uint32)
+    out = clean_phases(da.from_array(ph, chunks=8), da.from_array(part, chunks=8),
+                       da.from_array(img.astype(np.float32), chunks=8), levels=LEVELS)
+    sizes = _task_sizes(out)
+    assert sizes[-2] * 3 < sizes[-1]  # the grain ids: one key; the 64 block tasks stay small
+    assert (out.compute()[speck] == 1).mean() > 0.9

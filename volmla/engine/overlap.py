@@ -38,8 +38,8 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from dask.typing import DaskCollection
 
-from volmla.engine.blocks import owned
 from volmla.engine.backend import to_device, to_numpy
+from volmla.engine.blocks import owned
 from volmla.errors import VolmlaError
 
 Boundary = Literal["reflect", "nearest", "wrap", "constant"]

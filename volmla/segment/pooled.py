@@ -113,7 +113,7 @@ import dask.array as da
 import numba
 import numpy as np
 
-from volmla.engine.blocks import as_volume
+from volmla.engine.blocks import as_volume, shared
 from volmla.engine.scratch import session_scratch, store, store_together
 from volmla.engine.windows import window_map
 from volmla.errors import VolmlaError
@@ -1169,8 +1169,8 @@ def region_phases(
         # corrected grey and the region keys from scratch: no pass recomputes the blur's
         # chain, and each region task reads its own window (no wavefront of neighbour
         # blocks held in memory, :mod:`volmla.engine.windows`)
-        keys = da.map_blocks(functools.partial(_stored_key_block, bounds=groups.bounds, pore=groups.pore,
-                                               small=small), lab, flat, dtype=np.uint64,
+        keys = da.map_blocks(functools.partial(_stored_key_block, bounds=groups.bounds, pore=groups.pore),
+                             lab, flat, small=shared(small), dtype=np.uint64,
                              meta=np.empty((0, 0, 0), np.uint64))
         stored = store_together([(corrected, scratch / "corrected.zarr", "intensity"),
                                  (keys, scratch / "keys.zarr", "labels")],
@@ -1182,8 +1182,8 @@ def region_phases(
             return window_map(functools.partial(_region_windows, groups=groups, **geometry), sources,
                               chunks=lab.chunks, halo=(h, h, h), dtype=np.uint8, name="regions")
     else:
-        keyed = da.map_blocks(functools.partial(_key_block, bounds=groups.bounds, pore=groups.pore, small=small),
-                              lab, flat, corrected, dtype=np.complex128, meta=np.empty((0, 0, 0), np.complex128))
+        keyed = da.map_blocks(functools.partial(_key_block, bounds=groups.bounds, pore=groups.pore),
+                              lab, flat, corrected, small=shared(small), dtype=np.complex128, meta=np.empty((0, 0, 0), np.complex128))
         region = functools.partial(halo_map, keyed, _region_block, halo=h, boundary="constant", cval=0.0,
                                    dtype=np.uint8, crops=True, **geometry)
     # the cleaning and the grains as regions read the phases in ~7 passes (grain labelling
@@ -1215,5 +1215,5 @@ def region_phases(
         *(a.to_delayed().ravel() for a in (glab, interior, corrected.rechunk(lab.chunks), ph)), strict=True)]
     rows: list[dict[str, np.ndarray]] = compute(tasks, desc="grain regions")
     ids, new = _grain_decisions(rows, groups, scale=scale, min_grain=int(min_grain))
-    return da.map_blocks(functools.partial(_relabel_block, ids=ids, new=new), ph, glab, dtype=np.uint8,
+    return da.map_blocks(_relabel_block, ph, glab, ids=shared(ids), new=shared(new), dtype=np.uint8,
                          meta=np.empty((0, 0, 0), np.uint8))

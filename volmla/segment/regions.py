@@ -56,7 +56,7 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
-from volmla.engine.blocks import as_volume
+from volmla.engine.blocks import as_volume, shared
 from volmla.errors import VolmlaError
 from volmla.measure.fractions import PhaseLevels, neighbour_map, packed_labels, phase_levels
 from volmla.types import VolumeLike
@@ -310,5 +310,6 @@ def clean_phases(
         *(a.to_delayed().ravel() for a in (grains, ph, faces, image)), strict=True)]
     rows: list[Any] = compute(tasks, desc="grain table")
     ids, new = grain_decisions(rows, levels=levels, scale=scale, min_grain=int(min_grain), contrast=float(contrast))
-    return da.map_blocks(functools.partial(_relabel_block, ids=ids, new=new), ph, grains, dtype=np.uint8,
+    # one grain per row: tables of millions of grains, held once per worker (engine.blocks.shared)
+    return da.map_blocks(_relabel_block, ph, grains, ids=shared(ids), new=shared(new), dtype=np.uint8,
                          meta=np.empty((0, 0, 0), np.uint8))
