@@ -210,16 +210,68 @@ def test_split_block_keys_are_global_and_options_checked():
             split_touching(two, **bad)  # type: ignore[arg-type]
 
 
-def test_a_particle_longer_than_the_halo_is_reported(caplog):
+def test_a_particle_longer_than_the_halo_is_reported_without_a_report_folder(caplog):
     rod = np.zeros((10, 10, 120), bool)
     rod[3:7, 3:7, 5:115] = True
     with caplog.at_level(logging.WARNING, logger="volmla.particles.split"):
-        label_particles(da.from_array(rod, chunks=(10, 10, 20)), threshold=None, max_radius=2)
+        keys = split_touching(da.from_array(rod, chunks=(10, 10, 20)), max_radius=2).compute()
     assert "beyond the split halo" in caplog.text
+    assert len(np.unique(keys)) > 2  # cut into pieces
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="volmla.particles.split"):
         assert label_particles(da.from_array(rod, chunks=(10, 10, 120)), threshold=None).count == 1
     assert "beyond the split halo" not in caplog.text
+
+
+def test_particles_longer_than_the_halo_are_split_whole_the_same_for_every_chunking(caplog):
+    # balls up to radius 10 and two rods across the volume, split with a halo made for
+    # radius 3 (14 voxels): many particles reach beyond it; their components are split
+    # whole, so every chunking gives the labels of the one-block split
+    solid = flat_contact_clusters(7, clusters=6) > 0
+    zz, yy, xx = np.ogrid[:64, :64, :64]
+    solid |= ((yy - 52) ** 2 + (zz - 10) ** 2 <= 9) & (xx > 3) & (xx < 61)
+    solid |= (((xx - 8) ** 2 + (zz - 54) ** 2 <= 6) & (yy > 2) & (yy < 40)) | (
+        ((yy - 39) ** 2 + (zz - 54) ** 2 <= 6) & (xx >= 8) & (xx < 50))  # an L-shaped rod
+    ref = label_particles(da.from_array(solid, chunks=64), threshold=None, max_radius=3)
+    assert ref.count > ndi.label(solid)[1]
+    with caplog.at_level(logging.WARNING, logger="volmla.particles.split"):
+        for chunks in [(32, 32, 32), (16, 64, 12), (10, 9, 7)]:
+            out = label_particles(da.from_array(solid, chunks=chunks), threshold=None, max_radius=3)
+            assert out.count == ref.count
+            np.testing.assert_array_equal(out.labels.values, ref.labels.values)
+    assert "beyond the split halo" not in caplog.text
+
+
+@pytest.mark.parametrize("chunks", [(32, 32, 32), (10, 9, 7)])
+def test_weighted_split_resplit_whole_matches_one_block(tmp_path, chunks):
+    import zarr
+
+    from volmla.particles.split import resplit_cut
+
+    solid = flat_contact_clusters(11, clusters=8) > 0
+    weight = np.clip(ndi.gaussian_filter(solid.astype(np.float32), 1.0) + 0.3, 0, 1).astype(np.float32)
+    zarr.create_array(str(tmp_path / "solid.zarr"), data=solid, chunks=chunks)
+    zarr.create_array(str(tmp_path / "fill.zarr"), data=weight, chunks=chunks)
+    stored = [tmp_path / "solid.zarr", tmp_path / "fill.zarr"]
+    (tmp_path / "cut").mkdir()
+    mask, fill = da.from_array(solid, chunks=chunks), da.from_array(weight, chunks=chunks)
+    keys = split_touching(mask, weight=fill, max_radius=3.0, stored=stored, report=tmp_path / "cut")
+    keys.to_zarr(str(tmp_path / "keys.zarr"))
+    assert resplit_cut(tmp_path / "keys.zarr", stored, tmp_path / "cut") > 0
+    one = split_touching(da.from_array(solid, chunks=64), weight=da.from_array(weight, chunks=64), max_radius=3.0)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "keys.zarr"))[...], one.compute())
+
+
+def test_components_too_large_to_split_whole_keep_the_warning(caplog, monkeypatch):
+    import volmla.particles.split as sp
+
+    rod = np.zeros((10, 10, 120), bool)
+    rod[3:7, 3:7, 5:115] = True
+    monkeypatch.setattr(sp, "MAX_WHOLE", 1000)
+    monkeypatch.setattr(sp.resplit_cut, "__kwdefaults__", {**sp.resplit_cut.__kwdefaults__, "max_voxels": 1000})
+    with caplog.at_level(logging.WARNING, logger="volmla.particles.split"):
+        label_particles(da.from_array(rod, chunks=(10, 10, 20)), threshold=None, max_radius=2)
+    assert "larger than 1000 voxels" in caplog.text
 
 
 def test_small_touching_particles_stay_apart_by_default():

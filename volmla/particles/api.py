@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +44,7 @@ from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.particles.mask import auto_solid, remove_small, solid_mask
 from volmla.particles.mask import fill_holes as _fill_holes
-from volmla.particles.split import H_MIN, NECK, split_touching
+from volmla.particles.split import H_MIN, NECK, resplit_cut, split_touching
 from volmla.types import VolumeLike
 
 logger = logging.getLogger(__name__)
@@ -173,10 +174,20 @@ def label_particles(
         # each split block reads its own window of it (and of the stored fill)
         solid = store(solid, where / "solid.zarr", desc="storing the solid mask")
         stored = [where / "solid.zarr"] + ([where / "fill.zarr"] if weight is not None else [])
-    keys = split_touching(solid, neck=neck, h=h, max_radius=max_radius, voxel_size=voxel_size,
-                          connectivity=connectivity, weight=weight, stored=stored)
+    report = None
     if where is not None:
+        report = where / "cut"
+        shutil.rmtree(report, ignore_errors=True)
+        report.mkdir()
+    keys = split_touching(solid, neck=neck, h=h, max_radius=max_radius, voxel_size=voxel_size,
+                          connectivity=connectivity, weight=weight, stored=stored, report=report)
+    if where is not None:
+        assert stored is not None and report is not None
         keys = store(keys, where / "split-keys.zarr", desc="storing split keys")
+        # particles longer than the halo: their solid components split whole, so the
+        # labels do not depend on the chunking
+        resplit_cut(where / "split-keys.zarr", stored, report, neck=neck, h=h,
+                    voxel_size=voxel_size, connectivity=connectivity)
     found = label(keys, connectivity=connectivity, multilabel=True)
     # the split works on blocks sized to its halo; hand the labels back on the input's grid,
     # so they combine block by block with the volume they came from

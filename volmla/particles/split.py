@@ -47,15 +47,23 @@ Step 4 of :func:`volmla.particles.label_particles`. :func:`split_touching` runs
    e. **halo check**: a particle that reaches both the block proper and the outer face
       of the extended block (away from the volume's faces) may be cut by it: a block
       first split with a smaller halo (:data:`FIRST_FACTOR`) is split again with the
-      full one, and a particle that still reaches its face is logged as a warning,
-      since its labels may then depend on the chunking.
+      full one, and a particle that still reaches its face is listed in the
+      ``report`` folder (or, without one, logged as a warning);
+4. **whole components** (:func:`resplit_cut`, once the keys are stored): the solid
+   component (26-connected) of each listed particle is read from the stored mask and
+   split in one piece, and its keys replace the block-wise ones. Components are
+   separated by background, so this is what a single-block split of the whole volume
+   gives there.
 
-Chunk independence: exact (identical labels for every chunking, tested) when every
-particle lies within the halo of the block that holds its voxels, which holds for
-particles up to about three times as long as the largest inscribed radius (the check
-of step 3e); longer ones are reported by its warning. Give ``max_radius`` to use a larger halo.
+Chunk independence: exact (identical labels for every chunking, tested) for particles
+of any length, as long as every solid component holding a particle that reaches
+beyond the halo has a box of at most :data:`MAX_WHOLE` voxels (larger ones keep their
+block-wise keys and are reported by a warning; give ``max_radius`` for a larger halo).
+:func:`volmla.particles.label_particles` passes the folder whenever it has scratch
+space the workers reach; :func:`split_touching` alone, without ``report``, is exact for
+particles up to about three times as long as the largest inscribed radius.
 
-The module is one piece (about 790 lines): the distance pass, the halo it sets, the
+The module is one piece (about 990 lines): the distance pass, the halo it sets, the
 block kernel and the halo check share the halo's geometry and the key format, which
 splitting would only spread out.
 """
@@ -110,6 +118,7 @@ are split twice. About 0.65 GB of working memory per block at 256^3 (a weighted 
 
 __all__ = [
     "H_MIN",
+    "MAX_WHOLE",
     "NECK",
     "SPLIT_BLOCK",
     "UNMARKED",
@@ -119,6 +128,7 @@ __all__ = [
     "merge_basins",
     "normalise_sampling",
     "regional_maxima",
+    "resplit_cut",
     "split_block",
     "split_halo",
     "split_touching",
@@ -682,11 +692,14 @@ def _split_extended(
     h: float,
     sampling: tuple[float, ...],
     connectivity: int,
+    report: str | None = None,
 ) -> np.ndarray:
     """Split one block with the ``first`` halo; again with the full ``halo`` if a particle reaches its face.
 
     Beyond the volume's faces the extended block holds background only: one plane of it
     is kept there (the distances see the face as background all the same), not the halo.
+    Particles still cut by the full halo are written to the folder ``report`` (their
+    keys, for :func:`resplit_cut`), or logged as a warning without one.
     """
     cut = 0
     low_face = [origin[a] == 0 for a in range(3)]
@@ -699,9 +712,13 @@ def _split_extended(
         keys = split_block(block[crop], neck=neck, h=h, sampling=sampling, connectivity=connectivity,
                            origin=at_origin, shape=shape, weight=None if weight is None else weight[crop])
         core = keys[tuple(slice(l_, n - h_) for l_, h_, n in zip(lo, hi, keys.shape, strict=True))]
-        cut, at = _reaching(keys, core, at_origin, shape)
-        if not cut:
+        cut_keys = _cut_keys(keys, core, at_origin, shape)
+        if not cut_keys.size:
             return owned(core)
+    if report is not None:  # the same file whatever retry wrote it: idempotent
+        np.save(Path(report) / ("cut-" + "-".join(map(str, origin)) + ".npy"), cut_keys)
+        return owned(core)
+    cut, at = len(cut_keys), tuple(int(c) for c in np.unravel_index(int(cut_keys[0]) - 1, shape))
     logger.warning(
         "%d particle(s) (one peaks at z, y, x = %s) reach beyond the split halo: their labels may depend on "
         "the chunking; give a larger max_radius", cut, at,
@@ -709,10 +726,9 @@ def _split_extended(
     return owned(core)
 
 
-def _reaching(
-    keys: np.ndarray, core: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...]
-) -> tuple[int, tuple[int, ...]]:
-    """Particles of the block proper that reach the extended block's outer face (inside the volume)."""
+def _cut_keys(keys: np.ndarray, core: np.ndarray, origin: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Keys of the particles of the block proper that reach the extended block's outer
+    face (inside the volume), ascending."""
     faces = []
     for axis in range(3):
         if origin[axis] > 0:
@@ -720,13 +736,10 @@ def _reaching(
         if origin[axis] + keys.shape[axis] < shape[axis]:
             faces.append(keys.take(keys.shape[axis] - 1, axis).ravel())
     if not faces:
-        return 0, ()
+        return np.zeros(0, np.uint64)
     edge = np.unique(np.concatenate(faces))
     edge = edge[(edge > 0) & (edge != UNMARKED)]
-    cut = np.intersect1d(edge, np.unique(core), assume_unique=True) if len(edge) else edge
-    if not len(cut):
-        return 0, ()
-    return len(cut), tuple(int(c) for c in np.unravel_index(int(cut[0]) - 1, shape))
+    return np.intersect1d(edge, np.unique(core), assume_unique=True) if len(edge) else edge
 
 
 def split_touching(
@@ -739,6 +752,7 @@ def split_touching(
     connectivity: Literal[6, 18, 26] = 26,
     weight: VolumeLike | None = None,
     stored: Sequence[str | Path] | None = None,
+    report: str | Path | None = None,
 ) -> da.Array:
     """Lazy watershed keys (uint64) of a solid mask, per block with a halo from the data.
 
@@ -774,6 +788,11 @@ def split_touching(
         (:func:`volmla.engine.windows.window_map`) instead of borrowing its halo from
         its neighbours' blocks, so the workers hold no wavefront of blocks (the labels
         are the same).
+    report
+        An existing folder the workers reach: blocks where a particle reaches beyond
+        the halo list its key there, for :func:`resplit_cut` to split its solid
+        component whole once the keys are stored. None: such particles are logged as
+        a warning (their labels may depend on the chunking).
 
     Returns
     -------
@@ -809,7 +828,8 @@ def split_touching(
     chunks, halo = _halo_geometry(mask.shape, grown.chunks, split_halo(max_radius, sampling))
     first = tuple(min(h_, f) for h_, f in zip(halo, split_halo(max_radius, sampling, factor=FIRST_FACTOR), strict=True))
     params: dict[str, Any] = {"halo": halo, "first": first, "shape": tuple(mask.shape), "neck": neck, "h": h,
-                              "sampling": sampling, "connectivity": connectivity}
+                              "sampling": sampling, "connectivity": connectivity,
+                              "report": None if report is None else str(report)}
     if stored is not None:
         if len(stored) != len(arrays):
             what = "the solid and the weight" if weight is not None else "the solid"
@@ -827,3 +847,143 @@ def split_touching(
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
     return da.map_blocks(functools.partial(_split_block_id, starts=starts, **params), *exts, dtype=np.uint64,
                          chunks=chunks, meta=np.empty((0, 0, 0), np.uint64))
+
+
+MAX_WHOLE = 2**26
+"""Most voxels (bounding box) of a solid component :func:`resplit_cut` splits whole in
+one piece of memory (~1.5 GB of working arrays at 2**26); larger ones keep their
+block-wise split, with a warning."""
+
+
+def _component_at(solid: str | Path, seed: tuple[int, ...], shape: tuple[int, ...],
+                  max_voxels: int) -> tuple[np.ndarray, tuple[int, ...], bool]:
+    """The 26-connected solid component through ``seed`` with one voxel of background
+    around it (a window of the stored mask), the window's first voxel and True; when its
+    box exceeds ``max_voxels``, the part of it in the last window searched and False.
+    The window grows from 64 voxels around the seed until the component stays clear of
+    its faces inside the volume."""
+    import cc3d
+
+    from volmla.engine.windows import read_window
+
+    reach = 64
+    while True:
+        start = tuple(max(c - reach, -1) for c in seed)
+        stop = tuple(min(c + reach + 1, n + 1) for c, n in zip(seed, shape, strict=True))
+        window = read_window(solid, start, stop, cval=0).astype(bool)
+        comps = cc3d.connected_components(window.view(np.uint8), connectivity=26)
+        comp = comps == comps[tuple(c - a for c, a in zip(seed, start, strict=True))]
+        del comps
+        boxed = [np.flatnonzero(comp.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+        # the window's faces beyond the volume are background: only faces inside it bound the search
+        open_face = any((box[0] == 0 and start[a] >= 0) or (box[-1] == comp.shape[a] - 1 and stop[a] <= shape[a])
+                        for a, box in enumerate(boxed))
+        if not open_face:
+            lo = [int(box[0]) - 1 for box in boxed]
+            hi = [int(box[-1]) + 2 for box in boxed]
+            crop = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+            whole = math.prod(b - a for a, b in zip(lo, hi, strict=True)) <= max_voxels
+            return comp[crop], tuple(a + o for a, o in zip(lo, start, strict=True)), whole
+        reach *= 2
+        if math.prod(min(c + reach + 1, n + 1) - max(c - reach, -1) for c, n in zip(seed, shape, strict=True)) \
+                > 2 * max_voxels:
+            return comp, start, False
+
+
+def resplit_cut(
+    keys: str | Path,
+    stored: Sequence[str | Path],
+    report: str | Path,
+    *,
+    neck: float = NECK,
+    h: float = H_MIN,
+    voxel_size: float | Sequence[float] | None = None,
+    connectivity: Literal[6, 18, 26] = 26,
+    max_voxels: int = MAX_WHOLE,
+) -> int:
+    """Split whole, in place, the solid components of particles that reached beyond the halo.
+
+    :func:`split_touching` is exact block by block for particles within its halo. A
+    block where one reaches further lists its key in ``report``; here the 26-connected
+    solid component holding that particle is read from the stored mask (and weight)
+    and split in one piece, as a single-block split of the whole volume would split it
+    (components are separated by background, so each one's distance map and basins
+    are its own), and its keys are written over the stored ones. The keys of every
+    particle are then the same whatever the chunking. Components whose box exceeds
+    ``max_voxels`` keep their block-wise keys, with a warning.
+
+    Parameters
+    ----------
+    keys
+        The stored keys of :func:`split_touching` (a Zarr array, rewritten in place).
+    stored
+        The Zarr solid mask (and weight) the keys were split from.
+    report
+        The folder given to :func:`split_touching` as ``report``.
+    neck, h, voxel_size, connectivity
+        As given to :func:`split_touching`.
+    max_voxels
+        Largest box (voxels) of a component split whole.
+
+    Returns
+    -------
+    int
+        Components split whole.
+
+    Examples
+    --------
+    >>> import tempfile, zarr
+    >>> from pathlib import Path
+    >>> where = Path(tempfile.mkdtemp())
+    >>> zz, yy, xx = np.ogrid[:12, :12, :40]
+    >>> rod = (yy - 6) ** 2 + (zz - 6) ** 2 <= 9  # 40 voxels long, radius 3: beyond a halo of 11
+    >>> _ = zarr.create_array(where / "solid.zarr", data=np.broadcast_to(rod, (12, 12, 40)).astype(np.uint8))
+    >>> (where / "cut").mkdir()
+    >>> keys = split_touching(da.from_zarr(where / "solid.zarr").rechunk((12, 12, 10)), max_radius=3,
+    ...                       stored=[where / "solid.zarr"], report=where / "cut")
+    >>> _ = keys.to_zarr(str(where / "keys.zarr"))
+    >>> resplit_cut(where / "keys.zarr", [where / "solid.zarr"], where / "cut")
+    1
+    >>> len(np.unique(zarr.open_array(where / "keys.zarr")[...])) - 1
+    1
+    """
+    import zarr
+
+    from volmla.engine.windows import read_window
+
+    files = sorted(Path(report).glob("cut-*.npy"))
+    if not files:
+        return 0
+    seeds = np.unique(np.concatenate([np.load(f) for f in files]))
+    out = zarr.open_array(str(keys), mode="r+")
+    shape = tuple(int(n) for n in out.shape)
+    sampling = normalise_sampling(voxel_size)
+    at = np.stack(np.unravel_index((seeds - np.uint64(1)).astype(np.int64), shape), axis=1)
+    pending = np.ones(len(seeds), bool)
+    done = too_large = 0
+    for i in range(len(seeds)):
+        if not pending[i]:
+            continue  # its component is done
+        seed = tuple(int(c) for c in at[i])
+        comp, start, whole_box = _component_at(stored[0], seed, shape, max_voxels)
+        rel = at - np.asarray(start)
+        inside = ((rel >= 0) & (rel < np.asarray(comp.shape))).all(axis=1)
+        pending[np.flatnonzero(inside)[comp[tuple(rel[inside].T)]]] = False  # the component's other seeds
+        if not whole_box:
+            too_large += 1
+            continue
+        stop = tuple(a + n for a, n in zip(start, comp.shape, strict=True))
+        weight = read_window(stored[1], start, stop, cval=0).astype(np.float32) if len(stored) > 1 else None
+        whole = split_block(comp, neck=neck, h=h, sampling=sampling, connectivity=connectivity, origin=start,
+                            shape=shape, weight=weight)
+        inner = tuple(slice(max(a, 0), min(b, n)) for a, b, n in zip(start, stop, shape, strict=True))
+        local = tuple(slice(i.start - a, i.stop - a) for i, a in zip(inner, start, strict=True))
+        region = np.asarray(out[inner])
+        region[comp[local]] = whole[local][comp[local]]
+        out[inner] = region
+        done += 1
+    if too_large:
+        logger.warning("%d solid component(s) with particles beyond the split halo are larger than %d voxels: "
+                       "their labels may depend on the chunking; give a larger max_radius", too_large, max_voxels)
+    logger.info("%d particle(s) crossing the split halo: %d solid component(s) split whole", len(seeds), done)
+    return done
