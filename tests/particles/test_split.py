@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import dask.array as da
 import numpy as np
@@ -272,6 +273,10 @@ def test_components_too_large_to_split_whole_keep_the_warning(caplog, monkeypatc
     with caplog.at_level(logging.WARNING, logger="volmla.particles.split"):
         label_particles(da.from_array(rod, chunks=(10, 10, 20)), threshold=None, max_radius=2)
     assert "larger than 1000 voxels" in caplog.text
+    # every particle of the rod lies in that one component and is counted once, however
+    # many searches its length takes
+    found = re.search(r"(\d+) of (\d+) particle", caplog.text)
+    assert found is not None and found[1] == found[2] and int(found[1]) >= 1
 
 
 def test_small_touching_particles_stay_apart_by_default():

@@ -968,9 +968,13 @@ def resplit_cut(
         comp, start, whole_box = _component_at(stored[0], seed, shape, max_voxels)
         rel = at - np.asarray(start)
         inside = ((rel >= 0) & (rel < np.asarray(comp.shape))).all(axis=1)
-        pending[np.flatnonzero(inside)[comp[tuple(rel[inside].T)]]] = False  # the component's other seeds
+        covered = np.flatnonzero(inside)[comp[tuple(rel[inside].T)]]  # the component's seeds (in reach)
+        covered = covered[pending[covered]]
+        pending[covered] = False
         if not whole_box:
-            too_large += 1
+            # a component too large to search whole may be met again from a seed beyond
+            # the window searched: the particles are counted, not the searches
+            too_large += len(covered)
             continue
         stop = tuple(a + n for a, n in zip(start, comp.shape, strict=True))
         weight = read_window(stored[1], start, stop, cval=0).astype(np.float32) if len(stored) > 1 else None
@@ -983,7 +987,8 @@ def resplit_cut(
         out[inner] = region
         done += 1
     if too_large:
-        logger.warning("%d solid component(s) with particles beyond the split halo are larger than %d voxels: "
-                       "their labels may depend on the chunking; give a larger max_radius", too_large, max_voxels)
+        logger.warning("%d of %d particle(s) beyond the split halo lie in solid components larger than %d voxels: "
+                       "their labels may depend on the chunking; give a larger max_radius", too_large, len(seeds),
+                       max_voxels)
     logger.info("%d particle(s) crossing the split halo: %d solid component(s) split whole", len(seeds), done)
     return done
