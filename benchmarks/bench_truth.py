@@ -34,7 +34,11 @@ Run: ``python benchmarks/bench_truth.py`` (3 seeds x 2 levels at 80^3 and the 12
 timing, several minutes on two cores: the forest's training and prediction dominate);
 ``--quick`` for one small case and no timing; ``--regions-only`` measures only the region
 paths (``regions_pv``, ``regions_mrf``) and the truth floor on the true particles (no forest,
-no end to end, no timing; write it elsewhere with ``--output``).
+no end to end, no timing; write it elsewhere with ``--output``); ``--pv-geometry`` asks
+whether the partial-volume correction's edges are what fails end to end: the default
+region path with its level map's edges from the particles (binary) against the same with
+the phantom's true sub-voxel solid fraction (``region_phases(solid_fraction=)``), on the
+true particles and on the CT's own (default ``--output``: ``results/truth_pv_geometry.json``).
 Writes ``benchmarks/results/truth.json`` and prints a table.
 """
 
@@ -254,10 +258,51 @@ def _table(cases: list[dict[str, Any]], keys: tuple[str, ...] = KEYS) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_OUTPUT = Path(__file__).parent / "results" / "truth.json"
+
+
 def _summary(cases: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
     return {key: {"max_ld_error": max(c[key]["max_ld_error"] for c in cases),
                   "mean_max_ld_error": float(np.mean([c[key]["max_ld_error"] for c in cases])),
                   "max_modal_error": max(c[key]["max_modal_error"] for c in cases)} for key in keys}
+
+
+def run_geometry_case(shape: int, seed: int, level: str) -> dict[str, Any]:
+    """The default region path with binary and with true sub-voxel edges in its
+    partial-volume correction, on the true particles and on the CT's own."""
+    from volmla.measure import particle_table
+    from volmla.particles import label_particles
+    from volmla.segment.pooled import region_phases
+    from volmla.synthetic import crushed_ore
+
+    ore = crushed_ore(shape=shape, seed=seed, level=level)
+    labels = _sparse_labels(ore.phases)
+    own = np.asarray(label_particles(ore.intensity, voxel_size=1.0).labels.compute())
+    out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level}
+    for name, particles in (("true_particles", ore.particles), ("own_particles", own)):
+        for edges, fraction in (("binary", None), ("true_fraction", ore.solid_fraction)):
+            ph = np.asarray(region_phases(ore.intensity, particles, labels, solid_fraction=fraction).compute())
+            table = particle_table(particles, ph, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
+            out[f"{name}_{edges}"] = _overall(table, ore.liberation)
+    return out
+
+
+def _pv_geometry(args: argparse.Namespace) -> int:
+    cases = []
+    keys = [f"{p}_{e}" for p in ("true_particles", "own_particles") for e in ("binary", "true_fraction")]
+    for level in args.levels:
+        for seed in args.seeds:
+            case = run_geometry_case(args.shape, seed, level)
+            print(f"{level} seed {seed}: max |LD error| " + ", ".join(
+                f"{k} {case[k]['max_ld_error']:.3f} (modal {case[k]['max_modal_error']:.3f})" for k in keys),
+                file=sys.stderr, flush=True)
+            cases.append(case)
+    out = {"pv_geometry": True, "summary": _summary(cases, tuple(keys)), "cases": cases, "cpus": os.cpu_count()}
+    output = args.output if args.output != DEFAULT_OUTPUT else DEFAULT_OUTPUT.with_name("truth_pv_geometry.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(out, indent=2, allow_nan=False, default=float))
+    print(json.dumps(out["summary"], indent=2))
+    return 0
 
 
 def _regions_only(args: argparse.Namespace) -> int:
@@ -292,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regions-only", action="store_true",
                         help="only regions_pv, regions_mrf and the truth floor on the true particles (no forest, "
                              "no end to end, no timing)")
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "truth.json")
+    parser.add_argument("--pv-geometry", action="store_true",
+                        help="only the region path with binary against true sub-voxel edges in its partial-volume "
+                             "correction, on the true and the CT's own particles")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     from volmla.segment.regions import MIN_GRAIN
 
@@ -302,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = []
     if args.regions_only:
         return _regions_only(args)
+    if args.pv_geometry:
+        return _pv_geometry(args)
     with tempfile.TemporaryDirectory() as tmp:
         for level in args.levels:
             for seed in args.seeds:

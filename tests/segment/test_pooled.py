@@ -105,6 +105,27 @@ def test_chunk_invariant_on_a_phantom(chunks: tuple[int, int, int]) -> None:
     assert (whole[inside] == ore.phases[inside]).mean() > 0.85
 
 
+def test_solid_fraction_sets_the_level_map_edges() -> None:
+    """A binary fraction equal to the particles is the default; a known sub-voxel fraction
+    changes the correction, the same for any chunking."""
+    from volmla.synthetic import crushed_ore
+
+    ore = crushed_ore(shape=32, seed=2, level="hard")
+    labels = _planes(ore.phases)
+    default = region_phases(ore.intensity, ore.particles, labels, psf_sigma=0.8).compute()
+    binary = region_phases(ore.intensity, ore.particles, labels, psf_sigma=0.8,
+                           solid_fraction=(ore.particles > 0).astype(np.float32)).compute()
+    assert (default == binary).all()
+    whole = region_phases(ore.intensity, ore.particles, labels, psf_sigma=0.8,
+                          solid_fraction=ore.solid_fraction).compute()
+    assert (whole != default).any()
+    chunked = region_phases(*(da.from_array(a, chunks=(5, 7, 11)) for a in (ore.intensity, ore.particles, labels)),
+                            psf_sigma=0.8, solid_fraction=da.from_array(ore.solid_fraction, chunks=(16, 16, 16)))
+    assert (whole == chunked.compute()).all()
+    with pytest.raises(VolmlaError, match="same shape"):
+        region_phases(ore.intensity, ore.particles, labels, solid_fraction=ore.solid_fraction[:3])
+
+
 def test_dispatch_regions_is_the_default_with_labels() -> None:
     assert resolve_method(None, labels="labels.zarr") == "regions"
     assert check_options(None, labels="labels.zarr") == "regions"
