@@ -44,7 +44,9 @@ maps, exact integer tables):
    their neighbours (a voxel under the surface of a quartz grain reads ~0.5 sigma
    darker at a PSF of 0.8 voxels, which is feldspar minus half the gap). The PSF sigma
    is the one of :data:`PSF_SIGMAS` whose blur best matches the grey at the edges of a
-   central crop;
+   central crop. The map's void/solid edges are the particles' (binary) unless a known
+   sub-voxel solid fraction is given (``solid_fraction=``); with the CT's own particles
+   the binary edge is what fails on hard phantoms (README, ``bench_truth --pv-geometry``);
 5. **regions** (one compiled kernel per block, halo ``radius + depth``,
    :func:`volmla.engine.overlap.halo_map`): a voxel of a group of several phases takes
    the phase whose level is nearest the Gaussian-weighted (sigma ``radius / 2``) mean
