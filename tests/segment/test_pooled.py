@@ -116,6 +116,9 @@ def test_solid_fraction_sets_the_level_map_edges() -> None:
     binary = region_phases(ore.intensity, ore.particles, labels, psf_sigma=0.8,
                            solid_fraction=(ore.particles > 0).astype(np.float32)).compute()
     assert (default == binary).all()
+    unknown = region_phases(ore.intensity, ore.particles, labels, psf_sigma=0.8,
+                            solid_fraction=np.full(ore.intensity.shape, np.nan, np.float32)).compute()
+    assert (default == unknown).all()  # a non-finite fraction keeps the particles' edge
     whole = region_phases(ore.intensity, ore.particles, labels, psf_sigma=0.8,
                           solid_fraction=ore.solid_fraction).compute()
     assert (whole != default).any()
