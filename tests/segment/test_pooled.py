@@ -8,7 +8,13 @@ import pytest
 
 from volmla.errors import VolmlaError
 from volmla.segment.dispatch import check_options, resolve_method, segment_phases
-from volmla.segment.pooled import LabelLevels, flatten_cupping, label_levels, region_phases
+from volmla.segment.pooled import (
+    LabelLevels,
+    corrected_grey,
+    flatten_cupping,
+    label_levels,
+    region_phases,
+)
 
 
 def _planes(phases: np.ndarray) -> np.ndarray:
@@ -127,6 +133,29 @@ def test_solid_fraction_sets_the_level_map_edges() -> None:
     assert (whole == chunked.compute()).all()
     with pytest.raises(VolmlaError, match="same shape"):
         region_phases(ore.intensity, ore.particles, labels, solid_fraction=ore.solid_fraction[:3])
+
+
+@pytest.mark.parametrize("chunks", [(1, 40, 40), (7, 9, 11), (40, 40, 40)])
+def test_corrected_grey_takes_out_the_blur_of_the_surface(chunks: tuple[int, int, int]) -> None:
+    """A one-phase particle blurred by the PSF reads its own level everywhere inside once
+    corrected (the blurred surface is taken out), for any chunking; uncorrected, its
+    shell reads darker."""
+    from scipy import ndimage as ndi
+
+    z, y, x = np.mgrid[:40, :40, :40]
+    part = (((z - 20) ** 2 + (y - 19) ** 2 + (x - 21) ** 2) <= 12**2).astype(np.uint32)
+    ideal = np.where(part > 0, 1000.0, 100.0)
+    img = ndi.gaussian_filter(ideal, 0.8, mode="nearest").astype(np.float32)
+    levels = LabelLevels({0: 100.0, 1: 1000.0}, 10.0, 0.0, {0: 1000, 1: 1000})
+    grey = corrected_grey(*(da.from_array(a, chunks=chunks) for a in (img, part)), levels, psf_sigma=0.8)
+    corrected, flat = grey.corrected.compute(), grey.flat.compute()
+    inside = part > 0
+    np.testing.assert_allclose(corrected[inside], 1000.0, atol=0.5)
+    np.testing.assert_allclose(corrected[~inside], 100.0, atol=0.5)
+    assert flat[inside].min() < 700.0  # the shell before the correction
+    assert grey.psf_sigma == 0.8
+    estimated = corrected_grey(img, part, levels)
+    assert abs(estimated.psf_sigma - 0.8) <= 0.1
 
 
 def test_dispatch_regions_is_the_default_with_labels() -> None:

@@ -46,7 +46,8 @@ maps, exact integer tables):
    is the one of :data:`PSF_SIGMAS` whose blur best matches the grey at the edges of a
    central crop. The map's void/solid edges are the particles' (binary) unless a known
    sub-voxel solid fraction is given (``solid_fraction=``); with the CT's own particles
-   the binary edge is what fails on hard phantoms (README, ``bench_truth --pv-geometry``);
+   the binary edge is what fails on hard phantoms (README, ``bench_truth --pv-geometry``).
+   Steps 2 and 4 alone: :func:`corrected_grey`;
 5. **regions** (one compiled kernel per block, halo ``radius + depth``,
    :func:`volmla.engine.overlap.halo_map`): a voxel of a group of several phases takes
    the phase whose level is nearest the Gaussian-weighted (sigma ``radius / 2``) mean
@@ -137,6 +138,8 @@ __all__ = [
     "AUTO_RADIUS_FRACTION",
     "DEFAULT_RADIUS",
     "auto_radius",
+    "CorrectedGrey",
+    "corrected_grey",
     "GROUP_GAP",
     "LabelLevels",
     "MIN_LEVEL_VOXELS",
@@ -1020,6 +1023,91 @@ def auto_radius(particles: VolumeLike) -> int:
     return int(min(max(math.floor(AUTO_RADIUS_FRACTION * r_eq), lo), hi))
 
 
+class CorrectedGrey(NamedTuple):
+    """What :func:`corrected_grey` returns."""
+
+    flat: da.Array
+    """The grey with cupping and rings taken out (step 2), float32."""
+    corrected: da.Array
+    """``flat`` with the partial volume taken out too (step 4), float32."""
+    psf_sigma: float
+    """The PSF sigma (voxels) of the correction (0: none)."""
+
+
+def corrected_grey(
+    intensity: VolumeLike,
+    particles: VolumeLike,
+    levels: LabelLevels,
+    *,
+    psf_sigma: float | None = None,
+    solid_fraction: VolumeLike | None = None,
+    contrast: float = DEFAULT_CONTRAST,
+    pores: bool = False,
+) -> CorrectedGrey:
+    """The grey :func:`region_phases` classifies: flattened (step 2) and corrected for
+    partial volume (step 4), lazily, in the particles' chunks.
+
+    Parameters
+    ----------
+    intensity
+        The CT volume.
+    particles
+        Particle ids, same shape; voxels outside particles are void.
+    levels
+        The levels fitted on the sparse labels (:func:`label_levels`).
+    psf_sigma
+        Gaussian PSF sigma (voxels); None: estimated (:func:`estimate_psf`, one pass over
+        a central crop); 0: no partial-volume correction.
+    solid_fraction
+        A known sub-voxel solid fraction for the level map's edges (as in
+        :func:`region_phases`); None: the particles' binary edges.
+    contrast, pores
+        As in :func:`region_phases` (which voxels of a particle count as pores).
+
+    Returns
+    -------
+    CorrectedGrey
+        ``flat``, ``corrected`` (lazy float32) and the ``psf_sigma`` used.
+
+    Examples
+    --------
+    >>> ph = np.zeros((24, 24, 24), np.uint8); ph[4:20, 4:20, 4:20] = 1
+    >>> img = np.array([100.0, 1000.0])[ph].astype(np.float32)
+    >>> levels = LabelLevels({0: 100.0, 1: 1000.0}, 10.0, 0.0, {0: 1000, 1: 1000})
+    >>> grey = corrected_grey(img, ph.astype(np.uint32), levels, psf_sigma=0.0)
+    >>> float(grey.corrected[12, 12, 12].compute()), grey.psf_sigma
+    (1000.0, 0.0)
+    """
+    from volmla.engine.overlap import halo_map
+
+    lab = as_volume(particles, name="particles", integer=True).data
+    image = as_volume(intensity, name="intensity", chunks=lab.chunks).data
+    image = image if image.chunks == lab.chunks else image.rechunk(lab.chunks)
+    groups = _groups(levels, contrast=float(contrast), pores=bool(pores))
+    flat = flatten_cupping(image, levels)
+    # partial volume: subtract what the blur of the level map adds at each voxel
+    glev = np.array([levels.levels.get(0, 0.0), levels.levels.get(0, 0.0)]
+                    + [float(np.mean(row[np.isfinite(row)])) for row in groups.levels[1:]])
+    if solid_fraction is None:
+        lmap = da.map_blocks(functools.partial(_level_map_block, bounds=groups.bounds, pore=groups.pore,
+                                               group_levels=glev), lab, flat, dtype=np.float32,
+                             meta=np.empty((0, 0, 0), np.float32))
+    else:
+        frac = as_volume(solid_fraction, name="solid_fraction", chunks=lab.chunks).data
+        frac = frac if frac.chunks == lab.chunks else frac.rechunk(lab.chunks)
+        lmap = da.map_blocks(functools.partial(_fraction_map_block, bounds=groups.bounds, pore=groups.pore,
+                                               group_levels=glev), lab, flat, frac, dtype=np.float32,
+                             meta=np.empty((0, 0, 0), np.float32))
+    if psf_sigma is None:
+        psf_sigma = estimate_psf(flat, lmap, noise_sigma=levels.noise_sigma)
+    corrected = flat
+    if psf_sigma > 0:
+        blurred = _like(halo_map(lmap, _blur, halo=_psf_halo(psf_sigma), boundary="nearest", dtype=np.float32,
+                                 sigma=float(psf_sigma)), lmap)
+        corrected = flat - (blurred - lmap)
+    return CorrectedGrey(flat, corrected, float(psf_sigma))
+
+
 def region_phases(
     intensity: VolumeLike,
     particles: VolumeLike,
@@ -1166,28 +1254,10 @@ def region_phases(
     groups = _groups(levels, contrast=float(contrast), pores=bool(pores))
     if groups.phases.shape[0] > 127:
         raise VolmlaError(f"region_phases handles at most 126 contrast groups, got {groups.phases.shape[0] - 1}")
-    flat = flatten_cupping(image, levels)
-    # partial volume: subtract what the blur of the level map adds at each voxel
-    glev = np.array([levels.levels.get(0, 0.0), levels.levels.get(0, 0.0)]
-                    + [float(np.mean(row[np.isfinite(row)])) for row in groups.levels[1:]])
-    if solid_fraction is None:
-        lmap = da.map_blocks(functools.partial(_level_map_block, bounds=groups.bounds, pore=groups.pore,
-                                               group_levels=glev), lab, flat, dtype=np.float32,
-                             meta=np.empty((0, 0, 0), np.float32))
-    else:
-        frac = as_volume(solid_fraction, name="solid_fraction", chunks=lab.chunks).data
-        frac = frac if frac.chunks == lab.chunks else frac.rechunk(lab.chunks)
-        lmap = da.map_blocks(functools.partial(_fraction_map_block, bounds=groups.bounds, pore=groups.pore,
-                                               group_levels=glev), lab, flat, frac, dtype=np.float32,
-                             meta=np.empty((0, 0, 0), np.float32))
-    if psf_sigma is None:
-        psf_sigma = estimate_psf(flat, lmap, noise_sigma=levels.noise_sigma)
+    grey = corrected_grey(image, lab, levels, psf_sigma=psf_sigma, solid_fraction=solid_fraction,
+                          contrast=float(contrast), pores=bool(pores))
+    flat, corrected = grey.flat, grey.corrected
     scratch = session_scratch("volmla-regions-", what="the pooled phase volume")
-    corrected = flat
-    if psf_sigma > 0:
-        blurred = _like(halo_map(lmap, _blur, halo=_psf_halo(psf_sigma), boundary="nearest", dtype=np.float32,
-                                 sigma=float(psf_sigma)), lmap)
-        corrected = flat - (blurred - lmap)
     small = None
     small_radius = 0
     if per_particle and int(radius) > 2 and groups.pooled.any():
