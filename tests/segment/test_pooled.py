@@ -156,6 +156,10 @@ def test_corrected_grey_takes_out_the_blur_of_the_surface(chunks: tuple[int, int
     assert grey.psf_sigma == 0.8
     estimated = corrected_grey(img, part, levels)
     assert abs(estimated.psf_sigma - 0.8) <= 0.1
+    with pytest.raises(VolmlaError, match="same shape"):
+        corrected_grey(img, part[:3], levels)
+    with pytest.raises(VolmlaError, match="psf_sigma"):
+        corrected_grey(img, part, levels, psf_sigma=-1.0)
 
 
 def test_dispatch_regions_is_the_default_with_labels() -> None:

@@ -1023,6 +1023,12 @@ def auto_radius(particles: VolumeLike) -> int:
     return int(min(max(math.floor(AUTO_RADIUS_FRACTION * r_eq), lo), hi))
 
 
+def _check_psf(psf_sigma: Any) -> None:
+    if psf_sigma is not None and not (isinstance(psf_sigma, int | float) and math.isfinite(psf_sigma)
+                                      and psf_sigma >= 0):
+        raise VolmlaError(f"psf_sigma must be None or a non-negative number of voxels, got {psf_sigma!r}")
+
+
 class CorrectedGrey(NamedTuple):
     """What :func:`corrected_grey` returns."""
 
@@ -1080,6 +1086,10 @@ def corrected_grey(
     """
     from volmla.engine.overlap import halo_map
 
+    _check_psf(psf_sigma)
+    shapes = [tuple(getattr(v, "shape", np.shape(v))) for v in (intensity, particles, solid_fraction) if v is not None]
+    if len(set(shapes)) > 1:
+        raise VolmlaError(f"intensity, particles and solid_fraction must have the same shape, got {shapes}")
     lab = as_volume(particles, name="particles", integer=True).data
     image = as_volume(intensity, name="intensity", chunks=lab.chunks).data
     image = image if image.chunks == lab.chunks else image.rechunk(lab.chunks)
@@ -1231,9 +1241,7 @@ def region_phases(
         raise VolmlaError(f"min_grain must be a non-negative integer (voxels), got {min_grain!r}")
     if not (isinstance(contrast, int | float) and math.isfinite(contrast) and contrast >= 0):
         raise VolmlaError(f"contrast must be a non-negative number of noise sigmas, got {contrast!r}")
-    if psf_sigma is not None and not (isinstance(psf_sigma, int | float) and math.isfinite(psf_sigma)
-                                      and psf_sigma >= 0):
-        raise VolmlaError(f"psf_sigma must be None or a non-negative number of voxels, got {psf_sigma!r}")
+    _check_psf(psf_sigma)
     shapes = [tuple(getattr(v, "shape", np.shape(v))) for v in (intensity, particles)]
     for extra in (labels, solid_fraction):
         if extra is not None:
