@@ -29,9 +29,16 @@ CPU second; the previous default 0.159 Mvx/s, ratio 0.11), labels 99.984 % equal
 whole-volume reference; 192^3 phantom (load 6-7, ``unet_192.json``): ratio 0.54 (0.57 per
 CPU second), 99.989 %. With this context the shared context alone bounds the ratio at
 1 / 1.675 = 0.60 for a 128^3 volume and 1 / 1.58 = 0.63 for 192^3 (1 / 1.54 from 256^3 on).
+A larger tile budget does not help here: ``--tile-sweep`` (quiet machine, same model) gave
+ONNX Runtime 1.63 Mvx/s per thread on a 128^3 tile, 1.53 on 152^3, 1.47 on 120x216x216 and
+1.24 on 216^3, so ``--tile-gib 4`` (192^3 as one 216^3 block, 1.42x voxels instead of
+1.58x) measured a ratio of 0.51 against 0.54 for the default in the same session
+(``unet_192.json``, ``unet_192_tile4gib.json``).
 
     python benchmarks/bench_unet.py --model /path/unet3d.onnx             # 128^3, about a minute
     python benchmarks/bench_unet.py --model /path/unet3d.onnx --size 192
+    python benchmarks/bench_unet.py --size 192 --rounds 3 --no-before --tile-sweep   # untrained model
+    python benchmarks/bench_unet.py --size 192 --rounds 3 --no-before --tile-gib 4 --output results/unet_192_tile4gib.json
 """
 
 from __future__ import annotations
@@ -101,6 +108,32 @@ def raw_tiles(volume: np.ndarray, info, session, batches=(1, 2, 4)) -> dict:
             "batch": best, "mvx_s": round(rates[best], 3), "mvx_per_cpu_s": round(max(cpu_rates.values()), 3)}
 
 
+SWEEP_EDGES = ((64, 64, 64), (96, 96, 96), (128, 128, 128), (152, 152, 152), (120, 216, 216), (216, 216, 216))
+
+
+def tile_sweep(model: Path, info, cores: int, providers: tuple[str, ...], seconds: float = 5.0) -> list[dict]:
+    """ONNX Runtime's own speed per tile shape (random input, batch 1), one thread and all cores:
+    whether a larger tile, which shares less context, is inferred as fast per voxel."""
+    from volmla.segment.sessions import get_session
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for threads in sorted({1, cores}):
+        session = get_session(model, providers=providers, threads=threads)
+        for shape in SWEEP_EDGES:
+            x = rng.random((1, 1, *shape), np.float32)
+            session.run(None, {info.input_name: x})  # warm-up for this shape
+            t0, c0, n = time.perf_counter(), time.process_time(), 0
+            while n < 2 or time.perf_counter() - t0 < seconds:
+                session.run(None, {info.input_name: x})
+                n += 1
+            mvx = n * int(np.prod(shape)) / 1e6
+            rows.append({"threads": threads, "tile": list(shape), "mvx_s": round(mvx / (time.perf_counter() - t0), 3),
+                         "mvx_per_cpu_s": round(mvx / (time.process_time() - c0), 3)})
+            print(f"tile {shape}, {threads} thread(s): {rows[-1]['mvx_s']} Mvx/s", file=sys.stderr)
+    return rows
+
+
 def cpu_seconds(client) -> float:
     """CPU time of this process and every worker process so far (all their threads)."""
     return time.process_time() + sum(client.run(time.process_time).values())
@@ -134,8 +167,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="raw / Zarr -> Zarr rounds (median ratio)")
     parser.add_argument("--before", action=argparse.BooleanOptionalAction, default=None,
                         help="also time the previous default (model tile, 25 %% overlap, full halo); default: for volumes up to 128^3")
+    parser.add_argument("--tile-gib", type=float, default=None,
+                        help="ONNX Runtime memory an amortised tile may take (volmla.segment.infer.TILE_BYTES, GiB; "
+                             "still at most a third of a worker's memory); default: volmla's")
+    parser.add_argument("--tile-sweep", action="store_true",
+                        help="also time the session alone per tile shape (64^3 to 216^3), one thread and all cores")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "unet.json")
     args = parser.parse_args()
+    if args.tile_gib is not None:
+        import volmla.segment.infer
+
+        volmla.segment.infer.TILE_BYTES = int(args.tile_gib * 2**30)  # the blocks are planned here, in the driver
 
     from volmla.engine.cluster import cluster
     from volmla.io import open_volume
@@ -158,6 +200,8 @@ def main() -> None:
         record["model"] = {"path": str(model), "halo": info.halo, "tile": list(info.tile or ()), "multiple": info.multiple,
                            "arch": info.metadata.get("arch"), "providers": list(session.get_providers())}
         record["volume"] = {"path": str(src), "shape": list(image.shape), "voxels": int(image.size)}
+        if args.tile_sweep:
+            record["tile_sweep"] = tile_sweep(model, info, 1 if on_gpu else cores, providers)
 
         # whole-volume reference: one tile, the full halo around every voxel
         t0 = time.perf_counter()
