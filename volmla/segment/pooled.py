@@ -352,12 +352,9 @@ def fit_levels(table: np.ndarray, *, r_max: float, lo: float, scale: float) -> L
     solid = [k for k in present if k >= 2]
     if not solid:
         raise VolmlaError("labels must mark at least one solid phase (sparse labels hold phase + 1)")
-    levels = np.zeros(table.shape[0])
-    radii = np.zeros(table.shape[1], bool)
-    fitted = solid + [k for k in (1, void_extra) if n[k].sum() > 0]
-    for k in fitted:
-        radii |= n[k] > 0
     void = [k for k in (1, void_extra) if n[k].sum() > 0]
+    fitted = solid + void
+    radii = np.count_nonzero(n[fitted].sum(axis=0) > 0)  # a gain needs at least 3 radii
     # the gain and the rings together: rings are additive and the same for every material
     # at a radius, so the gain is fitted to the means less the rings, and the rings are
     # re-measured about the new gain (a ring of a noise sigma left in the means moved a
@@ -365,7 +362,7 @@ def fit_levels(table: np.ndarray, *, r_max: float, lo: float, scale: float) -> L
     # of the quartz-feldspar gap)
     a, rings = 0.0, np.zeros(n.shape[1])
     for _ in range(20):
-        a_new = _fit_gain(n, np.nan_to_num(m) - rings[None], s, fitted, radii, levels, start=a)
+        a_new, levels = _fit_gain(n, np.nan_to_num(m) - rings[None], s, fitted, fit=radii >= 3, start=a)
         rings = _ring_profile(n, m, 1.0 + a_new * s, void=void)
         done = abs(a_new - a) <= 1e-9
         a = a_new
@@ -402,24 +399,27 @@ def fit_levels(table: np.ndarray, *, r_max: float, lo: float, scale: float) -> L
     return LabelLevels(out_levels, float(sigma), float(a), voxels, tuple(float(v) for v in rings))
 
 
-def _fit_gain(n: np.ndarray, m: np.ndarray, s: np.ndarray, fitted: list[int], radii: np.ndarray,
-              levels: np.ndarray, *, start: float) -> float:
-    """Least squares gain ``a`` of ``m[k] = levels[k] (1 + a s)`` over the fitted classes,
-    alternating with their levels (written into ``levels``); 0 with fewer than 3 radii."""
-    a = start
+def _fit_gain(n: np.ndarray, m: np.ndarray, s: np.ndarray, fitted: list[int], *, fit: bool,
+              start: float) -> tuple[float, np.ndarray]:
+    """Least squares gain ``a`` of ``m[k] = level_k (1 + a s)`` over the fitted classes,
+    alternating with their levels; with ``fit=False`` (too few radii) ``a = 0``.
+
+    Returns the gain and the levels (one per row of ``n``, 0 for classes not fitted)."""
+    a = start if fit else 0.0
+    levels = np.zeros(n.shape[0])
     for _ in range(100):
         g = 1.0 + a * s
         for k in fitted:
             levels[k] = float((n[k] * m[k] * g).sum() / (n[k] * g * g).sum())
-        if np.count_nonzero(radii) < 3:
-            return 0.0  # too few radii to fit a gain
+        if not fit:
+            return 0.0, levels
         num = sum(float((n[k] * levels[k] * s * (m[k] - levels[k])).sum()) for k in fitted)
         den = sum(float((n[k] * (levels[k] * s) ** 2).sum()) for k in fitted)
         new = num / den if den > 0 else 0.0
         if abs(new - a) <= 1e-12:
-            return new
+            return new, levels
         a = new
-    return a
+    return a, levels
 
 
 def _ring_profile(n: np.ndarray, m: np.ndarray, g: np.ndarray, *, void: list[int]) -> np.ndarray:
