@@ -131,6 +131,13 @@ def _purity(particles: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> 
     return rows
 
 
+def _own_particles(intensity: np.ndarray) -> np.ndarray:
+    """The CT's own particles (:func:`volmla.particles.label_particles` defaults), in memory."""
+    from volmla.particles import label_particles
+
+    return np.asarray(label_particles(intensity, voxel_size=1.0).labels.compute())
+
+
 def _overall(df: pd.DataFrame, truth: dict[str, Any]) -> dict[str, Any]:
     """|LD error| and |modal error| per phase of a table on other particles than the truth's
     (end to end: the particles are volmla's own, so no per-particle matching)."""
@@ -142,6 +149,7 @@ def _overall(df: pd.DataFrame, truth: dict[str, Any]) -> dict[str, Any]:
         ld, modal = summary["liberation_degree"][p], summary["modal_mineralogy"][p]
         out[p] = {"ld": ld, "ld_true": truth["liberation_degree"][p],
                   "ld_error": None if ld is None else abs(ld - truth["liberation_degree"][p]),
+                  "ld_signed_error": None if ld is None else ld - truth["liberation_degree"][p],
                   "modal": modal, "modal_true": truth["modal_mineralogy"][p],
                   "modal_error": None if modal is None else abs(modal - truth["modal_mineralogy"][p])}
     out["max_ld_error"] = max(out[p]["ld_error"] or 0.0 for p in NAMES)
@@ -176,7 +184,6 @@ def run_regions_case(shape: int, seed: int, level: str) -> dict[str, Any]:
 
 def run_case(shape: int, seed: int, level: str, *, min_grain: int, workdir: Path) -> dict[str, Any]:
     from volmla.measure import particle_table
-    from volmla.particles import label_particles
     from volmla.segment.forest import random_forest_segment, save_random_forest, train_random_forest
     from volmla.segment.pooled import region_phases
     from volmla.segment.regions import clean_phases
@@ -205,7 +212,7 @@ def run_case(shape: int, seed: int, level: str, *, min_grain: int, workdir: Path
     by_field = particle_table(ore.particles, with_field, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
     t4c = time.perf_counter()
     # end to end: particles from the CT (label_particles defaults), phases by region in them
-    own = np.asarray(label_particles(ore.intensity, voxel_size=1.0).labels.compute())
+    own = _own_particles(ore.intensity)
     own_phases = np.asarray(region_phases(ore.intensity, own, _sparse_labels(ore.phases)).compute())
     end_to_end = particle_table(own, own_phases, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
     t5 = time.perf_counter()
@@ -280,13 +287,12 @@ def run_geometry_case(shape: int, seed: int, level: str) -> dict[str, Any]:
     """The default region path with binary and with true sub-voxel edges in its
     partial-volume correction, on the true particles and on the CT's own."""
     from volmla.measure import particle_table
-    from volmla.particles import label_particles
     from volmla.segment.pooled import region_phases
     from volmla.synthetic import crushed_ore
 
     ore = crushed_ore(shape=shape, seed=seed, level=level)
     labels = _sparse_labels(ore.phases)
-    own = np.asarray(label_particles(ore.intensity, voxel_size=1.0).labels.compute())
+    own = _own_particles(ore.intensity)
     out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level}
     for name, particles in (("true_particles", ore.particles), ("own_particles", own)):
         for edges, fraction in (("binary", None), ("true_fraction", ore.solid_fraction)):
@@ -299,13 +305,12 @@ def run_geometry_case(shape: int, seed: int, level: str) -> dict[str, Any]:
 def run_e2e_case(shape: int, seed: int, level: str) -> dict[str, Any]:
     """End to end, and the same with the true phases or the true particles put back."""
     from volmla.measure import particle_table
-    from volmla.particles import label_particles
     from volmla.segment.pooled import region_phases
     from volmla.synthetic import crushed_ore
 
     ore = crushed_ore(shape=shape, seed=seed, level=level)
     labels = _sparse_labels(ore.phases)
-    own = np.asarray(label_particles(ore.intensity, voxel_size=1.0).labels.compute())
+    own = _own_particles(ore.intensity)
     own_phases = np.asarray(region_phases(ore.intensity, own, labels).compute())
     true_particle_phases = np.asarray(region_phases(ore.intensity, ore.particles, labels).compute())
     out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level,
@@ -314,10 +319,7 @@ def run_e2e_case(shape: int, seed: int, level: str) -> dict[str, Any]:
                                ("own_particles_true_phases", own, np.where(own > 0, ore.phases, 0).astype(np.uint8)),
                                ("true_particles_region_phases", ore.particles, true_particle_phases)):
         table = particle_table(particles, ph, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
-        scores = _overall(table, ore.liberation)
-        for p in NAMES:
-            scores[p]["ld_signed_error"] = None if scores[p]["ld"] is None else scores[p]["ld"] - scores[p]["ld_true"]
-        out[key] = scores
+        out[key] = _overall(table, ore.liberation)
     return out
 
 
