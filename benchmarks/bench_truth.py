@@ -302,8 +302,9 @@ def run_geometry_case(shape: int, seed: int, level: str) -> dict[str, Any]:
     return out
 
 
-def run_e2e_case(shape: int, seed: int, level: str) -> dict[str, Any]:
-    """End to end, and the same with the true phases or the true particles put back."""
+def run_e2e_case(shape: int, seed: int, level: str, *, depth: int | None = None) -> dict[str, Any]:
+    """End to end, and the same with the true phases or the true particles put back
+    (``depth``: the region pooling's, :data:`volmla.segment.pooled.DEFAULT_DEPTH` if None)."""
     from volmla.measure import particle_table
     from volmla.segment.pooled import region_phases
     from volmla.synthetic import crushed_ore
@@ -311,9 +312,10 @@ def run_e2e_case(shape: int, seed: int, level: str) -> dict[str, Any]:
     ore = crushed_ore(shape=shape, seed=seed, level=level)
     labels = _sparse_labels(ore.phases)
     own = _own_particles(ore.intensity)
-    own_phases = np.asarray(region_phases(ore.intensity, own, labels).compute())
-    true_particle_phases = np.asarray(region_phases(ore.intensity, ore.particles, labels).compute())
-    out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level,
+    kw = {} if depth is None else {"depth": depth}
+    own_phases = np.asarray(region_phases(ore.intensity, own, labels, **kw).compute())
+    true_particle_phases = np.asarray(region_phases(ore.intensity, ore.particles, labels, **kw).compute())
+    out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level, "depth": depth,
                            "n_particles": {"true": int(len(ore.table)), "own": int(own.max())}}
     for key, particles, ph in (("end_to_end", own, own_phases),
                                ("own_particles_true_phases", own, np.where(own > 0, ore.phases, 0).astype(np.uint8)),
@@ -328,7 +330,7 @@ def _end_to_end_only(args: argparse.Namespace) -> int:
     cases = []
     for level in args.levels:
         for seed in args.seeds:
-            case = run_e2e_case(args.shape, seed, level)
+            case = run_e2e_case(args.shape, seed, level, depth=args.depth)
             print(f"{level} seed {seed}: LD error (quartz, feldspar, pyrite) " + "; ".join(
                 f"{k} " + " ".join(f"{case[k][p]['ld_signed_error']:+.3f}" for p in NAMES) for k in keys),
                 file=sys.stderr, flush=True)
@@ -521,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evidence", action="store_true",
                         help="only what the grey says about the grains of small particles: the likelihood gain of "
                              "their true labelling against a plane-split test's null (true particles)")
+    parser.add_argument("--depth", type=int, default=None,
+                        help="with --end-to-end-only: the region pooling's depth (default: the library's)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     from volmla.segment.regions import MIN_GRAIN
