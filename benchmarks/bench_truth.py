@@ -43,7 +43,8 @@ true particles and on the CT's own (default ``--output``: ``results/truth_pv_geo
 the CT's own particles with the region phases (the default path), with the TRUE phases
 (the particles' share), and the true particles with the region phases (the phases'
 share), per phase with signed LD errors (default ``--output``: ``results/truth_e2e.json``;
-e.g. ``--levels hard --seeds 0 1 2 3 4 5 6 7 8``).
+e.g. ``--levels hard --seeds 0 1 2 3 4 5 6 7 8``); ``--depth N`` runs it with the region
+pooling's ``depth=N`` (``results/truth_e2e_depth2.json``, ``truth_e2e_depth3.json``).
 ``--evidence`` measures what the grey holds about small intergrown particles: the
 chi-square gain of their true grain labelling over one phase, against the null of a
 per-particle plane-split test on truly free particles (:func:`run_evidence_case`; default
@@ -527,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --end-to-end-only: the region pooling's depth (default: the library's)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
+    if args.depth is not None and not args.end_to_end_only:
+        parser.error("--depth applies to --end-to-end-only only")
     from volmla.segment.regions import MIN_GRAIN
 
     if args.quick:
