@@ -12,7 +12,8 @@ from volmla.errors import VolmlaError
 torch = pytest.importorskip("torch")
 
 from volmla.segment.export import export  # noqa: E402
-from volmla.segment.sessions import read_metadata  # noqa: E402
+from volmla.segment.infer import default_context  # noqa: E402
+from volmla.segment.sessions import inspect_model, read_metadata  # noqa: E402
 from volmla.segment.train import TrainConfig, load_model, masked_loss, save_model, train  # noqa: E402
 
 
@@ -50,6 +51,29 @@ def test_loss_decreases_and_beats_chance(trained) -> None:
     assert best > majority + 0.1
     assert result.classes == ("void", "phase1", "phase2")
     assert result.halo == 10 and result.tile == (64, 64, 64)
+
+
+def test_context_is_measured_on_the_scan(tmp_path, trained) -> None:
+    from volmla.segment.context import CONTEXT_AGREEMENT
+
+    image, truth = toy((40, 44, 44))  # two blocks of 20^3 inside the halo of 10: 16,000 voxels
+    result = train(image, sparse(truth, (8, 20, 32)), config=TrainConfig(iterations=20, augment=False, **FAST))
+    agreement = result.context_agreement
+    bar = CONTEXT_AGREEMENT + 3 / 16_000
+    measured = sorted(agreement)[:-1]  # on the grid, up to the first that passes; then the halo
+    assert measured == list(range(0, 2 * len(measured), 2)) and agreement[10] == 1.0
+    assert result.context in agreement and agreement[result.context] >= bar
+    assert all(agreement[c] < bar for c in measured if c < result.context)
+    # saved and exported, the context is the ONNX model's own, which amortised inference reads
+    save_model(result, tmp_path / "c.pt")
+    export(tmp_path / "c.pt", tmp_path / "c.onnx")
+    meta = read_metadata(tmp_path / "c.onnx")
+    assert meta["context"] == result.context
+    assert meta["context_agreement"] == {str(c): a for c, a in agreement.items()}
+    assert default_context(inspect_model(tmp_path / "c.onnx")) == result.context
+    # a scan too small to show 99.9 % (blocks of 4^3: 192 voxels) keeps the default
+    small, _ = trained
+    assert small.context is None and small.context_agreement is None
 
 
 def test_training_is_reproducible() -> None:
@@ -98,6 +122,7 @@ def test_export_parity_and_metadata(tmp_path, trained) -> None:
     meta = read_metadata(tmp_path / "m.onnx")
     assert meta["classes"] == list(result.classes) and meta["halo"] == result.halo and meta["dim"] == 3
     assert meta["norm"] == list(result.norm) and meta["multiple"] == 2
+    assert "context" not in meta  # not measured (too small a scan): the default applies
     # dynamic batch and spatial axes: another shape runs and matches torch
     x = np.random.default_rng(1).normal(0.5, 0.3, (3, 1, 6, 10, 4)).astype(np.float32)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])

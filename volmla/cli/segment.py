@@ -52,8 +52,10 @@ def train_command(
     result = train(open_volume(image), open_volume(labels), config=config)
     save_model(result, output)
     last = result.history[-1] if result.history else {}
+    context = "" if result.context is None else f", context {result.context} of halo {result.halo}"
     typer.echo(f"wrote {output} (best iteration {result.best_iteration}, "
-               + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "iteration") + ")", err=STATE.quiet)
+               + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "iteration") + context + ")",
+               err=STATE.quiet)
 
 
 @app.command("export")
@@ -71,7 +73,9 @@ def export_command(
         raise VolmlaError(f"export needs torch ({exc}): pip install 'volmla[train]'") from None
     report = export(model, output, atol=atol, overwrite=overwrite)
     typer.echo(f"wrote {output} (max |logit diff| {report.max_abs_diff:.3g}, argmax agreement "
-               f"{100 * report.argmax_agreement:.2f} %, halo {report.metadata['halo']})", err=STATE.quiet)
+               f"{100 * report.argmax_agreement:.2f} %, halo {report.metadata['halo']}"
+               + (f", context {report.metadata['context']}" if "context" in report.metadata else "") + ")",
+               err=STATE.quiet)
 
 
 @app.command("segment")

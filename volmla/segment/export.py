@@ -9,7 +9,9 @@
    only if the TorchScript one is unavailable, with ``external_data=False``.
 3. ``metadata_props["volmla"]`` (JSON) records the format, model dim (2/3), class
    names, intensity normalisation, halo (receptive field rounded to the pooling grid),
-   default tile, size multiple, target kind and architecture.
+   the context measured at training (:mod:`volmla.segment.context`; absent for older
+   checkpoints and scans too small to measure it), default tile, size multiple, target
+   kind and architecture.
 4. Parity: a random tile and a structured one run through torch eager and ONNX Runtime
    (CPU); the export fails unless the largest absolute logit difference is below
    ``atol`` (default 1e-4) and the argmax agrees on every voxel.
@@ -57,6 +59,9 @@ def _metadata(meta: dict[str, Any]) -> dict[str, Any]:
         "classes": list(meta["classes"]),
         "norm": [float(v) for v in meta["norm"]],
         "halo": int(meta["halo"]),
+        **({"context": int(meta["context"]),
+            "context_agreement": {str(k): float(v) for k, v in (meta.get("context_agreement") or {}).items()}}
+           if meta.get("context") is not None else {}),
         "tile": [int(t) for t in meta["tile"]],
         "multiple": size_multiple(int(arch["depth"])),
         "target": meta.get("target", "phases"),

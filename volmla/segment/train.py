@@ -25,6 +25,10 @@
    best state (lowest validation loss) is kept and training stops after ``patience``
    rounds without improvement. Runs are seeded and use deterministic algorithms, so the
    same inputs and config give the same weights.
+8. Context: the smallest context (voxels around a predicted block) whose labels agree
+   with the full halo's on :data:`volmla.segment.context.CONTEXT_AGREEMENT` of the voxels,
+   measured on crops of the scan (:mod:`volmla.segment.context`), is saved with the model
+   and exported to its metadata, where amortised inference reads it.
 
 This module is one piece although it passes 500 lines: the steps above share the
 :class:`TrainConfig`, the torch device and the seeded random state of one training run,
@@ -158,6 +162,11 @@ class TrainResult(NamedTuple):
     train_planes: tuple[int, ...]
     val_planes: tuple[int, ...]
     config: TrainConfig
+    context: int | None = None
+    """Context voxels amortised inference keeps (:mod:`volmla.segment.context`); None:
+    the scan was too small to measure it."""
+    context_agreement: dict[int, float] | None = None
+    """Share of labels equal to the full halo's, per context measured."""
 
 
 # ----------------------------------------------------------------------------- checks
@@ -471,12 +480,14 @@ def train(intensity: VolumeLike, labels: VolumeLike, *, config: TrainConfig | No
                 if bad_rounds >= config.patience:
                     logger.info("early stop at iteration %d (best %d)", iteration, best_iteration)
                     break
+        assert best_state is not None
+        model.load_state_dict(best_state)
+        model = model.cpu().eval()
+        # 8. the context amortised inference needs, measured on this scan
+        context, agreement = _calibrate_context(model, image, lo=lo, scale=scale, config=config)
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous_det
         torch.set_num_threads(previous_threads)
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model = model.cpu().eval()
     return TrainResult(
         model=model,
         classes=classes,
@@ -488,7 +499,49 @@ def train(intensity: VolumeLike, labels: VolumeLike, *, config: TrainConfig | No
         train_planes=tuple(int(z) for z in train_planes),
         val_planes=tuple(int(z) for z in val_planes),
         config=config,
+        context=context,
+        context_agreement=agreement,
     )
+
+
+@torch.no_grad()
+def _calibrate_context(model: UNet, image: da.Array, *, lo: float, scale: float,
+                       config: TrainConfig) -> tuple[int | None, dict[int, float] | None]:
+    """Step 8: the smallest context whose labels agree with the full halo's
+    (:mod:`volmla.segment.context`), on crops of the normalised scan; ``(None, None)``
+    when the scan is too small to measure the bar (:func:`~volmla.segment.context.enough_voxels`)."""
+    from volmla.segment.context import (
+        CONTEXT_AGREEMENT,
+        block_voxels,
+        choose_context,
+        context_agreement,
+        context_crops,
+        enough_voxels,
+    )
+
+    halo, multiple = receptive_halo(config.depth), size_multiple(config.depth)
+
+    def read(box: tuple[slice, ...]) -> np.ndarray:
+        return (np.asarray(image[box].compute(), np.float32) - np.float32(lo)) * np.float32(scale)
+
+    crops = context_crops(read, image.shape, halo=halo, multiple=multiple, dim=config.dim,
+                          rng=np.random.default_rng(config.seed + 2))
+    voxels = block_voxels(crops, halo=halo, dim=config.dim)
+    if not crops or not enough_voxels(voxels):
+        logger.info("context: the scan %s is too small to calibrate a halo of %d; the default applies",
+                    image.shape, halo)
+        return None, None
+    model.eval()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(x)).numpy()
+
+    bar = CONTEXT_AGREEMENT + 3.0 / voxels  # choose_context's margin: stop once it is reached
+    agreement = context_agreement(predict, crops, halo=halo, multiple=multiple, dim=config.dim, stop=bar)
+    context = choose_context(agreement, voxels=voxels)
+    logger.info("context %d of halo %d (label agreement per context: %s)", context, halo,
+                {c: round(a, 5) for c, a in agreement.items()})
+    return context, agreement
 
 
 @torch.no_grad()
@@ -532,6 +585,8 @@ def save_model(result: TrainResult, path: str | Path) -> Path:
         "classes": list(result.classes),
         "norm": list(result.norm),
         "halo": result.halo,
+        "context": result.context,
+        "context_agreement": dict(result.context_agreement or {}),
         "tile": list(result.tile),
         "target": cfg.target,
         "history": result.history,
