@@ -106,6 +106,8 @@ def _yaml(root: Path) -> None:
     (root / "bad.yaml").write_text("out: o\ninput: [unclosed\n")
     (root / "list.yaml").write_text("- 1\n- 2\n")
     (root / "steps_bad.yaml").write_text("- {name: sharpen, params: {}}\n")
+    (root / "steps_nan.yaml").write_text("- {name: median, params: {size: .nan}}\n")
+    (root / "notes.txt").write_text("not a folder\n")
     base = "out: {out}\ninput: scan.zarr\nsegment: {{method: threshold, classes: 3}}\n"
     configs = {
         "run_unknown_section": base.format(out="r1") + "extras: {a: 1}\n",
@@ -125,6 +127,14 @@ def _yaml(root: Path) -> None:
         "run_pieces0": base.format(out="r15")
         + "particles: {min_size: 2, max_radius: 4}\ngrains: false\nliberation: {pieces: 0, n_boot: 0, section_step: 0}\n",
         "run_nan": "out: r16\ninput: nan.zarr\nsegment: {method: threshold, classes: 2}\n",
+        "run_step_params": base.format(out="r17") + "preprocess: [{name: median, params: 3}]\n",
+        "run_step_key": base.format(out="r18") + "preprocess: [{name: median, size: 5}]\n",
+        "run_seed": base.format(out="r19") + "liberation: {seed: -1}\n",
+        "run_names_empty": "out: r20\ninput: scan.zarr\nsegment: {method: threshold, classes: 3, phase_names: ['', b]}\n",
+        "run_names_twice": "out: r21\ninput: scan.zarr\nsegment: {method: threshold, classes: 3, phase_names: [a, a]}\n",
+        "run_lib_names_twice": base.format(out="r22") + "liberation: {phase_names: [a, a]}\n",
+        "run_out_file": "out: notes.txt\ninput: scan.zarr\nsegment: {method: threshold, classes: 3}\n",
+        "run_key_twice": base.format(out="r23") + "out: r24\n",
     }
     for name, text in configs.items():
         (root / f"{name}.yaml").write_text(text)
@@ -347,6 +357,45 @@ CASES: dict[str, Case] = {
     "run-missing-model": Case("run run_model.yaml", "missing.onnx"),
     "run-h": Case("run run_h.yaml", "particles.h"),
     "run-nan": Case("run run_nan.yaml", "nan or infinite"),
+    # --- found by a bad-input sweep: each was a traceback line, a late error, a silent result or a lost input
+    "liberation-output-is-input": Case("liberation --phases phases.zarr --particles particles.zarr "
+                                       "--out phases.zarr --overwrite", "also the input"),
+    "liberation-output-inside-input": Case("liberation --phases phases.zarr --particles particles.zarr "
+                                           "--out particles.zarr/lib", "inside the input"),
+    "preprocess-yaml-nan-size": Case("preprocess scan.zarr -o o.zarr --config steps_nan.yaml",
+                                     "size must be an integer, got nan"),
+    "segment-seed-negative": Case("segment scan.zarr -o o.zarr --method kmeans --classes 2 --seed -1", "--seed"),
+    "segment-sigmas-nan": Case("segment scan.zarr -o o.zarr --method rf --labels phases.zarr --sigmas 1,nan",
+                               "sigmas must be positive finite numbers"),
+    "liberation-seed-negative": Case("liberation --phases phases.zarr --particles particles.zarr --out lib "
+                                     "--seed -1", "--seed"),
+    "breakage-seed-negative": Case("breakage phases.zarr -o brk --p80 20 --seed -1", "--seed"),
+    "evaluate-truth-intensity": Case("evaluate --pred phases.zarr --truth scan.zarr", "phase ids 0..255"),
+    "evaluate-pred-float": Case("evaluate --pred nan.zarr --truth phases.zarr", "integer phase ids"),
+    "evaluate-out-is-a-file": Case("evaluate --pred phases.zarr --truth phases.zarr --out notes.txt",
+                                   "notes.txt exists and is not a folder"),
+    "run-step-params-not-mapping": Case("run run_step_params.yaml", "params must be a mapping"),
+    "run-step-unknown-key": Case("run run_step_key.yaml", "unknown key 'size'"),
+    "run-seed-negative": Case("run run_seed.yaml", "liberation.seed must be at least 0"),
+    "run-segment-phase-name-empty": Case("run run_names_empty.yaml",
+                                         "segment.phase_names: phase names must not be empty"),
+    "run-segment-phase-names-twice": Case("run run_names_twice.yaml",
+                                          "segment.phase_names: phase names must be distinct"),
+    "run-liberation-phase-names-twice": Case("run run_lib_names_twice.yaml",
+                                             "liberation.phase_names: phase names must be distinct"),
+    "run-out-is-a-file": Case("run run_out_file.yaml", "notes.txt exists and is not a folder"),
+    # a plain file where a volume goes is someone else's: --overwrite never deletes it
+    "ingest-overwrite-a-file": Case("ingest ok.tif -o notes.txt --voxel-size 1 --overwrite",
+                                    "notes.txt is a file, not a volume"),
+    "particles-overwrite-a-file": Case("particles phases.zarr -o notes.txt --overwrite",
+                                       "notes.txt is a file, not a volume"),
+    # plain YAML and comma lists drop what was given twice or left empty: refused instead
+    "run-key-twice": Case("run run_key_twice.yaml", "key 'out' given twice (line 4)"),
+    "preprocess-step-key-twice": Case("preprocess scan.zarr -o o.zarr --step median:size=3,size=5",
+                                      "parameter 'size' given twice"),
+    "ingest-voxel-empty-part": Case("ingest ok.tif -o o.zarr --voxel-size ,,1", "--voxel-size"),
+    "segment-overwrite-a-file": Case("segment scan.zarr -o notes.txt --method threshold --classes 2 --overwrite",
+                                     "notes.txt is a file, not a volume"),
 }
 
 
@@ -387,6 +436,18 @@ def test_missing_run_input_makes_no_output_folder(library: Path, tmp_path: Path,
     code, out, err = _run(["run", "run_missing_input.yaml"], folder, capfd)
     _check(code, out, err, rc=2, needle="missing.zarr", before=before, folder=folder)
     assert not (folder / "r4").exists()
+
+
+@pytest.mark.parametrize("config, out", [("run_names_twice.yaml", "r21"), ("run_lib_names_twice.yaml", "r22"),
+                                         ("run_seed.yaml", "r19"), ("run_step_key.yaml", "r18")])
+def test_run_config_errors_come_before_any_stage(config: str, out: str, library: Path, tmp_path: Path,
+                                                 capfd: pytest.CaptureFixture[str]) -> None:
+    """A wrong value anywhere in the config stops the run before it makes its output folder."""
+    folder = tmp_path / "case"
+    shutil.copytree(library, folder)
+    code, _, err = _run(["run", config], folder, capfd)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert not (folder / out).exists()
 
 
 def test_documented_zarr_input_form_runs(library: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

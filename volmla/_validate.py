@@ -69,7 +69,8 @@ def check_integer(name: str, value: Any, *, minimum: int, odd: bool = False) -> 
     >>> check_integer("size", 3.0, minimum=1, odd=True)
     3
     """
-    if isinstance(value, bool) or not isinstance(value, int | np.integer | float) or int(value) != value:
+    if (isinstance(value, bool) or not isinstance(value, int | np.integer | float)
+            or (isinstance(value, float) and not math.isfinite(value)) or int(value) != value):
         raise VolmlaError(f"{name} must be an integer, got {value!r}")
     value = int(value)
     if value < minimum:

@@ -29,7 +29,7 @@ def breakage_command(
     realisations: Annotated[int, typer.Option("--realisations", help="Independent fracture realisations per grind size.")] = 5,
     boundary_weight: Annotated[float, typer.Option("--boundary-weight", help="0 = random fracture .. 1 = fractures follow phase boundaries.")] = 0.0,
     phase_names: Annotated[str | None, typer.Option("--phase-names", help="Names of phases 1..N, e.g. quartz,feldspar,pyrite.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the fracture realisations.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the fracture realisations.")] = 0,
     law: Annotated[str, typer.Option("--law", help="Fragment size law: rosin-rammler | gates-gaudin-schuhmann.")] = "rosin-rammler",
     uniformity: Annotated[float, typer.Option("--uniformity", help="The size law's uniformity (RR) or modulus (GGS).")] = 1.2,
     detachment: Annotated[float, typer.Option("--detachment", help="Fraction of fragments that release their grains whole (0-1).")] = 0.0,

@@ -33,7 +33,7 @@ def correlate_maps(
     denoise: Annotated[str, typer.Option(help="Elements to bilateral-filter, comma separated ('' = none).")] = "Na,Mg",
     ct_slice: Annotated[Path | None, typer.Option(help="Registered CT slice on the map grid (TIFF), an extra channel.")] = None,
     resample: Annotated[bool, typer.Option("--resample", help="Maps of other shapes share the field of view: resample.")] = False,
-    seed: Annotated[int, typer.Option(help="k-means seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="k-means seed.")] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """k-means mineral map from element maps, with centroids, abundances and assignment."""

@@ -15,7 +15,9 @@ def _voxel_size_opt(text: str | None) -> list[float] | None:
     """``--voxel-size``: one number or ``z,y,x`` (micrometres)."""
     if text is None:
         return None
-    parts = [p for p in text.replace(",", " ").split() if p]
+    parts = [p.strip() for p in text.split(",")] if "," in text else text.split()
+    if not parts or not all(parts):
+        raise VolmlaError(f"--voxel-size must be one number or z,y,x in micrometres, got {text!r}")
     try:
         values = [float(p) for p in parts]
     except ValueError:
@@ -68,7 +70,7 @@ def ingest(
 def phantom_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder for intensity/phases/particles/grains.zarr.")],
     shape: Annotated[tuple[int, int, int], typer.Option(help="Volume shape Z Y X in voxels.")] = (128, 128, 128),
-    seed: Annotated[int, typer.Option(help="Random seed (the result does not depend on --chunks).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Random seed (the result does not depend on --chunks).")] = 0,
     chunks: Annotated[int, typer.Option(help="Chunk edge in voxels (generation and storage).")] = 64,
     voxel_size: Annotated[float, typer.Option(help="Voxel size in micrometres (recorded).")] = 2.0,
     rings: Annotated[bool, typer.Option("--rings", help="Add ring artefacts about the z axis.")] = False,

@@ -36,7 +36,7 @@ def liberation_cmd(
     section_step: Annotated[int, typer.Option("--sections", help="Stereology: every K-th plane per axis (0 = skip).")] = 10,
     pieces: Annotated[int, typer.Option("--pieces", help="Representativeness: equal sub-volumes (0 = skip).")] = 8,
     n_boot: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for 95 % CIs (0 = skip).")] = 200,
-    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Bootstrap seed.")] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Per-particle tables and 3-D liberation statistics, plots and an HTML report."""

@@ -35,7 +35,7 @@ def train_command(
     target: Annotated[str, typer.Option("--target", help="phases | particles (background/interior/boundary).")] = "phases",
     tile: Annotated[int | None, typer.Option("--tile", help="Inference tile edge stored in the model.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed.")] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a U-Net on sparse labels (needs torch: pip install 'volmla[train]')."""
@@ -96,7 +96,7 @@ def segment_command(
     uncertainty: Annotated[Path | None, typer.Option("--uncertainty", help="Also write the max class probability (uint8, x255) here.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime threads per worker.")] = None,
     sigmas: Annotated[str | None, typer.Option("--sigmas", help="Feature scales for --method rf, e.g. 0.7,1,1.6,3.5,5 (the default).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for kmeans / rf.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for kmeans / rf.")] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Segment phases: by region inside particles (the default with --labels), ONNX U-Net, random forest, threshold, kmeans."""
@@ -166,6 +166,8 @@ def evaluate_command(
     mask = {"labelled-only": "labelled"}.get(mask, mask)
     if mask not in ("all", "labelled"):
         raise VolmlaError(f"--mask must be 'all' or 'labelled', got {mask!r}")
+    if out is not None and out.exists() and not out.is_dir():
+        raise VolmlaError(f"output {out} exists and is not a folder")
     if out is not None and (out / "metrics.json").exists() and not overwrite:
         raise VolmlaError(f"output {out} holds an evaluation: pass --overwrite to replace it")
     ev = evaluate(open_volume(pred), open_volume(truth), mask=mask)  # type: ignore[arg-type]

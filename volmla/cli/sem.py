@@ -40,7 +40,7 @@ def train_cmd(
     n_images: Annotated[int, typer.Option("--n-images", help="Synthetic training images (80: the default classifier).")] = 80,
     epochs: Annotated[int, typer.Option("--epochs", help="CNN training passes.")] = 20,
     iterations: Annotated[int, typer.Option("--iterations", help="Segmenter optimisation steps (at most; early stopping).")] = 600,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed.")] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train the crystal-form classifier (random forest or small CNN) or the border-core segmenter (ONNX)."""
@@ -63,7 +63,7 @@ def train_cmd(
 def synth_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     n: Annotated[int, typer.Option("--n", help="Images.")] = 8,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed.")] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write synthetic SEM images of crystals with their truth (labels, classes)."""

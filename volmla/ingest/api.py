@@ -183,15 +183,18 @@ def precheck_output(path: str | Path, *, overwrite: bool = False) -> None:
     Returns
     -------
     None
-        Raises :class:`~volmla.errors.VolmlaError` when ``path`` holds a complete
-        volume or something else and ``overwrite`` is not set; an incomplete volume
-        passes (:func:`save` resumes it if it is the same job).
+        Raises :class:`~volmla.errors.VolmlaError` when ``path`` is a file (with or
+        without ``overwrite``: a volume is a folder), or holds a complete volume or
+        something else and ``overwrite`` is not set; an incomplete volume passes
+        (:func:`save` resumes it if it is the same job).
 
     Examples
     --------
     >>> precheck_output("/nonexistent/out.zarr")
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():  # a volume is a folder: a file is someone else's
+        raise VolmlaError(f"output {path} is a file, not a volume: refusing to replace it")
     if not path.exists() or overwrite:
         return
     if is_volume(path):

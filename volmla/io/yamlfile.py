@@ -23,7 +23,8 @@ def read_yaml(path: str | Path, *, what: str = "config") -> Any:
     Returns
     -------
     object
-        The parsed document (``yaml.safe_load``: no Python objects are built).
+        The parsed document (safe loading: no Python objects are built; a key given
+        twice in one mapping is an error).
 
     Examples
     --------
@@ -42,9 +43,32 @@ def read_yaml(path: str | Path, *, what: str = "config") -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise VolmlaError(f"cannot read {what} {path}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise VolmlaError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def _unique_key_loader() -> type:
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps
+    the last silently: a config with two ``out:`` lines would write to the second)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    twice = key in seen
+                except TypeError:  # an unhashable key: SafeLoader names it
+                    break
+                if twice:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (line {key_node.start_mark.line + 1})")
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def read_mapping(path: str | Path, *, what: str) -> dict[Any, Any]:

@@ -89,6 +89,15 @@ def check_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     return out
 
 
+def _check_out_not_input(out: Path, *volumes: VolumeLike | None) -> None:
+    """Refuse an output folder that is, holds or lies inside a stored input volume
+    (``overwrite`` would replace the input with the report)."""
+    from volmla.io.outputs import check_not_input
+
+    sources = [(getattr(v, "attrs", None) or {}).get("path") for v in volumes if v is not None]
+    check_not_input(out, [str(s) for s in sources if s])
+
+
 def check_options(
     *,
     free_threshold: float = 0.99,
@@ -244,6 +253,7 @@ def analyse(
     from volmla.measure import SURFACE_CORRECTION, measure
 
     out = check_out_dir(out_dir, overwrite=overwrite)
+    _check_out_not_input(out, phases, particles, grains, intensity)
     thr, edges = check_options(free_threshold=free_threshold, size_edges=size_edges, by=by, densities=densities,
                                phase_names=phase_names, section_step=section_step, pieces=pieces, n_boot=n_boot)
     check_volumes(phases, particles, grains=grains, phase_names=phase_names, voxel_size=voxel_size)

@@ -110,9 +110,19 @@ def _int_or_ints(where: str, value: Any) -> int | list[int]:
 
 
 def _names(where: str, value: Any) -> list[str] | dict[Any, str]:
+    """Phase names: strings, none empty, no two alike, none reserved (as the measurement reads them)."""
+    from volmla.measure import resolve_phase_names
+
     items = value.values() if isinstance(value, Mapping) else value
     if not isinstance(value, list | Mapping) or not all(isinstance(v, str) for v in items):
         raise VolmlaError(f"config {where} must be a list of names, got {value!r}")
+    try:
+        resolve_phase_names(value, None)
+    except VolmlaError as exc:
+        raise VolmlaError(f"config {where}: {exc}") from None
+    except ValueError:  # a mapping key that is no phase id
+        raise VolmlaError(f"config {where} must be a list of names or map phase ids (1, 2, ...) to names, "
+                          f"got {value!r}") from None
     return cast("list[str] | dict[Any, str]", value)
 
 
@@ -377,7 +387,7 @@ _LIBERATION_CHECKS: dict[str, Check] = {
     "section_step": _optional(_skip_if_zero),  # 0 skips, as --sections 0 does
     "pieces": _optional(_skip_if_zero),  # 0 skips, as --pieces 0 does
     "n_boot": _at_least(_int, 0),
-    "seed": _int,
+    "seed": _at_least(_int, 0),
 }
 
 
@@ -442,16 +452,14 @@ def _input(raw: Any, base: Path) -> InputConfig:
 
 
 def _preprocess(raw: Any) -> list[Any]:
-    from volmla.preprocess import make_step, parse_step
+    from volmla.preprocess.steps import _as_step
 
     steps = raw or []
     if not isinstance(steps, list):
         raise VolmlaError("config section 'preprocess' must be a list of steps")
-    for step in steps:  # checked now; the run passes them on as written
-        if isinstance(step, str):
-            parse_step(step)
-        elif isinstance(step, Mapping):
-            make_step(cast(str, step.get("name")), step.get("params"))
+    for step in steps:  # checked now (as the run will read them); the run passes them on as written
+        if isinstance(step, str | Mapping):
+            _as_step(step)
         else:
             raise VolmlaError(f"config preprocess steps must be 'name:key=value' strings or mappings, got {step!r}")
     return steps

@@ -109,6 +109,8 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
     loaded = _open_input(cfg)  # a missing or unreadable input fails before anything is made
     chunks = source.chunks or tuple(int(c[0]) for c in loaded.data.chunks)
     out = cfg.out
+    if out.exists() and not out.is_dir():
+        raise VolmlaError(f"config out {out} exists and is not a folder: name a folder for the run's outputs")
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"out": str(out)}
 

@@ -177,6 +177,8 @@ def parse_step(text: str) -> Step:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise VolmlaError(f"step {name}: parameters must be key=value, got {item!r} in {text!r}")
+        if key.strip().replace("-", "_") in params:
+            raise VolmlaError(f"step {name}: parameter {key.strip()!r} given twice in {text!r}")
         try:
             params[key.strip().replace("-", "_")] = yaml.safe_load(value.strip())
         except yaml.YAMLError:
@@ -219,14 +221,21 @@ def load_steps(path: str | Path) -> list[Step]:
             continue
         if not isinstance(item, Mapping) or "name" not in item:
             raise VolmlaError(f"each step in {path} must be a mapping with a name, got {item!r}")
-        extra = sorted(set(item) - {"name", "params"})
-        if extra:
-            raise VolmlaError(f"step {item['name']} in {path}: unknown key {extra[0]!r}: use name and params")
-        params = item.get("params") or {}
-        if not isinstance(params, Mapping):
-            raise VolmlaError(f"step {item['name']} in {path}: params must be a mapping, got {params!r}")
-        steps.append(make_step(item["name"], {str(k).replace("-", "_"): v for k, v in params.items()}))
+        steps.append(_mapping_step(item, where=f" in {path}"))
     return steps
+
+
+def _mapping_step(item: Mapping[str, Any], *, where: str = "") -> Step:
+    """A ``{name: ..., params: {...}}`` step: no other key, ``params`` a mapping (``-`` in keys reads as ``_``)."""
+    name = item.get("name")
+    extra = sorted(str(k) for k in set(item) - {"name", "params"})
+    if extra:
+        raise VolmlaError(f"step {name}{where}: unknown key {extra[0]!r}: use name and params")
+    params = item.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise VolmlaError(f"step {name}{where}: params must be a mapping, got {params!r}")
+    # a missing or non-string name is refused by make_step, naming what was given
+    return make_step(cast(str, name), {str(k).replace("-", "_"): v for k, v in params.items()})
 
 
 def _as_step(step: StepLike) -> Step:
@@ -236,8 +245,7 @@ def _as_step(step: StepLike) -> Step:
     if isinstance(step, str):
         return parse_step(step)
     if isinstance(step, Mapping):
-        # a missing or non-string name is refused by make_step, naming what was given
-        return make_step(cast(str, step.get("name")), step.get("params"))
+        return _mapping_step(step)
     raise VolmlaError(f"a step must be a Step, a 'name:key=value' string or a mapping, got {step!r}")
 
 

@@ -242,8 +242,9 @@ def check_labels(labels: VolumeLike, *, shape: Sequence[int],
     for k in range(1, max(max(found), max(named, default=0)) + 1):
         if k not in found:
             if k in named:
+                source = "phase_names" if phase_names is not None else "the labels' phase names (attribute 'phases')"
                 raise VolmlaError(f"phase {named[k]!r} ({k}) has no labelled voxels in labels: its grey level cannot "
-                                  "be fitted; label some of it or leave it out of phase_names")
+                                  f"be fitted; label some of it or leave it out of {source}")
             raise VolmlaError(f"phase {k} has no labelled voxels in labels (label {k + 1}) but phase {max(found)} has: "
                               "its grey level cannot be fitted; label some of it (sparse labels hold phase + 1)")
     return found

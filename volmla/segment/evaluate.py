@@ -101,6 +101,16 @@ def _block_counts(truth: np.ndarray, pred: np.ndarray, *, n_classes: int, labell
     return confusion_block(truth, pred, n_classes=n_classes, labelled=labelled)[None, None, None]
 
 
+MAX_CLASS = 255
+"""Largest phase id a phase volume holds (uint8)."""
+
+
+def _check_phase_ids(what: str, top: int, limit: int) -> None:
+    """Refuse a volume whose largest value is no phase id (an intensity volume, particle labels)."""
+    if top > limit:
+        raise VolmlaError(f"{what} must hold phase ids 0..{limit}, got values up to {top}: an intensity volume?")
+
+
 def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
@@ -148,6 +158,9 @@ def evaluate(
     t = as_volume(truth, name="truth").data
     if p.shape != t.shape:
         raise VolmlaError(f"prediction shape {p.shape} differs from the truth shape {t.shape}")
+    for what, data in (("pred", p), ("truth", t)):
+        if not np.issubdtype(data.dtype, np.integer):
+            raise VolmlaError(f"{what} must hold integer phase ids, got dtype {data.dtype}: an intensity volume?")
     labelled = mask == "labelled"
     names: dict[int, str] = {}
     for v in (truth, pred):
@@ -156,6 +169,8 @@ def evaluate(
         n_classes = n_classes or len(classes)
     if n_classes is None:
         top_p, top_t = compute([p.max(), t.max()], desc="class count")
+        _check_phase_ids("pred", int(top_p), MAX_CLASS)
+        _check_phase_ids("truth", int(top_t), MAX_CLASS + (SPARSE_LABEL_OFFSET if labelled else 0))
         n_classes = int(max(int(top_p), int(top_t) - (SPARSE_LABEL_OFFSET if labelled else 0), max(names, default=0))) + 1
     n_classes = max(int(n_classes), 2)
     if classes is None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -308,8 +309,8 @@ def train_random_forest(
     if image.shape != lab.shape:
         raise VolmlaError(f"labels shape {lab.shape} differs from the intensity shape {image.shape}")
     sigmas = tuple(float(s) for s in sigmas)
-    if not sigmas or min(sigmas) <= 0:
-        raise VolmlaError(f"sigmas must be positive, got {sigmas}")
+    if not sigmas or not all(math.isfinite(s) and s > 0 for s in sigmas):
+        raise VolmlaError(f"sigmas must be positive finite numbers, got {sigmas}")
     halo = feature_halo(sigmas)
     planes, top = _labelled_planes(lab)
     n_classes = top - SPARSE_LABEL_OFFSET + 1
