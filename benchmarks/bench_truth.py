@@ -44,7 +44,9 @@ the CT's own particles with the region phases (the default path), with the TRUE 
 (the particles' share), and the true particles with the region phases (the phases'
 share), per phase with signed LD errors (default ``--output``: ``results/truth_e2e.json``;
 e.g. ``--levels hard --seeds 0 1 2 3 4 5 6 7 8``); ``--depth N`` runs it with the region
-pooling's ``depth=N`` (``results/truth_e2e_depth2.json``, ``truth_e2e_depth3.json``).
+pooling's ``depth=N`` (``results/truth_e2e_depth2.json``, ``truth_e2e_depth3.json``);
+``--set KEY=VALUE`` (repeatable) replaces a phantom parameter of the level (e.g.
+``--set contrast=2 --set radius=8``: where the default path meets its targets).
 ``--evidence`` measures what the grey holds about small intergrown particles: the
 chi-square gain of their true grain labelling over one phase, against the null of a
 per-particle plane-split test on truly free particles (:func:`run_evidence_case`; default
@@ -303,21 +305,26 @@ def run_geometry_case(shape: int, seed: int, level: str) -> dict[str, Any]:
     return out
 
 
-def run_e2e_case(shape: int, seed: int, level: str, *, depth: int | None = None) -> dict[str, Any]:
+def run_e2e_case(shape: int, seed: int, level: str, *, depth: int | None = None,
+                 overrides: dict[str, float] | None = None) -> dict[str, Any]:
     """End to end, and the same with the true phases or the true particles put back
-    (``depth``: the region pooling's, :data:`volmla.segment.pooled.DEFAULT_DEPTH` if None)."""
+    (``depth``: the region pooling's, :data:`volmla.segment.pooled.DEFAULT_DEPTH` if None;
+    ``overrides``: phantom parameters that replace the level's, e.g. ``{"contrast": 2.0}``)."""
     from volmla.measure import particle_table
     from volmla.segment.pooled import region_phases
     from volmla.synthetic import crushed_ore
 
-    ore = crushed_ore(shape=shape, seed=seed, level=level)
+    ore = crushed_ore(shape=shape, seed=seed, level=level, **(overrides or {}))
     labels = _sparse_labels(ore.phases)
     own = _own_particles(ore.intensity)
     kw = {} if depth is None else {"depth": depth}
     own_phases = np.asarray(region_phases(ore.intensity, own, labels, **kw).compute())
     true_particle_phases = np.asarray(region_phases(ore.intensity, ore.particles, labels, **kw).compute())
     out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level, "depth": depth,
-                           "n_particles": {"true": int(len(ore.table)), "own": int(own.max())}}
+                           "overrides": dict(overrides or {}),
+                           "n_particles": {"true": int(len(ore.table)), "own": int(own.max())},
+                           # voxels (the phantom's voxel size is 1 um): the particles' size against the voxel
+                           "median_equivalent_radius": float(np.median(ore.table["esd_um"].to_numpy(np.float64)) / 2)}
     for key, particles, ph in (("end_to_end", own, own_phases),
                                ("own_particles_true_phases", own, np.where(own > 0, ore.phases, 0).astype(np.uint8)),
                                ("true_particles_region_phases", ore.particles, true_particle_phases)):
@@ -331,7 +338,7 @@ def _end_to_end_only(args: argparse.Namespace) -> int:
     cases = []
     for level in args.levels:
         for seed in args.seeds:
-            case = run_e2e_case(args.shape, seed, level, depth=args.depth)
+            case = run_e2e_case(args.shape, seed, level, depth=args.depth, overrides=args.set)
             print(f"{level} seed {seed}: LD error (quartz, feldspar, pyrite) " + "; ".join(
                 f"{k} " + " ".join(f"{case[k][p]['ld_signed_error']:+.3f}" for p in NAMES) for k in keys),
                 file=sys.stderr, flush=True)
@@ -526,10 +533,25 @@ def main(argv: list[str] | None = None) -> int:
                              "their true labelling against a plane-split test's null (true particles)")
     parser.add_argument("--depth", type=int, default=None,
                         help="with --end-to-end-only: the region pooling's depth (default: the library's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --end-to-end-only: a phantom parameter replacing the level's (crushed_ore's "
+                             "keywords: contrast, radius, noise_sigma, psf_sigma, density, ...); repeatable")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     if args.depth is not None and not args.end_to_end_only:
         parser.error("--depth applies to --end-to-end-only only")
+    if args.set and not args.end_to_end_only:
+        parser.error("--set applies to --end-to-end-only only")
+    overrides: dict[str, float] = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        try:
+            overrides[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            parser.error(f"--set needs KEY=NUMBER, got {item!r}")
+        if not eq or not key.strip():
+            parser.error(f"--set needs KEY=NUMBER, got {item!r}")
+    args.set = overrides
     from volmla.segment.regions import MIN_GRAIN
 
     if args.quick:

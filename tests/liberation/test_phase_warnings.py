@@ -1,4 +1,5 @@
-"""A phase absent from the scan is a warning in summary.json and the report, never a silent zero (issue 17)."""
+"""A phase absent from the scan is a warning in summary.json and the report, never a silent zero (issue 17);
+so are particles too small against the voxel for the figures to be sure."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import xarray as xr
 
 from volmla.liberation import analyse, liberation_summary
 from volmla.liberation.report import executive_summary
-from volmla.liberation.summary import phase_warnings
+from volmla.liberation.summary import phase_warnings, size_warnings
 
 
 def _table() -> pd.DataFrame:
@@ -36,11 +37,12 @@ def test_phase_warnings_name_the_absent_and_the_border_only_phases(caplog: pytes
 
 def test_summary_carries_them_and_the_report_lists_each_once() -> None:
     summary = liberation_summary(_table(), phase_names=["qz", "fsp", "py", "mag"])
-    assert summary["warnings"] == ["phase py: no voxels found",
-                                   "phase mag: found only in particles cut by the volume border (excluded)"]
+    assert summary["warnings"][:2] == ["phase py: no voxels found",
+                                       "phase mag: found only in particles cut by the volume border (excluded)"]
+    assert summary["warnings"][2].startswith("particles are small against the voxel")  # 10-voxel particles
     assert summary["modal_mineralogy"]["py"] == 0.0  # the zero the warning qualifies
     warnings = executive_summary(summary)["warnings"]
-    assert warnings[:2] == summary["warnings"]
+    assert warnings[:3] == summary["warnings"]
     assert not any(w.startswith(("py ", "mag ")) for w in warnings)  # not said twice in other words
     assert "no free particle of fsp: its liberation degree is 0" in warnings  # the others still there
 
@@ -54,7 +56,22 @@ def test_analyse_writes_the_warning_into_summary_json_and_the_report(tmp_path: P
     named = xr.DataArray(phases, dims=("z", "y", "x"), attrs={"phases": {1: "qz", 2: "fsp", 3: "py"}})
     summary = analyse(named, particles, out_dir=tmp_path / "lib", section_step=None, pieces=None, n_boot=0,
                       voxel_size=1.0)
-    assert summary["warnings"] == ["phase py: no voxels found"]
+    assert summary["warnings"][0] == "phase py: no voxels found"
     written = json.loads((tmp_path / "lib" / "summary.json").read_text())
-    assert written["warnings"] == ["phase py: no voxels found"]
+    assert written["warnings"] == summary["warnings"]
     assert "phase py: no voxels found" in (tmp_path / "lib" / "report.html").read_text()
+
+
+def test_small_particles_are_named_by_the_volume_weighted_median_radius(caplog: pytest.LogCaptureFixture) -> None:
+    """LD is volume-weighted: many small particles beside a few large ones that hold most
+    of the solid draw no warning; particles of the hard phantoms' size do."""
+    small = 4.0 / 3.0 * np.pi * 5.0**3  # equivalent radius 5 voxels
+    large = 4.0 / 3.0 * np.pi * 9.0**3
+    with caplog.at_level(logging.WARNING, logger="volmla.liberation.summary"):
+        out = size_warnings(pd.DataFrame({"volume_voxels": [small] * 20 + [large] * 10}))
+    assert out == [] and not caplog.records  # 10 x 3,054 voxels outweigh 20 x 524
+    out = size_warnings(pd.DataFrame({"volume_voxels": [small] * 20 + [large] * 2}))
+    assert len(out) == 1 and "equivalent radius below 5.0 voxels" in out[0]
+    assert caplog.records and caplog.records[-1].getMessage() == out[0]
+    assert size_warnings(pd.DataFrame({"volume_voxels": [7.0**3 * 4.19] * 3})) == []  # at the bar: none
+    assert size_warnings(pd.DataFrame({"volume_voxels": pd.Series([], dtype=float)})) == []
