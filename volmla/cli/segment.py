@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -88,13 +89,13 @@ def segment_command(
     labels: Annotated[str | None, typer.Option("--labels", help="Sparse labels (phase + 1, 0 unlabelled; a path or an fsspec URL): the levels of --method regions, or to train --method rf.")] = None,
     particles: Annotated[str | None, typer.Option("--particles", help="Particle labels for --method regions (a path or an fsspec URL; default: labelled here from the CT, as volmla particles does).")] = None,
     save_model: Annotated[Path | None, typer.Option("--save-model", help="Write the random forest trained on --labels here (ONNX; default: beside the output, OUTPUT.rf.onnx).")] = None,
-    halo: Annotated[int | None, typer.Option("--halo", help="Context voxels (required for models without volmla metadata).")] = None,
+    halo: Annotated[int | None, typer.Option("--halo", min=0, help="Context voxels (required for models without volmla metadata).")] = None,
     tile: Annotated[tuple[int, int, int] | None, typer.Option("--tile", help="Tile Z Y X, blended with the model's full halo (default: large blocks, one tile each with a shared context).")] = None,
     overlap: Annotated[float, typer.Option("--overlap", help="Tile overlap fraction (Gaussian blending; explicit --tile only).")] = 0.25,
-    batch: Annotated[int, typer.Option("--batch", help="Tiles per ONNX Runtime call.")] = 4,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Tiles per ONNX Runtime call.")] = 4,
     fp16: Annotated[bool, typer.Option("--fp16", help="Half precision (GPU only).")] = False,
     uncertainty: Annotated[Path | None, typer.Option("--uncertainty", help="Also write the max class probability (uint8, x255) here.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="ONNX Runtime threads per worker.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime threads per worker.")] = None,
     sigmas: Annotated[str | None, typer.Option("--sigmas", help="Feature scales for --method rf, e.g. 0.7,1,1.6,3.5,5 (the default).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for kmeans / rf.")] = 0,
     overwrite: OverwriteOpt = False,
@@ -106,6 +107,11 @@ def segment_command(
 
     if method is not None and method not in METHODS:
         raise VolmlaError(f"--method must be one of {METHODS}, got {method!r}")
+    # checked whatever the method, so a wrong value is never silently ignored
+    if not math.isfinite(overlap) or not 0.0 <= overlap < 1.0:
+        raise VolmlaError(f"--overlap must lie in [0, 1), got {overlap!r}")
+    if tile is not None and min(tile) < 1:
+        raise VolmlaError(f"--tile must be three positive sizes (z y x), got {' '.join(map(str, tile))}")
     try:
         scales = tuple(float(v) for v in sigmas.split(",")) if sigmas else None
     except ValueError:
