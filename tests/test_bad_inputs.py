@@ -396,9 +396,9 @@ CASES: dict[str, Case] = {
     "ingest-voxel-empty-part": Case("ingest ok.tif -o o.zarr --voxel-size ,,1", "--voxel-size"),
     # tile options are checked whatever the method (they were ignored by threshold, kmeans and rf)
     "segment-overlap-nan": Case("segment scan.zarr -o o.zarr --method threshold --classes 2 --overlap nan",
-                                "--overlap must lie in [0, 1)"),
+                                "overlap must lie in [0, 1)"),
     "segment-tile-zero": Case("segment scan.zarr -o o.zarr --method threshold --classes 2 --tile 0 0 0",
-                              "--tile must be three positive sizes"),
+                              "tile must be positive sizes"),
     "segment-batch-zero": Case("segment scan.zarr -o o.zarr --method threshold --classes 2 --batch 0", "--batch"),
     "segment-overwrite-a-file": Case("segment scan.zarr -o notes.txt --method threshold --classes 2 --overwrite",
                                      "notes.txt is a file, not a volume"),

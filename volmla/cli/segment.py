@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated
 
@@ -107,11 +106,6 @@ def segment_command(
 
     if method is not None and method not in METHODS:
         raise VolmlaError(f"--method must be one of {METHODS}, got {method!r}")
-    # checked whatever the method, so a wrong value is never silently ignored
-    if not math.isfinite(overlap) or not 0.0 <= overlap < 1.0:
-        raise VolmlaError(f"--overlap must lie in [0, 1), got {overlap!r}")
-    if tile is not None and min(tile) < 1:
-        raise VolmlaError(f"--tile must be three positive sizes (z y x), got {' '.join(map(str, tile))}")
     try:
         scales = tuple(float(v) for v in sigmas.split(",")) if sigmas else None
     except ValueError:
@@ -122,7 +116,7 @@ def segment_command(
     if labels is not None and forest_path is None:  # a forest trained here is kept beside the output
         forest_path = output.parent / f"{output.name.removesuffix('.zarr')}.rf.onnx"
     method = check_options(method, model=model, labels=labels, save_model=forest_path, classes=classes,
-                           uncertainty=uncertainty is not None)
+                           uncertainty=uncertainty is not None, tile=tile, overlap=overlap, batch=batch)
     vol = open_volume(input_path)
     job = {"command": "segment", "input": source_id(input_path), "method": method,
            "model": str(model.resolve()) if model else None, "classes": classes, "halo": halo,

@@ -41,7 +41,7 @@ from volmla.io import (
     open_volume,
     write_volume,
 )
-from volmla.io.outputs import INPUTS_KEY, files_fingerprint
+from volmla.io.outputs import INPUTS_KEY, check_not_file, files_fingerprint
 
 __all__ = [
     "ITK_SUFFIXES",
@@ -193,8 +193,7 @@ def precheck_output(path: str | Path, *, overwrite: bool = False) -> None:
     >>> precheck_output("/nonexistent/out.zarr")
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():  # a volume is a folder: a file is someone else's
-        raise VolmlaError(f"output {path} is a file, not a volume: refusing to replace it")
+    check_not_file(path)
     if not path.exists() or overwrite:
         return
     if is_volume(path):

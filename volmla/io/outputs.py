@@ -41,7 +41,7 @@ INPUTS_KEY = "input_fingerprints"
 
 OutputState = Literal["new", "resume", "replace", "done"]
 
-__all__ = ["ATTR", "DONE_DIR", "INPUTS_KEY", "OutputState", "check_not_input", "check_output", "decide_output",
+__all__ = ["ATTR", "DONE_DIR", "INPUTS_KEY", "OutputState", "check_not_file", "check_not_input", "check_output", "decide_output",
            "files_fingerprint", "input_fingerprint", "is_volume", "job_fingerprint", "job_identity", "job_inputs", "output_state",
            "read_attrs", "source_id", "volmla_block"]
 
@@ -443,6 +443,19 @@ def check_not_input(output: str | Path, inputs: Iterable[str | Path]) -> None:
             raise VolmlaError(f"output {output} lies inside the input {item}: write the result to another path")
         if out in inp.parents:
             raise VolmlaError(f"input {item} lies inside the output {output}: write the result to another path")
+
+
+def check_not_file(path: str | Path) -> None:
+    """Refuse a volume output where a plain file lies (a volume is a folder: the file is
+    someone else's, and ``overwrite`` never deletes it).
+
+    Examples
+    --------
+    >>> check_not_file("/nonexistent/out.zarr")
+    """
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        raise VolmlaError(f"output {path} is a file, not a volume: refusing to replace it")
 
 
 def _changed_inputs(block: Mapping[str, Any], identity: Mapping[str, Any]) -> list[str]:

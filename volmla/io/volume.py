@@ -58,6 +58,7 @@ from volmla.io.outputs import (
     ATTR,
     DONE_DIR,
     INPUTS_KEY,
+    check_not_file,
     check_not_input,
     decide_output,
     is_volume,
@@ -431,8 +432,8 @@ def write_volume(
         mode = decide_output(path, fingerprint, overwrite=overwrite, identity=identity)
         if mode == "done":
             raise VolmlaError(f"output {path} exists: pass overwrite=True to replace it")
-        if mode == "replace" and not path.is_dir():
-            raise VolmlaError(f"output {path} is a file, not a volume: refusing to replace it")
+        if mode == "replace":
+            check_not_file(path)
         if mode == "replace" and path.is_dir() and not any((path / m).exists() for m in ("zarr.json", ".zgroup")) \
                 and any(path.iterdir()):
             raise VolmlaError(f"output {path} is a folder but no Zarr group: refusing to replace it")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def read_yaml(path: str | Path, *, what: str = "config") -> Any:
         raise VolmlaError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
 
 
+@functools.cache
 def _unique_key_loader() -> type:
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps
     the last silently: a config with two ``out:`` lines would write to the second)."""

@@ -53,7 +53,13 @@ from volmla.liberation.stats import (
     grade_recovery,
 )
 from volmla.liberation.subvolumes import representativeness
-from volmla.liberation.summary import Summary, _nan_to_none, liberation_summary, provenance
+from volmla.liberation.summary import (
+    Summary,
+    _nan_to_none,
+    input_path,
+    liberation_summary,
+    provenance,
+)
 from volmla.liberation.uncertainty import bootstrap
 from volmla.types import VolumeLike
 
@@ -94,8 +100,7 @@ def _check_out_not_input(out: Path, *volumes: VolumeLike | None) -> None:
     (``overwrite`` would replace the input with the report)."""
     from volmla.io.outputs import check_not_input
 
-    sources = [(getattr(v, "attrs", None) or {}).get("path") for v in volumes if v is not None]
-    check_not_input(out, [str(s) for s in sources if s])
+    check_not_input(out, [s for s in (input_path(v) for v in volumes if v is not None) if s])
 
 
 def check_options(

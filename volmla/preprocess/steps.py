@@ -177,10 +177,11 @@ def parse_step(text: str) -> Step:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise VolmlaError(f"step {name}: parameters must be key=value, got {item!r} in {text!r}")
-        if key.strip().replace("-", "_") in params:
+        field = key.strip().replace("-", "_")
+        if field in params:
             raise VolmlaError(f"step {name}: parameter {key.strip()!r} given twice in {text!r}")
         try:
-            params[key.strip().replace("-", "_")] = yaml.safe_load(value.strip())
+            params[field] = yaml.safe_load(value.strip())
         except yaml.YAMLError:
             raise VolmlaError(f"step {name}: cannot read value {value!r} of {key.strip()}") from None
     return make_step(name, params)

@@ -97,7 +97,7 @@ def context_crops(
         float32 crops; empty when the scan cannot hold a block of ``multiple`` voxels
         plus the halo (the context is then left to :func:`volmla.segment.infer.default_context`).
     """
-    spatial = [int(n) for n in (shape if dim == 3 else shape[1:])]
+    spatial = [int(n) for n in _spatial(shape, dim)]
     room = min(spatial) - 2 * int(halo)
     size = min(int(block), room - room % max(int(multiple), 1))
     if size < max(int(multiple), 1):
@@ -108,10 +108,9 @@ def context_crops(
     for _ in range(int(crops)):
         starts = [int(rng.integers(0, n - edge + 1)) for n in spatial]
         box = tuple(slice(s, s + edge) for s in starts)
-        if dim == 2:
+        if dim == 2:  # a few slices at random z, the same (y, x) window
             zs = np.sort(rng.choice(int(shape[0]), size=min(4, int(shape[0])), replace=False))
-            box = (slice(None),) + box
-            region = np.stack([np.asarray(read((slice(int(z), int(z) + 1),) + box[1:]))[0] for z in zs])
+            region = np.stack([np.asarray(read((slice(int(z), int(z) + 1), *box)))[0] for z in zs])
         else:
             region = np.asarray(read(box))
         out.append(region.astype(np.float32, copy=False))
@@ -128,10 +127,14 @@ def block_voxels(crops: Sequence[np.ndarray], *, halo: int, dim: int) -> int:
     """
     total = 0
     for crop in crops:
-        spatial = crop.shape if dim == 3 else crop.shape[1:]
         lead = 1 if dim == 3 else int(crop.shape[0])
-        total += lead * int(np.prod([max(int(n) - 2 * int(halo), 0) for n in spatial]))
+        total += lead * int(np.prod([max(int(n) - 2 * int(halo), 0) for n in _spatial(crop.shape, dim)]))
     return total
+
+
+def _spatial(shape: Sequence[int], dim: int) -> tuple[int, ...]:
+    """The axes a model's context spans: all three for a 3-D model, (y, x) for a 2-D one."""
+    return tuple(shape) if dim == 3 else tuple(shape[1:])
 
 
 def _labels(predict: Predict, tile: np.ndarray, dim: int) -> np.ndarray:
@@ -186,7 +189,7 @@ def context_agreement(predict: Predict, crops: Sequence[np.ndarray], *, halo: in
     lead = () if dim == 3 else (slice(None),)
     references = []
     for crop in crops:
-        spatial = crop.shape if dim == 3 else crop.shape[1:]
+        spatial = _spatial(crop.shape, dim)
         if min(spatial) <= 2 * h:
             raise VolmlaError(f"a crop of shape {crop.shape} holds no block inside a halo of {h}")
         references.append(_labels(predict, crop, dim)[lead + tuple(slice(h, n - h) for n in spatial)])
@@ -195,7 +198,7 @@ def context_agreement(predict: Predict, crops: Sequence[np.ndarray], *, halo: in
     for c in range(0, h, m):
         equal = 0
         for crop, reference in zip(crops, references, strict=True):
-            spatial = crop.shape if dim == 3 else crop.shape[1:]
+            spatial = _spatial(crop.shape, dim)
             got = _labels(predict, crop[lead + tuple(slice(h - c, n - h + c) for n in spatial)], dim)
             core = lead + tuple(slice(c, n - c) for n in got.shape[-len(spatial):])
             equal += int((got[core] == reference).sum())

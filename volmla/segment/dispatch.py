@@ -136,6 +136,9 @@ def check_options(
     save_model: str | Path | None = None,
     classes: int | None = None,
     uncertainty: bool = False,
+    tile: Any = None,
+    overlap: float = 0.25,
+    batch: int = 4,
 ) -> SegmentMethod:
     """Resolve the method and check that it has what it needs, computing nothing.
 
@@ -147,6 +150,10 @@ def check_options(
     method, model, labels, save_model, classes, uncertainty
         As for :func:`segment_phases` (``labels`` may be a path here: only whether
         they are given matters).
+    tile, overlap, batch
+        U-Net tiling options, checked whatever the method
+        (:func:`volmla.segment.infer.check_tiling`): a wrong value is an error, not
+        silently ignored by a method that does not tile.
 
     Returns
     -------
@@ -160,6 +167,9 @@ def check_options(
     ...
     volmla.errors.VolmlaError: method threshold needs classes=K
     """
+    from volmla.segment.infer import check_tiling
+
+    check_tiling(tile=tile, overlap=overlap, batch=batch)
     resolved = resolve_method(method, model=model, labels=labels)
     if resolved == "regions":
         if labels is None:
@@ -328,7 +338,7 @@ def segment_phases(
     (('void', 'class1'), [32, 32])
     """
     resolved = check_options(method, model=model, labels=labels, save_model=save_model, classes=classes,
-                             uncertainty=uncertainty)
+                             uncertainty=uncertainty, tile=tile, overlap=overlap, batch=batch)
     if phase_names is not None and resolved != "regions":
         raise VolmlaError(f"phase_names= is for method regions (the names of the labelled phases), got method {resolved}")
     if resolved in ("threshold", "kmeans"):

@@ -53,15 +53,12 @@ class ExportReport(NamedTuple):
 
 def _metadata(meta: dict[str, Any]) -> dict[str, Any]:
     arch = meta["arch"]
-    return {
+    out = {
         "format": UNET_FORMAT,
         "dim": int(arch["dim"]),
         "classes": list(meta["classes"]),
         "norm": [float(v) for v in meta["norm"]],
         "halo": int(meta["halo"]),
-        **({"context": int(meta["context"]),
-            "context_agreement": {str(k): float(v) for k, v in (meta.get("context_agreement") or {}).items()}}
-           if meta.get("context") is not None else {}),
         "tile": [int(t) for t in meta["tile"]],
         "multiple": size_multiple(int(arch["depth"])),
         "target": meta.get("target", "phases"),
@@ -69,6 +66,10 @@ def _metadata(meta: dict[str, Any]) -> dict[str, Any]:
         "input": "(N, 1, Z, Y, X) float32" if arch["dim"] == 3 else "(N, 1, Y, X) float32",
         "output": "(N, C, ...) logits",
     }
+    if meta.get("context") is not None:  # measured at training (older checkpoints: absent)
+        out["context"] = int(meta["context"])
+        out["context_agreement"] = {str(k): float(v) for k, v in (meta.get("context_agreement") or {}).items()}
+    return out
 
 
 def parity(model: torch.nn.Module, onnx_path: str | Path, shapes: list[tuple[int, ...]], *, seed: int = 0) -> tuple[float, float]:

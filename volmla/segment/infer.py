@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "TILE_BYTES",
     "Segmentation",
+    "check_tiling",
     "default_context",
     "plan_blocks",
     "predict_block",
@@ -336,6 +337,31 @@ class Segmentation(NamedTuple):
     halo: tuple[int, int, int]
 
 
+def check_tiling(*, tile: Any = None, overlap: float = 0.25, batch: int = 1) -> None:
+    """The tiling options' checks that need no model (the model's own are in
+    :func:`segment`): ``overlap`` in [0, 1), ``batch`` >= 1, ``tile`` None, ``"block"`` or
+    positive sizes. :func:`volmla.segment.dispatch.check_options` runs them for every
+    method, so a wrong value is never silently ignored.
+
+    Examples
+    --------
+    >>> check_tiling(tile=(64, 64, 64), overlap=0.25, batch=4)
+    >>> check_tiling(overlap=float("nan"))
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: overlap must lie in [0, 1), got nan
+    """
+    if not 0 <= overlap < 1:  # nan fails too
+        raise VolmlaError(f"overlap must lie in [0, 1), got {overlap!r}")
+    if batch < 1:
+        raise VolmlaError(f"batch must be at least 1, got {batch!r}")
+    if tile is None or isinstance(tile, str):
+        return  # "block" or another string: _normalise_tile names it
+    values = [tile] if isinstance(tile, int | np.integer) else list(tile)
+    if not values or min(int(v) for v in values) < 1:
+        raise VolmlaError(f"tile must be positive sizes (z, y, x), 'block' or None, got {tile!r}")
+
+
 def _normalise_tile(tile: Any, info: ModelInfo) -> tuple[int, ...] | None:
     if isinstance(tile, str):
         if tile != "block":
@@ -584,10 +610,7 @@ def segment(
 
     info = inspect_model(model, halo=halo)
     data = as_volume(volume, name="intensity", finite=True).data
-    if not 0 <= overlap < 1:
-        raise VolmlaError(f"overlap must lie in [0, 1), got {overlap!r}")
-    if batch < 1:
-        raise VolmlaError(f"batch must be at least 1, got {batch!r}")
+    check_tiling(tile=tile, overlap=overlap, batch=batch)
     if context is not None and (int(context) != context or context < 0):
         raise VolmlaError(f"context must be a non-negative integer, got {context!r}")
     providers = select_providers(device)

@@ -521,8 +521,9 @@ def _calibrate_context(model: UNet, image: da.Array, *, lo: float, scale: float,
 
     halo, multiple = receptive_halo(config.depth), size_multiple(config.depth)
 
-    def read(box: tuple[slice, ...]) -> np.ndarray:
-        return (np.asarray(image[box].compute(), np.float32) - np.float32(lo)) * np.float32(scale)
+    def read(box: tuple[slice, ...]) -> np.ndarray:  # as the patch sampler reads: in this process
+        region = read_region(image, [b.start for b in box], [b.stop - b.start for b in box])
+        return (region.astype(np.float32) - np.float32(lo)) * np.float32(scale)
 
     crops = context_crops(read, image.shape, halo=halo, multiple=multiple, dim=config.dim,
                           rng=np.random.default_rng(config.seed + 2))
