@@ -400,6 +400,13 @@ CASES: dict[str, Case] = {
     "segment-tile-zero": Case("segment scan.zarr -o o.zarr --method threshold --classes 2 --tile 0 0 0",
                               "tile must be positive sizes"),
     "segment-batch-zero": Case("segment scan.zarr -o o.zarr --method threshold --classes 2 --batch 0", "--batch"),
+    # the forest a run trains is one ONNX file: never written over a volume, the output or the input
+    "segment-save-model-a-volume": Case("segment scan.zarr -o o.zarr --method rf --labels phases.zarr "
+                                        "--save-model phases.zarr --overwrite", "is a folder"),
+    "segment-save-model-is-output": Case("segment scan.zarr -o o.zarr --method rf --labels phases.zarr "
+                                         "--save-model o.zarr", "--save-model o.zarr is --output"),
+    "segment-save-model-is-input": Case("segment scan.zarr -o o.zarr --method rf --labels phases.zarr "
+                                        "--save-model scan.zarr --overwrite", "--save-model scan.zarr is the input"),
     "segment-overwrite-a-file": Case("segment scan.zarr -o notes.txt --method threshold --classes 2 --overwrite",
                                      "notes.txt is a file, not a volume"),
 }

@@ -184,6 +184,13 @@ def test_corrected_grey_takes_out_the_blur_of_the_surface(chunks: tuple[int, int
         corrected_grey(img, part, levels, psf_sigma=-1.0)
 
 
+def test_forest_is_never_saved_over_a_folder(tmp_path) -> None:
+    (tmp_path / "scan.zarr").mkdir()
+    with pytest.raises(VolmlaError, match="is a folder"):
+        check_options("rf", labels="l.zarr", save_model=tmp_path / "scan.zarr")
+    assert check_options("rf", labels="l.zarr", save_model=tmp_path / "rf.onnx") == "rf"
+
+
 def test_dispatch_regions_is_the_default_with_labels() -> None:
     assert resolve_method(None, labels="labels.zarr") == "regions"
     assert check_options(None, labels="labels.zarr") == "regions"

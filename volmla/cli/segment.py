@@ -115,6 +115,10 @@ def segment_command(
         raise VolmlaError("--particles is for --method regions")
     if labels is not None and forest_path is None:  # a forest trained here is kept beside the output
         forest_path = output.parent / f"{output.name.removesuffix('.zarr')}.rf.onnx"
+    if labels is not None and forest_path is not None:
+        for other, name in ((output, "--output"), (uncertainty, "--uncertainty"), (Path(input_path), "the input")):
+            if other is not None and forest_path.resolve() == other.resolve():
+                raise VolmlaError(f"--save-model {forest_path} is {name}: give the forest a file of its own")
     method = check_options(method, model=model, labels=labels, save_model=forest_path, classes=classes,
                            uncertainty=uncertainty is not None, tile=tile, overlap=overlap, batch=batch)
     vol = open_volume(input_path)

@@ -185,6 +185,8 @@ def check_options(
             raise VolmlaError("method rf needs either labels=SPARSE_LABELS (to train) or model=rf.onnx")
         if labels is not None and save_model is None:
             raise VolmlaError("training a random forest needs save_model=rf.onnx (where to write it)")
+        if labels is not None and Path(save_model).is_dir():  # type: ignore[arg-type]
+            raise VolmlaError(f"save_model {save_model} is a folder: the random forest is written as one ONNX file")
     if uncertainty and resolved != "unet":
         raise VolmlaError("uncertainty=True works with U-Net models only")
     return resolved
