@@ -35,6 +35,16 @@ Speed of ``volmla particles`` (plan + write, file to file, the CLI's path) from 
 phantom of seed 0 tiled to N^3, with scikit-image's in-memory recipe timed alongside
 (``particles_speed.json`` at 384, ``particles_speed_N.json`` otherwise; N defaults to 192):
     python benchmarks/bench_particles.py --speed 384
+Where the matched fraction from the CT is lost (``particles_limits.json``, about four
+minutes): the ``"auto"`` mask split perfectly (nearest true particle), the same for the
+noise-free scan, and volmla's split with the mask's blur-filled creases between
+particles carved away using the truth (:func:`limits_case`):
+    python benchmarks/bench_particles.py --limits
+Particles from a learned border/interior map (``particles_learned.json``; needs torch):
+a depth-3 U-Net trained per level on the phantom of seed 100 (``--iterations``,
+default 1500: about eight minutes on 2 cores), then on each test seed the CT segmented
+by it and ``label_particles(threshold="interior")``, with the default from the CT alongside:
+    python benchmarks/bench_particles.py --learned --levels hard
 """
 
 from __future__ import annotations
@@ -56,6 +66,10 @@ from volmla.engine.cluster import compute
 from volmla.particles import label_particles, otsu_threshold
 from volmla.particles.evaluate import match_particles
 from volmla.synthetic import crushed_ore
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _phantom_set import add_set_option, parse_set  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -90,9 +104,10 @@ def _mask_agreement(pred: np.ndarray, truth_solid: np.ndarray) -> dict[str, floa
     }
 
 
-def run_case(shape: int, seed: int, level: str, snow: Callable[[np.ndarray], np.ndarray] | None) -> list[dict[str, Any]]:
+def run_case(shape: int, seed: int, level: str, snow: Callable[[np.ndarray], np.ndarray] | None,
+             overrides: dict[str, float] | None = None) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
-    ore = crushed_ore(shape=shape, seed=seed, level=level)
+    ore = crushed_ore(shape=shape, seed=seed, level=level, **(overrides or {}))
     t_phantom = time.perf_counter() - t0
     truth = ore.particles
     solid = truth > 0
@@ -291,6 +306,182 @@ def speed(n: int, *, workers: int, out: Path) -> int:
     return 0
 
 
+def _nearest_true(mask: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """A perfect split of ``mask``: each voxel takes the id of the nearest true particle voxel."""
+    from scipy import ndimage as ndi
+
+    idx = ndi.distance_transform_edt(truth == 0, return_distances=False, return_indices=True)
+    return np.where(mask, truth[tuple(idx)], 0).astype(np.uint32)
+
+
+def _split_in_memory(mask: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """The split of :func:`label_particles` on one in-memory block (no dust removal)."""
+    import fastremap
+
+    from volmla.particles.split import split_block
+
+    keys = split_block(mask, weight=fill)
+    return fastremap.renumber(np.where(mask, keys, 0).astype(np.uint64), in_place=False)[0].astype(np.uint32)
+
+
+def limits_case(shape: int, seed: int, level: str, overrides: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Where the matched fraction from the CT is lost: the mask, the noise, or the blur-filled creases.
+
+    From the ``"auto"`` mask (pores filled) and its fill weight, in memory:
+
+    - ``split``: volmla's split of it (as :func:`label_particles`, without dust removal);
+    - ``mask_cap``: a perfect split of the same mask (each voxel takes the nearest true
+      particle's id): what the mask alone allows;
+    - ``noiseless_mask_cap``: the same for the mask of the noise-free scan;
+    - ``creases_removed``: volmla's split of the mask without the voxels it adds within
+      two voxels of two true particles (blur-filled creases and sub-voxel gaps, found
+      with the truth): what the split would reach if those were carved away.
+    """
+    from scipy import ndimage as ndi
+
+    from volmla.particles.mask import auto_solid
+
+    ore = crushed_ore(shape=shape, seed=seed, level=level, **(overrides or {}))
+    truth = ore.particles
+    solid = truth > 0
+    found = auto_solid(ore.intensity)
+    mask = ndi.binary_fill_holes(np.asarray(found.mask.compute()))
+    fill = np.asarray(found.fill.compute())
+    quiet = ndi.binary_fill_holes(np.asarray(auto_solid(ore.noiseless).mask.compute()))
+    ball = np.ones((5, 5, 5), bool)
+    big = np.iinfo(np.int64).max
+    near_two = ndi.maximum_filter(truth.astype(np.int64), footprint=ball) != ndi.minimum_filter(
+        np.where(solid, truth, big).astype(np.int64), footprint=ball)
+    creases = mask & ~solid & near_two & (ndi.minimum_filter(np.where(solid, truth, big), footprint=ball) < big)
+    variants = {
+        "split": _split_in_memory(mask, fill),
+        "mask_cap": _nearest_true(mask, truth),
+        "noiseless_mask_cap": _nearest_true(quiet, truth),
+        "creases_removed": _split_in_memory(mask & ~creases, fill),
+    }
+    rows = []
+    for name, pred in variants.items():
+        m = match_particles(pred, truth, iou=0.8)
+        rows.append({"level": level, "seed": seed, "variant": name, **m._asdict(), **_mask_agreement(pred, solid),
+                     "crease_voxels": float(creases.sum() / max(int(solid.sum()), 1))})
+        print(f"{level:4s} seed {seed} {name:19s} matched {m.matched_fraction:6.1%} merges {m.merges:3d} "
+              f"splits {m.splits:3d} count {m.count_error:+6.1%}", flush=True)
+    return rows
+
+
+def limits(args: argparse.Namespace) -> int:
+    """``--limits``: :func:`limits_case` over the seeds and levels, to ``particles_limits.json``."""
+    t0 = time.perf_counter()
+    rows = [r for level in args.levels for seed in args.seeds for r in limits_case(args.shape, seed, level, args.set)]
+    summary = []
+    for level in args.levels:
+        for variant in ("split", "mask_cap", "noiseless_mask_cap", "creases_removed"):
+            sel = [r for r in rows if (r["level"], r["variant"]) == (level, variant)]
+            summary.append({"level": level, "variant": variant, "cases": len(sel),
+                            **{k: float(np.mean([r[k] for r in sel])) for k in
+                               ("matched_fraction", "count_error", "solid_lost", "solid_added", "crease_voxels")},
+                            "merges": int(sum(r["merges"] for r in sel)), "splits": int(sum(r["splits"] for r in sel))})
+            s = summary[-1]
+            print(f"{level:4s} {variant:19s} matched {s['matched_fraction']:6.1%} merges {s['merges']:4d} "
+                  f"splits {s['splits']:4d} solid lost {s['solid_lost']:.1%} added {s['solid_added']:.1%}")
+    out = RESULTS / "particles_limits.json" if args.out == RESULTS / "particles.json" else args.out
+    payload = {"benchmark": "particles --limits", "shape": [args.shape] * 3, "seeds": args.seeds,
+               "levels": args.levels, "overrides": args.set, "iou": 0.8, "exclude_border": True,
+               "doc": limits_case.__doc__,
+               "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
+               "total_seconds": time.perf_counter() - t0, "summary": summary, "cases": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    print(f"wrote {out} ({payload['total_seconds']:.0f} s)")
+    return 0
+
+
+LEARNED_TRAIN_SEED = 100
+"""Seed of the phantom the ``--learned`` U-Net is trained on (never a test seed)."""
+
+
+def train_particle_model(level: str, *, shape: int, iterations: int, folder: Path,
+                         overrides: dict[str, float] | None = None) -> tuple[Path, dict[str, Any]]:
+    """A background / interior / boundary U-Net trained on one phantom of :data:`LEARNED_TRAIN_SEED`.
+
+    The true particle ids of that phantom are the labels (``volmla train --target
+    particles``); the depth-3, base-8 U-Net of the demo, patches of 40^3, a cupping-like
+    gain augmentation. Returns the exported ONNX file and the training figures.
+    """
+    from volmla.segment.export import export
+    from volmla.segment.train import TrainConfig, save_model, train
+
+    ore = crushed_ore(shape=shape, seed=LEARNED_TRAIN_SEED, level=level, **(overrides or {}))
+    config = TrainConfig(target="particles", iterations=iterations, patch=40, batch=4, val_every=50,
+                         patience=max(iterations // 50, 8), gain=0.15)
+    t = time.perf_counter()
+    result = train(ore.intensity, ore.particles, config=config)
+    seconds = time.perf_counter() - t
+    save_model(result, folder / f"particles-{level}.pt")
+    onnx = folder / f"particles-{level}.onnx"
+    export(folder / f"particles-{level}.pt", onnx, overwrite=True)
+    last = result.history[-1] if result.history else {}
+    return onnx, {"train_seed": LEARNED_TRAIN_SEED, "train_shape": [shape] * 3, "iterations": iterations,
+                  "best_iteration": result.best_iteration, "train_seconds": seconds,
+                  "val_accuracy": last.get("val_accuracy"), "context": result.context}
+
+
+def learned(args: argparse.Namespace) -> int:
+    """``--learned``: particles from a U-Net's interior/boundary map against the default from the CT.
+
+    Per level, a model is trained on the phantom of :data:`LEARNED_TRAIN_SEED`
+    (:func:`train_particle_model`); on each test seed the CT is segmented by it
+    (:func:`volmla.segment.infer.segment`) and the map labelled with
+    ``label_particles(threshold="interior")``; the default ``label_particles`` from the CT
+    runs alongside. Needs torch (the ``train`` extra).
+    """
+    import tempfile
+
+    from volmla.segment.infer import segment
+
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    models: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="volmla-bench-learned-") as tmp:
+        folder = Path(tmp) if args.keep_models is None else args.keep_models
+        folder.mkdir(parents=True, exist_ok=True)
+        for level in args.levels:
+            onnx, models[level] = train_particle_model(level, shape=args.shape, iterations=args.iterations,
+                                                       folder=folder, overrides=args.set)
+            print(f"{level}: trained in {models[level]['train_seconds']:.0f} s "
+                  f"(val accuracy {models[level]['val_accuracy']})", flush=True)
+            for seed in args.seeds:
+                ore = crushed_ore(shape=args.shape, seed=seed, level=level, **args.set)
+                truth = ore.particles
+                t = time.perf_counter()
+                classes = np.asarray(compute([segment(ore.intensity, model=onnx).phases], desc="segment")[0])
+                t_seg = time.perf_counter() - t
+                for method, fn in (("volmla-learned", lambda c=classes: _volmla(c, threshold="interior")),
+                                   ("volmla", lambda o=ore: _volmla(o.intensity))):
+                    t = time.perf_counter()
+                    pred = fn()
+                    dt = time.perf_counter() - t + (t_seg if method == "volmla-learned" else 0.0)
+                    m = match_particles(pred, truth, iou=0.8)
+                    rows.append({"level": level, "seed": seed, "shape": [args.shape] * 3, "source": "ct",
+                                 "method": method, **m._asdict(), "seconds": dt, "segment_seconds": t_seg,
+                                 "mvox_per_s": truth.size / dt / 1e6, **_mask_agreement(pred, truth > 0)})
+                    print(f"{level:4s} seed {seed} {method:14s} matched {m.matched_fraction:6.1%} merges "
+                          f"{m.merges:3d} splits {m.splits:3d} count {m.count_error:+6.1%} {dt:6.2f} s", flush=True)
+    summary = summarise(rows)
+    table = _table(summary)
+    print(table)
+    out = RESULTS / "particles_learned.json" if args.out == RESULTS / "particles.json" else args.out
+    payload = {"benchmark": "particles --learned", "shape": [args.shape] * 3, "seeds": args.seeds,
+               "levels": args.levels, "overrides": args.set, "iou": 0.8, "exclude_border": True,
+               "doc": learned.__doc__, "models": models,
+               "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
+               "total_seconds": time.perf_counter() - t0, "summary": summary, "cases": rows, "table_markdown": table}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    print(f"wrote {out} ({payload['total_seconds']:.0f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, default=128, help="cube edge of the phantoms (scan voxels)")
@@ -303,7 +494,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="only time volmla particles (CT and true solid) and the skimage peer at N^3 "
                          "(default 192; the reference size is 384)")
     ap.add_argument("--workers", type=int, default=2, help="workers of the --speed cluster")
+    ap.add_argument("--limits", action="store_true",
+                    help="where the matched fraction from the CT is lost (particles_limits.json): "
+                         "the mask, its noise, the blur-filled creases")
+    ap.add_argument("--learned", action="store_true",
+                    help="particles from a U-Net's interior/boundary map, trained on a phantom of another seed "
+                         "(particles_learned.json; needs torch)")
+    ap.add_argument("--iterations", type=int, default=1500, help="training iterations of the --learned U-Net")
+    ap.add_argument("--keep-models", type=Path, default=None, metavar="DIR",
+                    help="keep the --learned models (particles-LEVEL.onnx) in DIR")
+    add_set_option(ap)
     args = ap.parse_args(argv)
+    args.set = parse_set(ap, args.set)
+    if args.limits:
+        return limits(args)
+    if args.learned:
+        return learned(args)
     if args.speed:
         name = "particles_speed.json" if args.speed == 384 else f"particles_speed_{args.speed}.json"
         return speed(args.speed, workers=args.workers, out=RESULTS / name)
@@ -316,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for level in args.levels:
         for seed in args.seeds:
-            rows.extend(run_case(args.shape, seed, level, snow))
+            rows.extend(run_case(args.shape, seed, level, snow, args.set))
     summary = summarise(rows)
     table = _table(summary)
     print(table)
@@ -325,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         "shape": [args.shape] * 3,
         "seeds": args.seeds,
         "levels": args.levels,
+        "overrides": args.set,
         "iou": 0.8,
         "exclude_border": True,
         "peer": snow_note,

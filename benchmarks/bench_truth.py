@@ -46,7 +46,9 @@ share), per phase with signed LD errors (default ``--output``: ``results/truth_e
 e.g. ``--levels hard --seeds 0 1 2 3 4 5 6 7 8``); ``--depth N`` runs it with the region
 pooling's ``depth=N`` (``results/truth_e2e_depth2.json``, ``truth_e2e_depth3.json``);
 ``--set KEY=VALUE`` (repeatable) replaces a phantom parameter of the level (e.g.
-``--set contrast=2 --set radius=8``: where the default path meets its targets).
+``--set contrast=2 --set radius=8``: where the default path meets its targets);
+``--particles-model DIR/particles-LEVEL.onnx`` takes the CT's own particles from a particle
+U-Net's interior/boundary map (``bench_particles.py --learned --keep-models DIR``).
 ``--evidence`` measures what the grey holds about small intergrown particles: the
 chi-square gain of their true grain labelling over one phase, against the null of a
 per-particle plane-split test on truly free particles (:func:`run_evidence_case`; default
@@ -67,6 +69,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _phantom_set import add_set_option, parse_set  # noqa: E402
 
 NAMES = ["quartz", "feldspar", "pyrite"]
 KEYS = ("today", "cleaned_pv", "regions_pv", "regions_opt_pv", "regions_mrf", "truth_phases_pv")
@@ -134,11 +140,17 @@ def _purity(particles: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> 
     return rows
 
 
-def _own_particles(intensity: np.ndarray) -> np.ndarray:
-    """The CT's own particles (:func:`volmla.particles.label_particles` defaults), in memory."""
+def _own_particles(intensity: np.ndarray, model: Path | None = None) -> np.ndarray:
+    """The CT's own particles (:func:`volmla.particles.label_particles` defaults), in memory;
+    with ``model`` (a particle U-Net's ONNX file) from its interior/boundary map instead."""
     from volmla.particles import label_particles
 
-    return np.asarray(label_particles(intensity, voxel_size=1.0).labels.compute())
+    if model is None:
+        return np.asarray(label_particles(intensity, voxel_size=1.0).labels.compute())
+    from volmla.segment.infer import segment
+
+    classes = np.asarray(segment(intensity, model=model).phases.compute())
+    return np.asarray(label_particles(classes, threshold="interior", voxel_size=1.0).labels.compute())
 
 
 def _overall(df: pd.DataFrame, truth: dict[str, Any]) -> dict[str, Any]:
@@ -306,7 +318,7 @@ def run_geometry_case(shape: int, seed: int, level: str) -> dict[str, Any]:
 
 
 def run_e2e_case(shape: int, seed: int, level: str, *, depth: int | None = None,
-                 overrides: dict[str, float] | None = None) -> dict[str, Any]:
+                 overrides: dict[str, float] | None = None, particles_model: Path | None = None) -> dict[str, Any]:
     """End to end, and the same with the true phases or the true particles put back
     (``depth``: the region pooling's, :data:`volmla.segment.pooled.DEFAULT_DEPTH` if None;
     ``overrides``: phantom parameters that replace the level's, e.g. ``{"contrast": 2.0}``)."""
@@ -316,12 +328,13 @@ def run_e2e_case(shape: int, seed: int, level: str, *, depth: int | None = None,
 
     ore = crushed_ore(shape=shape, seed=seed, level=level, **(overrides or {}))
     labels = _sparse_labels(ore.phases)
-    own = _own_particles(ore.intensity)
+    own = _own_particles(ore.intensity, particles_model)
     kw = {} if depth is None else {"depth": depth}
     own_phases = np.asarray(region_phases(ore.intensity, own, labels, **kw).compute())
     true_particle_phases = np.asarray(region_phases(ore.intensity, ore.particles, labels, **kw).compute())
     out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level, "depth": depth,
                            "overrides": dict(overrides or {}),
+                           "particles_model": None if particles_model is None else str(particles_model),
                            "n_particles": {"true": int(len(ore.table)), "own": int(own.max())},
                            # voxels (the phantom's voxel size is 1 um): the particles' size against the voxel
                            "median_equivalent_radius": float(np.median(ore.table["esd_um"].to_numpy(np.float64)) / 2)}
@@ -338,7 +351,8 @@ def _end_to_end_only(args: argparse.Namespace) -> int:
     cases = []
     for level in args.levels:
         for seed in args.seeds:
-            case = run_e2e_case(args.shape, seed, level, depth=args.depth, overrides=args.set)
+            model = None if args.particles_model is None else Path(str(args.particles_model).replace("LEVEL", level))
+            case = run_e2e_case(args.shape, seed, level, depth=args.depth, overrides=args.set, particles_model=model)
             print(f"{level} seed {seed}: LD error (quartz, feldspar, pyrite) " + "; ".join(
                 f"{k} " + " ".join(f"{case[k][p]['ld_signed_error']:+.3f}" for p in NAMES) for k in keys),
                 file=sys.stderr, flush=True)
@@ -533,25 +547,20 @@ def main(argv: list[str] | None = None) -> int:
                              "their true labelling against a plane-split test's null (true particles)")
     parser.add_argument("--depth", type=int, default=None,
                         help="with --end-to-end-only: the region pooling's depth (default: the library's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="with --end-to-end-only: a phantom parameter replacing the level's (crushed_ore's "
-                             "keywords: contrast, radius, noise_sigma, psf_sigma, density, ...); repeatable")
+    add_set_option(parser, prefix="with --end-to-end-only: ")
+    parser.add_argument("--particles-model", type=Path, default=None, metavar="ONNX",
+                        help="with --end-to-end-only: the CT's own particles from this particle U-Net's "
+                             "interior/boundary map (LEVEL in the name is replaced by the level), e.g. the "
+                             "models of bench_particles.py --learned --keep-models DIR")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     if args.depth is not None and not args.end_to_end_only:
         parser.error("--depth applies to --end-to-end-only only")
+    if args.particles_model is not None and not args.end_to_end_only:
+        parser.error("--particles-model applies to --end-to-end-only only")
     if args.set and not args.end_to_end_only:
         parser.error("--set applies to --end-to-end-only only")
-    overrides: dict[str, float] = {}
-    for item in args.set:
-        key, eq, value = item.partition("=")
-        try:
-            overrides[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
-        except ValueError:
-            parser.error(f"--set needs KEY=NUMBER, got {item!r}")
-        if not eq or not key.strip():
-            parser.error(f"--set needs KEY=NUMBER, got {item!r}")
-    args.set = overrides
+    args.set = parse_set(parser, args.set)
     from volmla.segment.regions import MIN_GRAIN
 
     if args.quick:

@@ -135,6 +135,8 @@ def _yaml(root: Path) -> None:
         "run_lib_names_twice": base.format(out="r22") + "liberation: {phase_names: [a, a]}\n",
         "run_out_file": "out: notes.txt\ninput: scan.zarr\nsegment: {method: threshold, classes: 3}\n",
         "run_key_twice": base.format(out="r23") + "out: r24\n",
+        "run_particle_model_flat": base.format(out="r25") + "particles: {model: flat2d.onnx}\n",
+        "run_particle_model_garbage": base.format(out="r26") + "particles: {model: garbage.onnx}\n",
     }
     for name, text in configs.items():
         (root / f"{name}.yaml").write_text(text)
@@ -407,6 +409,15 @@ CASES: dict[str, Case] = {
                                          "--save-model o.zarr", "--save-model o.zarr is --output"),
     "segment-save-model-is-input": Case("segment scan.zarr -o o.zarr --method rf --labels phases.zarr "
                                         "--save-model scan.zarr --overwrite", "--save-model scan.zarr is the input"),
+    # a run's particle U-Net must be one (background, interior, boundary), checked before any stage
+    "run-particle-model-not-particles": Case("run run_particle_model_flat.yaml",
+                                              "flat2d.onnx must output 2..255 class channels"),
+    "run-particle-model-garbage": Case("run run_particle_model_garbage.yaml", "garbage.onnx"),
+    # a learned border/interior map is a phases volume
+    "particles-interior-on-intensity": Case("particles scan.zarr -o o.zarr --threshold interior",
+                                            "scan.zarr is of kind intensity"),
+    "particles-interior-on-labels": Case("particles particles.zarr -o o.zarr --threshold interior",
+                                         "particles.zarr is of kind labels"),
     "segment-overwrite-a-file": Case("segment scan.zarr -o notes.txt --method threshold --classes 2 --overwrite",
                                      "notes.txt is a file, not a volume"),
 }

@@ -45,6 +45,9 @@ def test_ingest_input_paths_become_a_list(tmp_path: Path) -> None:
         ({"out": "o", "input": "x.zarr", "grains": "yes"}, "'grains' must be true or false"),
         ({"out": "o", "input": "x.zarr", "liberation": {"densities": [1]}}, "needs a 'segment' section"),
         ({"out": "o", "input": "x.zarr", "particles": {"size": 3}}, "unknown key 'size'"),
+        ({"out": "o", "input": "x.zarr", "particles": {"model": "p.onnx"}}, "particles.model .*p.onnx is not a file"),
+        ({"out": "o", "input": "x.zarr", "particles": {"model": "p.onnx", "threshold": "auto"}},
+         "leave out particles.threshold"),
     ],
 )
 def test_bad_configs_name_the_problem(raw: object, message: str, tmp_path: Path) -> None:

@@ -145,3 +145,33 @@ def test_an_ingesting_run_puts_its_segmentation_under_the_scan_labels(tmp_path: 
     run(config, log=lines.append)
     kept = [line for line in lines if "complete, kept" in line]
     assert len(kept) >= 4, lines  # intensity, phases, particles, grains
+
+
+def test_a_run_takes_its_particles_from_a_particle_unet(tmp_path: Path, scan: dict[str, Path]) -> None:
+    """``particles: {model: ...}``: the scan segmented into background / interior / boundary first."""
+    pytest.importorskip("torch")
+    from volmla.segment.export import export
+    from volmla.segment.train import TrainConfig, save_model, train
+
+    config = TrainConfig(target="particles", depth=2, base=4, patch=16, batch=2, iterations=40, lr=1e-2,
+                         val_every=10, threads=1)
+    result = train(open_volume(scan["intensity"]), open_volume(scan["particles"]), config=config)
+    save_model(result, tmp_path / "p.pt")
+    model = export(tmp_path / "p.pt", tmp_path / "p.onnx").path
+    text = _config(tmp_path, scan).read_text().replace(
+        "particles: {min_size: 10, split: true, max_radius: 12}", f"particles: {{model: {model}, min_size: 10}}")
+    (tmp_path / "run.yaml").write_text(text)
+    lines: list[str] = []
+    run(tmp_path / "run.yaml", log=lines.append)
+    out = tmp_path / "results"
+    classes = open_volume(out / "particle_map.zarr")
+    assert classes.attrs["phases"] == {1: "interior", 2: "boundary"}
+    assert int(classes.data.max().compute()) <= 2
+    particles = open_volume(out / "particles.zarr")
+    assert particles.attrs["provenance"][-1]["threshold"] == "interior"
+    assert (out / "report" / "summary.json").is_file()
+    assert any("particle map" in line for line in lines)
+    # a rerun keeps the map
+    stamp = (out / "particle_map.zarr" / "zarr.json").stat().st_mtime_ns
+    run(tmp_path / "run.yaml", log=lines.append)
+    assert (out / "particle_map.zarr" / "zarr.json").stat().st_mtime_ns == stamp

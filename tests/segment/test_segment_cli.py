@@ -127,3 +127,30 @@ def test_labels_alone_segment_by_region_and_particles_can_be_given(tmp_path, cap
     assert main(["segment", str(scan), "-o", str(tmp_path / "x.zarr"), "--method", "threshold", "--classes", "4",
                  "--particles", str(parts)]) == 2
     assert "--particles is for --method regions" in capsys.readouterr().err
+
+
+def test_particle_unet_chain_is_read_as_an_interior_map(tmp_path, scheduler) -> None:
+    """train --target particles -> export -> segment -> particles: the class map is recognised."""
+    from volmla.segment import particle_targets
+
+    ids = np.zeros((24, 32, 32), np.uint32)
+    ids[4:20, 6:26, 2:16] = 1
+    ids[4:20, 6:26, 16:30] = 2
+    rng = np.random.default_rng(1)
+    image = (1000.0 + 200.0 * (ids > 0) + rng.normal(0, 10, ids.shape)).astype(np.uint16)
+    write_volume(image, tmp_path / "scan.zarr", kind="intensity", voxel_size=1.0)
+    write_volume(ids, tmp_path / "ids.zarr", kind="labels", voxel_size=1.0)
+    g = ["-q", "--scheduler", scheduler]
+    assert main(["train", "--image", str(tmp_path / "scan.zarr"), "--labels", str(tmp_path / "ids.zarr"),
+                 "--target", "particles", "-o", str(tmp_path / "p.pt"), "--depth", "2", "--base", "4",
+                 "--patch", "16", "--batch", "2", "--iterations", "60", "--lr", "0.01", "--threads", "1"]) == 0
+    assert main(["export", str(tmp_path / "p.pt"), "-o", str(tmp_path / "p.onnx")]) == 0
+    assert main([*g, "segment", str(tmp_path / "scan.zarr"), "--model", str(tmp_path / "p.onnx"),
+                 "-o", str(tmp_path / "classes.zarr")]) == 0
+    classes = open_volume(tmp_path / "classes.zarr")
+    assert {int(k): v for k, v in classes.attrs["phases"].items()} == {1: "interior", 2: "boundary"}
+    assert (classes.data == 1).any().compute()
+    assert main([*g, "particles", str(tmp_path / "classes.zarr"), "-o", str(tmp_path / "p.zarr")]) == 0
+    step = open_volume(tmp_path / "p.zarr").attrs["provenance"][-1]
+    assert step["threshold"] == "interior"  # read as a map, not as nonzero-is-solid
+    assert particle_targets(ids).max() == 2  # the classes the network was taught

@@ -33,10 +33,10 @@ def label_command(
 def particles_command(
     input_path: Annotated[str, typer.Argument(metavar="IN", help="Intensity volume, or a phase volume whose nonzero voxels are solid (a path or an fsspec URL).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output particle labels (OME-Zarr).")],
-    threshold: Annotated[str, typer.Option("--threshold", show_default=False, help="auto | otsu | VALUE (intensity input; solid is above it). Default: auto (denoised, half-way between the void and solid modes).")] = "auto",
-    min_size: Annotated[int | None, typer.Option("--min-size", show_default=False, help="Drop solid components smaller than this (voxels). Default: 27 with --threshold auto, else 0.")] = None,
+    threshold: Annotated[str, typer.Option("--threshold", show_default=False, help="auto | otsu | VALUE (intensity input; solid is above it) | interior (a U-Net's background/interior/boundary map, read so by default when its phase names are interior, boundary). Default: auto (denoised, half-way between the void and solid modes).")] = "auto",
+    min_size: Annotated[int | None, typer.Option("--min-size", show_default=False, help="Drop solid components smaller than this (voxels). Default: 27 with --threshold auto or interior, else 0.")] = None,
     no_split: Annotated[bool, typer.Option("--no-split", help="Do not separate touching particles.")] = False,
-    fill_holes: Annotated[bool | None, typer.Option("--fill-holes/--no-fill-holes", show_default=False, help="Fill interior pores before labelling. Default: with --threshold auto.")] = None,
+    fill_holes: Annotated[bool | None, typer.Option("--fill-holes/--no-fill-holes", show_default=False, help="Fill interior pores before labelling. Default: with --threshold auto or interior.")] = None,
     neck: Annotated[float, typer.Option("--neck", help="Two distance maxima stay separate particles when the saddle between them is below this fraction of the lower one (0-1; larger splits more).")] = library_default("volmla.particles.split", "NECK"),
     h: Annotated[float, typer.Option("--h", help="... and the lower one rises at least this many voxels above the saddle.")] = library_default("volmla.particles.split", "H_MIN"),
     max_radius: Annotated[float | None, typer.Option("--max-radius", show_default=False, help="Largest distance value (voxels) the split's halo is made for. Default: measured from the data (one pass).")] = None,

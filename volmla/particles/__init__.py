@@ -6,6 +6,8 @@ The stage in modules of one concern each:
   narrates the steps);
 - :mod:`volmla.particles.mask`: the solid mask (threshold, Otsu's threshold from the
   out-of-core histogram), pore filling, dust removal;
+- :mod:`volmla.particles.learned`: the solid and the split's relief from a particle
+  U-Net's background / interior / boundary map (``threshold="interior"``);
 - :mod:`volmla.particles.split`: the watershed split of touching particles, per block
   with a halo;
 - :mod:`volmla.particles.label`: chunked connected-component labelling (exact for any
@@ -22,6 +24,7 @@ from volmla.particles.api import label_particles
 from volmla.particles.files import LabelsPlan, plan_grains, plan_label, plan_particles, write_labels
 from volmla.particles.grains import label_grains
 from volmla.particles.label import Labels, label
+from volmla.particles.learned import interior_fill, learned_solid
 from volmla.particles.mask import (
     HIST_BINS,
     component_sizes,
@@ -48,9 +51,11 @@ __all__ = [
     "distance_map",
     "fill_holes",
     "h_maxima_caps",
+    "interior_fill",
     "label",
     "label_grains",
     "label_particles",
+    "learned_solid",
     "otsu_threshold",
     "plan_grains",
     "plan_label",

@@ -7,12 +7,13 @@
    its cupping (measured on the void) flattened, and each voxel cut half-way between the
    void level and its local solid level (the partial-volume edge; bright-phase rims
    removed), the levels from the *out-of-core* histogram; or Otsu's threshold; or a
-   given value;
+   given value; or, for a U-Net's background / interior / boundary map
+   (``threshold="interior"``, :mod:`volmla.particles.learned`), interior or boundary;
 2. **interior pores filled** (:func:`volmla.particles.mask.fill_holes`; by default for
-   an ``"auto"`` mask): exact for any chunking;
+   an ``"auto"`` or ``"interior"`` mask): exact for any chunking;
 3. **dust removal** (:func:`volmla.particles.mask.remove_small`): solid components
    smaller than ``min_size`` voxels are dropped (by default :data:`SPECKLE` voxels for
-   an ``"auto"`` mask, none otherwise);
+   an ``"auto"`` or ``"interior"`` mask, none otherwise);
 4. **split touching particles** (optional, default,
    :func:`volmla.particles.split.split_touching`): a watershed of the distance map (in
    physical units) from all its maxima, maxima behind a wide neck merged
@@ -21,7 +22,10 @@
    For an ``"auto"`` mask the distance map is weighted by how full of solid the scan
    looks around each voxel (:func:`volmla.particles.mask.local_fill`): the blur fills
    the creases where particles touch, widening the mask's necks, but leaves them
-   greyer than the particles' insides, so the weighted saddles stay low;
+   greyer than the particles' insides, so the weighted saddles stay low; for an
+   ``"interior"`` map it is weighted by the smoothed interior class
+   (:func:`volmla.particles.learned.interior_fill`), low on the boundary layer the
+   network draws between touching particles;
 5. **global relabelling**: :func:`volmla.particles.label.label` in multilabel mode on the
    keys stitches the pieces of a basin across blocks (equal keys join, different keys
    stay apart) and numbers the particles ``1..n`` by their first voxel.
@@ -42,6 +46,7 @@ from volmla.engine.blocks import as_dataarray, as_volume
 from volmla.engine.scratch import session_scratch, store, store_together
 from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
+from volmla.particles.learned import learned_solid
 from volmla.particles.mask import auto_solid, remove_small, solid_mask
 from volmla.particles.mask import fill_holes as _fill_holes
 from volmla.particles.split import H_MIN, NECK, resplit_cut, split_touching
@@ -58,7 +63,7 @@ __all__ = ["SPECKLE", "label_particles"]
 def label_particles(
     volume: VolumeLike,
     *,
-    threshold: Literal["auto", "otsu"] | float | None = "auto",
+    threshold: Literal["auto", "otsu", "interior"] | float | None = "auto",
     min_size: int | None = None,
     fill_holes: bool | None = None,
     split: bool = True,
@@ -78,14 +83,16 @@ def label_particles(
         solid (give ``threshold=None``). Dask, xarray or NumPy, 3-D (z, y, x).
     threshold
         ``"auto"`` (denoised, half-way between the void and solid modes of the
-        out-of-core histogram), ``"otsu"``, a value (solid is ``> value``), or None
-        (solid is nonzero).
+        out-of-core histogram), ``"otsu"``, a value (solid is ``> value``), None
+        (solid is nonzero), or ``"interior"``: the volume is a U-Net's background (0) /
+        interior (1) / boundary (2) map (:mod:`volmla.particles.learned`), solid is
+        nonzero and the split's distance map is weighted by the smoothed interior.
     min_size
         Drop solid components smaller than this many voxels (0: keep all). None: 27
-        (:data:`SPECKLE`) with ``threshold="auto"``, else 0.
+        (:data:`SPECKLE`) with ``threshold="auto"`` or ``"interior"``, else 0.
     fill_holes
         Fill interior pores (background not connected to the volume border). None:
-        with ``threshold="auto"`` only.
+        with ``threshold="auto"`` or ``"interior"``.
     split
         Separate touching particles (a watershed of the distance map; for an ``"auto"``
         mask, of the distance times how full of solid the scan looks, step 4).
@@ -127,10 +134,12 @@ def label_particles(
     """
     connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
     auto = isinstance(threshold, str) and threshold == "auto"
+    learned = isinstance(threshold, str) and threshold == "interior"
+    derived = auto or learned  # a mask derived with a relief weight of its own
     if min_size is None:
-        min_size = SPECKLE if auto else 0
+        min_size = SPECKLE if derived else 0
     if fill_holes is None:
-        fill_holes = auto
+        fill_holes = derived
     if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
         raise VolmlaError(f"min_size must be a non-negative integer (voxels), got {min_size!r}")
     vol = as_volume(volume, chunks=getattr(volume, "shape", None))  # in-memory input: one block
@@ -147,13 +156,20 @@ def label_particles(
         solid, weight = found_solid.mask, found_solid.fill
         if split:
             record["relief"] = "distance x local_fill"
+    elif learned:
+        # the network's boundary layer between touching particles lowers the relief there
+        found_learned = learned_solid(vol.data)
+        solid, weight = found_learned.mask, found_learned.fill
+        if split:
+            record["relief"] = "distance x interior_fill"
     else:
-        solid = solid_mask(vol.data, threshold=threshold)
+        solid = solid_mask(vol.data, threshold=threshold)  # type: ignore[arg-type]  # not "interior" here
     where = Path(scratch) if scratch is not None else session_scratch("volmla-split-", what="the particle split") if split else None
-    if where is not None and auto and (fill_holes or min_size or weight is not None):
-        # the "auto" cut (denoising, cupping, local levels) runs once: pore filling and
-        # dust removal make four passes over the mask, and the split reads the fill, from
-        # scratch (the split's wide halos would otherwise hold the fill's chain in memory)
+    if where is not None and derived and (fill_holes or min_size or weight is not None):
+        # the "auto" cut (denoising, cupping, local levels) or the class map's read runs
+        # once: pore filling and dust removal make four passes over the mask, and the split
+        # reads the fill, from scratch (the split's wide halos would otherwise hold the
+        # fill's chain in memory)
         items = [(solid, where / "auto-mask.zarr", "labels")]
         if split and weight is not None:
             items.append((weight, where / "fill.zarr", "intensity"))

@@ -26,6 +26,7 @@ from volmla.particles.api import label_particles
 from volmla.particles.grains import label_grains
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.particles.split import H_MIN, NECK, split_halo
+from volmla.segment import PARTICLE_CLASSES
 from volmla.types import Connectivity
 
 __all__ = ["LabelsPlan", "plan_grains", "plan_label", "plan_particles", "write_labels"]
@@ -85,19 +86,39 @@ def plan_label(
     return LabelsPlan("label", (vol,), Path(output), options, overwrite, job)
 
 
-def _threshold(value: Any, path: str | Path, kind: str) -> Literal["auto", "otsu"] | float | None:
-    """The threshold :func:`~volmla.particles.label_particles` gets for a volume of ``kind``."""
+def _is_class_map(phases: Any) -> bool:
+    """Whether a phase volume's names are a particle U-Net's: 1 interior, 2 boundary."""
+    try:
+        names = {int(k): str(v) for k, v in dict(phases or {}).items()}
+    except (TypeError, ValueError):
+        return False
+    return names == {i: n for i, n in enumerate(PARTICLE_CLASSES) if i > 0}
+
+
+def _threshold(value: Any, path: str | Path, kind: str,
+               phases: Any = None) -> Literal["auto", "otsu", "interior"] | float | None:
+    """The threshold :func:`~volmla.particles.label_particles` gets for a volume of ``kind``.
+
+    A phase volume whose names are a particle U-Net's classes (1 interior, 2 boundary:
+    ``volmla segment`` with a model trained with ``--target particles``) is read as a
+    border/interior map; ``interior`` asks for that reading of any phase volume.
+    """
+    if isinstance(value, str) and value == "interior":
+        if kind != "phases":
+            raise VolmlaError(f"threshold interior reads a U-Net's background/interior/boundary map (a phases "
+                              f"volume), but {path} is of kind {kind}")
+        return "interior"
     if kind != "intensity":
         if not (isinstance(value, str) and value == "auto"):
             raise VolmlaError(f"threshold applies to intensity volumes, but {path} is a {kind} volume (nonzero = solid)")
-        return None
+        return "interior" if kind == "phases" and _is_class_map(phases) else None
     if isinstance(value, str):
         if value in ("auto", "otsu"):
             return value  # type: ignore[return-value]
         try:
             return float(value)
         except ValueError:
-            raise VolmlaError(f"threshold must be auto, otsu or a number, got {value!r}") from None
+            raise VolmlaError(f"threshold must be auto, otsu, interior or a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not math.isfinite(value):
         raise VolmlaError(f"threshold must be auto, otsu or a number, got {value!r}")
     return float(value)
@@ -129,7 +150,10 @@ def plan_particles(
     threshold
         For intensity volumes: ``"auto"`` (denoised, half-way between the void and
         solid modes), ``"otsu"`` or a value (solid is above it, a number or its text).
-        Other volumes take ``"auto"`` (nonzero is solid).
+        Other volumes take ``"auto"`` (nonzero is solid; a phase volume named as a
+        particle U-Net's classes, 1 interior and 2 boundary, is read as that map), and
+        phase volumes also ``"interior"`` (read as a background / interior / boundary
+        map whatever their names: :mod:`volmla.particles.learned`).
     min_size, fill_holes, split, neck, h, max_radius, connectivity
         As for :func:`~volmla.particles.label_particles`.
     overwrite
@@ -152,7 +176,7 @@ def plan_particles(
         if isinstance(number, bool) or not isinstance(number, int | float | np.number) or not 0 <= number <= upper:
             raise VolmlaError(f"{name} must be {'between 0 and 1' if name == 'neck' else 'a number >= 0'}, got {number}")
     vol = open_volume(volume)
-    value = _threshold(threshold, volume, vol.attrs.get("kind", "intensity"))
+    value = _threshold(threshold, volume, vol.attrs.get("kind", "intensity"), vol.attrs.get("phases"))
     options = {"threshold": value, "min_size": None if min_size is None else int(min_size),
                "fill_holes": None if fill_holes is None else bool(fill_holes), "split": bool(split),
                "neck": float(neck), "h": float(h), "max_radius": max_radius, "connectivity": connectivity}

@@ -16,6 +16,7 @@
       phase_names: [quartz, feldspar, pyrite]
       # method: regions | rf | unet (ONNX; also spelled model) | threshold | kmeans
     particles: {min_size: 50, split: true, neck: 0.85}
+    # particles: {model: particles.onnx}   # from a particle U-Net's interior/boundary map
     grains: true
     liberation: {densities: [2.65, 2.6, 5.0], free_threshold: 0.99}
 
@@ -317,8 +318,14 @@ _SEGMENT_CHECKS: dict[str, Check] = {
 
 @dataclass(frozen=True)
 class ParticlesConfig:
-    """Options of :func:`volmla.particles.label_particles` (``threshold`` defaults to None: phases > 0)."""
+    """Options of :func:`volmla.particles.label_particles` (``threshold`` defaults to None: phases > 0).
 
+    ``model``: a particle U-Net (ONNX, trained with ``target="particles"``); the scan is
+    segmented by it into a background / interior / boundary map and the particles are
+    labelled from that (``threshold="interior"``) instead of from the phases or the grey.
+    """
+
+    model: Path | None = None
     threshold: Literal["auto", "otsu"] | float | None = None
     min_size: int | None = None
     fill_holes: bool | None = None
@@ -336,10 +343,11 @@ class ParticlesConfig:
         -------
         dict
         """
-        return {k: getattr(self, k) for k in self.given}
+        return {k: getattr(self, k) for k in self.given if k != "model"}
 
 
 _PARTICLE_CHECKS: dict[str, Check] = {
+    "model": lambda where, value: value,
     "threshold": _threshold,
     "min_size": _at_least(_int, 0),
     "fill_holes": _bool,
@@ -536,6 +544,13 @@ def validate_config(raw: Any, *, base: Path = Path(".")) -> PipelineConfig:
     steps = _preprocess(raw.get("preprocess"))
     segment = _segment(raw.get("segment"), base)
     particles = _section("particles", raw.get("particles"), _PARTICLE_CHECKS)
+    if "model" in particles:
+        if "threshold" in particles:
+            raise VolmlaError("config particles.model takes the solid from the network's map: leave out "
+                              "particles.threshold")
+        particles["model"] = _path(base, particles["model"], "particles.model")
+        if not particles["model"].is_file():
+            raise VolmlaError(f"config particles.model {particles['model']} is not a file (an ONNX particle U-Net)")
     grains = raw.get("grains", True)
     if not isinstance(grains, bool):
         raise VolmlaError(f"config 'grains' must be true or false, got {grains!r}")

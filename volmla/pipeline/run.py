@@ -10,7 +10,9 @@ A run is a chain of stages, each reading the OME-Zarr volumes the previous ones 
    ``phases.zarr``;
 4. ``particles``: solid mask, distributed labelling, watershed split -> ``particles.zarr``;
    from the phases (solid = phase > 0), or, for ``regions``, which classifies inside
-   particles, from the intensity first (``threshold: auto`` unless the config says);
+   particles, from the intensity first (``threshold: auto`` unless the config says); with
+   ``particles.model`` (a particle U-Net) from its background / interior / boundary map
+   of the scan (``particle_map.zarr``, :mod:`volmla.particles.learned`), before the phases;
 5. ``grains``: components of (particle, phase) -> ``grains.zarr``;
 6. ``liberation``: tables, statistics, plots and the report -> ``report/``, with the
    segmented intensity, so phase volumes are partial-volume apportioned and the report
@@ -142,7 +144,12 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
     # 3-5. segment, particles, grains (regions classify inside particles: particles first)
     seg = cfg.segment
     particles: xr.DataArray | None = None
-    if seg.method == "regions":
+    if cfg.particles.model is not None:
+        particles = _particles(_particle_map(volume, cfg.particles.model, device=device, out=out, log=log,
+                                             overwrite=overwrite, chunks=chunks),
+                               {"threshold": "interior", **cfg.particles.options()}, out=out, log=log,
+                               overwrite=overwrite, chunks=chunks)
+    elif seg.method == "regions":
         particles = _particles(volume, {"threshold": "auto", **cfg.particles.options()}, out=out, log=log,
                                overwrite=overwrite, chunks=chunks)
     log(f"segment ({seg.spelled})")
@@ -197,6 +204,20 @@ def _segment(volume: xr.DataArray, seg: SegmentConfig, *, device: Device, out: P
                           phase_names=seg.phase_names if seg.method == "regions" else None).phases
 
 
+def _particle_map(volume: xr.DataArray, model: Path, *, device: Device, out: Path, log: Log, overwrite: bool,
+                  chunks: tuple[int, ...] | int) -> xr.DataArray:
+    """The scan segmented by a particle U-Net: background / interior / boundary (``particle_map.zarr``)."""
+    from volmla.segment import PARTICLE_CLASSES
+    from volmla.segment.infer import segment
+
+    log("particle map (U-Net)")
+    job = {"stage": "particle map", "input": volume.attrs["path"], "model": str(Path(model).resolve())}
+    return _stage(out / "particle_map.zarr", job, lambda: segment(volume, model=model, device=device).phases,
+                  log=log, overwrite=overwrite, chunks=chunks, kind="phases",
+                  phases={i: n for i, n in enumerate(PARTICLE_CLASSES) if i > 0},
+                  voxel_size=volume.attrs["voxel_size_um"])
+
+
 def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, out: Path, log: Log, overwrite: bool,
                chunks: tuple[int, ...] | int) -> xr.DataArray:
     """Particles of a phase volume (``threshold: None``) or of the intensity (``auto``)."""
@@ -240,6 +261,17 @@ def _grains(particles: xr.DataArray, phases: xr.DataArray, *, out: Path, log: Lo
                   kind="labels", voxel_size=phases.attrs["voxel_size_um"])
 
 
+def _check_particle_model(model: Path) -> None:
+    """A particle U-Net's ONNX file: it predicts background, interior and boundary."""
+    from volmla.segment import PARTICLE_CLASSES
+    from volmla.segment.infer import inspect_model
+
+    classes = inspect_model(model).classes
+    if classes is None or tuple(classes) != PARTICLE_CLASSES:
+        raise VolmlaError(f"config particles.model {model} predicts {', '.join(classes or ('unnamed classes',))}, "
+                          f"not {', '.join(PARTICLE_CLASSES)} (a U-Net trained with --target particles)")
+
+
 def _open_input(cfg: PipelineConfig) -> xr.DataArray:
     """The input volume (lazy: an OME-Zarr opened, or scanner files scanned), and every
     other file the config names checked, before any output is made."""
@@ -250,6 +282,8 @@ def _open_input(cfg: PipelineConfig) -> xr.DataArray:
         from volmla.ingest import load
 
         volume = load(source.paths, **source.options())
+    if cfg.particles.model is not None:
+        _check_particle_model(cfg.particles.model)
     seg = cfg.segment
     if seg is not None:
         if seg.model is not None and not seg.model.is_file():
