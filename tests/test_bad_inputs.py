@@ -315,7 +315,7 @@ CASES: dict[str, Case] = {
     "label-connectivity": Case("label mask.zarr -o o.zarr --connectivity 8", "connectivity must be one of (6, 18, 26)"),
     "label-output-is-input": Case("label mask.zarr -o mask.zarr --overwrite", "also the input"),
     "label-failing-overwrite-keeps-old": Case("label scan.zarr -o existing.zarr --overwrite", "binary"),
-    "particles-threshold-text": Case("particles scan.zarr -o o.zarr --threshold abc", "threshold must be auto, otsu or a number"),
+    "particles-threshold-text": Case("particles scan.zarr -o o.zarr --threshold abc", "threshold must be auto, otsu, interior or a number"),
     "particles-max-radius": Case("particles phases.zarr -o o.zarr --max-radius 0", "--max-radius"),
     "particles-h": Case("particles phases.zarr -o o.zarr --h -1", "h must be"),
     "particles-min-size": Case("particles phases.zarr -o o.zarr --min-size -1", "--min-size"),

@@ -68,6 +68,7 @@ def test_same_particles_for_every_chunking(chunks):
     [
         (np.full((4, 4, 4), 0.5, np.float32), "integer class ids"),
         (np.full((4, 4, 4), 3, np.uint8), "holds 3"),
+        (np.full((4, 4, 4), -1, np.int16), "holds -1"),
         (np.full((4, 4, 4), 2, np.uint8), "no interior voxel"),
         (np.zeros((4, 4, 4), np.uint8), "no interior voxel"),
     ],

@@ -120,7 +120,7 @@ def _threshold(value: Any, path: str | Path, kind: str,
         except ValueError:
             raise VolmlaError(f"threshold must be auto, otsu, interior or a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int | float | np.number) or not math.isfinite(value):
-        raise VolmlaError(f"threshold must be auto, otsu or a number, got {value!r}")
+        raise VolmlaError(f"threshold must be auto, otsu, interior or a number, got {value!r}")
     return float(value)
 
 

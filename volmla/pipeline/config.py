@@ -320,9 +320,10 @@ _SEGMENT_CHECKS: dict[str, Check] = {
 class ParticlesConfig:
     """Options of :func:`volmla.particles.label_particles` (``threshold`` defaults to None: phases > 0).
 
-    ``model``: a particle U-Net (ONNX, trained with ``target="particles"``); the scan is
-    segmented by it into a background / interior / boundary map and the particles are
-    labelled from that (``threshold="interior"``) instead of from the phases or the grey.
+    ``model``: a particle U-Net (ONNX, trained with ``target="particles"``); the scan (as
+    the segmentation gets it: preprocessed when the config has steps) is segmented by it
+    into a background / interior / boundary map and the particles are labelled from that
+    (``threshold="interior"``) instead of from the phases or the grey.
     """
 
     model: Path | None = None
