@@ -44,7 +44,11 @@ Particles from a learned border/interior map (``particles_learned.json``; needs 
 a depth-3 U-Net trained per level on the phantom of seed 100 (``--iterations``,
 default 1500: about eight minutes on 2 cores), then on each test seed the CT segmented
 by it and ``label_particles(threshold="interior")``, with the default from the CT alongside:
-    python benchmarks/bench_particles.py --learned --levels hard
+    python benchmarks/bench_particles.py --learned --levels hard easy --keep-models DIR
+The same models on other scans (no training): one level's model on the other's, or on
+phantoms changed by ``--set``:
+    python benchmarks/bench_particles.py --learned --use-models DIR --model-level hard --levels easy \
+        --out benchmarks/results/particles_learned_hard_on_easy.json
 """
 
 from __future__ import annotations
@@ -433,7 +437,9 @@ def learned(args: argparse.Namespace) -> int:
     (:func:`train_particle_model`); on each test seed the CT is segmented by it
     (:func:`volmla.segment.infer.segment`) and the map labelled with
     ``label_particles(threshold="interior")``; the default ``label_particles`` from the CT
-    runs alongside. Needs torch (the ``train`` extra).
+    runs alongside. Needs torch (the ``train`` extra). With ``--use-models DIR`` nothing
+    is trained: ``DIR/particles-LEVEL.onnx`` is applied, LEVEL being ``--model-level`` if
+    given (a model of one level on scans of another, or on phantoms changed by ``--set``).
     """
     import tempfile
 
@@ -446,10 +452,16 @@ def learned(args: argparse.Namespace) -> int:
         folder = Path(tmp) if args.keep_models is None else args.keep_models
         folder.mkdir(parents=True, exist_ok=True)
         for level in args.levels:
-            onnx, models[level] = train_particle_model(level, shape=args.shape, iterations=args.iterations,
-                                                       folder=folder, overrides=args.set)
-            print(f"{level}: trained in {models[level]['train_seconds']:.0f} s "
-                  f"(val accuracy {models[level]['val_accuracy']})", flush=True)
+            if args.use_models is not None:
+                onnx = args.use_models / f"particles-{args.model_level or level}.onnx"
+                if not onnx.is_file():
+                    raise SystemExit(f"bench_particles.py: no model {onnx}")
+                models[level] = {"model": str(onnx), "model_level": args.model_level or level}
+            else:
+                onnx, models[level] = train_particle_model(level, shape=args.shape, iterations=args.iterations,
+                                                           folder=folder, overrides=args.set)
+                print(f"{level}: trained in {models[level]['train_seconds']:.0f} s "
+                      f"(val accuracy {models[level]['val_accuracy']})", flush=True)
             for seed in args.seeds:
                 ore = crushed_ore(shape=args.shape, seed=seed, level=level, **args.set)
                 truth = ore.particles
@@ -503,6 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=1500, help="training iterations of the --learned U-Net")
     ap.add_argument("--keep-models", type=Path, default=None, metavar="DIR",
                     help="keep the --learned models (particles-LEVEL.onnx) in DIR")
+    ap.add_argument("--use-models", type=Path, default=None, metavar="DIR",
+                    help="with --learned: apply DIR/particles-LEVEL.onnx instead of training")
+    ap.add_argument("--model-level", choices=["easy", "hard"], default=None,
+                    help="with --use-models: the level whose model is applied to every level's scans")
     add_set_option(ap)
     args = ap.parse_args(argv)
     args.set = parse_set(ap, args.set)
