@@ -25,8 +25,8 @@ from volmla.errors import VolmlaError
 from volmla.particles.api import label_particles
 from volmla.particles.grains import label_grains
 from volmla.particles.label import Labels, check_connectivity, label
+from volmla.particles.learned import MAP_PHASES
 from volmla.particles.split import H_MIN, NECK, split_halo
-from volmla.segment import PARTICLE_CLASSES
 from volmla.types import Connectivity
 
 __all__ = ["LabelsPlan", "plan_grains", "plan_label", "plan_particles", "write_labels"]
@@ -92,7 +92,7 @@ def _is_class_map(phases: Any) -> bool:
         names = {int(k): str(v) for k, v in dict(phases or {}).items()}
     except (TypeError, ValueError):
         return False
-    return names == {i: n for i, n in enumerate(PARTICLE_CLASSES) if i > 0}
+    return names == MAP_PHASES
 
 
 def _threshold(value: Any, path: str | Path, kind: str,

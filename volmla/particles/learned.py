@@ -32,13 +32,17 @@ import numpy as np
 
 from volmla.engine.blocks import as_volume
 from volmla.errors import VolmlaError
+from volmla.segment import PARTICLE_CLASSES
 from volmla.types import VolumeLike
 
-INTERIOR = 1
+INTERIOR = PARTICLE_CLASSES.index("interior")
 """Class id of a particle's interior in the map (:data:`volmla.segment.PARTICLE_CLASSES`)."""
 
-CLASSES = 3
+CLASSES = len(PARTICLE_CLASSES)
 """Class ids of the map: 0 background, 1 interior, 2 boundary."""
+
+MAP_PHASES = {i: name for i, name in enumerate(PARTICLE_CLASSES) if i > 0}
+"""The phase names of a map volume as ``volmla segment`` writes it: ``{1: "interior", 2: "boundary"}``."""
 
 INTERIOR_SIGMA = 0.5
 """Gaussian (voxels) of the interior class in :func:`interior_fill`."""
@@ -46,7 +50,8 @@ INTERIOR_SIGMA = 0.5
 INTERIOR_HALO = math.ceil(4.0 * INTERIOR_SIGMA)
 """Halo of :func:`interior_fill` (its gaussian truncated at 4 sigma)."""
 
-__all__ = ["CLASSES", "INTERIOR", "INTERIOR_HALO", "INTERIOR_SIGMA", "LearnedSolid", "interior_fill", "learned_solid"]
+__all__ = ["CLASSES", "INTERIOR", "INTERIOR_HALO", "INTERIOR_SIGMA", "MAP_PHASES", "LearnedSolid", "interior_fill",
+           "learned_solid"]
 
 
 class LearnedSolid(NamedTuple):

@@ -207,14 +207,14 @@ def _segment(volume: xr.DataArray, seg: SegmentConfig, *, device: Device, out: P
 def _particle_map(volume: xr.DataArray, model: Path, *, device: Device, out: Path, log: Log, overwrite: bool,
                   chunks: tuple[int, ...] | int) -> xr.DataArray:
     """The scan segmented by a particle U-Net: background / interior / boundary (``particle_map.zarr``)."""
-    from volmla.segment import PARTICLE_CLASSES
+    from volmla.particles.learned import MAP_PHASES
     from volmla.segment.infer import segment
 
     log("particle map (U-Net)")
     job = {"stage": "particle map", "input": volume.attrs["path"], "model": str(Path(model).resolve())}
     return _stage(out / "particle_map.zarr", job, lambda: segment(volume, model=model, device=device).phases,
                   log=log, overwrite=overwrite, chunks=chunks, kind="phases",
-                  phases={i: n for i, n in enumerate(PARTICLE_CLASSES) if i > 0},
+                  phases=MAP_PHASES,
                   voxel_size=volume.attrs["voxel_size_um"])
 
 
