@@ -49,6 +49,13 @@ The same models on other scans (no training): one level's model on the other's, 
 phantoms changed by ``--set``:
     python benchmarks/bench_particles.py --learned --use-models DIR --model-level hard --levels easy \
         --out benchmarks/results/particles_learned_hard_on_easy.json
+One model for both levels, trained on their seed-100 phantoms side by side, each scan
+mapped by its own void and solid modes (how volmla's built-in model was made):
+    python benchmarks/bench_particles.py --learned --levels hard easy --train-levels hard easy \
+        --rescale modes --iterations 3000 --keep-models DIR
+The model volmla ships (``builtin:particles``) on every level, no training
+(``particles_builtin.json``):
+    python benchmarks/bench_particles.py --learned --builtin --levels hard easy
 """
 
 from __future__ import annotations
@@ -404,30 +411,59 @@ LEARNED_TRAIN_SEED = 100
 """Seed of the phantom the ``--learned`` U-Net is trained on (never a test seed)."""
 
 
-def train_particle_model(level: str, *, shape: int, iterations: int, folder: Path,
-                         overrides: dict[str, float] | None = None) -> tuple[Path, dict[str, Any]]:
-    """A background / interior / boundary U-Net trained on one phantom of :data:`LEARNED_TRAIN_SEED`.
+def _training_scan(levels: list[str], *, shape: int, overrides: dict[str, float] | None,
+                   rescale: str) -> tuple[np.ndarray, np.ndarray]:
+    """The seed-:data:`LEARNED_TRAIN_SEED` phantoms of ``levels``: one scan and its particle ids.
 
-    The true particle ids of that phantom are the labels (``volmla train --target
-    particles``); the depth-3, base-8 U-Net of the demo, patches of 40^3, a cupping-like
-    gain augmentation. Returns the exported ONNX file and the training figures.
+    Several levels sit side by side along x (particle ids kept apart), each mapped by its
+    own void and solid modes first (``rescale="modes"`` only: the levels' grey scales
+    differ), so training planes and validation planes both hold every level.
+    """
+    from volmla.engine.reduce import histogram, histogram_modes
+
+    ores = [crushed_ore(shape=shape, seed=LEARNED_TRAIN_SEED, level=level, **(overrides or {})) for level in levels]
+    if len(ores) == 1:
+        return ores[0].intensity, ores[0].particles
+    if rescale != "modes":
+        raise SystemExit("bench_particles.py: --train-levels with several levels needs --rescale modes")
+    scans, ids, offset = [], [], 0
+    for ore in ores:
+        void, solid = histogram_modes(histogram(ore.intensity))
+        scans.append(((ore.intensity - void) / (solid - void)).astype(np.float32))
+        ids.append(np.where(ore.particles > 0, ore.particles + offset, 0).astype(np.uint32))
+        offset += int(ore.particles.max())
+    return np.concatenate(scans, axis=2), np.concatenate(ids, axis=2)
+
+
+def train_particle_model(levels: list[str], *, shape: int, iterations: int, folder: Path,
+                         overrides: dict[str, float] | None = None,
+                         rescale: str = "fixed") -> tuple[Path, dict[str, Any]]:
+    """A background / interior / boundary U-Net trained on the phantoms of :data:`LEARNED_TRAIN_SEED`.
+
+    The true particle ids of the phantom of each of ``levels`` are the labels
+    (``volmla train --target particles``; several levels side by side,
+    :func:`_training_scan`); the depth-3, base-8 U-Net of the demo, patches of 40^3, a
+    cupping-like gain augmentation, intensities mapped as ``rescale`` says (``"modes"``:
+    by each scan's void and solid modes, as volmla's built-in particle model). Returns
+    the exported ONNX file (``particles-LEVEL[+LEVEL].onnx``) and the training figures.
     """
     from volmla.segment.export import export
     from volmla.segment.train import TrainConfig, save_model, train
 
-    ore = crushed_ore(shape=shape, seed=LEARNED_TRAIN_SEED, level=level, **(overrides or {}))
+    image, ids = _training_scan(levels, shape=shape, overrides=overrides, rescale=rescale)
     config = TrainConfig(target="particles", iterations=iterations, patch=40, batch=4, val_every=50,
-                         patience=max(iterations // 50, 8), gain=0.15)
+                         patience=max(iterations // 50, 8), gain=0.15, rescale=rescale)
     t = time.perf_counter()
-    result = train(ore.intensity, ore.particles, config=config)
+    result = train(image, ids, config=config)
     seconds = time.perf_counter() - t
-    save_model(result, folder / f"particles-{level}.pt")
-    onnx = folder / f"particles-{level}.onnx"
-    export(folder / f"particles-{level}.pt", onnx, overwrite=True)
+    name = "+".join(levels)
+    save_model(result, folder / f"particles-{name}.pt")
+    onnx = folder / f"particles-{name}.onnx"
+    export(folder / f"particles-{name}.pt", onnx, overwrite=True)
     last = result.history[-1] if result.history else {}
-    return onnx, {"train_seed": LEARNED_TRAIN_SEED, "train_shape": [shape] * 3, "iterations": iterations,
-                  "best_iteration": result.best_iteration, "train_seconds": seconds,
-                  "val_accuracy": last.get("val_accuracy"), "context": result.context}
+    return onnx, {"train_seed": LEARNED_TRAIN_SEED, "train_levels": levels, "train_shape": list(image.shape),
+                  "iterations": iterations, "rescale": rescale, "best_iteration": result.best_iteration,
+                  "train_seconds": seconds, "val_accuracy": last.get("val_accuracy"), "context": result.context}
 
 
 def learned(args: argparse.Namespace) -> int:
@@ -439,11 +475,13 @@ def learned(args: argparse.Namespace) -> int:
     ``label_particles(threshold="interior")``; the default ``label_particles`` from the CT
     runs alongside. Needs torch (the ``train`` extra). With ``--use-models DIR`` nothing
     is trained: ``DIR/particles-LEVEL.onnx`` is applied, LEVEL being ``--model-level`` if
-    given (a model of one level on scans of another, or on phantoms changed by ``--set``).
+    given (a model of one level on scans of another, or on phantoms changed by ``--set``);
+    with ``--builtin`` the model volmla ships (``builtin:particles``) is applied to every level.
     """
     import tempfile
 
     from volmla.segment.infer import segment
+    from volmla.segment.sessions import resolve_model
 
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
@@ -451,15 +489,26 @@ def learned(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="volmla-bench-learned-") as tmp:
         folder = Path(tmp) if args.keep_models is None else args.keep_models
         folder.mkdir(parents=True, exist_ok=True)
+        shared = None
+        if args.train_levels:  # one model for every level
+            shared = train_particle_model(args.train_levels, shape=args.shape, iterations=args.iterations,
+                                          folder=folder, overrides=args.set, rescale=args.rescale)
+            print(f"{'+'.join(args.train_levels)}: trained in {shared[1]['train_seconds']:.0f} s "
+                  f"(val accuracy {shared[1]['val_accuracy']})", flush=True)
         for level in args.levels:
-            if args.use_models is not None:
+            if shared is not None:
+                onnx, models[level] = shared
+            elif args.builtin:
+                onnx = resolve_model("builtin:particles")
+                models[level] = {"model": "builtin:particles"}
+            elif args.use_models is not None:
                 onnx = args.use_models / f"particles-{args.model_level or level}.onnx"
                 if not onnx.is_file():
                     raise SystemExit(f"bench_particles.py: no model {onnx}")
                 models[level] = {"model": str(onnx), "model_level": args.model_level or level}
             else:
-                onnx, models[level] = train_particle_model(level, shape=args.shape, iterations=args.iterations,
-                                                           folder=folder, overrides=args.set)
+                onnx, models[level] = train_particle_model([level], shape=args.shape, iterations=args.iterations,
+                                                           folder=folder, overrides=args.set, rescale=args.rescale)
                 print(f"{level}: trained in {models[level]['train_seconds']:.0f} s "
                       f"(val accuracy {models[level]['val_accuracy']})", flush=True)
             for seed in args.seeds:
@@ -482,7 +531,8 @@ def learned(args: argparse.Namespace) -> int:
     summary = summarise(rows)
     table = _table(summary)
     print(table)
-    out = RESULTS / "particles_learned.json" if args.out == RESULTS / "particles.json" else args.out
+    default = RESULTS / ("particles_builtin.json" if args.builtin else "particles_learned.json")
+    out = default if args.out == RESULTS / "particles.json" else args.out
     payload = {"benchmark": "particles --learned", "shape": [args.shape] * 3, "seeds": args.seeds,
                "levels": args.levels, "overrides": args.set, "iou": 0.8, "exclude_border": True,
                "doc": learned.__doc__, "models": models,
@@ -513,10 +563,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="particles from a U-Net's interior/boundary map, trained on a phantom of another seed "
                          "(particles_learned.json; needs torch)")
     ap.add_argument("--iterations", type=int, default=1500, help="training iterations of the --learned U-Net")
+    ap.add_argument("--rescale", choices=["fixed", "modes"], default="fixed",
+                    help="intensity mapping of the --learned U-Net: the training scan's levels, or each "
+                         "scan's void and solid modes (the built-in model's)")
+    ap.add_argument("--train-levels", nargs="+", choices=["easy", "hard"], default=None, metavar="LEVEL",
+                    help="with --learned: train one model on the phantoms of these levels side by side "
+                         "(needs --rescale modes for more than one) and apply it to every level")
     ap.add_argument("--keep-models", type=Path, default=None, metavar="DIR",
                     help="keep the --learned models (particles-LEVEL.onnx) in DIR")
     ap.add_argument("--use-models", type=Path, default=None, metavar="DIR",
                     help="with --learned: apply DIR/particles-LEVEL.onnx instead of training")
+    ap.add_argument("--builtin", action="store_true",
+                    help="with --learned: apply the model volmla ships (builtin:particles) instead of training")
     ap.add_argument("--model-level", choices=["easy", "hard"], default=None,
                     help="with --use-models: the level whose model is applied to every level's scans")
     add_set_option(ap)

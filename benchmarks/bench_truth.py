@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--particles-model", type=Path, default=None, metavar="ONNX",
                         help="with --end-to-end-only: the CT's own particles from this particle U-Net's "
                              "interior/boundary map (LEVEL in the name is replaced by the level), e.g. the "
-                             "models of bench_particles.py --learned --keep-models DIR")
+                             "models of bench_particles.py --learned --keep-models DIR, or builtin:particles")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     if args.depth is not None and not args.end_to_end_only:

@@ -137,6 +137,7 @@ def _yaml(root: Path) -> None:
         "run_key_twice": base.format(out="r23") + "out: r24\n",
         "run_particle_model_flat": base.format(out="r25") + "particles: {model: flat2d.onnx}\n",
         "run_particle_model_garbage": base.format(out="r26") + "particles: {model: garbage.onnx}\n",
+        "run_particle_model_builtin_unknown": base.format(out="r27") + "particles: {model: 'builtin:grains'}\n",
     }
     for name, text in configs.items():
         (root / f"{name}.yaml").write_text(text)
@@ -413,6 +414,12 @@ CASES: dict[str, Case] = {
     "run-particle-model-not-particles": Case("run run_particle_model_flat.yaml",
                                               "flat2d.onnx must output 2..255 class channels"),
     "run-particle-model-garbage": Case("run run_particle_model_garbage.yaml", "garbage.onnx"),
+    # builtin:NAME names a model volmla ships; the built-in particle U-Net rescales by the
+    # scan's void and solid modes, which a constant scan does not have
+    "run-particle-model-builtin-unknown": Case("run run_particle_model_builtin_unknown.yaml",
+                                                "no built-in model 'grains'"),
+    "segment-builtin-unknown": Case("segment scan.zarr -o o.zarr --model builtin:grains", "no built-in model 'grains'"),
+    "segment-builtin-constant-scan": Case("segment zeros.zarr -o o.zarr --model builtin:particles", "constant volume"),
     # a learned border/interior map is a phases volume
     "particles-interior-on-intensity": Case("particles scan.zarr -o o.zarr --threshold interior",
                                             "scan.zarr is of kind intensity"),

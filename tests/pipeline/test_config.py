@@ -23,6 +23,14 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None
     assert cfg.grains is True
 
 
+def test_a_builtin_model_is_found_wherever_the_config_is(tmp_path: Path) -> None:
+    from volmla.segment.sessions import resolve_model
+
+    (tmp_path / "run.yaml").write_text("out: results\ninput: scan.zarr\nparticles: {model: 'builtin:particles'}\n")
+    cfg = load_config(tmp_path / "run.yaml")
+    assert cfg.particles.model == resolve_model("builtin:particles") and cfg.particles.model.is_file()
+
+
 def test_ingest_input_paths_become_a_list(tmp_path: Path) -> None:
     cfg = validate_config({"out": "o", "input": {"paths": "scan", "voxel_size": 2.0}}, base=tmp_path)
     assert cfg.input.paths == [tmp_path / "scan"]

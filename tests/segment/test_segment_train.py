@@ -167,3 +167,42 @@ def test_quick_train_3d_preset() -> None:
                          / (result.norm[1] - result.norm[0]))
     with torch.no_grad():
         assert torch.isfinite(result.model(x)).all()
+
+
+def test_a_model_rescaled_by_modes_ignores_the_scans_intensity_scale(tmp_path) -> None:
+    import json
+
+    import onnx
+
+    from volmla.engine.reduce import histogram, histogram_modes
+    from volmla.segment.infer import segment
+
+    image, truth = toy()
+    config = TrainConfig(iterations=20, augment=False, rescale="modes", **FAST)
+    result = train(image, sparse(truth), config=config)
+    assert result.norm == histogram_modes(histogram(image))
+    save_model(result, tmp_path / "m.pt")
+    export(tmp_path / "m.pt", tmp_path / "m.onnx")
+    meta = read_metadata(tmp_path / "m.onnx")
+    assert meta["rescale"] == "modes" and inspect_model(tmp_path / "m.onnx").rescale == "modes"
+    # another instrument's scale and offset: the scan's own modes map it as the training scan was
+    other = (image.astype(np.float32) * 2.5 + 7000.0).astype(np.float32)
+    a = np.asarray(segment(da.from_array(image, chunks=16), model=tmp_path / "m.onnx").phases)
+    b = np.asarray(segment(da.from_array(other, chunks=16), model=tmp_path / "m.onnx").phases)
+    assert (a == b).mean() > 0.995 and len(np.unique(a)) > 1  # modes found to 0.3 % of their gap
+    # ... where a model with the training scan's fixed levels is lost
+    fixed = train(image, sparse(truth), config=TrainConfig(iterations=20, augment=False, **FAST))
+    save_model(fixed, tmp_path / "f.pt")
+    export(tmp_path / "f.pt", tmp_path / "f.onnx")
+    c = np.asarray(segment(da.from_array(other, chunks=16), model=tmp_path / "f.onnx").phases)
+    assert (a == c).mean() < 0.8
+    # a rescaling this volmla does not know is refused, not guessed
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "volmla":
+            prop.value = json.dumps({**json.loads(prop.value), "rescale": "zscore"})
+    onnx.save(proto, str(tmp_path / "z.onnx"))
+    with pytest.raises(VolmlaError, match="zscore"):
+        inspect_model(tmp_path / "z.onnx")
+    with pytest.raises(VolmlaError, match="rescale must be one of"):
+        train(image, sparse(truth), config=TrainConfig(iterations=1, rescale="zscore", **FAST))  # type: ignore[arg-type]

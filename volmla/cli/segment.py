@@ -82,7 +82,7 @@ def export_command(
 def segment_command(
     input_path: Annotated[str, typer.Argument(metavar="IN", help="Intensity volume (OME-Zarr; a path or an fsspec URL).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Phase volume to write (uint8).")],
-    model: Annotated[Path | None, typer.Option("--model", help="ONNX model: a U-Net (volmla or foreign) or a volmla random forest.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="ONNX model: a U-Net (volmla or foreign) or a volmla random forest; builtin:particles is volmla's particle U-Net.")] = None,
     method: Annotated[str | None, typer.Option("--method", help="regions | unet | rf | threshold | kmeans (default: unet or rf from --model; regions with --labels alone).")] = None,
     classes: Annotated[int | None, typer.Option("--classes", help="K classes for threshold / kmeans (0..K-1 by intensity).")] = None,
     labels: Annotated[str | None, typer.Option("--labels", help="Sparse labels (phase + 1, 0 unlabelled; a path or an fsspec URL): the levels of --method regions, or to train --method rf.")] = None,
@@ -103,7 +103,9 @@ def segment_command(
     from volmla.io import check_output, open_volume, write_volume
     from volmla.io.outputs import source_id
     from volmla.segment.dispatch import METHODS, check_options, segment_phases
+    from volmla.segment.sessions import resolve_model
 
+    model = resolve_model(model) if model is not None else None
     if method is not None and method not in METHODS:
         raise VolmlaError(f"--method must be one of {METHODS}, got {method!r}")
     try:

@@ -5,9 +5,10 @@
    int64, so the result is the same for every chunking and every number of workers.
 2. :func:`histogram` is exact for integer data (one bin per value) and binned between the
    global minimum and maximum for float data.
-3. :func:`histogram_percentile` and :func:`otsu` read thresholds off a histogram without
-   touching the volume again; every stage that needs a percentile or an Otsu threshold
-   (normalisation, training, the solid mask, beam hardening) uses these.
+3. :func:`histogram_percentile`, :func:`otsu` and :func:`histogram_modes` read levels off
+   a histogram without touching the volume again; every stage that needs a percentile, an
+   Otsu threshold or the void and solid levels (normalisation, training, the solid mask,
+   beam hardening) uses these.
 """
 
 from __future__ import annotations
@@ -257,3 +258,47 @@ def otsu(hist: Histogram) -> float:
         raise VolmlaError("cannot find an Otsu threshold: the volume holds a single value")
     lo, hi = nonzero[0], nonzero[-1] + 1
     return float(threshold_otsu(hist=(hist.counts[lo:hi], hist.centers[lo:hi])))
+
+
+def histogram_modes(hist: Histogram) -> tuple[float, float]:
+    """The void and solid modes of a histogram: its highest bins below and above Otsu's threshold.
+
+    The counts are smoothed lightly first (a gaussian of 1 % of the occupied range), so
+    single-bin spikes of integer data do not decide.
+
+    Parameters
+    ----------
+    hist
+        From :func:`histogram`.
+
+    Returns
+    -------
+    tuple of float
+        ``(void, solid)``, the centres of the two modal bins; ``void < solid``.
+
+    Raises
+    ------
+    VolmlaError
+        The histogram counts a single value.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = np.concatenate([rng.normal(50, 5, 6000), rng.normal(150, 20, 2000)]).astype(np.uint8)
+    >>> void, solid = histogram_modes(histogram(x.reshape(8, 10, 100)))
+    >>> bool(45 < void < 55 and 140 < solid < 160)
+    True
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    counts = np.asarray(hist.counts, np.float64)
+    used = np.flatnonzero(counts)
+    if len(used) < 2:
+        raise VolmlaError("cannot find the void and solid levels of a constant volume")
+    first, last = int(used[0]), int(used[-1])
+    smooth = gaussian_filter1d(counts[first : last + 1], max(0.01 * (last - first), 0.5), mode="constant")
+    cut = int(np.clip(math.floor((otsu(hist) - hist.first) / hist.width) - first, 0, last - first - 1))
+    void = int(np.argmax(smooth[: cut + 1]))
+    solid = cut + 1 + int(np.argmax(smooth[cut + 1 :]))
+    offset = first + (0.0 if hist.exact else 0.5)  # exact bins hold one value each
+    return float(hist.first + (void + offset) * hist.width), float(hist.first + (solid + offset) * hist.width)

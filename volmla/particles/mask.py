@@ -54,7 +54,7 @@ import dask.array as da
 import numpy as np
 
 from volmla.engine.blocks import as_volume, map_reduce
-from volmla.engine.reduce import Histogram, histogram, otsu
+from volmla.engine.reduce import Histogram, histogram, histogram_modes, otsu
 from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.types import VolumeLike
@@ -171,20 +171,10 @@ def otsu_threshold(volume: VolumeLike) -> float:
 
 
 def _modes(hist: Histogram) -> tuple[float, float]:
-    """The void and solid modes of a histogram: its highest bins below and above Otsu's threshold."""
-    from scipy.ndimage import gaussian_filter1d
-
-    counts = np.asarray(hist.counts, np.float64)
-    used = np.flatnonzero(counts)
-    if len(used) < 2:
+    """:func:`~volmla.engine.reduce.histogram_modes`, refusing a constant volume in the mask's words."""
+    if np.count_nonzero(hist.counts) < 2:
         raise VolmlaError("cannot threshold a constant volume: give threshold=VALUE")
-    first, last = int(used[0]), int(used[-1])
-    smooth = gaussian_filter1d(counts[first : last + 1], max(0.01 * (last - first), 0.5), mode="constant")
-    cut = int(np.clip(math.floor((otsu(hist) - hist.first) / hist.width) - first, 0, last - first - 1))
-    void = int(np.argmax(smooth[: cut + 1]))
-    solid = cut + 1 + int(np.argmax(smooth[cut + 1 :]))
-    offset = first + (0.0 if hist.exact else 0.5)  # exact bins hold one value each
-    return float(hist.first + (void + offset) * hist.width), float(hist.first + (solid + offset) * hist.width)
+    return histogram_modes(hist)
 
 
 def mode_midpoint(hist: Histogram) -> float:

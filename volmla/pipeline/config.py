@@ -17,6 +17,7 @@
       # method: regions | rf | unet (ONNX; also spelled model) | threshold | kmeans
     particles: {min_size: 50, split: true, neck: 0.85}
     # particles: {model: particles.onnx}   # from a particle U-Net's interior/boundary map
+    # particles: {model: "builtin:particles"}   # ... the one volmla ships
     grains: true
     liberation: {densities: [2.65, 2.6, 5.0], free_threshold: 0.99}
 
@@ -220,6 +221,13 @@ def _path(base: Path, value: Any, what: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
+def _model(base: Path, value: Any, what: str) -> Path:
+    """A model file: a path (relative to the config) or ``builtin:NAME``, a model volmla ships."""
+    from volmla.segment.sessions import BUILTIN_PREFIX, resolve_model
+
+    return resolve_model(value) if isinstance(value, str) and value.startswith(BUILTIN_PREFIX) else _path(base, value, what)
+
+
 def _volume(base: Path, value: Any, what: str) -> Path | str:
     """A volume the run reads: a path (relative to the config) or an fsspec URL, kept as text."""
     from volmla.io.ngff import is_url
@@ -320,7 +328,8 @@ _SEGMENT_CHECKS: dict[str, Check] = {
 class ParticlesConfig:
     """Options of :func:`volmla.particles.label_particles` (``threshold`` defaults to None: phases > 0).
 
-    ``model``: a particle U-Net (ONNX, trained with ``target="particles"``); the scan (as
+    ``model``: a particle U-Net (ONNX, trained with ``target="particles"``, or
+    ``builtin:particles``, the one volmla ships); the scan (as
     the segmentation gets it: preprocessed when the config has steps) is segmented by it
     into a background / interior / boundary map and the particles are labelled from that
     (``threshold="interior"``) instead of from the phases or the grey.
@@ -495,7 +504,7 @@ def _segment(raw: Any, base: Path) -> SegmentConfig | None:
         raise VolmlaError(f"config segment.classes must be an integer in 2..255, got {seg['classes']!r}")
     for key in ("model", "labels", "save_model"):
         if key in seg:
-            seg[key] = (_volume if key == "labels" else _path)(base, seg[key], f"segment.{key}")
+            seg[key] = {"labels": _volume, "model": _model}.get(key, _path)(base, seg[key], f"segment.{key}")
     given = tuple(k for k in seg if k != "method")
     options = {k: v for k, v in seg.items() if k != "method"}
     return SegmentConfig(method=cast(SegmentMethod, method), spelled=spelled, given=(*given, "method"), **options)
@@ -549,7 +558,7 @@ def validate_config(raw: Any, *, base: Path = Path(".")) -> PipelineConfig:
         if "threshold" in particles:
             raise VolmlaError("config particles.model takes the solid from the network's map: leave out "
                               "particles.threshold")
-        particles["model"] = _path(base, particles["model"], "particles.model")
+        particles["model"] = _model(base, particles["model"], "particles.model")
         if not particles["model"].is_file():
             raise VolmlaError(f"config particles.model {particles['model']} is not a file (an ONNX particle U-Net)")
     grains = raw.get("grains", True)

@@ -58,6 +58,7 @@ def _metadata(meta: dict[str, Any]) -> dict[str, Any]:
         "dim": int(arch["dim"]),
         "classes": list(meta["classes"]),
         "norm": [float(v) for v in meta["norm"]],
+        "rescale": meta.get("rescale", "fixed"),
         "halo": int(meta["halo"]),
         "tile": [int(t) for t in meta["tile"]],
         "multiple": size_multiple(int(arch["depth"])),

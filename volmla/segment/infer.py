@@ -2,7 +2,9 @@
 
 1. Model and session: the ONNX file is inspected once and every worker process keeps
    one cached session per (model, providers, fp16, threads) (:mod:`volmla.segment.sessions`:
-   metadata, checks, TensorRT -> CUDA -> CPU providers, fp16).
+   metadata, checks, TensorRT -> CUDA -> CPU providers, fp16). A model trained with
+   ``rescale="modes"`` maps each scan by the scan's own void and solid histogram modes
+   (one histogram pass before the graph is built), any other by its stored levels.
 2. Context: the model's halo is its full receptive field (28 voxels for a depth-3 U-Net),
    but the zero padding at a tile's face changes a label only a few voxels in (the demo's
    depth-3 U-Net: 0.9 % of the voxels 8 voxels from a face, 0.2 % at 12, none from 21 on).
@@ -48,6 +50,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -55,6 +58,7 @@ import dask.array as da
 import numpy as np
 
 from volmla.engine.blocks import as_volume
+from volmla.engine.reduce import histogram, histogram_modes
 from volmla.errors import VolmlaError
 from volmla.segment.sessions import (
     GPU_PROVIDERS,
@@ -567,7 +571,8 @@ def segment(
     volume
         Intensity volume (xarray from :func:`volmla.io.open_volume`, or Dask).
     model
-        ONNX file (a volmla export, or any model with input ``(N, 1, Z, Y, X)`` float32).
+        ONNX file (a volmla export, or any model with input ``(N, 1, Z, Y, X)`` float32),
+        or ``builtin:NAME`` for a model volmla ships (``builtin:particles``).
     halo
         The model's receptive field in voxels per side (default: the model's metadata;
         required for foreign models).
@@ -610,6 +615,12 @@ def segment(
 
     info = inspect_model(model, halo=halo)
     data = as_volume(volume, name="intensity", finite=True).data
+    if info.rescale == "modes":  # the scan's own void and solid levels: one histogram pass
+        levels = histogram_modes(histogram(data))
+        if not levels[1] > levels[0]:
+            raise VolmlaError(f"the scan shows no void and solid levels to rescale by (modes {levels[0]:g}, {levels[1]:g})")
+        logger.info("intensities rescaled by the scan's void and solid modes %.4g, %.4g", *levels)
+        info = replace(info, norm=levels)
     check_tiling(tile=tile, overlap=overlap, batch=batch)
     if context is not None and (int(context) != context or context < 0):
         raise VolmlaError(f"context must be a non-negative integer, got {context!r}")

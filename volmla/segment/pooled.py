@@ -362,7 +362,7 @@ def fit_levels(table: np.ndarray, *, r_max: float, lo: float, scale: float) -> L
     # of the quartz-feldspar gap)
     a, rings = 0.0, np.zeros(n.shape[1])
     for _ in range(20):
-        a_new, levels = _fit_gain(n, np.nan_to_num(m) - rings[None], s, fitted, fit=radii >= 3, start=a)
+        a_new, levels = _fit_gain(n, np.nan_to_num(m) - rings[None], s, fitted, fit=bool(radii >= 3), start=a)
         rings = _ring_profile(n, m, 1.0 + a_new * s, void=void)
         done = abs(a_new - a) <= 1e-9
         a = a_new

@@ -6,7 +6,9 @@
    (:func:`read_metadata`: class names, intensity normalisation, halo, tile, size
    multiple); any other model runs on raw intensities cast to float32 and needs ``halo``.
    A model expecting more than one input channel, or naming a different number of
-   classes than it outputs, is refused with a one-line error.
+   classes than it outputs, is refused with a one-line error. Wherever a model file is
+   asked for, ``builtin:NAME`` names a model that ships with volmla (:data:`BUILTIN_MODELS`,
+   :func:`resolve_model`).
 2. Providers (:func:`select_providers`): TensorRT -> CUDA -> CPU in order of
    availability. CUDA uses cuDNN's HEURISTIC convolution algorithm search; TensorRT
    caches its engines.
@@ -38,17 +40,35 @@ from volmla.errors import VolmlaError
 logger = logging.getLogger(__name__)
 
 UNET_FORMAT = "volmla-unet"
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = {"particles": "particles-unet.onnx"}
+"""Models that ship with volmla (in ``volmla/data``), by the name ``builtin:NAME`` gives.
+
+``particles``: background / interior / boundary U-Net (depth 3, base 8, rescaled by each
+scan's void and solid modes), trained on the hard and the easy crushed-ore phantoms of
+seed 100 (128^3 each, side by side) by ``python benchmarks/bench_particles.py --learned
+--levels hard easy --train-levels hard easy --rescale modes --iterations 3000
+--keep-models DIR``, ``benchmarks/results/particles_builtin_training.json``; measured in
+``benchmarks/results/particles_builtin*.json``. It has
+seen simulated scans only: check it on a labelled crop of your own before trusting it
+(``volmla evaluate``)."""
+RESCALES = ("fixed", "modes")
+"""How a U-Net maps a scan's intensities: by the training scan's stored levels, or by
+each scan's own void and solid histogram modes (:class:`~volmla.segment.train.TrainConfig`)."""
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 __all__ = [
+    "BUILTIN_MODELS",
     "GPU_PROVIDERS",
     "ModelInfo",
+    "RESCALES",
     "SESSION_STATS",
     "UNET_FORMAT",
     "clear_sessions",
     "get_session",
     "inspect_model",
     "read_metadata",
+    "resolve_model",
     "select_providers",
 ]
 
@@ -59,6 +79,39 @@ SESSION_STATS = {"created": 0}
 
 
 # ----------------------------------------------------------------------------- model
+
+
+def resolve_model(model: str | Path) -> Path:
+    """The file of a model: ``builtin:NAME`` is a model that ships with volmla, anything else a path.
+
+    Parameters
+    ----------
+    model
+        A path, or ``builtin:NAME`` with NAME one of :data:`BUILTIN_MODELS`.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    VolmlaError
+        An unknown built-in name.
+
+    Examples
+    --------
+    >>> resolve_model("builtin:particles").name
+    'particles-unet.onnx'
+    >>> str(resolve_model("model.onnx"))
+    'model.onnx'
+    """
+    text = str(model)
+    if not text.startswith(BUILTIN_PREFIX):
+        return Path(model)
+    name = text[len(BUILTIN_PREFIX):]
+    if name not in BUILTIN_MODELS:
+        raise VolmlaError(f"no built-in model {name!r}: volmla ships {', '.join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)}")
+    return Path(__file__).resolve().parents[1] / "data" / BUILTIN_MODELS[name]
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -75,7 +128,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     """
     import onnx
 
-    path = Path(path)
+    path = resolve_model(path)
     if not path.is_file():
         raise VolmlaError(f"model {path} does not exist")
     try:
@@ -98,6 +151,9 @@ class ModelInfo:
     classes: tuple[str, ...]
     norm: tuple[float, float] | None
     """Intensities mapped to 0 and 1, or None (raw intensities cast to float32)."""
+    rescale: str
+    """``"fixed"`` (``norm`` as stored) or ``"modes"`` (``norm`` is each scan's own void
+    and solid modes, set by :func:`~volmla.segment.infer.segment`)."""
     halo: int
     tile: tuple[int, ...] | None
     multiple: int
@@ -129,7 +185,7 @@ def inspect_model(model: str | Path, *, halo: int | None = None) -> ModelInfo:
     """
     import onnx
 
-    path = Path(model)
+    path = resolve_model(model)
     meta = read_metadata(path)
     if meta.get("format") not in (None, UNET_FORMAT):
         raise VolmlaError(f"model {path} is a {meta['format']!r} model, not a U-Net: use it with method=rf")
@@ -166,12 +222,16 @@ def inspect_model(model: str | Path, *, halo: int | None = None) -> ModelInfo:
     fixed = [d for d in in_dims[2:] if isinstance(d, int) and d > 0]
     tile = tuple(int(t) for t in meta["tile"]) if meta.get("tile") else (tuple(fixed) if len(fixed) == len(in_dims) - 2 else None)
     norm = tuple(float(v) for v in meta["norm"]) if meta.get("norm") else None
+    rescale = str(meta.get("rescale", "fixed"))
+    if rescale not in RESCALES:
+        raise VolmlaError(f"model {path} rescales intensities by {rescale!r}, which this volmla does not know ({RESCALES})")
     return ModelInfo(
         path=str(path.resolve()),
         dim=len(in_dims) - 2,
         n_classes=n_classes,
         classes=classes,
         norm=norm,  # type: ignore[arg-type]
+        rescale=rescale,
         halo=int(halo),
         tile=tile,
         multiple=int(meta.get("multiple", 1)),

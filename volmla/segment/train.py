@@ -59,6 +59,7 @@ from volmla.errors import VolmlaError
 from volmla.segment import PARTICLE_CLASSES, SPARSE_LABEL_OFFSET, particle_targets
 from volmla.segment.forest import read_region
 from volmla.segment.model import NORMS, UNet, receptive_halo, size_multiple
+from volmla.segment.sessions import RESCALES
 from volmla.types import VolumeLike
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,14 @@ class TrainConfig:
     classes
         Class names (default: from the labels' phase names, ``void`` first).
     percentiles
-        Intensity percentiles mapped to 0 and 1.
+        Intensity percentiles mapped to 0 and 1 (``rescale="fixed"``).
+    rescale
+        ``"fixed"``: the training scan's ``percentiles`` are stored as intensities and
+        every scan the model segments is mapped by them (scans of the same instrument
+        settings). ``"modes"``: every scan, the training one included, is mapped by its own
+        void and solid histogram modes (void 0, solid 1;
+        :func:`volmla.engine.reduce.histogram_modes`), so the model applies to scans of
+        any intensity scale or offset, at the price of one histogram pass per scan.
     tile
         Inference tile stored in the exported model (default 64 for 3-D, 256 for 2-D).
     """
@@ -143,6 +151,7 @@ class TrainConfig:
     target: Literal["phases", "particles"] = "phases"
     classes: tuple[str, ...] | None = None
     percentiles: tuple[float, float] = (1.0, 99.0)
+    rescale: Literal["fixed", "modes"] = "fixed"
     tile: int | tuple[int, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -179,6 +188,8 @@ def _validate(config: TrainConfig) -> TrainConfig:
         raise VolmlaError(f"depth must lie in 1..5, got {config.depth!r}")
     if config.base < 1:
         raise VolmlaError(f"base must be at least 1, got {config.base!r}")
+    if config.rescale not in RESCALES:
+        raise VolmlaError(f"rescale must be one of {RESCALES}, got {config.rescale!r}")
     if config.norm not in NORMS:
         raise VolmlaError(f"norm must be one of {NORMS}, got {config.norm!r}")
     if config.iterations < 1 or config.batch < 1:
@@ -380,7 +391,7 @@ def train(intensity: VolumeLike, labels: VolumeLike, *, config: TrainConfig | No
     >>> save_model(result, "model.pt")  # doctest: +SKIP
     """
     from volmla.engine.cluster import compute
-    from volmla.engine.reduce import histogram, histogram_percentile
+    from volmla.engine.reduce import histogram, histogram_modes, histogram_percentile
 
     config = _validate(config or TrainConfig())
     image = as_volume(intensity, name="intensity").data
@@ -407,7 +418,10 @@ def train(intensity: VolumeLike, labels: VolumeLike, *, config: TrainConfig | No
 
     # 3. normalisation
     hist = histogram(image)
-    lo, hi = (histogram_percentile(hist, q) for q in config.percentiles)
+    if config.rescale == "modes":
+        lo, hi = histogram_modes(hist)
+    else:
+        lo, hi = (histogram_percentile(hist, q) for q in config.percentiles)
     if hi <= lo:
         hi = lo + 1.0
     scale = 1.0 / (hi - lo)
@@ -585,6 +599,7 @@ def save_model(result: TrainResult, path: str | Path) -> Path:
         "state_dict": result.model.state_dict(),
         "classes": list(result.classes),
         "norm": list(result.norm),
+        "rescale": cfg.rescale,
         "halo": result.halo,
         "context": result.context,
         "context_agreement": dict(result.context_agreement or {}),
