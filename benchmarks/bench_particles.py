@@ -255,7 +255,7 @@ def _peer(ct: np.ndarray | None, solid: np.ndarray | None) -> tuple[np.ndarray, 
     return labels, times
 
 
-def speed(n: int, *, workers: int, out: Path) -> int:
+def speed(n: int, *, workers: int, out: Path, builtin: bool = False) -> int:
     """Mvx/s of ``volmla particles`` (plan + write, the CLI's path) at ``n^3`` on ``workers``, with peers.
 
     The 128^3 hard phantom of seed 0 tiled to ``n^3`` is written to OME-Zarr (chunks 128),
@@ -264,13 +264,22 @@ def speed(n: int, *, workers: int, out: Path) -> int:
     ``"auto"`` mask, pores, dust, weighted split) and from the true solid (a phases
     volume: nonzero is solid). The peer is scikit-image's in-memory recipe on one thread
     (Otsu, ``binary_fill_holes``, ``remove_small_objects``, EDT, ``peak_local_max``,
-    ``watershed``), timed per stage on the same volumes.
+    ``watershed``), timed per stage on the same volumes. With ``builtin``, also from the
+    CT through the built-in particle U-Net: its map written to OME-Zarr (``segment``, the
+    run's ``particle_map.zarr``), then labelled from it, the two timed together.
     """
     import tempfile
 
     from volmla.engine.cluster import cluster, peak_rss
-    from volmla.io import write_volume
+    from volmla.io import open_volume, write_volume
     from volmla.particles.files import plan_particles, write_labels
+    from volmla.particles.learned import MAP_PHASES
+    from volmla.segment.infer import segment
+
+    def builtin_map(folder: Path) -> Path:  # the scan's interior/boundary map, stored as a run stores it
+        phases = segment(open_volume(folder / "ct.zarr"), model="builtin:particles").phases
+        write_volume(phases, folder / "map.zarr", voxel_size=1.0, chunks=128, kind="phases", phases=MAP_PHASES)
+        return folder / "map.zarr"
 
     ct, solid = _tiled(n)
     rows: list[dict[str, Any]] = []
@@ -279,17 +288,19 @@ def speed(n: int, *, workers: int, out: Path) -> int:
         write_volume(ct, folder / "ct.zarr", voxel_size=1.0, chunks=128, kind="intensity")
         write_volume(solid.astype(np.uint8), folder / "solid.zarr", voxel_size=1.0, chunks=128, kind="phases")
         with cluster(workers=workers, dashboard=False) as client:
-            for source, name in [("ct", "ct.zarr"), ("perfect", "solid.zarr")]:  # a phases volume: nonzero is solid
+            sources = [("ct", "ct.zarr"), ("perfect", "solid.zarr")]  # a phases volume: nonzero is solid
+            for source, name in sources + ([("ct-builtin", None)] if builtin else []):
                 client.run(peak_rss, reset=True)
                 t = time.perf_counter()
-                plan = plan_particles(folder / name, folder / f"{source}-particles.zarr")
+                path = builtin_map(folder) if name is None else folder / name
+                plan = plan_particles(path, folder / f"{source}-particles.zarr")
                 found = write_labels(plan)
                 dt = time.perf_counter() - t
                 rss = max(client.run(peak_rss).values())
                 rows.append({"source": source, "method": "volmla", "workers": workers, "seconds": dt,
                              "mvox_per_s": ct.size / dt / 1e6, "n_particles": int(found.count),
                              "peak_worker_rss_gb": rss / 1e9})
-                print(f"{source:7s} volmla {n}^3 on {workers} workers: {dt:6.1f} s {ct.size / dt / 1e6:5.2f} Mvx/s "
+                print(f"{source:10s} volmla {n}^3 on {workers} workers: {dt:6.1f} s {ct.size / dt / 1e6:5.2f} Mvx/s "
                       f"{found.count} particles, peak worker RSS {rss / 1e9:.2f} GB", flush=True)
     for source, args in [("ct", (ct, None)), ("perfect", (None, solid))]:
         t = time.perf_counter()
@@ -574,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--use-models", type=Path, default=None, metavar="DIR",
                     help="with --learned: apply DIR/particles-LEVEL.onnx instead of training")
     ap.add_argument("--builtin", action="store_true",
-                    help="with --learned: apply the model volmla ships (builtin:particles) instead of training")
+                    help="with --learned: apply the model volmla ships (builtin:particles) instead of training; with --speed: also time the CT through it")
     ap.add_argument("--model-level", choices=["easy", "hard"], default=None,
                     help="with --use-models: the level whose model is applied to every level's scans")
     add_set_option(ap)
@@ -586,7 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         return learned(args)
     if args.speed:
         name = "particles_speed.json" if args.speed == 384 else f"particles_speed_{args.speed}.json"
-        return speed(args.speed, workers=args.workers, out=RESULTS / name)
+        if args.builtin:
+            name = name.replace("particles_speed", "particles_speed_builtin")
+        return speed(args.speed, workers=args.workers, out=RESULTS / name, builtin=args.builtin)
     if args.quick:
         args.shape, args.seeds, args.levels = 64, [0], ["easy"]
         if args.out == RESULTS / "particles.json":
