@@ -615,15 +615,13 @@ def segment(
 
     info = inspect_model(model, halo=halo)
     data = as_volume(volume, name="intensity", finite=True).data
-    if info.rescale == "modes":  # the scan's own void and solid levels: one histogram pass
-        levels = histogram_modes(histogram(data))
-        if not levels[1] > levels[0]:
-            raise VolmlaError(f"the scan shows no void and solid levels to rescale by (modes {levels[0]:g}, {levels[1]:g})")
-        logger.info("intensities rescaled by the scan's void and solid modes %.4g, %.4g", *levels)
-        info = replace(info, norm=levels)
     check_tiling(tile=tile, overlap=overlap, batch=batch)
     if context is not None and (int(context) != context or context < 0):
         raise VolmlaError(f"context must be a non-negative integer, got {context!r}")
+    if info.rescale == "modes":  # the scan's own void and solid levels (void < solid): one histogram pass
+        levels = histogram_modes(histogram(data))
+        logger.info("intensities rescaled by the scan's void and solid modes %.4g, %.4g", *levels)
+        info = replace(info, norm=levels)
     providers = select_providers(device)
     on_gpu = providers[0] in GPU_PROVIDERS
     if fp16 and not on_gpu:
