@@ -243,6 +243,30 @@ def test_particles_longer_than_the_halo_are_split_whole_the_same_for_every_chunk
     assert "beyond the split halo" not in caplog.text
 
 
+def test_particles_past_the_halo_in_a_component_too_large_to_split_whole_stay_exact(caplog, monkeypatch):
+    # a chain of 36 touching balls across the volume is one solid component (box 360,000
+    # voxels); a rod 45 voxels long leaves it, beyond the halo made for radius 3: it is
+    # split again in a window around its pieces, far smaller than the component
+    import volmla.particles.split as sp
+
+    zz, yy, xx = np.ogrid[:40, :72, :400]
+    solid = np.zeros((40, 72, 400), bool)
+    for cx in range(8, 400, 11):
+        solid |= (zz - 14) ** 2 + (yy - 14) ** 2 + (xx - cx) ** 2 <= 36
+    solid |= ((zz - 14) ** 2 + (xx - 96) ** 2 <= 16) & (yy >= 21) & (yy < 66)
+    assert ndi.label(solid, np.ones((3, 3, 3)))[1] == 1
+    monkeypatch.setattr(sp.resplit_cut, "__kwdefaults__", {**sp.resplit_cut.__kwdefaults__, "max_voxels": 150_000})
+    ref = label_particles(da.from_array(solid, chunks=solid.shape), threshold=None, max_radius=3)
+    assert ref.count == 37
+    with caplog.at_level(logging.INFO, logger="volmla.particles.split"):
+        for chunks in [(40, 40, 50), (40, 13, 33)]:
+            out = label_particles(da.from_array(solid, chunks=chunks), threshold=None, max_radius=3)
+            np.testing.assert_array_equal(out.labels.values, ref.labels.values)
+    assert "beyond the split halo" not in caplog.text
+    windows = [int(v) for v in re.findall(r"of (\d+) voxels in all split again", caplog.text)]
+    assert windows and max(windows) < 360_000
+
+
 @pytest.mark.parametrize("chunks", [(32, 32, 32), (10, 9, 7)])
 def test_weighted_split_resplit_whole_matches_one_block(tmp_path, chunks):
     import zarr
@@ -263,7 +287,7 @@ def test_weighted_split_resplit_whole_matches_one_block(tmp_path, chunks):
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "keys.zarr"))[...], one.compute())
 
 
-def test_components_too_large_to_split_whole_keep_the_warning(caplog, monkeypatch):
+def test_particles_needing_windows_too_large_keep_the_warning(caplog, monkeypatch):
     import volmla.particles.split as sp
 
     rod = np.zeros((10, 10, 120), bool)
@@ -273,8 +297,8 @@ def test_components_too_large_to_split_whole_keep_the_warning(caplog, monkeypatc
     with caplog.at_level(logging.WARNING, logger="volmla.particles.split"):
         label_particles(da.from_array(rod, chunks=(10, 10, 20)), threshold=None, max_radius=2)
     assert "larger than 1000 voxels" in caplog.text
-    # every particle of the rod lies in that one component and is counted once, however
-    # many searches its length takes
+    # every piece of the rod needs a window larger than that: each particle is counted
+    # once, however many windows it took
     found = re.search(r"(\d+) of (\d+) particle", caplog.text)
     assert found is not None and found[1] == found[2] and int(found[1]) >= 1
 
@@ -289,3 +313,19 @@ def test_small_touching_particles_stay_apart_by_default():
     assert len(np.unique(split_block(two, h=0.5))) - 1 == 1
     found = label_particles(two.astype(np.uint8), threshold=None)
     assert found.count == 2
+
+
+@pytest.mark.parametrize("shards", [None, (4, 4, 4)])
+def test_new_keys_are_written_chunk_by_chunk_including_partial_edge_chunks(tmp_path, shards):
+    import zarr
+
+    from volmla.particles.split import _write_voxels
+
+    where = str(tmp_path / "keys.zarr")
+    zarr.create_array(where, shape=(10, 10, 10), chunks=(2, 2, 2) if shards else (4, 4, 4), shards=shards,
+                      dtype="u8", fill_value=7)
+    at = np.array([[0, 0, 0], [9, 9, 9], [5, 1, 8], [5, 2, 8]])
+    _write_voxels(where, at, np.array([1, 2, 3, 4], np.uint64))
+    expect = np.full((10, 10, 10), 7, np.uint64)
+    expect[tuple(at.T)] = [1, 2, 3, 4]
+    np.testing.assert_array_equal(zarr.open_array(where)[...], expect)

@@ -200,7 +200,7 @@ def label_particles(
     if where is not None:
         assert stored is not None and report is not None
         keys = store(keys, where / "split-keys.zarr", desc="storing split keys")
-        # particles longer than the halo: their solid components split whole, so the
+        # particles longer than the halo: split again in windows that hold them, so the
         # labels do not depend on the chunking
         resplit_cut(where / "split-keys.zarr", stored, report, neck=neck, h=h,
                     voxel_size=voxel_size, connectivity=connectivity)

@@ -49,21 +49,25 @@ Step 4 of :func:`volmla.particles.label_particles`. :func:`split_touching` runs
       first split with a smaller halo (:data:`FIRST_FACTOR`) is split again with the
       full one, and a particle that still reaches its face is listed in the
       ``report`` folder (or, without one, logged as a warning);
-4. **whole components** (:func:`resplit_cut`, once the keys are stored): the solid
-   component (26-connected) of each listed particle is read from the stored mask and
-   split in one piece, and its keys replace the block-wise ones. Components are
-   separated by background, so this is what a single-block split of the whole volume
-   gives there.
+4. **windows around the cut particles** (:func:`resplit_cut`, once the keys are
+   stored): each listed particle comes with the box of its voxels in its block; boxes
+   that overlap or touch are gathered where one window costs less than two, and each
+   box is split again from the stored mask (and weight) with the halo around it,
+   doubled until no particle given to a listed voxel reaches the window's face (the
+   check of 3e). The listed voxels take the window's keys. The windows are split in
+   parallel; their size follows the particles, not the solid component they belong
+   to, which in a packed bed is the whole volume.
 
 Chunk independence: exact (identical labels for every chunking, tested) for particles
-of any length, as long as every solid component holding a particle that reaches
-beyond the halo has a box of at most :data:`MAX_WHOLE` voxels (larger ones keep their
-block-wise keys and are reported by a warning; give ``max_radius`` for a larger halo).
+of any length: every particle is keyed by a split whose window it does not leave, in
+its block or in a window of step 4, as long as that window has at most
+:data:`MAX_WHOLE` voxels (particles that need a larger one keep their block-wise keys
+and are reported by a warning; give ``max_radius`` for a larger halo).
 :func:`volmla.particles.label_particles` passes the folder whenever it has scratch
 space the workers reach; :func:`split_touching` alone, without ``report``, is exact for
 particles up to about three times as long as the largest inscribed radius.
 
-The module is one piece (about 990 lines): the distance pass, the halo it sets, the
+The module is one piece (about 1,080 lines): the distance pass, the halo it sets, the
 block kernel and the halo check share the halo's geometry and the key format, which
 splitting would only spread out.
 """
@@ -699,7 +703,8 @@ def _split_extended(
     Beyond the volume's faces the extended block holds background only: one plane of it
     is kept there (the distances see the face as background all the same), not the halo.
     Particles still cut by the full halo are written to the folder ``report`` (their
-    keys, for :func:`resplit_cut`), or logged as a warning without one.
+    keys and the boxes of their voxels in the block, for :func:`resplit_cut`), or logged
+    as a warning without one.
     """
     cut = 0
     low_face = [origin[a] == 0 for a in range(3)]
@@ -716,7 +721,9 @@ def _split_extended(
         if not cut_keys.size:
             return owned(core)
     if report is not None:  # the same file whatever retry wrote it: idempotent
-        np.save(Path(report) / ("cut-" + "-".join(map(str, origin)) + ".npy"), cut_keys)
+        box_lo, box_hi = _piece_boxes(core, cut_keys, origin)
+        np.savez(Path(report) / ("cut-" + "-".join(map(str, origin)) + ".npz"), keys=cut_keys, lo=box_lo, hi=box_hi,
+                 halo=np.asarray(halo))
         return owned(core)
     cut, at = len(cut_keys), tuple(int(c) for c in np.unravel_index(int(cut_keys[0]) - 1, shape))
     logger.warning(
@@ -790,8 +797,8 @@ def split_touching(
         are the same).
     report
         An existing folder the workers reach: blocks where a particle reaches beyond
-        the halo list its key there, for :func:`resplit_cut` to split its solid
-        component whole once the keys are stored. None: such particles are logged as
+        the halo list it there, for :func:`resplit_cut` to split it again in a window
+        that holds it once the keys are stored. None: such particles are logged as
         a warning (their labels may depend on the chunking).
 
     Returns
@@ -850,44 +857,138 @@ def split_touching(
 
 
 MAX_WHOLE = 2**26
-"""Most voxels (bounding box) of a solid component :func:`resplit_cut` splits whole in
-one piece of memory (~1.5 GB of working arrays at 2**26); larger ones keep their
-block-wise split, with a warning."""
+"""Most voxels of a window :func:`resplit_cut` splits in one piece (~1.5 GB of working
+arrays at 2**26); particles that need a larger one keep their block-wise keys, with a
+warning."""
 
 
-def _component_at(solid: str | Path, seed: tuple[int, ...], shape: tuple[int, ...],
-                  max_voxels: int) -> tuple[np.ndarray, tuple[int, ...], bool]:
-    """The 26-connected solid component through ``seed`` with one voxel of background
-    around it (a window of the stored mask), the window's first voxel and True; when its
-    box exceeds ``max_voxels``, the part of it in the last window searched and False.
-    The window grows from 64 voxels around the seed until the component stays clear of
-    its faces inside the volume."""
-    import cc3d
+def _piece_boxes(core: np.ndarray, cut_keys: np.ndarray, origin: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per key of ``cut_keys`` (ascending, all present in ``core``): the box of its voxels
+    in the block proper, as first and one-past-last voxels in the volume (n x 3 each)."""
+    where = np.nonzero(np.isin(core, cut_keys))
+    which = np.searchsorted(cut_keys, core[where])
+    lo = np.full((len(cut_keys), 3), np.iinfo(np.int64).max, np.int64)
+    hi = np.full((len(cut_keys), 3), -1, np.int64)
+    for axis in range(3):
+        np.minimum.at(lo[:, axis], which, where[axis])
+        np.maximum.at(hi[:, axis], which, where[axis])
+    return lo + np.asarray(origin), hi + 1 + np.asarray(origin)
 
+
+def _merged_boxes(lo: np.ndarray, hi: np.ndarray, margin: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Boxes (first, one-past-last voxels) gathered where that saves work: two boxes that
+    overlap or touch become one when its window (the box and ``margin`` on each side) has
+    no more voxels than their two windows. Per group: its box and the indices of the
+    boxes it holds."""
+    lo, hi = lo.astype(np.int64), hi.astype(np.int64)
+    members = [[i] for i in range(len(lo))]
+    alive = np.ones(len(lo), bool)
+
+    def window(first: np.ndarray, last: np.ndarray) -> np.ndarray:
+        return np.prod(last - first + 2 * margin, axis=-1)
+
+    changed = True
+    while changed:
+        changed = False
+        for i in np.flatnonzero(alive):
+            if not alive[i]:
+                continue
+            near = np.flatnonzero(alive & np.all(lo <= hi[i], axis=1) & np.all(hi >= lo[i], axis=1))
+            near = near[near != i]
+            if not near.size:
+                continue
+            first, last = np.minimum(lo[i], lo[near]), np.maximum(hi[i], hi[near])
+            cheaper = near[window(first, last) <= window(lo[i], hi[i]) + window(lo[near], hi[near])]
+            for j in cheaper:
+                lo[i], hi[i] = np.minimum(lo[i], lo[j]), np.maximum(hi[i], hi[j])
+                members[i] += members[j]
+                alive[j] = False
+                changed = True
+    return [(lo[i], hi[i], np.asarray(members[i])) for i in np.flatnonzero(alive)]
+
+
+def _resplit_window(
+    keys: str,
+    stored: Sequence[str],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    pieces: tuple[np.ndarray, np.ndarray, np.ndarray],
+    *,
+    halo: np.ndarray,
+    shape: tuple[int, ...],
+    max_voxels: int,
+    **split: Any,
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """New keys of the voxels of the box ``lo:hi`` that belong to the listed ``pieces``
+    (their keys, first and one-past-last voxels: a piece is the voxels of its key in its box).
+
+    The box is split with a margin of ``halo`` voxels around it, doubled until no
+    particle given to those voxels reaches the window's outer face inside the volume
+    (the halo check of the blocks). Beyond the volume's faces the window keeps one plane
+    of background. Returns the voxels (flat indices in the box), their keys and the
+    window's voxels, or None when the window would exceed ``max_voxels``.
+    """
     from volmla.engine.windows import read_window
 
-    reach = 64
+    stored_keys = read_window(keys, tuple(int(a) for a in lo), tuple(int(b) for b in hi))
+    todo = np.zeros(stored_keys.shape, bool)
+    for key, first, last in zip(pieces[0], pieces[1] - lo, pieces[2] - lo, strict=True):
+        box = tuple(slice(int(a), int(b)) for a, b in zip(first, last, strict=True))
+        todo[box] |= stored_keys[box] == key
+    del stored_keys
+    margin = np.maximum(np.asarray(halo, np.int64), 1)
+    bound = np.asarray(shape, np.int64)
     while True:
-        start = tuple(max(c - reach, -1) for c in seed)
-        stop = tuple(min(c + reach + 1, n + 1) for c, n in zip(seed, shape, strict=True))
-        window = read_window(solid, start, stop, cval=0).astype(bool)
-        comps = cc3d.connected_components(window.view(np.uint8), connectivity=26)
-        comp = comps == comps[tuple(c - a for c, a in zip(seed, start, strict=True))]
-        del comps
-        boxed = [np.flatnonzero(comp.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
-        # the window's faces beyond the volume are background: only faces inside it bound the search
-        open_face = any((box[0] == 0 and start[a] >= 0) or (box[-1] == comp.shape[a] - 1 and stop[a] <= shape[a])
-                        for a, box in enumerate(boxed))
-        if not open_face:
-            lo = [int(box[0]) - 1 for box in boxed]
-            hi = [int(box[-1]) + 2 for box in boxed]
-            crop = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-            whole = math.prod(b - a for a, b in zip(lo, hi, strict=True)) <= max_voxels
-            return comp[crop], tuple(a + o for a, o in zip(lo, start, strict=True)), whole
-        reach *= 2
-        if math.prod(min(c + reach + 1, n + 1) - max(c - reach, -1) for c, n in zip(seed, shape, strict=True)) \
-                > 2 * max_voxels:
-            return comp, start, False
+        start = np.maximum(lo - margin, -1)
+        stop = np.minimum(hi + margin, bound + 1)
+        if int(np.prod(stop - start)) > max_voxels:
+            return None
+        origin, end = tuple(int(a) for a in start), tuple(int(b) for b in stop)
+        mask = read_window(stored[0], origin, end, cval=0).astype(bool)
+        weight = read_window(stored[1], origin, end, cval=0).astype(np.float32) if len(stored) > 1 else None
+        found = split_block(mask, origin=origin, shape=shape, weight=weight, **split)
+        del mask, weight
+        inner = found[tuple(slice(a, b) for a, b in zip(lo - start, hi - start, strict=True))][todo]
+        # the window's faces at or beyond the volume's are background: _cut_keys skips them
+        if not _cut_keys(found, np.unique(inner), origin, shape).size:
+            return np.flatnonzero(todo), inner, int(np.prod(stop - start))
+        if np.all(start <= 0) and np.all(stop >= bound):
+            return np.flatnonzero(todo), inner, int(np.prod(stop - start))  # the whole volume: no face left
+        margin = margin * 2
+
+
+def _write_chunk(keys: str, box: tuple[slice, ...], at: np.ndarray, values: np.ndarray) -> None:
+    """Write ``values`` at the voxels ``at`` (n x 3, relative to ``box``) of one chunk of a Zarr array."""
+    import zarr
+
+    out = zarr.open_array(keys, mode="r+")
+    region = np.asarray(out[box])
+    region[tuple(at.T)] = values
+    out[box] = region
+
+
+def _write_voxels(keys: str, at: np.ndarray, values: np.ndarray) -> None:
+    """Write ``values`` at the voxels ``at`` (n x 3) of a Zarr array: each chunk (or shard)
+    they fall in read and written once, in parallel (on the current Dask client, if any)."""
+    import dask
+    import zarr
+
+    from volmla.engine.cluster import compute
+
+    array = zarr.open_array(keys, mode="r")
+    # a shard is the unit written whole: two tasks must never write parts of one
+    edge = np.asarray(getattr(array, "shards", None) or array.chunks, np.int64)
+    which, first = np.unique(at // edge, axis=0, return_inverse=True)
+    first = first.ravel()
+    order = np.argsort(first, kind="stable")
+    bounds = np.searchsorted(first[order], np.arange(len(which) + 1))
+    task = dask.delayed(_write_chunk, pure=True)
+    tasks = []
+    for i, chunk in enumerate(which):
+        sel = order[bounds[i]:bounds[i + 1]]
+        box = tuple(slice(int(c * e), int((c + 1) * e)) for c, e in zip(chunk, edge, strict=True))
+        tasks.append(task(keys, box, at[sel] - chunk * edge, values[sel]))
+    compute(tasks, desc="writing the new keys")
 
 
 def resplit_cut(
@@ -901,16 +1002,19 @@ def resplit_cut(
     connectivity: Literal[6, 18, 26] = 26,
     max_voxels: int = MAX_WHOLE,
 ) -> int:
-    """Split whole, in place, the solid components of particles that reached beyond the halo.
+    """Split again, in place, the particles that reached beyond the split halo, in windows that hold them.
 
     :func:`split_touching` is exact block by block for particles within its halo. A
-    block where one reaches further lists its key in ``report``; here the 26-connected
-    solid component holding that particle is read from the stored mask (and weight)
-    and split in one piece, as a single-block split of the whole volume would split it
-    (components are separated by background, so each one's distance map and basins
-    are its own), and its keys are written over the stored ones. The keys of every
-    particle are then the same whatever the chunking. Components whose box exceeds
-    ``max_voxels`` keep their block-wise keys, with a warning.
+    block where one reaches further lists it in ``report`` with the box of its voxels
+    there. Here the listed pieces whose boxes overlap or touch are gathered into one
+    box, which is split from the stored mask (and weight) with a margin of the halo,
+    doubled until no particle given to a listed voxel reaches the window's face (the
+    check the blocks make), and the listed voxels get the window's keys. Every other
+    voxel's particle passed that check in its block already, so the keys of every
+    particle are then the same whatever the chunking, as for particles within the
+    halo. A window that would exceed ``max_voxels`` leaves its particles' block-wise
+    keys, with a warning. The windows are split in parallel (on the current Dask
+    client, if any) and written by the caller's process.
 
     Parameters
     ----------
@@ -923,12 +1027,12 @@ def resplit_cut(
     neck, h, voxel_size, connectivity
         As given to :func:`split_touching`.
     max_voxels
-        Largest box (voxels) of a component split whole.
+        Largest window (voxels) split in one piece.
 
     Returns
     -------
     int
-        Components split whole.
+        Windows split and written.
 
     Examples
     --------
@@ -947,48 +1051,43 @@ def resplit_cut(
     >>> len(np.unique(zarr.open_array(where / "keys.zarr")[...])) - 1
     1
     """
+    import dask
     import zarr
 
-    from volmla.engine.windows import read_window
+    from volmla.engine.cluster import compute
 
-    files = sorted(Path(report).glob("cut-*.npy"))
+    files = sorted(Path(report).glob("cut-*.npz"))
     if not files:
         return 0
-    seeds = np.unique(np.concatenate([np.load(f) for f in files]))
-    out = zarr.open_array(str(keys), mode="r+")
-    shape = tuple(int(n) for n in out.shape)
-    sampling = normalise_sampling(voxel_size)
-    at = np.stack(np.unravel_index((seeds - np.uint64(1)).astype(np.int64), shape), axis=1)
-    pending = np.ones(len(seeds), bool)
-    done = too_large = 0
-    for i in range(len(seeds)):
-        if not pending[i]:
-            continue  # its component is done
-        seed = tuple(int(c) for c in at[i])
-        comp, start, whole_box = _component_at(stored[0], seed, shape, max_voxels)
-        rel = at - np.asarray(start)
-        inside = ((rel >= 0) & (rel < np.asarray(comp.shape))).all(axis=1)
-        covered = np.flatnonzero(inside)[comp[tuple(rel[inside].T)]]  # the component's seeds (in reach)
-        covered = covered[pending[covered]]
-        pending[covered] = False
-        if not whole_box:
-            # a component too large to search whole may be met again from a seed beyond
-            # the window searched: the particles are counted, not the searches
-            too_large += len(covered)
+    pieces = [dict(np.load(f)) for f in files]
+    halo = np.max([p["halo"] for p in pieces], axis=0)
+    halo = np.where(halo <= 1, halo.max(), halo)  # an axis in one block had one plane of background, not the halo
+    shape = tuple(int(n) for n in zarr.open_array(str(keys), mode="r").shape)
+    split = {"neck": neck, "h": h, "sampling": normalise_sampling(voxel_size), "connectivity": connectivity}
+    piece_keys = np.concatenate([p["keys"] for p in pieces])
+    piece_lo = np.concatenate([p["lo"] for p in pieces])
+    piece_hi = np.concatenate([p["hi"] for p in pieces])
+    listed = np.unique(piece_keys)
+    groups = _merged_boxes(piece_lo, piece_hi, halo)
+    task = dask.delayed(_resplit_window, pure=True)
+    tasks = [task(str(keys), [str(s) for s in stored], lo, hi, (piece_keys[m], piece_lo[m], piece_hi[m]),
+                  halo=halo, shape=shape, max_voxels=max_voxels, **split) for lo, hi, m in groups]
+    done, read, too_large = 0, 0, set()
+    at, values = [], []
+    for (lo, hi, members), new in zip(groups, compute(tasks, desc="splitting particles past the halo"),
+                                      strict=True):
+        if new is None:
+            too_large.update(piece_keys[members].tolist())
             continue
-        stop = tuple(a + n for a, n in zip(start, comp.shape, strict=True))
-        weight = read_window(stored[1], start, stop, cval=0).astype(np.float32) if len(stored) > 1 else None
-        whole = split_block(comp, neck=neck, h=h, sampling=sampling, connectivity=connectivity, origin=start,
-                            shape=shape, weight=weight)
-        inner = tuple(slice(max(a, 0), min(b, n)) for a, b, n in zip(start, stop, shape, strict=True))
-        local = tuple(slice(i.start - a, i.stop - a) for i, a in zip(inner, start, strict=True))
-        region = np.asarray(out[inner])
-        region[comp[local]] = whole[local][comp[local]]
-        out[inner] = region
-        done += 1
+        at.append(np.stack(np.unravel_index(new[0], tuple(int(n) for n in hi - lo)), axis=1) + lo)
+        values.append(new[1])
+        done, read = done + 1, read + new[2]
+    if at:
+        _write_voxels(str(keys), np.concatenate(at), np.concatenate(values))
     if too_large:
-        logger.warning("%d of %d particle(s) beyond the split halo lie in solid components larger than %d voxels: "
-                       "their labels may depend on the chunking; give a larger max_radius", too_large, len(seeds),
-                       max_voxels)
-    logger.info("%d particle(s) crossing the split halo: %d solid component(s) split whole", len(seeds), done)
+        logger.warning("%d of %d particle(s) beyond the split halo need a window larger than %d voxels: "
+                       "their labels may depend on the chunking; give a larger max_radius", len(too_large),
+                       len(listed), max_voxels)
+    logger.info("%d particle(s) crossing the split halo: %d window(s) of %d voxels in all split again", len(listed),
+                done, read)
     return done
