@@ -876,9 +876,10 @@ def _piece_boxes(core: np.ndarray, cut_keys: np.ndarray, origin: tuple[int, ...]
 
 
 def _merged_boxes(lo: np.ndarray, hi: np.ndarray, margin: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Boxes (first, one-past-last voxels) gathered where that saves work: two boxes that
-    overlap or touch become one when its window (the box and ``margin`` on each side) has
-    no more voxels than their two windows. Per group: its box and the indices of the
+    """Boxes (first, one-past-last voxels) gathered where that saves work, greedily: a
+    box takes in each box that overlaps or touches it when the window of the two
+    together (the box and ``margin`` on each side) has no more voxels than their two
+    windows, until no box takes in another. Per group: its box and the indices of the
     boxes it holds."""
     lo, hi = lo.astype(np.int64), hi.astype(np.int64)
     members = [[i] for i in range(len(lo))]
@@ -1006,15 +1007,16 @@ def resplit_cut(
 
     :func:`split_touching` is exact block by block for particles within its halo. A
     block where one reaches further lists it in ``report`` with the box of its voxels
-    there. Here the listed pieces whose boxes overlap or touch are gathered into one
-    box, which is split from the stored mask (and weight) with a margin of the halo,
-    doubled until no particle given to a listed voxel reaches the window's face (the
-    check the blocks make), and the listed voxels get the window's keys. Every other
-    voxel's particle passed that check in its block already, so the keys of every
-    particle are then the same whatever the chunking, as for particles within the
-    halo. A window that would exceed ``max_voxels`` leaves its particles' block-wise
-    keys, with a warning. The windows are split in parallel (on the current Dask
-    client, if any) and written by the caller's process.
+    there (a piece). Boxes that overlap or touch are gathered where one window costs
+    fewer voxels than two (:func:`_merged_boxes`); each box is split from the stored
+    mask (and weight) with a margin of the halo, doubled until no particle given to a
+    listed voxel reaches the window's face (the check the blocks make), and the listed
+    voxels get the window's keys. Every other voxel's particle passed that check in its
+    block already, so the keys of every particle are then the same whatever the
+    chunking, as for particles within the halo. A window that would exceed
+    ``max_voxels`` leaves its particles' block-wise keys, with a warning. The windows
+    are split in parallel and the new keys written chunk by chunk in parallel (on the
+    current Dask client, if any).
 
     Parameters
     ----------
