@@ -91,6 +91,34 @@ def test_bad_cluster_arguments():
             pass
 
 
+def test_a_failed_embedded_start_is_tried_again_then_named_in_one_line(monkeypatch, tmp_path, capsys, rng):
+    calls = []
+
+    def flaky() -> tuple[str, str]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise AssertionError  # what distributed raises when a worker misses its start-up handshake
+        return "client", "cluster"
+
+    assert vc._start_embedded(flaky) == ("client", "cluster") and len(calls) == 2
+
+    import distributed
+
+    def broken(*args, **kwargs):
+        raise AssertionError
+
+    monkeypatch.setattr(distributed, "LocalCluster", broken)
+    with pytest.raises(VolmlaError, match=r"embedded Dask cluster did not start \(2 tries; last: AssertionError\)"):
+        with vc.cluster(workers=1, dashboard=False):
+            pass
+    scan = write_volume(rng.integers(0, 9, (6, 6, 6)).astype(np.uint8), tmp_path / "s.zarr", voxel_size=1.0)
+    code = main(["--workers", "1", "preprocess", str(scan), "-o", str(tmp_path / "o.zarr"), "--step", "median"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("volmla: error: the embedded Dask cluster did not start"), err
+    assert not (tmp_path / "o.zarr").exists()
+
+
 def test_embedded_workers_keep_glibcs_dynamic_mmap_threshold_and_use_huge_pages():
     # MALLOC_TRIM_THRESHOLD_ would make every large block allocation fault its pages again
     with vc.cluster(workers=1, dashboard=False) as client:

@@ -122,7 +122,8 @@ def segment_command(
             if other is not None and forest_path.resolve() == other.resolve():
                 raise VolmlaError(f"--save-model {forest_path} is {name}: give the forest a file of its own")
     method = check_options(method, model=model, labels=labels, save_model=forest_path, classes=classes,
-                           uncertainty=uncertainty is not None, tile=tile, overlap=overlap, batch=batch)
+                           uncertainty=uncertainty is not None, tile=tile, overlap=overlap, batch=batch,
+                           halo=halo)
     vol = open_volume(input_path)
     job = {"command": "segment", "input": source_id(input_path), "method": method,
            "model": str(model.resolve()) if model else None, "classes": classes, "halo": halo,

@@ -197,32 +197,63 @@ def cluster(
     if gpus < 0:
         raise VolmlaError(f"gpus must be 0 or more, got {gpus}")
     dash = _dashboard_address(dashboard)
-    if gpus:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
-            local: Any = _gpu_cluster(gpus, memory_limit, dash)
-    else:
-        n = workers or os.cpu_count() or 1
-        limit = memory_limit if memory_limit is not None else int(_total_memory() * 0.9 / n)
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
-            local = LocalCluster(
-                n_workers=n,
-                threads_per_worker=threads_per_worker,
-                processes=True,
-                memory_limit=limit,
-                dashboard_address=dash or _HTTP_ONLY,
-                scheduler_kwargs={"dashboard": dash is not None},
-            )
-    _quiet_known_noise()
-    try:
-        client = Client(local, set_as_default=True)
-        client.register_plugin(_embedded_worker_setup(task_errors=task_errors), name="volmla-worker-setup")
-    except BaseException:
-        _close(None, local)
-        raise
+
+    def start() -> tuple[Any, Any]:
+        if gpus:
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+                local: Any = _gpu_cluster(gpus, memory_limit, dash)
+        else:
+            n = workers or os.cpu_count() or 1
+            limit = memory_limit if memory_limit is not None else int(_total_memory() * 0.9 / n)
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+                local = LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=threads_per_worker,
+                    processes=True,
+                    memory_limit=limit,
+                    dashboard_address=dash or _HTTP_ONLY,
+                    scheduler_kwargs={"dashboard": dash is not None},
+                )
+        _quiet_known_noise()
+        try:
+            client = Client(local, set_as_default=True)
+            client.register_plugin(_embedded_worker_setup(task_errors=task_errors), name="volmla-worker-setup")
+        except BaseException:
+            _close(None, local)
+            raise
+        return client, local
+
+    client, local = _start_embedded(start)
     try:
         yield client
     finally:
         _close(client, local)
+
+
+START_TRIES = 2
+"""Times the embedded cluster is started before its failure is the user's error: on a
+loaded machine a worker process can miss its start-up handshake, and distributed then
+fails with a bare ``AssertionError`` or a timeout that a second start does not meet."""
+
+
+def _start_embedded(start: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+    """``start()`` (a client and its embedded cluster), tried :data:`START_TRIES` times.
+
+    Raises
+    ------
+    VolmlaError
+        Every try failed: one line naming the last failure.
+    """
+    for attempt in range(1, START_TRIES + 1):
+        try:
+            return start()
+        except VolmlaError:
+            raise
+        except Exception as exc:  # distributed's own start-up failures: asserts, timeouts, OSError
+            failure = f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
+            logger.info("the embedded Dask cluster did not start (try %d of %d): %s", attempt, START_TRIES, failure)
+    raise VolmlaError(f"the embedded Dask cluster did not start ({START_TRIES} tries; last: {failure}); "
+                      "is the machine short of memory or processes?")
 
 
 _HTTP_ONLY = "127.0.0.1:0"

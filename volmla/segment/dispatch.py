@@ -139,6 +139,7 @@ def check_options(
     tile: Any = None,
     overlap: float = 0.25,
     batch: int = 4,
+    halo: int | None = None,
 ) -> SegmentMethod:
     """Resolve the method and check that it has what it needs, computing nothing.
 
@@ -154,6 +155,10 @@ def check_options(
         U-Net tiling options, checked whatever the method
         (:func:`volmla.segment.infer.check_tiling`): a wrong value is an error, not
         silently ignored by a method that does not tile.
+    halo
+        Context of a foreign U-Net: with ``unet`` the model itself is checked
+        (:func:`volmla.segment.sessions.inspect_model`: its input and output shapes, its
+        classes), so a model that cannot segment a volume fails before any work.
 
     Returns
     -------
@@ -180,6 +185,10 @@ def check_options(
         raise VolmlaError(f"method {resolved} needs classes=K")
     if resolved == "unet" and model is None:
         raise VolmlaError("method unet needs model=M.onnx")
+    if resolved == "unet":
+        from volmla.segment.sessions import inspect_model
+
+        inspect_model(model, halo=halo)  # type: ignore[arg-type]
     if resolved == "rf":
         if (model is None) == (labels is None):
             raise VolmlaError("method rf needs either labels=SPARSE_LABELS (to train) or model=rf.onnx")
@@ -340,7 +349,7 @@ def segment_phases(
     (('void', 'class1'), [32, 32])
     """
     resolved = check_options(method, model=model, labels=labels, save_model=save_model, classes=classes,
-                             uncertainty=uncertainty, tile=tile, overlap=overlap, batch=batch)
+                             uncertainty=uncertainty, tile=tile, overlap=overlap, batch=batch, halo=halo)
     if phase_names is not None and resolved != "regions":
         raise VolmlaError(f"phase_names= is for method regions (the names of the labelled phases), got method {resolved}")
     if resolved in ("threshold", "kmeans"):
