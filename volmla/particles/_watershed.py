@@ -25,12 +25,12 @@ __all__ = ["watershed"]
 
 @numba.njit(nogil=True, cache=True)
 def _flood(rank: np.ndarray, labels: np.ndarray, offsets: np.ndarray, starts: np.ndarray,
-           n_levels: int) -> None:  # pragma: no cover - compiled
+           n_levels: int, nxt: np.ndarray) -> None:  # pragma: no cover - compiled
     """Flood ``labels`` in place (0: to label, -1: outside the mask): one FIFO list per
-    level (``head``, ``tail``, ``nxt``)."""
+    level (``head``, ``tail``, ``nxt``; ``nxt`` is scratch of ``labels.size`` entries,
+    int32 where the indices fit)."""
     head = np.full(n_levels, -1, np.int64)
     tail = np.full(n_levels, -1, np.int64)
-    nxt = np.empty(labels.size, np.int64)
     for s in starts:  # the markers, in C order
         b = rank[s]
         nxt[s] = -1
@@ -109,11 +109,15 @@ def watershed(image: np.ndarray, markers: np.ndarray, mask: np.ndarray, *, conne
     labels = np.pad(np.asarray(markers, np.int32), 1)
     labels[~inside] = -1
     flat = labels.ravel()
-    where = np.flatnonzero(inside.ravel())
-    values, level = np.unique(np.pad(np.asarray(image, np.float32), 1).ravel()[where], return_inverse=True)
-    rank = np.zeros(inside.size, np.int32)
-    rank[where] = level
-    _flood(rank, flat, _offsets(labels.shape, connectivity), np.flatnonzero(flat > 0), values.size)
+    # the relief's distinct values inside the mask, ranked (a rank is read only inside it)
+    core = (slice(1, -1),) * 3
+    values, level = np.unique(np.asarray(image, np.float32)[inside[core]], return_inverse=True)
+    rank = np.zeros(labels.shape, np.int32)
+    rank[core][inside[core]] = level
+    del inside, level
+    nxt = np.empty(labels.size, np.int32 if labels.size < 2**31 else np.int64)
+    _flood(rank.ravel(), flat, _offsets(labels.shape, connectivity), np.flatnonzero(flat > 0), values.size, nxt)
+    del rank, nxt
     out = labels[1:-1, 1:-1, 1:-1]
     out[out < 0] = 0
     return out.copy()

@@ -514,27 +514,32 @@ def split_block(
     from volmla.particles._watershed import watershed
 
     solid = np.asarray(solid, bool)
-    out = np.zeros(solid.shape, np.uint64)
     if not solid.any():
-        return out
+        return np.zeros(solid.shape, np.uint64)
     shape = tuple(solid.shape) if shape is None else tuple(shape)
+    # memory: each step frees what it no longer needs (a window of 2^26 voxels is split whole)
     dist = distance_map(solid, sampling)
     if not np.isfinite(dist).all():
         dist = np.where(np.isfinite(dist), dist, np.float32(np.sum(solid.shape) * max(sampling)))
     if weight is not None:
-        dist = dist * np.clip(np.asarray(weight, np.float32), np.float32(0), np.float32(1))
-    caps = h_maxima_caps(dist, 0) & solid
+        dist *= np.clip(np.asarray(weight, np.float32), np.float32(0), np.float32(1))
+    caps = h_maxima_caps(dist, 0)
+    caps &= solid
     markers, n = cc3d.connected_components(caps.view(np.uint8), connectivity=26, return_N=True)
+    del caps
     if n == 0:
-        out[solid] = UNMARKED
-        return out
-    markers = markers.astype(np.int32)
-    basins = watershed(-dist, markers, solid, connectivity={6: 1, 18: 2, 26: 3}[connectivity])
-    peaks = np.zeros(n + 1, np.float64)
+        return np.where(solid, UNMARKED, np.uint64(0))
+    markers = markers.view(np.int32) if markers.dtype == np.uint32 and n < 2**31 else markers.astype(np.int32)
     cap_at = np.flatnonzero(markers.ravel())
     cap_ids, cap_values = markers.ravel()[cap_at], dist.ravel()[cap_at]
+    np.negative(dist, out=dist)  # flooded from the highest distance; negated back (exactly) after
+    basins = watershed(dist, markers, solid, connectivity={6: 1, 18: 2, 26: 3}[connectivity])
+    np.negative(dist, out=dist)
+    del markers
+    peaks = np.zeros(n + 1, np.float64)
     peaks[cap_ids] = cap_values
     lo, hi, saddle = _saddles(basins, dist)
+    del dist
     particle = merge_basins(peaks, lo, hi, saddle, neck=neck, h=h)
     keys = _peak_keys(cap_at, particle[cap_ids], cap_values, solid.shape, origin, shape)
     lut = np.concatenate([[np.uint64(0)], keys]).astype(np.uint64).take(particle)
