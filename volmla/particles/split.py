@@ -285,8 +285,8 @@ def regional_maxima(values: np.ndarray) -> np.ndarray:
     """Regional maxima (26-connected plateaus with no higher neighbour) of a block.
 
     The same set as SimpleITK's ``RegionalMaximaImageFilter`` (fully connected), about
-    three times faster: a voxel is a *candidate* when no neighbour is higher (a 3x3x3
-    maximum filter); adjacent candidates are equal, so the candidates' 26-connected
+    three times faster: a voxel is a *candidate* when no neighbour is higher
+    (:func:`volmla.particles._maxima.maxima_candidates`, compiled); adjacent candidates are equal, so the candidates' 26-connected
     components lie in plateaus, and a component is a regional maximum unless one of its
     voxels has an equal neighbour that is no candidate (its plateau then reaches a
     higher voxel).
@@ -307,13 +307,11 @@ def regional_maxima(values: np.ndarray) -> np.ndarray:
     [[[0, 0, 1, 0, 0, 1, 1, 0]]]
     """
     import cc3d
-    from scipy import ndimage as ndi
 
-    values = np.asarray(values, np.float32)
-    cand = values == ndi.maximum_filter(values, size=3, mode="nearest")  # nearest: only in-block neighbours
-    others = np.where(cand, np.float32(-np.inf), values)
-    bad = cand & (ndi.maximum_filter(others, size=3, mode="constant", cval=-np.inf) == values)
-    if not bad.any():
+    from volmla.particles._maxima import maxima_candidates
+
+    cand, bad = maxima_candidates(values)  # one compiled pass (was two 3x3x3 maximum filters)
+    if bad is None:
         return cand
     plateaus, n = cc3d.connected_components(cand.view(np.uint8), connectivity=26, return_N=True)
     keep = np.ones(n + 1, bool)
