@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 
@@ -22,6 +23,8 @@ from volmla.particles.split import (
     split_halo,
     split_touching,
 )
+
+split = importlib.import_module("volmla.particles.split")
 
 
 def flat_contact_clusters(seed: int, shape=(64, 64, 64), clusters=6, per=(2, 5), radius=(4.5, 10.0),
@@ -329,3 +332,52 @@ def test_new_keys_are_written_chunk_by_chunk_including_partial_edge_chunks(tmp_p
     expect = np.full((10, 10, 10), 7, np.uint64)
     expect[tuple(at.T)] = [1, 2, 3, 4]
     np.testing.assert_array_equal(zarr.open_array(where)[...], expect)
+
+
+def _ball(n: int, radius: float) -> np.ndarray:
+    zz, yy, xx = np.ogrid[:n, :n, :n]
+    return (zz - n / 2) ** 2 + (yy - n / 2) ** 2 + (xx - n / 2) ** 2 <= radius**2
+
+
+@pytest.mark.parametrize("voxel_size", [None, (2.0, 1.0, 1.0)])
+def test_distance_floor_is_a_floor_close_to_the_largest_distance(monkeypatch, voxel_size) -> None:
+    monkeypatch.setattr(split, "COARSE_CELLS", 12**3)  # 72^3 voxels in cells of 6^3
+    solid = da.from_array(_ball(72, 30) | _ball(72, 12)[::-1], chunks=24)
+    sampling = split.normalise_sampling(voxel_size)
+    exact = split.max_distance(solid, sampling=sampling)
+    floor = split.distance_floor(solid, sampling=sampling)
+    diagonal = float(np.sqrt(sum((6 * s) ** 2 for s in sampling)))
+    assert 0 < floor <= exact and exact - floor <= 2 * diagonal
+    # a packed bed of small particles gets no floor worth the name
+    bed = da.from_array(np.indices((72, 72, 72)).sum(axis=0) % 7 != 0, chunks=24)
+    assert split.distance_floor(bed) == 0.0
+    assert split.distance_floor(np.ones((8, 8, 8), bool)) == 0.0  # small volumes are measured exactly
+
+
+def test_particles_too_wide_for_a_worker_are_refused_in_one_line_before_any_split(monkeypatch, tmp_path, capsys):
+    from volmla.cli import main
+    from volmla.io import write_volume
+
+    monkeypatch.setattr(split, "COARSE_CELLS", 10**3)
+    monkeypatch.setattr(split, "block_budget", lambda: 80**3)
+    core = da.from_array(_ball(80, 38), chunks=20)  # one wide particle: a drill core's
+    calls = []
+    monkeypatch.setattr(split, "split_block", lambda *a, **k: calls.append(1))
+    with pytest.raises(VolmlaError, match=r"particles too large to split in memory: one lies at least \d+ voxels"):
+        label_particles(core, threshold=None)
+    assert not calls  # refused from the floor: no exact pass, no block split
+    monkeypatch.undo()
+    monkeypatch.setattr(split, "COARSE_CELLS", 10**3)
+    monkeypatch.setattr(split, "block_budget", lambda: 80**3)
+    # with a halo made for small particles it runs, and the wide one is split again in a window: exact
+    out = label_particles(core, threshold=None, max_radius=4)
+    assert out.count == 1 and (out.labels.values[_ball(80, 38)] == 1).all()
+    # the command line: one line naming the flag, no output
+    scan = write_volume(_ball(80, 38).astype(np.uint8), tmp_path / "core.zarr", voxel_size=1.0, chunks=20,
+                        kind="phases", phases={1: "rock"})
+    monkeypatch.setattr(split, "COARSE_CELLS", 10**3)
+    monkeypatch.setattr(split, "block_budget", lambda: 40**3)
+    code = main(["-q", "particles", str(scan), "-o", str(tmp_path / "p.zarr")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--max-radius R" in err, err
+    assert not (tmp_path / "p.zarr").exists()

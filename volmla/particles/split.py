@@ -78,7 +78,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,7 +125,10 @@ __all__ = [
     "MAX_WHOLE",
     "NECK",
     "SPLIT_BLOCK",
+    "SPLIT_BYTES_PER_VOXEL",
     "UNMARKED",
+    "block_budget",
+    "distance_floor",
     "distance_map",
     "h_maxima_caps",
     "max_distance",
@@ -577,20 +580,36 @@ def max_distance(solid: VolumeLike, *, sampling: Sequence[float] = (1.0, 1.0, 1.
     float
         The largest distance (finest voxel edges); 0 for a mask without solid.
 
+    Raises
+    ------
+    VolmlaError
+        Measuring it would take blocks beyond :func:`block_budget` (a particle too wide
+        for a worker's memory): one line naming ``max_radius``.
+
     Examples
     --------
     >>> ball = np.zeros((9, 9, 9), bool); ball[2:7, 2:7, 2:7] = True
     >>> max_distance(ball)
     3.0
     """
+    return _max_distance(as_volume(solid, name="solid").data.astype(bool), sampling=tuple(sampling), start=start)
+
+
+def _max_distance(mask: da.Array, *, sampling: tuple[float, ...], start: float,
+                  floor: Callable[[], float] | None = None) -> float:
+    """:func:`max_distance`; after a first pass that falls short, the halo doubles from
+    at least ``floor()`` (which may also refuse the scan) instead of from ``start``."""
     from volmla.engine.cluster import compute
 
-    mask = as_volume(solid, name="solid").data.astype(bool)
     reach = float(start)
     while True:
         ext, halo = _overlap(mask, tuple(math.ceil(reach / s) for s in sampling))
         single = [len(c) == 1 for c in ext.chunks]
-        kernel = functools.partial(_edt_extended, halo=halo, sampling=tuple(sampling))
+        if reach > start and (error := _too_large([max(c) for c in ext.chunks],
+                                                  reach=f"a particle lies more than {reach / 2:.0f} voxels from the "
+                                                        "background")):
+            raise error
+        kernel = functools.partial(_edt_extended, halo=halo, sampling=sampling)
         per_block = da.map_blocks(kernel, ext, dtype=np.float32, chunks=((1,) * ext.numblocks[0],
                                   (1,) * ext.numblocks[1], (1,) * ext.numblocks[2]))
         (largest,) = compute([per_block.max()], desc="largest particle radius")
@@ -600,7 +619,55 @@ def max_distance(solid: VolumeLike, *, sampling: Sequence[float] = (1.0, 1.0, 1.
         covered = min((h * s for h, s, one in zip(halo, sampling, single, strict=True) if not one), default=math.inf)
         if largest <= covered:
             return largest
+        if floor is not None and reach == start:  # wider particles than the first halo: how much wider
+            reach = max(reach, floor() / 2)
         reach *= 2
+
+
+COARSE_CELLS = 2**24
+"""Cells of the min-pooled mask :func:`distance_floor` measures (one EDT of ~64 MB)."""
+
+
+def distance_floor(solid: VolumeLike, *, sampling: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
+    """A lower bound of :func:`max_distance`, from one read of the mask pooled to few cells.
+
+    The mask is cut into cells of ``f^3`` voxels (the smallest ``f`` that leaves at most
+    :data:`COARSE_CELLS` cells); a cell is solid when all its voxels are, and the cells
+    beyond the volume (and its trimmed edge) are background. Every voxel of a cell at
+    distance ``d`` from the nearest background cell lies at least ``d`` less one cell
+    diagonal from every background voxel, so that is a floor of the largest distance
+    (finest voxel edges). It lets a scan whose particles are too wide for the split be
+    refused before any exact pass, and starts the exact pass near its answer. A volume
+    of at most :data:`COARSE_CELLS` voxels gives 0 (its exact pass is cheap).
+
+    Parameters
+    ----------
+    solid
+        3-D boolean (or 0/1) mask.
+    sampling
+        Relative voxel edges (:func:`normalise_sampling`).
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> distance_floor(np.ones((8, 8, 8), bool))  # small: no floor needed
+    0.0
+    """
+    from volmla.engine.cluster import compute
+
+    mask = as_volume(solid, name="solid").data.astype(bool)
+    f = math.ceil((mask.size / COARSE_CELLS) ** (1 / 3))
+    if f <= 1 or min(mask.shape) < f:
+        return 0.0
+    trimmed = mask[tuple(slice(0, n // f * f) for n in mask.shape)]
+    trimmed = trimmed.rechunk(tuple(max(c // f, 1) * f for c in (max(cs) for cs in trimmed.chunks)))
+    (cells,) = compute([da.coarsen(np.all, trimmed, {0: f, 1: f, 2: f})], desc="largest particle radius (floor)")
+    cell = [f * float(v) for v in sampling]
+    reach = float(distance_map(np.pad(np.asarray(cells, bool), 1), cell).max())
+    return max(reach - math.sqrt(sum(c * c for c in cell)), 0.0)
 
 
 def _grown(mask: da.Array, halo: Sequence[int], *, min_blocks: int | None = None) -> da.Array:
@@ -632,6 +699,17 @@ def _grown(mask: da.Array, halo: Sequence[int], *, min_blocks: int | None = None
     return mask if grown == mask.chunks else mask.rechunk(grown)
 
 
+def _split_geometry(mask: da.Array, max_radius: float,
+                    sampling: Sequence[float]) -> tuple[da.Array, tuple[tuple[int, ...], ...], tuple[int, ...], list[int]]:
+    """The blocks :func:`split_touching` makes for ``max_radius``: the mask regrouped
+    (:func:`_grown`), the blocks and halo (:func:`_halo_geometry`), and the voxels per
+    axis of the largest extended block."""
+    grown = _grown(mask, split_halo(max_radius, sampling, factor=FIRST_FACTOR))
+    chunks, halo = _halo_geometry(mask.shape, grown.chunks, split_halo(max_radius, sampling))
+    extent = [min(max(c) + 2 * h, n + 2) for c, h, n in zip(chunks, halo, mask.shape, strict=True)]
+    return grown, chunks, halo, extent
+
+
 def _threads() -> int:
     """Threads that compute: the current cluster's, else this machine's cores."""
     import os
@@ -643,6 +721,55 @@ def _threads() -> int:
         with contextlib.suppress(Exception):
             return max(1, sum(client.nthreads().values()))
     return os.cpu_count() or 1
+
+
+SPLIT_BYTES_PER_VOXEL = 40
+"""Peak bytes the block split holds per voxel of an extended block (measured: 2.51 GB for
+2**26 voxels from a CT, 2.18 GB from a true solid, the process's own ~0.2 GB included),
+rounded up: what :func:`block_budget` divides a worker thread's memory by."""
+
+
+def block_budget() -> int:
+    """Most voxels one extended block of the split (or of :func:`max_distance`) may hold.
+
+    The memory of one worker thread (the smallest ``memory_limit / nthreads`` of the
+    current cluster's workers; without a cluster, this machine's available memory over
+    its cores) over :data:`SPLIT_BYTES_PER_VOXEL`.
+
+    Returns
+    -------
+    int
+    """
+    import os
+
+    import psutil
+
+    from volmla.engine.cluster import current_client
+
+    client = current_client()
+    per_thread: list[float] = []
+    if client is not None:
+        with contextlib.suppress(Exception):
+            for w in client.scheduler_info(n_workers=-1)["workers"].values():
+                if w.get("memory_limit"):
+                    per_thread.append(w["memory_limit"] / max(int(w.get("nthreads", 1)), 1))
+    if not per_thread:
+        per_thread.append(psutil.virtual_memory().available / (os.cpu_count() or 1))
+    return max(int(min(per_thread) // SPLIT_BYTES_PER_VOXEL), 1)
+
+
+def _too_large(extent: Sequence[int], *, reach: str) -> VolmlaError | None:
+    """The error for extended blocks of ``extent`` voxels beyond :func:`block_budget`, or None."""
+    need, budget = math.prod(extent), block_budget()
+    if need <= budget:
+        return None
+    size = " x ".join(str(int(e)) for e in extent)
+    return VolmlaError(
+        f"particles too large to split in memory: {reach}, so a split block with its halo would hold "
+        f"{size} voxels (~{need * SPLIT_BYTES_PER_VOXEL / 1e9:.1f} GB), more than the "
+        f"~{budget * SPLIT_BYTES_PER_VOXEL / 1e9:.1f} GB a worker thread has; give max_radius=R "
+        "to split with a halo for particles up to R voxels (larger ones may then be cut at block borders, "
+        "named in a warning), or use workers with more memory")
 
 
 def _overlap(mask: da.Array, halo: Sequence[int]) -> tuple[da.Array, tuple[int, ...]]:
@@ -810,6 +937,13 @@ def split_touching(
         Lazy uint64 keys (as :func:`split_block`), with the mask's chunks (or the
         merged or regrouped ones).
 
+    Raises
+    ------
+    VolmlaError
+        The halo for ``max_radius`` (measured or given) makes blocks beyond
+        :func:`block_budget`: particles too wide for a worker's memory, refused in one
+        line before any block is split.
+
     Examples
     --------
     >>> zz, yy, xx = np.ogrid[:12, :12, :22]
@@ -824,9 +958,16 @@ def split_touching(
     mask = vol.data.astype(bool)
     sampling = normalise_sampling(voxel_size if voxel_size is not None else vol.attrs.get("voxel_size_um"))
     if max_radius is None:
+        def floor() -> float:  # after a first pass that fell short: refuse before wider ones if need be
+            value = distance_floor(mask, sampling=sampling)
+            if value > 0 and (error := _too_large(_split_geometry(mask, value, sampling)[3],
+                                                  reach=f"one lies at least {value:.0f} voxels from the background")):
+                raise error  # a scan of one wide particle (a core) would otherwise double the halo up to it
+            return value
+
         start = 16.0
         reach = tuple(math.ceil(start / s) for s in sampling)
-        max_radius = max(max_distance(_grown(mask, reach), sampling=sampling, start=start), 1.0)
+        max_radius = max(_max_distance(_grown(mask, reach), sampling=sampling, start=start, floor=floor), 1.0)
         logger.info("largest distance in the solid: %.3g voxels", max_radius)
     arrays = [mask]
     if weight is not None:
@@ -834,8 +975,9 @@ def split_touching(
         if fill.shape != mask.shape:
             raise VolmlaError(f"weight must have the mask's shape {mask.shape}, got {fill.shape}")
         arrays.append(fill.astype(np.float32))
-    grown = _grown(mask, split_halo(max_radius, sampling, factor=FIRST_FACTOR))
-    chunks, halo = _halo_geometry(mask.shape, grown.chunks, split_halo(max_radius, sampling))
+    grown, chunks, halo, extent = _split_geometry(mask, max_radius, sampling)
+    if error := _too_large(extent, reach=f"the largest lies {max_radius:.0f} voxels from the background"):
+        raise error
     first = tuple(min(h_, f) for h_, f in zip(halo, split_halo(max_radius, sampling, factor=FIRST_FACTOR), strict=True))
     params: dict[str, Any] = {"halo": halo, "first": first, "shape": tuple(mask.shape), "neck": neck, "h": h,
                               "sampling": sampling, "connectivity": connectivity,
