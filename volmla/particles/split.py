@@ -7,8 +7,12 @@ Step 4 of :func:`volmla.particles.label_particles`. :func:`split_touching` runs
    distance transform of the solid (outside the volume is background) per block with a
    *checked* halo: a block's distances are exact once its largest core distance is at
    most the halo (the nearest background then lies inside the extended block), so the
-   pass starts with a halo of 16 voxels and doubles it until every block passes. The
-   result ``D`` is the radius of the largest ball that fits in the solid;
+   pass starts with a halo of 16 voxels and doubles it until every block passes (after
+   a first pass that falls short, from a floor read off the mask pooled to few cells,
+   :func:`distance_floor`). The result ``D`` is the radius of the largest ball that fits
+   in the solid. Blocks, with their halo, are held to :func:`block_budget` voxels (a
+   worker thread's memory): particles too wide for it (a drill core) are refused in one
+   line naming ``max_radius`` instead of splitting a volume-sized block;
 2. **halo** (:func:`split_halo`): each block reads and is split with ``3 * D + 2``
    voxels around it (per axis in physical units for anisotropic voxels): a core voxel's
    particle and its distance peak lie within ``2 * D + 2`` for compact particles up to
@@ -289,8 +293,8 @@ def regional_maxima(values: np.ndarray) -> np.ndarray:
 
     The same set as SimpleITK's ``RegionalMaximaImageFilter`` (fully connected), about
     three times faster: a voxel is a *candidate* when no neighbour is higher
-    (:func:`volmla.particles._maxima.maxima_candidates`, compiled); adjacent candidates are equal, so the candidates' 26-connected
-    components lie in plateaus, and a component is a regional maximum unless one of its
+    (:func:`volmla.particles._maxima.maxima_candidates`, compiled); adjacent candidates
+    are equal, so the candidates' 26-connected components lie in plateaus, and a component is a regional maximum unless one of its
     voxels has an equal neighbour that is no candidate (its plateau then reaches a
     higher voxel).
 
@@ -637,7 +641,8 @@ def distance_floor(solid: VolumeLike, *, sampling: Sequence[float] = (1.0, 1.0, 
     distance ``d`` from the nearest background cell lies at least ``d`` less one cell
     diagonal from every background voxel, so that is a floor of the largest distance
     (finest voxel edges). It lets a scan whose particles are too wide for the split be
-    refused before any exact pass, and starts the exact pass near its answer. A volume
+    refused after one exact pass with a small halo, not after doubling the halo up to
+    them, and resumes the exact pass near its answer. A volume
     of at most :data:`COARSE_CELLS` voxels gives 0 (its exact pass is cheap).
 
     Parameters
