@@ -642,8 +642,8 @@ def distance_floor(solid: VolumeLike, *, sampling: Sequence[float] = (1.0, 1.0, 
     diagonal from every background voxel, so that is a floor of the largest distance
     (finest voxel edges). It lets a scan whose particles are too wide for the split be
     refused after one exact pass with a small halo, not after doubling the halo up to
-    them, and resumes the exact pass near its answer. A volume
-    of at most :data:`COARSE_CELLS` voxels gives 0 (its exact pass is cheap).
+    them, and resumes the exact pass near its answer. A volume of at most
+    :data:`COARSE_CELLS` voxels gives 0 (its exact pass is cheap).
 
     Parameters
     ----------
