@@ -1007,9 +1007,9 @@ def split_touching(
 
 
 MAX_WHOLE = 2**26
-"""Most voxels of a window :func:`resplit_cut` splits in one piece (~1.5 GB of working
-arrays at 2**26); particles that need a larger one keep their block-wise keys, with a
-warning."""
+"""Most voxels of a window :func:`resplit_cut` splits in one piece (at 2**26 the split
+peaks at 2.5 GB from a CT, 2.2 GB from a true solid, measured with the process's own);
+particles that need a larger one keep their block-wise keys, with a warning."""
 
 
 def _piece_boxes(core: np.ndarray, cut_keys: np.ndarray, origin: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
