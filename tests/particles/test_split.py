@@ -306,6 +306,22 @@ def test_particles_needing_windows_too_large_keep_the_warning(caplog, monkeypatc
     assert found is not None and found[1] == found[2] and int(found[1]) >= 1
 
 
+def test_windows_are_capped_by_a_worker_threads_memory(caplog, monkeypatch):
+    import volmla.particles.split as sp
+
+    rod = np.zeros((10, 10, 120), bool)
+    rod[3:7, 3:7, 5:115] = True
+    monkeypatch.setattr(sp, "block_budget", lambda: 7000)  # the blocks fit, not the windows
+    with caplog.at_level(logging.WARNING, logger="volmla.particles.split"):
+        label_particles(da.from_array(rod, chunks=(10, 10, 20)), threshold=None, max_radius=2)
+    assert "larger than 7000 voxels" in caplog.text
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="volmla.particles.split"):
+        out = label_particles(da.from_array(rod, chunks=(10, 10, 20)), threshold=None, max_radius=2)
+    assert "larger than" not in caplog.text and out.count == 1  # with the memory there: split whole
+
+
 def test_small_touching_particles_stay_apart_by_default():
     # two balls of radius 2.5 voxels pressed half a voxel into each other: their saddle lies
     # only ~0.3 voxel below the peaks, so a default h of half a voxel merged them (#16)

@@ -1151,7 +1151,7 @@ def resplit_cut(
     h: float = H_MIN,
     voxel_size: float | Sequence[float] | None = None,
     connectivity: Literal[6, 18, 26] = 26,
-    max_voxels: int = MAX_WHOLE,
+    max_voxels: int | None = None,
 ) -> int:
     """Split again, in place, the particles that reached beyond the split halo, in windows that hold them.
 
@@ -1179,7 +1179,8 @@ def resplit_cut(
     neck, h, voxel_size, connectivity
         As given to :func:`split_touching`.
     max_voxels
-        Largest window (voxels) split in one piece.
+        Largest window (voxels) split in one piece; None: :data:`MAX_WHOLE`, or fewer
+        where a worker thread's memory holds fewer (:func:`block_budget`).
 
     Returns
     -------
@@ -1211,6 +1212,8 @@ def resplit_cut(
     files = sorted(Path(report).glob("cut-*.npz"))
     if not files:
         return 0
+    if max_voxels is None:
+        max_voxels = min(MAX_WHOLE, block_budget())
     pieces = [dict(np.load(f)) for f in files]
     halo = np.max([p["halo"] for p in pieces], axis=0)
     halo = np.where(halo <= 1, halo.max(), halo)  # an axis in one block had one plane of background, not the halo
