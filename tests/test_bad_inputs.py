@@ -100,6 +100,10 @@ def _tiffs(root: Path, rng: np.random.Generator) -> None:
         tifffile.imwrite(mixed_dt / f"s{i:02d}.tif", np.zeros((16, 16), np.uint16 if i != 1 else np.float32))
     (root / "empty_folder").mkdir()
     tifffile.imwrite(root / "complex.tif", np.zeros((4, 8, 8), np.complex64), photometric="minisblack")
+    tifffile.imwrite(root / "u64.tif", stack.astype(np.uint64))  # read as numpy's ulonglong, not uint64
+    theirs = root / "their_folder"  # someone else's folder: never a report's to replace
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("not volmla's\n")
 
 
 def _yaml(root: Path) -> None:
@@ -138,6 +142,7 @@ def _yaml(root: Path) -> None:
         "run_particle_model_flat": base.format(out="r25") + "particles: {model: flat2d.onnx}\n",
         "run_particle_model_garbage": base.format(out="r26") + "particles: {model: garbage.onnx}\n",
         "run_particle_model_builtin_unknown": base.format(out="r27") + "particles: {model: 'builtin:grains'}\n",
+        "correlate_keys": "out: c1\nct: scan.zarr\naccept-poor: true\n",
     }
     for name, text in configs.items():
         (root / f"{name}.yaml").write_text(text)
@@ -177,6 +182,12 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _write(root / "single_phases.zarr", single, kind="phases", phases=["qz"])
     _write(root / "existing.zarr", scan, kind="intensity")  # an earlier output a failing rerun must keep
     _write(root / "mask.zarr", (phases > 0).astype(np.uint8), kind="phases")
+    from volmla.io import write_volume
+
+    write_volume(scan, root / "aniso_scan.zarr", voxel_size=(1.0, 2.0, 3.0), chunks=8, kind="intensity")
+    big = scan.astype(np.float64) * 1e300  # finite, but beyond float32 and Otsu's squared means
+    _write(root / "huge.zarr", big, kind="intensity")
+    _write(root / "float_labels.zarr", phases.astype(np.float32), kind="intensity")
     # a copy of scan.zarr with one chunk overwritten with garbage (bit rot, a bad copy)
     shutil.copytree(root / "scan.zarr", root / "corrupt.zarr")
     chunk = sorted(p for p in (root / "corrupt.zarr" / "0" / "c").rglob("*") if p.is_file())[3]
@@ -270,6 +281,8 @@ CASES: dict[str, Case] = {
     "ingest-nan": Case("ingest nan.tif -o o.zarr --voxel-size 1", "nan or infinite"),
     "ingest-inf": Case("ingest inf.tif -o o.zarr --voxel-size 1 --chunks 4", "nan or infinite"),
     "ingest-voxel-zero": Case("ingest ok.tif -o o.zarr --voxel-size 0", "voxel size must be positive"),
+    "ingest-a-zarr-volume": Case("ingest scan.zarr -o o.zarr --voxel-size 1", "is a Zarr store, not scanner files"),
+    "ingest-voxel-unit-mistake": Case("ingest ok.tif -o o.zarr --voxel-size 1e-300", "voxel size must lie in"),
     "ingest-voxel-text": Case("ingest ok.tif -o o.zarr --voxel-size a,b,c", "--voxel-size"),
     "ingest-voxel-two": Case("ingest ok.tif -o o.zarr --voxel-size 1,2", "--voxel-size"),
     "ingest-chunks-zero": Case("ingest ok.tif -o o.zarr --voxel-size 1 --chunks 0", "chunks"),
@@ -346,7 +359,7 @@ CASES: dict[str, Case] = {
     "run-bad-yaml": Case("run bad.yaml", "bad.yaml"),
     "run-not-a-mapping": Case("run list.yaml", "mapping"),
     "run-missing-config": Case("run nothing.yaml", "nothing.yaml"),
-    "run-unknown-section": Case("run run_unknown_section.yaml", "unknown config section 'extras'"),
+    "run-unknown-section": Case("run run_unknown_section.yaml", "config has an unknown section 'extras'"),
     "run-min-size-text": Case("run run_min_size.yaml", "particles.min_size must be an integer"),
     "run-unknown-step": Case("run run_step.yaml", "unknown step 'sharpen'"),
     "run-missing-input": Case("run run_missing_input.yaml", "does not exist"),
@@ -427,6 +440,56 @@ CASES: dict[str, Case] = {
                                          "particles.zarr is of kind labels"),
     "segment-overwrite-a-file": Case("segment scan.zarr -o notes.txt --method threshold --classes 2 --overwrite",
                                      "notes.txt is a file, not a volume"),
+    # --- a second sweep: each was a traceback-like line, a hang, a silent result or a lost file
+    # a uint64 TIFF (numpy's ulonglong) was "ValueError: No Zarr data type found" and left a
+    # half-made group that the rerun called an existing output
+    "ingest-uint64-tiff": Case("ingest u64.tif -o o.zarr --voxel-size 1", "uint64", rc=0),
+    # --overwrite replaced any non-empty folder with the report, deleting what it held
+    "liberation-overwrite-their-folder": Case("liberation --phases phases.zarr --particles particles.zarr "
+                                              "--out their_folder --overwrite", "no earlier report"),
+    "breakage-overwrite-their-folder": Case("breakage phases.zarr -o their_folder --p80 20 --overwrite",
+                                            "no earlier report"),
+    # a CT of another grid read as the phases' partial-volume grey
+    "liberation-intensity-voxel-size": Case("liberation --phases phases.zarr --particles particles.zarr --out lib "
+                                            "--intensity aniso_scan.zarr", "phases and intensity must share one "
+                                                                            "voxel size"),
+    # the report's files were written into the input volume's folder
+    "evaluate-out-is-input": Case("evaluate --pred phases.zarr --truth phases.zarr --out phases.zarr --overwrite",
+                                  "also the input"),
+    "evaluate-out-inside-input": Case("evaluate --pred phases.zarr --truth particles.zarr --out particles.zarr/ev",
+                                      "inside the input"),
+    # the uncertainty volume replaced the phases just written
+    "segment-uncertainty-is-output": Case("segment scan.zarr -o o.zarr --model builtin:particles "
+                                          "--uncertainty o.zarr --overwrite", "give each a volume of its own"),
+    # a forest on float labels or with a halo wider than the volume ran for minutes (a hang);
+    # on intensities it trained thousands of classes, wrote the model, then failed
+    "segment-rf-float-labels": Case("segment scan.zarr -o o.zarr --method rf --labels float_labels.zarr",
+                                    "labels must hold integer ids"),
+    "segment-rf-sigma-wider-than-volume": Case("segment scan.zarr -o o.zarr --method rf --labels phases.zarr "
+                                               "--sigmas 100", "more than the volume's largest extent (16)"),
+    "segment-rf-labels-intensity": Case("segment scan.zarr -o o.zarr --method rf --labels scan.zarr",
+                                        "phase + 1 below 256"),
+    "train-labels-intensity": Case("train --image scan.zarr --labels scan.zarr -o m.pt --iterations 1",
+                                   "phase + 1 below 256"),
+    # a patch far beyond the memory was killed by the system (exit 137), not refused
+    # labels or a truth on another grid were used as if on the scan's
+    "segment-labels-other-voxel-size": Case("segment aniso_scan.zarr -o o.zarr --labels phases.zarr",
+                                            "the volume and labels must share one voxel size"),
+    "evaluate-truth-other-voxel-size": Case("evaluate --pred phases.zarr --truth aniso_scan.zarr",
+                                            "pred and truth must share one voxel size"),
+    "train-patch-beyond-memory": Case("train --image scan.zarr --labels phases.zarr -o m.pt --iterations 1 "
+                                      "--patch 4000", "GB to train, more than the"),
+    # a step's own parameter was shown as a flag ("nlmeans:--h VALUE")
+    "preprocess-step-missing-h": Case("preprocess scan.zarr -o o.zarr --step nlmeans", "(e.g. nlmeans:h=VALUE)"),
+    # so were a correlate config's keys ("allowed ['--accept-poor', ...]")
+    "correlate-config-keys": Case("correlate run correlate_keys.yaml", "allowed ['accept_poor'"),
+    # values beyond float32: Otsu's squared class means overflowed (a RuntimeWarning on stderr), and the
+    # stages' float32 arithmetic made infinities ("holds NaN or infinite values (min inf, max inf)")
+    "preprocess-huge-floats": Case("preprocess huge.zarr -o o.zarr --step beam-hardening", "beyond float32's range"),
+    "particles-huge-floats": Case("particles huge.zarr -o o.zarr", "beyond float32's range"),
+    "evaluate-out-unwritable": Case("evaluate --pred phases.zarr --truth phases.zarr --out /proc/ev",
+                                    "cannot write output /proc/ev"),
+    "breakage-out-unwritable": Case("breakage phases.zarr -o /proc/brk --p80 20", "cannot write output /proc/brk"),
 }
 
 

@@ -76,6 +76,19 @@ def test_breakage_writes_the_contract(swept) -> None:
     row = curve[(curve["p80_um"] == 6.0) & (curve["realisation"] == 0) & (curve["phase"] == "pyrite")].iloc[0]
     assert first["liberation_degree"]["pyrite"] == pytest.approx(row["liberation_degree"])
     assert row["n_particles"] == first["n_particles"]
+    assert "particles are small against the voxel" not in " ".join(first["warnings"])  # a caveat of grey, not breakage
+
+
+def test_breakage_tables_describe_themselves(swept) -> None:
+    from volmla.io.parquet import read_table_metadata
+
+    _, out, _ = swept
+    for name in ("liberation_curve", "liberation_by_size"):
+        meta = read_table_metadata(out / f"{name}.parquet")
+        assert meta["table"] == name and meta["phases"] == {"1": "quartz", "2": "feldspar", "3": "pyrite"}
+        assert meta["voxel_size_um"] == [1.0, 1.0, 1.0]
+        assert meta["units"]["p80_um"] == "um" and meta["units"]["liberation_degree" if name == "liberation_curve"
+                                                                   else "ld"] == "1"
 
 
 def test_modal_mineralogy_is_preserved_exactly(swept) -> None:

@@ -113,3 +113,39 @@ def test_run_on_threads_honours_input_chunks(tmp_path: Path, blocks_seen: list[A
     assert len(blocks_seen) == 1 and blocks_seen[0].in_process and blocks_seen[0].client is None
     for name in ("preprocessed", "phases", "particles", "grains"):
         assert open_volume(tmp_path / "results" / f"{name}.zarr").data.chunksize == (20, 20, 20), name
+
+
+@pytest.fixture
+def phases_24(tmp_path: Path) -> Path:
+    phases = np.zeros((24, 24, 24), np.uint8)
+    phases[2:10, 2:10, 2:10] = 1
+    phases[12:22, 3:20, 4:12] = 2
+    phases[12:22, 3:20, 12:20] = 1
+    return write_volume(phases, tmp_path / "phases.zarr", voxel_size=1.0, chunks=8, kind="phases")
+
+
+def test_small_liberation_and_breakage_compute_on_threads(phases_24: Path, tmp_path: Path,
+                                                         blocks_seen: list[Any]) -> None:
+    particles = tmp_path / "particles.zarr"
+    assert main(["-q", "particles", str(phases_24), "-o", str(particles)]) == 0
+    assert main(["-q", "liberation", "--phases", str(phases_24), "--particles", str(particles),
+                 "--out", str(tmp_path / "report"), "--bootstrap", "0", "--pieces", "0", "--sections", "0"]) == 0
+    assert main(["-q", "breakage", str(phases_24), "-o", str(tmp_path / "grind"), "--p80", "10",
+                 "--realisations", "1"]) == 0
+    assert len(blocks_seen) == 3 and all(d.in_process and d.client is None for d in blocks_seen)
+
+
+def test_small_run_from_tiff_slices_computes_on_threads(tmp_path: Path, blocks_seen: list[Any]) -> None:
+    import tifffile
+
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    scan = (np.random.default_rng(2).random((20, 24, 24)) * 200).astype(np.uint8)
+    for z, plane in enumerate(scan):
+        tifffile.imwrite(folder / f"s{z:03d}.tif", plane)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"out: results\ninput: {{paths: [{folder}], voxel_size: 1.0}}\n"
+                      "segment: {method: threshold, classes: 2}\nparticles: {min_size: 5, split: false}\n"
+                      "liberation: {n_boot: 0, pieces: 0, section_step: 0}\n")
+    assert main(["-q", "run", str(config)]) == 0
+    assert len(blocks_seen) == 1 and blocks_seen[0].in_process and blocks_seen[0].client is None

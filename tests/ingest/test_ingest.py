@@ -273,7 +273,7 @@ def test_replaced_folder_is_not_resumed_into_the_old_output(tmp_path: Path, rng:
     other = _volume(rng, "uint16", (24, 10, 12))
     _slices(folder, other)  # another scan of the same size under the same names
     before = _tree(out)
-    with pytest.raises(VolmlaError, match=r"overwrite=True.*the input .*s changed since it was started"):
+    with pytest.raises(VolmlaError, match=r"overwrite=True.*it was started from other input content than .*s holds now"):
         ingest(folder, out, voxel_size=2.0, chunks=6)
     assert _tree(out) == before
     ingest(folder, out, voxel_size=2.0, chunks=6, overwrite=True)

@@ -334,3 +334,51 @@ def test_block_grid_origins_and_sizes() -> None:
     assert len(grid) == 6
     assert grid[0] == ((0, 0, 0), (0, 0, 0), (3, 4, 1))
     assert grid[-1] == ((1, 0, 2), (3, 0, 2), (2, 4, 1))
+
+
+# ----------------------------------------------------------------------------- bad inputs to the API (a sweep)
+
+
+def test_uint64_of_any_numpy_spelling_is_written(tmp_path: Path) -> None:
+    """numpy's ulonglong (what tifffile reads for uint64) equals uint64 but Zarr knew
+    only the latter: ``ValueError: No Zarr data type found``."""
+    data = np.arange(64, dtype=np.ulonglong).reshape(4, 4, 4)
+    write_volume(data, tmp_path / "u.zarr", voxel_size=1.0)
+    back = open_volume(tmp_path / "u.zarr")
+    assert back.dtype == np.uint64
+    np.testing.assert_array_equal(back.values, data)
+
+
+def test_a_group_cut_short_at_creation_is_not_left_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while the group is made leaves no half group that a rerun would call an
+    existing output (there is nothing in it to resume)."""
+    import volmla.io.volume as volume
+
+    def broken(path: Path, spec: object) -> None:
+        path.mkdir()
+        (path / "zarr.json").write_text("{}")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(volume, "_make_group", broken)
+    with pytest.raises(VolmlaError, match="no space left on device"):
+        write_volume(np.zeros((4, 4, 4), np.uint8), tmp_path / "o.zarr", voxel_size=1.0)
+    assert not (tmp_path / "o.zarr").exists()
+    monkeypatch.undo()
+    write_volume(np.zeros((4, 4, 4), np.uint8), tmp_path / "o.zarr", voxel_size=1.0)  # no --overwrite needed
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"chunks": 2.5}, "chunks must be one integer or three, got 2.5"),
+    ({"phases": "abc"}, "phases must be a list of names"),
+    ({"phases": {"x": "quartz"}}, "phase ids must be integers in 1..255"),
+])
+def test_write_volume_bad_keywords_are_one_line(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(VolmlaError, match=message):
+        write_volume(np.zeros((4, 4, 4), np.uint8), tmp_path / "o.zarr", voxel_size=1.0, **kwargs)  # type: ignore[arg-type]
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_open_volume_level_must_be_an_integer(tmp_path: Path) -> None:
+    write_volume(np.zeros((4, 4, 4), np.uint8), tmp_path / "o.zarr", voxel_size=1.0)
+    with pytest.raises(VolmlaError, match="level must lie in 0..0, got '0'"):
+        open_volume(tmp_path / "o.zarr", level="0")  # type: ignore[arg-type]

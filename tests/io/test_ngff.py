@@ -297,6 +297,25 @@ def test_labels_validate_with_ome_zarr_models(tmp_path: Path, rng: np.random.Gen
     assert {c.label_value for c in label.attributes.ome.image_label.colors or ()} == {0, 1, 2}
 
 
+def test_label_volumes_of_their_own_are_ngff_label_images(tmp_path: Path, rng: np.random.Generator) -> None:
+    """The data contract: phases, particles and grains volumes are ``image-label`` images
+    (colours and names), not only their copies under a scan's ``labels/``; intensity is not."""
+    pytest.importorskip("ome_zarr_models")
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    phases = rng.integers(0, 3, (8, 8, 8)).astype(np.uint8)
+    ph = write_volume(phases, tmp_path / "ph.zarr", voxel_size=1.0, kind="phases", phases=["quartz", "albite"])
+    label = ImageLabel.from_zarr(zarr.open_group(str(ph), mode="r"))
+    meta = label.attributes.ome.image_label
+    assert meta is not None and meta.source is None
+    assert {(p.label_value, p.name) for p in meta.properties or ()} == {(0, "background"), (1, "quartz"), (2, "albite")}
+    ids = write_volume(phases.astype(np.uint32), tmp_path / "ids.zarr", voxel_size=1.0, kind="labels")
+    assert [c.label_value for c in ImageLabel.from_zarr(zarr.open_group(str(ids), mode="r")).attributes.ome
+            .image_label.colors or ()] == [0]
+    grey = write_volume(phases, tmp_path / "grey.zarr", voxel_size=1.0, kind="intensity")
+    assert "image-label" not in zarr.open_group(str(grey), mode="r").attrs["ome"]
+
+
 def test_ome_zarr_reader_finds_label_nodes(tmp_path: Path, rng: np.random.Generator) -> None:
     pytest.importorskip("ome_zarr")
     with warnings.catch_warnings():

@@ -59,7 +59,22 @@ def test_analyse_writes_the_warning_into_summary_json_and_the_report(tmp_path: P
     assert summary["warnings"][0] == "phase py: no voxels found"
     written = json.loads((tmp_path / "lib" / "summary.json").read_text())
     assert written["warnings"] == summary["warnings"]
-    assert "phase py: no voxels found" in (tmp_path / "lib" / "report.html").read_text()
+    assert "few particles (2 analysed): intervals are wide" in written["warnings"]  # the report's own, too
+    html = (tmp_path / "lib" / "report.html").read_text()
+    assert "phase py: no voxels found" in html and html.count("few particles (2 analysed)") == 1
+
+
+def test_tables_name_the_volumes_they_were_measured_from(tmp_path: Path) -> None:
+    from volmla.io import open_volume, write_volume
+    from volmla.io.parquet import read_table_metadata
+
+    phases = np.zeros((12, 12, 12), np.uint8)
+    phases[2:6, 2:6, 2:6] = 1
+    ph = write_volume(phases, tmp_path / "ph.zarr", voxel_size=1.0, kind="phases", phases=["qz"])
+    pa = write_volume(phases.astype(np.uint32), tmp_path / "pa.zarr", voxel_size=1.0, kind="labels")
+    analyse(open_volume(ph), open_volume(pa), out_dir=tmp_path / "lib", section_step=None, pieces=None, n_boot=0)
+    meta = read_table_metadata(tmp_path / "lib" / "particles.parquet")
+    assert meta["inputs"] == {"phases": str(ph), "particles": str(pa)}
 
 
 def test_small_particles_are_named_by_the_volume_weighted_median_radius(caplog: pytest.LogCaptureFixture) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -124,3 +126,52 @@ def test_grade_recovery_curve(tiny: measure.Tables) -> None:
     assert q.cum_grade.tolist() == pytest.approx([1.0, 45 / 54])
     assert q.cum_recovery.tolist() == pytest.approx([27 / 45, 1.0])
     assert (np.diff(q.cum_grade) <= 1e-12).all()
+
+
+# ----------------------------------------------------------------------------- bad options (a sweep)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"seed": -1}, "seed must be a non-negative integer, got -1"),  # was numpy's error after every table
+    ({"densities": "2.6,5.0"}, "densities must be a list of numbers"),  # was "could not convert string ','"
+    ({"densities": [2.6, "x"]}, "densities must be numbers"),
+    ({"densities": [2.6, 5.0], "phase_names": "quartz,pyrite"}, None),  # two names, not 13 letters
+    ({"densities": [2.6], "phase_names": "quartz,pyrite"}, "one value per phase name \\(2\\), got 1"),
+])
+def test_check_options_refuses_in_one_line(kwargs: dict[str, object], message: str | None) -> None:
+    if message is None:
+        lib.check_options(**kwargs)  # type: ignore[arg-type]
+        return
+    with pytest.raises(VolmlaError, match=message):
+        lib.check_options(**kwargs)  # type: ignore[arg-type]
+
+
+def test_phase_names_that_are_no_list_are_refused() -> None:
+    with pytest.raises(VolmlaError, match="phase names must be a list of names"):
+        measure.resolve_phase_names(5, None, 2)  # type: ignore[arg-type]
+
+
+def test_check_volumes_names_the_volume_of_another_voxel_size() -> None:
+    import xarray as xr
+
+    def vol(dtype: str, voxel: tuple[float, float, float]) -> xr.DataArray:
+        return xr.DataArray(np.zeros((4, 4, 4), dtype), dims=("z", "y", "x"), attrs={"voxel_size_um": voxel})
+
+    phases, particles = vol("uint8", (2.0, 2.0, 2.0)), vol("uint32", (2.0, 2.0, 2.0))
+    lib.check_volumes(phases, particles, intensity=vol("float32", (2.0, 2.0, 2.0)))
+    with pytest.raises(VolmlaError, match="phases and intensity must share one voxel size"):
+        lib.check_volumes(phases, particles, intensity=vol("float32", (1.0, 2.0, 3.0)))
+    with pytest.raises(VolmlaError, match="phases and grains must share one voxel size"):
+        lib.check_volumes(phases, particles, grains=vol("uint32", (3.0, 3.0, 3.0)))
+    with pytest.raises(VolmlaError, match="intensity must have the shape of the phases"):
+        lib.check_volumes(phases, particles, intensity=xr.DataArray(np.zeros((2, 4, 4)), dims=("z", "y", "x")))
+
+
+def test_check_out_dir_never_replaces_a_folder_without_a_report(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep")
+    with pytest.raises(VolmlaError, match="no earlier report"):
+        lib.check_out_dir(theirs, overwrite=True)
+    (theirs / "summary.json").write_text("{}")
+    assert lib.check_out_dir(theirs, overwrite=True) == theirs

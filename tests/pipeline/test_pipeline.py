@@ -65,7 +65,7 @@ def test_run_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "bad.yaml").write_text("out: o\ninput: x.zarr\nsegment: {method: svm}\n")
     assert main(["run", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("volmla: error: segment.method must be one of") and "\n" not in err
+    assert err.startswith("volmla: error: config segment.method must be one of") and "\n" not in err
 
 
 def test_demo_refuses_an_existing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,3 +175,10 @@ def test_a_run_takes_its_particles_from_a_particle_unet(tmp_path: Path, scan: di
     stamp = (out / "particle_map.zarr" / "zarr.json").stat().st_mtime_ns
     run(tmp_path / "run.yaml", log=lines.append)
     assert (out / "particle_map.zarr" / "zarr.json").stat().st_mtime_ns == stamp
+
+
+def test_run_cli_config_errors_name_yaml_keys_not_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bad.yaml").write_text("out: o\ninput: x.zarr\nsegment: {bogus: 1}\n")
+    assert main(["run", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown key 'bogus'" in err and "phase_names, save_model" in err and "--" not in err

@@ -117,6 +117,8 @@ def test_labels_alone_segment_by_region_and_particles_can_be_given(tmp_path, cap
     assert main(["-q", "segment", str(scan), "-o", str(tmp_path / "ph.zarr"), "--labels", str(lab)]) == 0
     phases = open_volume(tmp_path / "ph.zarr")
     assert phases.attrs["provenance"][-1]["method"] == "regions"
+    before = open_volume(scan).attrs["provenance"]  # the scan's steps once, then the job's full step
+    assert phases.attrs["provenance"][:-1] == before and "labels" in phases.attrs["provenance"][-1]
     solid = truth > 0
     assert (phases.values[solid] == truth[solid]).mean() > 0.85
     parts = write_volume(label_particles(open_volume(scan)).labels, tmp_path / "parts.zarr", voxel_size=1.0,

@@ -476,14 +476,15 @@ def breakage(
     >>> r = breakage(ph, out_dir="brk", p80=[6.0, 12.0], realisations=2, voxel_size=1.0)  # doctest: +SKIP
     >>> r.summary["liberation_degree"]["6"]  # doctest: +SKIP
     """
+    from volmla.io.lock import write_error
     from volmla.io.outputs import check_not_input
-    from volmla.liberation.analysis import analyse, check_out_dir
+    from volmla.liberation.analysis import analyse, check_out_dir, check_replaceable
     from volmla.liberation.stats import _check_threshold
 
-    out = check_out_dir(out_dir, overwrite=overwrite)
     source = (getattr(phases, "attrs", None) or {}).get("path")
-    if source:
-        check_not_input(out, [source])
+    if source:  # first: the more precise refusal
+        check_not_input(Path(out_dir), [source])
+    out = check_out_dir(out_dir, overwrite=overwrite, foreign=False)  # check_replaceable after the options
     target = _check_number("target_ld", target_ld, 0.0, 1.0)
     thr = _check_threshold(free_threshold)
     options = dict(analysis or {})
@@ -501,14 +502,18 @@ def breakage(
         phase_ids = sorted(check.names)
         solid = int(check.counts[1:].sum())
         modal = {check.names[i]: float(check.counts[i] / solid) if i < check.counts.size else 0.0 for i in phase_ids}
+        check_replaceable(out)
         parent = out.resolve().parent
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+        except OSError as exc:
+            raise write_error(out, exc) from exc
         try:
             rows, by_size, runs = _sweep(check, sizes, tmp, realisations=int(realisations), law=law,
                                          uniformity=float(uniformity), boundary_weight=float(boundary_weight),
                                          detachment=float(detachment), seed=int(seed), thr=thr, options=options,
                                          analyse=analyse)
-            result = _write(tmp, out, overwrite, rows, by_size, runs, check, modal, target=target, options={
+            result = _write(tmp, out, overwrite, rows, by_size, runs, check, modal, target=target, source=source, options={
                 "law": law, "uniformity": float(uniformity), "boundary_weight": float(boundary_weight),
                 "detachment": float(detachment), "realisations": int(realisations), "seed": int(seed),
                 "free_threshold": thr, "target_ld": target})
@@ -550,12 +555,14 @@ def _sweep(check: PhaseCheck, sizes: list[float], tmp: Path, *, realisations: in
                 logger.info("p80 %g um, realisation %d: %d fragments from %d seeds", p80_um, r, lab.count, made.n_seeds)
                 if r == 0:
                     summary = analyse(check.data, lab.labels, out_dir=tmp / p80_label(p80_um), phase_names=check.names,
-                                      voxel_size=vs, free_threshold=thr, **{"seed": seed, "n_boot": 0, **options})
+                                      voxel_size=vs, free_threshold=thr, warn_small=False,
+                                      **{"seed": seed, "n_boot": 0, **options})
                     pdf = pd.read_parquet(tmp / p80_label(p80_um) / "particles.parquet", columns=_SLIM + vox)
                 else:
                     tables = measure(lab.labels, check.data, voxel_size=vs, phase_names=check.names)
                     pdf = tables.particles[_SLIM + vox]
-                    summary = liberation_summary(pdf, phase_names=names, free_threshold=thr, voxel_size=vs)
+                    summary = liberation_summary(pdf, phase_names=names, free_threshold=thr, voxel_size=vs,
+                                                 warn_small=False)  # the phases are given, not from grey
             finally:
                 del keys
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -588,19 +595,27 @@ def _check_modal(pdf: pd.DataFrame, check: PhaseCheck, p80_um: float, r: int) ->
                                f"{got} in fragments, {want} in the volume")
 
 
+_CURVE_UNITS = {"realisation": "", "liberation_degree": "1", "modal_fraction": "1", "n_particles": "1"}
+"""Units of the breakage tables' columns that :mod:`volmla.io.parquet` does not know by name."""
+
+
 def _write(tmp: Path, out: Path, overwrite: bool, rows: list[dict[str, Any]], by_size: list[dict[str, Any]],
            runs: list[dict[str, Any]], check: PhaseCheck, modal: dict[str, float], *, target: float,
-           options: dict[str, Any]) -> Breakage:
+           source: str | None, options: dict[str, Any]) -> Breakage:
+    from volmla.io.parquet import write_table
     from volmla.liberation.summary import _nan_to_none
 
     curve = pd.DataFrame(rows, columns=["p80_um", "realisation", "phase", "liberation_degree", "modal_fraction",
                                         "n_particles", "p80_measured_um"])
     curve = curve.astype({"p80_um": float, "realisation": np.int64, "phase": str, "liberation_degree": float,
                           "modal_fraction": float, "n_particles": np.int64, "p80_measured_um": float})
-    curve.to_parquet(tmp / "liberation_curve.parquet", index=False)
-    pd.DataFrame(by_size).to_parquet(tmp / "liberation_by_size.parquet", index=False)
-    intervals = curve_intervals(curve)
     names = [check.names[i] for i in sorted(check.names)]
+    described = functools.partial(write_table, voxel_size_um=list(check.voxel_size), phases=names,
+                                  inputs={"phases": source} if source else None)
+    described(curve, tmp / "liberation_curve.parquet", table="liberation_curve", units=_CURVE_UNITS)
+    described(pd.DataFrame(by_size), tmp / "liberation_by_size.parquet", table="liberation_by_size",
+              units={**_CURVE_UNITS, "lo": "um", "hi": "um", "ld": "1", "n": "1"})
+    intervals = curve_intervals(curve)
     plot_curve(curve, intervals, tmp / "liberation_curve.png", target_ld=target)
     summary: dict[str, Any] = {
         "liberation_degree": {f"{p:g}": d for p, d in _means(intervals).items()},

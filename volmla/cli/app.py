@@ -77,6 +77,11 @@ def configure_logging(verbose: int) -> None:
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("volmla").setLevel(logging.DEBUG if verbose >= 1 else logging.WARNING)
+    if "distributed" not in sys.modules:
+        # distributed sets its logger's level from Dask's config when first imported,
+        # after this: without this its other loggers (a stale scratch folder purged at
+        # start) would print INFO lines
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = "info" if verbose >= 2 else "warning"
     for name in DASK_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
 
@@ -220,7 +225,8 @@ def flag_names(message: str) -> str:
     The library names its keywords; a command-line user should read the flag that sets
     each one. ``name=True`` becomes the flag itself, ``name=`` the flag with a space, and
     a bare keyword is replaced only when it holds an underscore (so ordinary words such
-    as "threshold" stay words).
+    as "threshold" stay words), and none right after ``:`` or ``,`` (a preprocessing
+    step's parameters, ``nlmeans:h=VALUE``, keep their names).
     """
     flags = _flags()
 
@@ -231,11 +237,15 @@ def flag_names(message: str) -> str:
             return match.group(0)
         return flag if suffix == "=True" else flag + (" " if suffix == "=" else "")
 
-    return re.sub(r"(?<![\w.-])([a-z][a-z0-9_]*)(=True\b|=)?", swap, message)
+    # not after ':' or ',': a step's own parameters (``nlmeans:h=VALUE``) are no flags
+    return re.sub(r"(?<![\w.:,-])([a-z][a-z0-9_]*)(=True\b|=)?", swap, message)
 
 
 INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+
+BROKEN_PIPE = 141
+"""Exit status when stdout's reader has gone (128 + SIGPIPE), as shells report it for other tools."""
 
 
 def _usage_line(exc: typer.TyperException) -> str:
@@ -272,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     Returns
     -------
     int
-        The exit status: 0, 2 (an error) or 130 (interrupted).
+        The exit status: 0, 2 (an error), 130 (interrupted) or 141 (stdout closed by its reader).
     """
     for key, value in vars(_Globals()).items():  # in-process callers (tests) run main many times
         setattr(STATE, key, value)
@@ -298,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED
     except VolmlaError as exc:  # a config file's errors name its keys, the others the flags
         message = str(exc)
-        _error_line(message if message.startswith("config ") else flag_names(message))
+        _error_line(message if message.startswith(("config ", "config:")) else flag_names(message))
         return 2
     except typer.TyperException as exc:  # click's usage errors, as typer bundles click
         if _no_args_help(exc):
@@ -306,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _error_line(_usage_line(exc))
         return 2
+    except BrokenPipeError:  # stdout's reader went away (`volmla info X | head -1`): stop quietly, as Unix tools do
+        with contextlib.suppress(OSError):  # nothing more reaches the pipe, not even the flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE
     except Exception as exc:  # not volmla's own: one line, the traceback only with -v
         if STATE.verbose:
             traceback.print_exc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -40,11 +41,13 @@ def breakage_command(
     from volmla.breakage import Law, breakage
     from volmla.io import open_volume
 
+    vol = open_volume(phases)
     result = breakage(
-        open_volume(phases), out_dir=out_dir, p80=_sizes(p80), realisations=realisations, law=cast(Law, law),  # breakage checks it
+        vol, out_dir=out_dir, p80=_sizes(p80), realisations=realisations, law=cast(Law, law),  # breakage checks it
         uniformity=uniformity, boundary_weight=boundary_weight, detachment=detachment,
         phase_names=[p.strip() for p in phase_names.split(",")] if phase_names is not None else None,
-        seed=seed, target_ld=target_ld, overwrite=overwrite, cluster=running,
+        seed=seed, target_ld=target_ld, overwrite=overwrite,
+        cluster=functools.partial(running, inputs=[vol]),  # a small volume runs on threads
     )
     ld = result.summary["liberation_degree"]
     for size, per_phase in ld.items():

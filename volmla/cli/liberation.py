@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -43,14 +44,16 @@ def liberation_cmd(
     from volmla.io import open_volume
     from volmla.liberation import SizeBy, analyse
 
+    vols = [open_volume(phases), open_volume(particles)]
+    optional = {k: open_volume(v) if v is not None else None for k, v in (("grains", grains), ("intensity", intensity))}
     summary = analyse(
-        open_volume(phases), open_volume(particles), grains=open_volume(grains) if grains is not None else None,
+        *vols, grains=optional["grains"],
         out_dir=out, phase_names=[p.strip() for p in phase_names.split(",")] if phase_names is not None else None,
         densities=_number_list(densities, "--densities"), free_threshold=free_threshold,
         size_edges=_number_list(size_edges, "--size-edges"), by=cast(SizeBy, by),  # analyse checks it
         include_border=include_border, section_step=section_step or None, pieces=pieces or None, n_boot=n_boot,
-        seed=seed, overwrite=overwrite, cluster=running,
-        intensity=open_volume(intensity) if intensity is not None else None,
+        seed=seed, overwrite=overwrite, intensity=optional["intensity"],
+        cluster=functools.partial(running, inputs=vols + [v for v in optional.values() if v is not None]),  # small: threads
     )
     typer.echo(
         f"{summary['n_particles']} particles analysed ({summary['n_border']} on the border "

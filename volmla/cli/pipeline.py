@@ -47,14 +47,37 @@ def demo_command(
 
 
 def _run_inputs(cfg: PipelineConfig) -> list[Any]:
-    """The run's input when it is an OME-Zarr volume, so its size picks threads or a
-    cluster; scanner files are not scanned twice (such a run starts its cluster at the
-    first large graph, and every later stage reuses it)."""
-    if cfg.input.zarr is None:
-        return []
+    """The run's input volumes, so that their size picks threads or a cluster.
+
+    An OME-Zarr input is opened (metadata only). Scanner files are opened (their headers
+    read) only when they hold at most :data:`~volmla.engine.cluster.SMALL_BYTES` on disk,
+    so that a large folder of slices is not scanned twice: such a run starts its cluster
+    at the first large graph, and every later stage reuses it.
+    """
     from volmla.io import open_volume
 
-    return [open_volume(cfg.input.zarr)]
+    if cfg.input.zarr is not None:
+        return [open_volume(cfg.input.zarr)]
+    from volmla.engine.cluster import SMALL_BYTES
+    from volmla.errors import VolmlaError
+    from volmla.ingest.api import open_input
+
+    if sum(_bytes_on_disk(Path(p)) for p in cfg.input.paths) > SMALL_BYTES:
+        return []
+    layout = {k: v for k, v in cfg.input.options().items() if k in ("glob", "shape", "dtype", "byteorder")}
+    try:
+        return [open_input(p, **layout).data for p in cfg.input.paths]
+    except VolmlaError:  # the run itself names the problem, in its own words
+        return []
+
+
+def _bytes_on_disk(path: Path) -> int:
+    """Bytes of a file, or of the files directly in a folder (0 where it does not exist)."""
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    return 0
 
 
 def _log(line: str) -> None:

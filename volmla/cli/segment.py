@@ -121,6 +121,11 @@ def segment_command(
         for other, name in ((output, "--output"), (uncertainty, "--uncertainty"), (Path(input_path), "the input")):
             if other is not None and forest_path.resolve() == other.resolve():
                 raise VolmlaError(f"--save-model {forest_path} is {name}: give the forest a file of its own")
+    if uncertainty is not None:
+        out_path, unc_path = output.resolve(), uncertainty.resolve()
+        if unc_path == out_path or out_path in unc_path.parents or unc_path in out_path.parents:
+            raise VolmlaError(f"--uncertainty {uncertainty} and --output {output} are one volume or one inside "
+                              "the other: give each a volume of its own")
     method = check_options(method, model=model, labels=labels, save_model=forest_path, classes=classes,
                            uncertainty=uncertainty is not None, tile=tile, overlap=overlap, batch=batch,
                            halo=halo)
@@ -148,12 +153,14 @@ def segment_command(
             typer.echo(f"random forest: training accuracy {seg.train_accuracy:.3f}", err=True)
             typer.echo(f"wrote {seg.model}", err=STATE.quiet)
         phase_names = {i: n for i, n in enumerate(seg.classes) if i > 0}
-        write_volume(seg.phases, output, voxel_size=vol.attrs["voxel_size_um"], chunks=chunks, kind="phases",
-                     phases=phase_names, provenance=[*vol.attrs["provenance"], *steps], overwrite=overwrite, job=job)
+        # the results carry the input's steps and a short segment step: the job's full one replaces it
+        before = {"provenance": list(vol.attrs["provenance"])}
+        write_volume(seg.phases.assign_attrs(before), output, voxel_size=vol.attrs["voxel_size_um"], chunks=chunks,
+                     kind="phases", phases=phase_names, provenance=steps, overwrite=overwrite, job=job)
         if seg.confidence is not None and uncertainty is not None:
-            write_volume(seg.confidence, uncertainty, voxel_size=vol.attrs["voxel_size_um"], chunks=chunks,
-                         kind="intensity",
-                         provenance=[*vol.attrs["provenance"], *steps, {"step": "max class probability x 255"}],
+            write_volume(seg.confidence.assign_attrs(before), uncertainty, voxel_size=vol.attrs["voxel_size_um"],
+                         chunks=chunks, kind="intensity",
+                         provenance=[*steps, {"step": "max class probability x 255"}],
                          overwrite=overwrite, job={**job, "output": "uncertainty"})
     typer.echo(f"wrote {output}", err=STATE.quiet)
 
@@ -177,6 +184,11 @@ def evaluate_command(
         raise VolmlaError(f"output {out} exists and is not a folder")
     if out is not None and (out / "metrics.json").exists() and not overwrite:
         raise VolmlaError(f"output {out} holds an evaluation: pass --overwrite to replace it")
+    if out is not None:  # the report's files would land inside an input volume
+        from volmla.io.ngff import is_url
+        from volmla.io.outputs import check_not_input
+
+        check_not_input(out, [p for p in (pred, truth) if not is_url(p)])
     ev = evaluate(open_volume(pred), open_volume(truth), mask=mask)  # type: ignore[arg-type]
     summary = ev.as_dict()
     if out is not None:

@@ -11,7 +11,7 @@ way back: a stage's lazy result as an :class:`xarray.DataArray` on its input's g
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 import dask.array as da
@@ -36,6 +36,7 @@ __all__ = [
     "as_dataarray",
     "as_volume",
     "block_grid",
+    "check_same_voxel_size",
     "default_chunks",
     "map_blocks_at",
     "map_reduce",
@@ -187,14 +188,55 @@ def as_dataarray(
     return xr.DataArray(data, dims=DIMS, coords=coords, attrs=attrs, name=name)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""The largest intensity the stages compute with: they work in float32."""
+
+
+def check_same_voxel_size(volumes: Mapping[str, Any]) -> None:
+    """Refuse volumes of one computation whose recorded voxel sizes differ.
+
+    Only volumes that carry a ``voxel_size_um`` attribute (OME-Zarr volumes, DataArrays
+    of volmla's) are compared; NumPy and Dask arrays, and None, are skipped.
+
+    Parameters
+    ----------
+    volumes
+        ``{name: volume}``, in the order the message names them.
+
+    Raises
+    ------
+    VolmlaError
+        Naming the first two that differ.
+
+    Examples
+    --------
+    >>> a = xr.DataArray(np.zeros((2, 2, 2)), dims=DIMS, attrs={"voxel_size_um": (1.0, 1.0, 1.0)})
+    >>> check_same_voxel_size({"phases": a, "labels": np.zeros((2, 2, 2)), "grains": None})
+    """
+    sizes = {name: tuple(float(s) for s in np.broadcast_to(np.asarray(vs, float), 3))
+             for name, v in volumes.items()
+             if v is not None and (vs := (getattr(v, "attrs", None) or {}).get("voxel_size_um")) is not None}
+    if not sizes:
+        return
+    first, first_size = next(iter(sizes.items()))
+    for name, size in sizes.items():
+        if not np.allclose(size, first_size, rtol=1e-9, atol=0):
+            raise VolmlaError(f"{first} and {name} must share one voxel size, got {list(first_size)} and "
+                              f"{list(size)} um")
+
+
 def _finite_block(block: Any, *, what: str, block_info: dict[Any, Any] | None = None) -> Any:
-    """``block`` itself, or a one-line error when it holds NaN or an infinity."""
+    """``block`` itself, or a one-line error when it holds NaN or an infinity, or values
+    beyond float32 (which the stages' float32 arithmetic would turn into infinities)."""
     xp = block.__array_namespace__() if hasattr(block, "__array_namespace__") else np
+    where = ""
+    if block_info and 0 in block_info:
+        where = " (block at voxel " + ", ".join(str(lo) for lo, _ in block_info[0]["array-location"]) + ")"
     if not bool(xp.isfinite(block).all()):
-        where = ""
-        if block_info and 0 in block_info:
-            where = " (block at voxel " + ", ".join(str(lo) for lo, _ in block_info[0]["array-location"]) + ")"
         raise VolmlaError(f"{what} holds NaN or infinite values{where}: replace them with numbers first")
+    if block.dtype.itemsize > 4 and block.dtype.kind == "f" and block.size and float(xp.abs(block).max()) > FLOAT32_MAX:
+        raise VolmlaError(f"{what} holds values beyond float32's range (up to {float(xp.abs(block).max()):.3g}"
+                          f"){where}: volmla computes in float32; rescale the volume first")
     return block
 
 
@@ -272,6 +314,8 @@ def normalise_chunks(
     """
     if chunks is None:
         return default_chunks(shape, dtype)
+    if not isinstance(chunks, int | np.integer | Sequence):
+        raise VolmlaError(f"chunks must be one integer or three, got {chunks!r}")
     values = [chunks] * 3 if isinstance(chunks, int | np.integer) else list(chunks)
     if len(values) != 3 or not all(isinstance(v, int | np.integer) for v in values):
         raise VolmlaError(f"chunks must be one integer or three, got {chunks!r}")

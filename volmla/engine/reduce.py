@@ -257,7 +257,10 @@ def otsu(hist: Histogram) -> float:
     if len(nonzero) < 2:
         raise VolmlaError("cannot find an Otsu threshold: the volume holds a single value")
     lo, hi = nonzero[0], nonzero[-1] + 1
-    return float(threshold_otsu(hist=(hist.counts[lo:hi], hist.centers[lo:hi])))
+    # on bin indices, not values: the bins are evenly spaced, so the threshold is the same
+    # bin, and values near the float64 limit do not overflow Otsu's squared class means
+    k = int(threshold_otsu(hist=(hist.counts[lo:hi], np.arange(hi - lo, dtype=np.float64))))
+    return float(hist.centers[lo + k])
 
 
 def histogram_modes(hist: Histogram) -> tuple[float, float]:

@@ -119,6 +119,9 @@ def open_input(
         raise VolmlaError(f"input {path} does not exist")
     if shape is not None:
         return _open_raw(path, shape=shape, dtype=dtype, byteorder=byteorder, chunks=chunks)
+    if path.is_dir() and any((path / marker).is_file() for marker in ("zarr.json", ".zgroup", ".zarray")):
+        raise VolmlaError(f"input {path} is a Zarr store, not scanner files: an OME-Zarr volume is read by "
+                          "every command as it is (volmla info to check it)")
     if path.is_dir():
         with quiet_tifffile():
             planes, yx, dt, (voxel, source) = scan_tiff_folder(path, glob)

@@ -166,7 +166,7 @@ def write_labels(
     block = volmla_block(out)
     finished = (block.get("complete", False) and not overwrite
                 and block.get("request") == job_fingerprint(job_identity(job)))
-    if finished and "image-label" in _ome(out):
+    if finished and "source" in _ome(out).get("image-label", {}):  # the last step done (a volume alone has none)
         if job is not None:
             return out  # the same job, done: a rerun keeps it
         finished = False  # no job to compare: write_volume refuses an existing output

@@ -502,7 +502,7 @@ def decide_output(
         changed = _changed_inputs(block, identity or {})
         if changed:
             state = "written" if block.get("complete", False) else "started"
-            why = f" (the input {changed[0]} changed since it was {state})"
+            why = f" (it was {state} from other input content than {changed[0]} holds now)"
     raise VolmlaError(f"output {path} exists: pass overwrite=True to replace it{why}")
 
 

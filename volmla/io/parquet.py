@@ -42,7 +42,7 @@ COLUMN_UNITS: dict[str, tuple[str, str]] = {
     "surface_um2": ("um^2", "surface area from voxel faces, times the 2/3 stereological correction"),
     "sphericity": ("1", "pi^(1/3) (6 V)^(2/3) / surface"),
     "touches_border": ("bool", "the particle touches the volume border (cut): excluded from statistics by default"),
-    "n_grains": ("1", "number of grains (connected (particle, phase) components); null without a grain volume"),
+    "n_grains": ("1", "number of grains (connected (particle, phase) components); null when grains are neither given nor derived"),
     "phase": ("", "phase name"),
     "phase_a": ("", "phase name"),
     "phase_b": ("", "phase name, or background"),

@@ -84,6 +84,12 @@ __all__ = ["KINDS", "SUPPORTED_DTYPES", "Kind", "compressor", "normalise_voxel_s
 # --------------------------------------------------------------------------- helpers
 
 
+VOXEL_SIZE_RANGE = (1e-6, 1e7)
+"""Voxel edges volmla accepts, in micrometres: 1 pm to 10 m, far past any scanner (a
+nano-CT voxel is ~0.01 um, a core scanner's ~100 um). Outside it the figure is a unit
+mistake, and volumes in um^3 underflow to 0 or overflow."""
+
+
 def normalise_voxel_size(voxel_size: float | Sequence[float] | None) -> tuple[float, float, float]:
     """Return a ``(z, y, x)`` voxel size in micrometres, validated.
 
@@ -116,6 +122,9 @@ def normalise_voxel_size(voxel_size: float | Sequence[float] | None) -> tuple[fl
     out = (z, y, x)
     if not all(np.isfinite(v) and v > 0 for v in out):
         raise VolmlaError(f"voxel size must be positive micrometres, got {list(out)}")
+    if not all(VOXEL_SIZE_RANGE[0] <= v <= VOXEL_SIZE_RANGE[1] for v in out):
+        raise VolmlaError(f"voxel size must lie in {VOXEL_SIZE_RANGE[0]:g}..{VOXEL_SIZE_RANGE[1]:g} micrometres (the "
+                          f"unit is um: 2.3 for 2.3 um), got {list(out)}")
     return out
 
 
@@ -123,17 +132,25 @@ def _check_dtype(dtype: Any) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype == np.bool_:
         return np.dtype(np.uint8)
-    if dtype not in SUPPORTED_DTYPES:
-        allowed = ", ".join(str(t) for t in SUPPORTED_DTYPES)
-        raise VolmlaError(f"unsupported dtype {dtype}: volumes must be one of {allowed}")
-    return dtype
+    for supported in SUPPORTED_DTYPES:
+        # the canonical dtype: numpy's ulonglong ('Q', what tifffile reads for uint64)
+        # equals uint64 ('L') but Zarr knows only the latter
+        if dtype == supported:
+            return supported
+    allowed = ", ".join(str(t) for t in SUPPORTED_DTYPES)
+    raise VolmlaError(f"unsupported dtype {dtype}: volumes must be one of {allowed}")
 
 
 def _phases_attr(phases: Mapping[Any, str] | Sequence[str] | None) -> dict[str, str]:
     if phases is None:
         return {}
+    if isinstance(phases, str) or not isinstance(phases, Mapping | Sequence | np.ndarray):  # not each letter
+        raise VolmlaError(f"phases must be a list of names (phases 1..N) or {{id: name}}, got {phases!r}")
     if isinstance(phases, Mapping):
-        items = {str(int(k)): str(v) for k, v in phases.items()}
+        try:
+            items = {str(int(k)): str(v) for k, v in phases.items()}
+        except (TypeError, ValueError):
+            raise VolmlaError(f"phase ids must be integers in 1..255, got {sorted(map(str, phases))}") from None
     else:
         items = {str(i + 1): str(v) for i, v in enumerate(phases)}
     if any(int(k) < 1 or int(k) > 255 for k in items):
@@ -193,8 +210,8 @@ def open_volume(path: str | Path, *, level: int = 0, allow_incomplete: bool = Fa
             raise VolmlaError(f"{where} is not an OME-Zarr volume (no multiscales metadata)")
     image = read_image(where)
     ms = image.multiscales
-    if not 0 <= level < len(ms.paths):
-        raise VolmlaError(f"level must lie in 0..{len(ms.paths) - 1}, got {level}")
+    if isinstance(level, bool) or not isinstance(level, int | np.integer) or not 0 <= level < len(ms.paths):
+        raise VolmlaError(f"level must lie in 0..{len(ms.paths) - 1}, got {level!r}")
     lead = _leading_axes(ms, where)
     block = dict(image.attrs.get(ATTR, {}))
     if block and not block.get("complete", False) and not allow_incomplete:
@@ -443,7 +460,11 @@ def write_volume(
             mode = _sibling_state(target, fingerprint)
         try:
             if mode == "new":
-                _create_group(target, group, output=path)
+                try:
+                    _create_group(target, group, output=path)
+                except Exception:
+                    remove(target)  # a group cut short holds no chunk to resume: it goes
+                    raise
             if mode != "done":
                 _write_levels(array, target, levels, kind, output=path)
         except Exception:
@@ -546,6 +567,12 @@ def _make_group(path: Path, spec: _GroupSpec) -> None:
         axes_units={d: "micrometer" for d in DIMS},
         name=spec.name,
     )
+    if spec.kind in ("phases", "labels"):  # an NGFF label image (the data contract): palette and names
+        from volmla.io.labels import label_metadata
+
+        meta = label_metadata({int(k): v for k, v in spec.phases.items()} if spec.kind == "phases" else None)
+        meta.pop("source")  # a volume of its own; a scan's labels/ copy names its image
+        group.attrs["ome"] = {**cast(Mapping[str, Any], group.attrs["ome"]), "image-label": meta}
     group.attrs[ATTR] = {
         "kind": spec.kind,
         "phases": spec.phases,

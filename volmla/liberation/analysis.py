@@ -32,17 +32,18 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
+from volmla.engine.blocks import check_same_voxel_size
 from volmla.errors import VolmlaError
 from volmla.io.atomic import recover, remove, remove_stale, swap_in, tmp_sibling
 from volmla.io.lock import output_lock
 from volmla.io.parquet import write_table
 from volmla.liberation.qc import qc_figures
-from volmla.liberation.report import plots, write_html
+from volmla.liberation.report import executive_summary, plots, write_html
 from volmla.liberation.sectioning import sections, stereology
 from volmla.liberation.stats import (
     SizeBy,
@@ -65,19 +66,27 @@ from volmla.types import VolumeLike
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["analyse", "check_options", "check_out_dir", "check_volumes"]
+__all__ = ["analyse", "check_options", "check_out_dir", "check_replaceable", "check_volumes"]
 
 
-def check_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
+REPORT_FILES = ("summary.json", "report.html")
+"""What every report folder :func:`check_out_dir` guards holds (liberation, breakage, SEM)."""
+
+
+def check_out_dir(out_dir: str | Path, *, overwrite: bool = False, foreign: bool = True) -> Path:
     """Validate an output folder before any work: refuse a non-empty one without
-    ``overwrite``, and a parent that does not exist.
+    ``overwrite``, one that holds no earlier report even with it (someone else's
+    folder: replacing it would delete their files), and a parent that does not exist.
 
     Parameters
     ----------
     out_dir
         The output folder.
     overwrite
-        Accept a non-empty folder (it is replaced at the end).
+        Accept a non-empty folder holding an earlier report (it is replaced at the end).
+    foreign
+        Refuse a non-empty folder without a report now; False leaves that to a later
+        :func:`check_replaceable` (a caller whose cheaper checks come first).
 
     Returns
     -------
@@ -87,12 +96,28 @@ def check_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise VolmlaError(f"output {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise VolmlaError(f"output folder {out} exists and is not empty: pass overwrite=True to replace it")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise VolmlaError(f"output folder {out} exists and is not empty: pass overwrite=True to replace it")
+        if foreign:
+            check_replaceable(out)
     parent = out.resolve().parent
     if not parent.is_dir():
         raise VolmlaError(f"the parent folder of the output, {parent}, does not exist")
     return out
+
+
+def check_replaceable(out: Path) -> None:
+    """Refuse to replace a non-empty folder that holds no earlier report (someone else's).
+
+    Parameters
+    ----------
+    out
+        The output folder.
+    """
+    if out.is_dir() and any(out.iterdir()) and not any((out / name).is_file() for name in REPORT_FILES):
+        raise VolmlaError(f"output folder {out} holds files but no earlier report ({' or '.join(REPORT_FILES)}): "
+                          "refusing to replace it")
 
 
 def _check_out_not_input(out: Path, *volumes: VolumeLike | None) -> None:
@@ -113,12 +138,13 @@ def check_options(
     section_step: int | None = None,
     pieces: int | None = None,
     n_boot: int = 0,
+    seed: int = 0,
 ) -> tuple[float, np.ndarray | None]:
     """Validate the options of :func:`analyse` (cheap; before any computation).
 
     Parameters
     ----------
-    free_threshold, size_edges, by, densities, phase_names, section_step, pieces, n_boot
+    free_threshold, size_edges, by, densities, phase_names, section_step, pieces, n_boot, seed
         As in :func:`analyse`.
 
     Returns
@@ -131,18 +157,27 @@ def check_options(
     if by not in ("esd", "volume"):
         raise VolmlaError(f"by must be one of ('esd', 'volume'), got by={by!r}")
     if densities is not None:
+        if isinstance(densities, str | bytes) or not isinstance(densities, Mapping | Sequence | np.ndarray):
+            raise VolmlaError(f"densities must be a list of numbers or {{phase name: number}}, got {densities!r}")
         seq = list(densities.values()) if isinstance(densities, Mapping) else list(densities)
-        bad = [d for d in seq if not (math.isfinite(float(d)) and float(d) > 0)]
+        try:
+            bad = [d for d in seq if not (math.isfinite(float(d)) and float(d) > 0)]
+        except (TypeError, ValueError):
+            raise VolmlaError(f"densities must be numbers (g/cm3), got {seq}") from None
         if bad:
             raise VolmlaError(f"densities must be positive (g/cm3), got {seq}")
-        if phase_names is not None and not isinstance(densities, Mapping) and len(seq) != len(phase_names):
-            raise VolmlaError(f"densities must give one value per phase name ({len(phase_names)}), got {len(seq)}")
+        n_names = len(phase_names.split(",")) if isinstance(phase_names, str) else \
+            len(phase_names) if isinstance(phase_names, Sequence | Mapping) else None
+        if n_names is not None and not isinstance(densities, Mapping) and len(seq) != n_names:
+            raise VolmlaError(f"densities must give one value per phase name ({n_names}), got {len(seq)}")
     if pieces is not None and (not isinstance(pieces, int | np.integer) or pieces < 2):
         raise VolmlaError(f"pieces must be an integer of at least 2, got pieces={pieces!r}")
     if section_step is not None and (not isinstance(section_step, int | np.integer) or section_step < 1):
         raise VolmlaError(f"section_step must be a positive integer, got {section_step!r}")
     if not isinstance(n_boot, int | np.integer) or n_boot < 0:
         raise VolmlaError(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise VolmlaError(f"seed must be a non-negative integer, got {seed!r}")
     return thr, edges
 
 
@@ -153,12 +188,13 @@ def check_volumes(
     grains: VolumeLike | None = None,
     phase_names: Sequence[str] | Mapping[int, str] | None = None,
     voxel_size: float | Sequence[float] | None = None,
+    intensity: VolumeLike | None = None,
 ) -> None:
     """Validate shapes, voxel sizes and phase names from the volumes' metadata only.
 
     Parameters
     ----------
-    phases, particles, grains, phase_names, voxel_size
+    phases, particles, grains, phase_names, voxel_size, intensity
         As in :func:`analyse`.
 
     Returns
@@ -173,6 +209,9 @@ def check_volumes(
         shapes["grains"] = tuple(grains.shape)
     if len(set(shapes.values())) > 1:
         raise VolmlaError(f"phases, particles (and grains) must have the same shape, got {shapes}")
+    if intensity is not None and tuple(intensity.shape) != tuple(phases.shape):
+        raise VolmlaError(f"intensity must have the shape of the phases {tuple(phases.shape)}, got {tuple(intensity.shape)}")
+    check_same_voxel_size({"phases": phases, "particles": particles, "grains": grains, "intensity": intensity})
     attrs = [dict(getattr(v, "attrs", {}) or {}) for v in (phases, particles, grains) if v is not None]
     resolve_voxel_size(voxel_size if voxel_size is not None else 1.0, *attrs)
     attr_phases = attrs[0].get("phases") or None
@@ -201,6 +240,7 @@ def analyse(
     overwrite: bool = False,
     cluster: Callable[[], AbstractContextManager[Any]] | None = None,
     intensity: VolumeLike | None = None,
+    warn_small: bool = True,
 ) -> Summary:
     """Measure the particles and write every liberation output into ``out_dir``.
 
@@ -243,6 +283,8 @@ def analyse(
         apportioned between pure grey levels (``vfrac_<phase>`` in
         ``particles.parquet``, :mod:`volmla.measure.fractions`) and every statistic
         uses those volumes. Without it ``vfrac_<phase>`` equals ``vox_<phase>``.
+    warn_small
+        As in :func:`volmla.liberation.summary.liberation_summary`.
 
     Returns
     -------
@@ -257,13 +299,14 @@ def analyse(
     """
     from volmla.measure import SURFACE_CORRECTION, measure
 
-    out = check_out_dir(out_dir, overwrite=overwrite)
-    _check_out_not_input(out, phases, particles, grains, intensity)
+    # the more precise refusals first: an output that is an input, a wrong option or volume
+    _check_out_not_input(Path(out_dir), phases, particles, grains, intensity)
     thr, edges = check_options(free_threshold=free_threshold, size_edges=size_edges, by=by, densities=densities,
-                               phase_names=phase_names, section_step=section_step, pieces=pieces, n_boot=n_boot)
-    check_volumes(phases, particles, grains=grains, phase_names=phase_names, voxel_size=voxel_size)
-    if intensity is not None and tuple(intensity.shape) != tuple(phases.shape):
-        raise VolmlaError(f"intensity must have the shape of the phases {tuple(phases.shape)}, got {tuple(intensity.shape)}")
+                               phase_names=phase_names, section_step=section_step, pieces=pieces, n_boot=n_boot,
+                               seed=seed)
+    check_volumes(phases, particles, grains=grains, phase_names=phase_names, voxel_size=voxel_size,
+                  intensity=intensity)
+    out = check_out_dir(out_dir, overwrite=overwrite)
     inputs = {"phases": phases, "particles": particles, "grains": grains, "intensity": intensity}
     with output_lock(out), cluster() if cluster is not None else contextlib.nullcontext():
         recover(out)
@@ -279,7 +322,7 @@ def analyse(
         pdf = tables.particles
         summary = liberation_summary(
             pdf, phase_names=names, free_threshold=thr, size_edges=edges, by=by, densities=rho,
-            include_border=include_border, voxel_size=tables.voxel_size_um,
+            include_border=include_border, voxel_size=tables.voxel_size_um, warn_small=warn_small,
         )
         summary["shape"] = list(tables.shape)
         summary["association"] = _nan_to_none(association(tables.contacts, phase_names=names))
@@ -328,15 +371,20 @@ def _write(
     try:
         tmp.mkdir()
         by = summary.get("representativeness", {}).get("by")
+        recorded = cast(Mapping[str, Any], dict(summary).get("provenance") or {})
+        inputs = {k: str(v) for k, v in (recorded.get("inputs") or {}).items() if v}
         for key, frame in (("particles", pdf), ("grains", grains_df), *((k, extras[k]) for k in (
                 "contacts", "grade_recovery", "stereology", "representativeness") if k in extras)):
             write_table(frame, tmp / f"{key}.parquet", table=key, voxel_size_um=summary["voxel_size_um"], phases=names,
+                        inputs=inputs or None,
                         units={"lo": "um^3", "hi": "um^3"} if by == "volume" else {"lo": "um", "hi": "um"})
         pngs = plots(tmp, summary=summary, particles=pdf, grains=grains_df, extras=extras, phase_names=names,
                      densities=rho)
         if qc is not None:
             pngs += qc_figures(tmp, particles_df=pdf, free_threshold=summary["free_threshold"],
                                include_border=summary["include_border"], voxel_size=summary["voxel_size_um"], **qc)
+        # summary.json carries every warning the report shows (the report's own: few particles, border, ...)
+        summary["warnings"] = executive_summary(summary, particles=pdf)["warnings"]
         files = sorted(p.name for p in tmp.iterdir()) + ["report.html", "summary.json"]
         summary["files"] = sorted(set(files))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))

@@ -847,6 +847,7 @@ def executive_summary(summary: Mapping[str, Any], *, particles: pd.DataFrame | N
                                 include_border=bool(summary.get("include_border")))
         value = p80(curve, column="mass" if summary.get("densities") else "volume")
         p80_um = _fmt(value) if np.isfinite(value) else None
+    warnings = list(dict.fromkeys(warnings))  # a summary that already carries the report's warnings
     return {
         "n_particles": n, "n_total": total, "n_border": border,
         "border_included": bool(summary.get("include_border")), "weighting": weighting(summary),

@@ -135,6 +135,7 @@ def liberation_summary(
     densities: Sequence[float] | Mapping[str, float] | None = None,
     include_border: bool = False,
     voxel_size: Sequence[float] | None = None,
+    warn_small: bool = True,
 ) -> Summary:
     """The ``summary.json`` content computed from the particle table.
 
@@ -157,6 +158,9 @@ def liberation_summary(
         Also count particles touching the volume border.
     voxel_size
         ``(z, y, x)`` um, recorded as ``voxel_size_um``.
+    warn_small
+        Warn when the particles are small against the voxel (:func:`size_warnings`): a
+        caveat of phases classified from grey; off where the phases are given (breakage).
 
     Returns
     -------
@@ -203,7 +207,7 @@ def liberation_summary(
         "spectrum_classes": SPECTRUM_ENCODING,
         "locking": locking(pop, phase_names=names, free_threshold=thr, include_border=True),
         "warnings": phase_warnings(particles_df, phase_names=names, include_border=include_border)
-        + size_warnings(pop),
+        + (size_warnings(pop) if warn_small else []),
     }
     return cast(Summary, _nan_to_none(summary))
 

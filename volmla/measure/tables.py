@@ -278,6 +278,9 @@ def resolve_phase_names(
         else:
             if isinstance(phase_names, str):
                 phase_names = [p for p in phase_names.split(",")]
+            if not isinstance(phase_names, Sequence):
+                raise VolmlaError(f"phase names must be a list of names, one comma-separated string or "
+                                  f"{{id: name}}, got {phase_names!r}")
             names = {i + 1: str(v).strip() for i, v in enumerate(phase_names)}
         if any(not v for v in names.values()):
             raise VolmlaError(f"phase names must not be empty, got {list(names.values())}")

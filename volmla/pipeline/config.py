@@ -210,7 +210,8 @@ def _section(section: str, value: Any, checks: Mapping[str, Check]) -> dict[str,
         raise VolmlaError(f"config section '{section}' must be a mapping, got {type(value).__name__}")
     unknown = sorted(set(value) - set(checks))
     if unknown:
-        raise VolmlaError(f"unknown key '{unknown[0]}' in config section '{section}': choose from {', '.join(sorted(checks))}")
+        raise VolmlaError(f"config section '{section}' has an unknown key '{unknown[0]}': choose from "
+                          f"{', '.join(sorted(checks))}")
     return {key: checks[key](f"{section}.{key}", v) for key, v in value.items()}
 
 
@@ -490,16 +491,16 @@ def _segment(raw: Any, base: Path) -> SegmentConfig | None:
     default = "model" if "model" in seg else "regions" if "labels" in seg else None
     spelled = seg.get("method", default)
     if spelled not in _SEGMENT_METHODS:
-        raise VolmlaError(f"segment.method must be one of {_SEGMENT_METHODS}, got {spelled!r}")
+        raise VolmlaError(f"config segment.method must be one of {_SEGMENT_METHODS}, got {spelled!r}")
     method = "unet" if spelled == "model" else spelled
     if method == "unet" and "model" not in seg:
-        raise VolmlaError(f"segment.method {spelled} needs segment.model (an ONNX file)")
+        raise VolmlaError(f"config segment.method {spelled} needs segment.model (an ONNX file)")
     if method == "rf" and "labels" not in seg and "model" not in seg:
-        raise VolmlaError("segment.method rf needs segment.labels (sparse labels) or segment.model")
+        raise VolmlaError("config segment.method rf needs segment.labels (sparse labels) or segment.model")
     if method == "regions" and ("labels" not in seg or "model" in seg):
-        raise VolmlaError("segment.method regions needs segment.labels (sparse labels) and no segment.model")
+        raise VolmlaError("config segment.method regions needs segment.labels (sparse labels) and no segment.model")
     if method in ("threshold", "kmeans") and not isinstance(seg.get("classes"), int):
-        raise VolmlaError(f"segment.method {method} needs segment.classes (an integer)")
+        raise VolmlaError(f"config segment.method {method} needs segment.classes (an integer)")
     if seg.get("classes") is not None and not 2 <= seg["classes"] <= 255:
         raise VolmlaError(f"config segment.classes must be an integer in 2..255, got {seg['classes']!r}")
     for key in ("model", "labels", "save_model"):
@@ -510,13 +511,18 @@ def _segment(raw: Any, base: Path) -> SegmentConfig | None:
     return SegmentConfig(method=cast(SegmentMethod, method), spelled=spelled, given=(*given, "method"), **options)
 
 
-def _check_liberation(options: Mapping[str, Any]) -> None:
-    """The liberation options as :func:`volmla.liberation.analyse` will check them."""
+def _check_liberation(options: Mapping[str, Any], segment: SegmentConfig | None) -> None:
+    """The liberation options as :func:`volmla.liberation.analyse` will check them, with the
+    segment section's phase names where the liberation section names none (densities
+    counted against them before any stage runs, not after the segmentation)."""
     from volmla.liberation import check_options
 
     known = ("free_threshold", "size_edges", "by", "densities", "phase_names", "section_step", "pieces", "n_boot")
+    given = {k: v for k, v in options.items() if k in known}
+    if "phase_names" not in given and segment is not None and segment.phase_names:
+        given["phase_names"] = list(segment.phase_names)
     try:
-        check_options(**{k: v for k, v in options.items() if k in known})
+        check_options(**given)
     except VolmlaError as exc:
         raise VolmlaError(f"config section 'liberation': {exc}") from None
 
@@ -546,7 +552,7 @@ def validate_config(raw: Any, *, base: Path = Path(".")) -> PipelineConfig:
         raise VolmlaError("config must be a YAML mapping with sections " + ", ".join(SECTIONS))
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise VolmlaError(f"unknown config section '{unknown[0]}': choose from {', '.join(SECTIONS)}")
+        raise VolmlaError(f"config has an unknown section '{unknown[0]}': choose from {', '.join(SECTIONS)}")
     if "out" not in raw or "input" not in raw:
         raise VolmlaError("config needs at least 'out' (output folder) and 'input'")
     out = _path(base, raw["out"], "out")
@@ -567,7 +573,7 @@ def validate_config(raw: Any, *, base: Path = Path(".")) -> PipelineConfig:
     liberation = _section("liberation", raw.get("liberation"), _LIBERATION_CHECKS)
     if liberation and segment is None:
         raise VolmlaError("config 'liberation' needs a 'segment' section (phases to measure)")
-    _check_liberation(liberation)
+    _check_liberation(liberation, segment)
     return PipelineConfig(
         out=out,
         input=source,

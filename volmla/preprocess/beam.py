@@ -191,9 +191,10 @@ def _bright_split(hist: Histogram, threshold: float) -> float | None:
     n0, n1 = c[below].sum(), c[~below].sum()
     if n0 <= 0 or n1 <= 0 or n1 >= n0:
         return None
-    mean = (c * v).sum() / c.sum()
-    total = (c * (v - mean) ** 2).sum() / c.sum()
-    m0, m1 = (c[below] * v[below]).sum() / n0, (c[~below] * v[~below]).sum() / n1
+    u = (v - v[0]) / (v[-1] - v[0])  # the ratio is scale-free; huge values would overflow its squares
+    mean = (c * u).sum() / c.sum()
+    total = (c * (u - mean) ** 2).sum() / c.sum()
+    m0, m1 = (c[below] * u[below]).sum() / n0, (c[~below] * u[~below]).sum() / n1
     between = n0 * n1 / c.sum() ** 2 * (m0 - m1) ** 2
     return split if total > 0 and between / total > _BIMODAL else None
 

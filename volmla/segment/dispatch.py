@@ -350,6 +350,9 @@ def segment_phases(
     """
     resolved = check_options(method, model=model, labels=labels, save_model=save_model, classes=classes,
                              uncertainty=uncertainty, tile=tile, overlap=overlap, batch=batch, halo=halo)
+    from volmla.engine.blocks import check_same_voxel_size
+
+    check_same_voxel_size({"the volume": volume, "labels": labels, "particles": particles})
     if phase_names is not None and resolved != "regions":
         raise VolmlaError(f"phase_names= is for method regions (the names of the labelled phases), got method {resolved}")
     if resolved in ("threshold", "kmeans"):

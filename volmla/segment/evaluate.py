@@ -23,7 +23,7 @@ from typing import Any, Literal, NamedTuple
 import dask.array as da
 import numpy as np
 
-from volmla.engine.blocks import as_volume
+from volmla.engine.blocks import as_volume, check_same_voxel_size
 from volmla.errors import VolmlaError
 from volmla.io.sparse import SPARSE_LABEL_OFFSET
 from volmla.types import VolumeLike
@@ -154,6 +154,7 @@ def evaluate(
 
     if mask not in ("all", "labelled"):
         raise VolmlaError(f"mask must be 'all' or 'labelled', got {mask!r}")
+    check_same_voxel_size({"pred": pred, "truth": truth})
     p = as_volume(pred, name="pred").data
     t = as_volume(truth, name="truth").data
     if p.shape != t.shape:
@@ -223,8 +224,13 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
     import matplotlib.pyplot as plt
     import pandas as pd
 
+    from volmla.io.lock import write_error
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from exc
     paths = {name: out / name for name in ("confusion.csv", "confusion.png", "metrics.csv", "metrics.json")}
     pd.DataFrame(ev.confusion, index=[f"true_{c}" for c in ev.classes], columns=[f"pred_{c}" for c in ev.classes]).to_csv(paths["confusion.csv"])
     pd.DataFrame({

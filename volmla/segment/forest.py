@@ -305,17 +305,22 @@ def train_random_forest(
     from volmla.engine.reduce import histogram, histogram_percentile
 
     image = as_volume(intensity, name="intensity", finite=True).data
-    lab, lab_attrs = as_volume(labels, name="labels")
+    lab, lab_attrs = as_volume(labels, name="labels", integer=True)
     if image.shape != lab.shape:
         raise VolmlaError(f"labels shape {lab.shape} differs from the intensity shape {image.shape}")
     sigmas = tuple(float(s) for s in sigmas)
     if not sigmas or not all(math.isfinite(s) and s > 0 for s in sigmas):
         raise VolmlaError(f"sigmas must be positive finite numbers, got {sigmas}")
     halo = feature_halo(sigmas)
+    if halo > max(image.shape):  # each labelled plane would read and filter a region wider than the volume
+        raise VolmlaError(f"sigmas up to {max(sigmas):g} need a feature halo of {halo} voxels, more than the "
+                          f"volume's largest extent ({max(image.shape)}): give smaller sigmas")
     planes, top = _labelled_planes(lab)
     n_classes = top - SPARSE_LABEL_OFFSET + 1
     if not len(planes) or n_classes < 2:
         raise VolmlaError(f"labels need labelled voxels of at least two classes (values 1..C, 0 = unlabelled), found maximum {top}")
+    if top > 255:  # phases are uint8
+        raise VolmlaError(f"labels must hold phase + 1 below 256, got {top}")
     if len(planes) > max_planes:
         planes = planes[np.linspace(0, len(planes) - 1, max_planes).round().astype(int)]
     hist = histogram(image)

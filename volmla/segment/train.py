@@ -217,6 +217,25 @@ def _patch_shape(config: TrainConfig) -> tuple[int, ...]:
     return (1, *spatial[1:]) if config.dim == 2 else tuple(spatial)
 
 
+TRAIN_BYTES_PER_VOXEL = 100
+"""Training memory per patch voxel, per first-level channel (``base``) and per batch item:
+activations kept for the backward pass over every level, measured with torch on CPU at
+67-96 bytes (depth 3 and 4, base 8 and 16, patches of 64^3 and 96^3)."""
+
+
+def _check_patch_memory(config: TrainConfig, patch: tuple[int, ...]) -> None:
+    """Refuse a patch whose training would not fit in the memory available now (before
+    any work: such a run is killed by the system, not stopped with an error)."""
+    import psutil
+
+    need = TRAIN_BYTES_PER_VOXEL * config.base * config.batch * math.prod(patch)
+    have = psutil.virtual_memory().available
+    if need > have:
+        raise VolmlaError(f"patch {list(patch)} with batch {config.batch} and base {config.base} needs about "
+                          f"{need / 1e9:.1f} GB to train, more than the {have / 1e9:.1f} GB available: give a "
+                          "smaller patch or batch")
+
+
 def _tile_shape(config: TrainConfig) -> tuple[int, ...]:
     m = size_multiple(config.depth)
     t = config.tile if config.tile is not None else (64 if config.dim == 3 else 256)
@@ -395,10 +414,11 @@ def train(intensity: VolumeLike, labels: VolumeLike, *, config: TrainConfig | No
 
     config = _validate(config or TrainConfig())
     image = as_volume(intensity, name="intensity").data
-    lab, lab_attrs = as_volume(labels, name="labels")
+    lab, lab_attrs = as_volume(labels, name="labels", integer=True)
     if image.shape != lab.shape:
         raise VolmlaError(f"labels shape {lab.shape} differs from the intensity shape {image.shape}")
     patch = _patch_shape(config)
+    _check_patch_memory(config, patch)
     device = _torch_device(config.device)
     rng = np.random.default_rng(config.seed)
 
@@ -411,6 +431,8 @@ def train(intensity: VolumeLike, labels: VolumeLike, *, config: TrainConfig | No
         n_classes = int(top) - SPARSE_LABEL_OFFSET + 1
     if not len(planes) or n_classes < 2:
         raise VolmlaError(f"labels need at least two classes of labelled voxels (values 1..C, 0 = unlabelled); found maximum {int(top)}")
+    if config.target == "phases" and int(top) > 255:  # phases are uint8
+        raise VolmlaError(f"labels must hold phase + 1 below 256, got {int(top)}: an intensity volume?")
     n_val = int(round(config.val_fraction * len(planes))) if len(planes) > 1 else 0
     n_val = min(n_val, len(planes) - 1)
     train_planes, val_planes = planes[: len(planes) - n_val], planes[len(planes) - n_val :]
@@ -631,7 +653,9 @@ def load_model(path: str | Path) -> tuple[UNet, dict[str, Any]]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise VolmlaError(f"{path} is not a volmla model checkpoint: {exc}") from None
+        # torch's first sentence only: the rest (a page on weights_only) is no help here
+        reason = " ".join(str(exc).split()).split(". ")[0][:160] or type(exc).__name__
+        raise VolmlaError(f"{path} is not a volmla model checkpoint (.pt of volmla train): {reason}") from None
     if not isinstance(checkpoint, dict) or "arch" not in checkpoint:
         raise VolmlaError(f"{path} is not a volmla model checkpoint (no 'arch' entry)")
     model = UNet(**checkpoint["arch"])

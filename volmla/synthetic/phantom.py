@@ -398,12 +398,16 @@ def write_phantom(
     ['grains', 'intensity', 'particles', 'phases']
     """
     from volmla.io import open_volume, write_volume
+    from volmla.io.lock import write_error
 
     out_dir = Path(out_dir)
     options = {"shape": shape, "seed": seed, "chunks": chunks, "voxel_size": voxel_size, "rings": rings, **options}
     plan = _plan(out_dir, overwrite=overwrite, params=_params(**options))
     ph, cat, params = _make(**options)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out_dir, exc) from exc
     paths = _outputs(out_dir)
     storage = tuple(c[0] for c in ph.grains.data.chunks)
 
