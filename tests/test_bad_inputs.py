@@ -101,6 +101,14 @@ def _tiffs(root: Path, rng: np.random.Generator) -> None:
     (root / "empty_folder").mkdir()
     tifffile.imwrite(root / "complex.tif", np.zeros((4, 8, 8), np.complex64), photometric="minisblack")
     tifffile.imwrite(root / "u64.tif", stack.astype(np.uint64))  # read as numpy's ulonglong, not uint64
+    maps = root / "maps"  # element maps named by element (correlate)
+    maps.mkdir()
+    for element in ("Fe", "Si"):
+        tifffile.imwrite(maps / f"{element}.tif", rng.random((16, 16)).astype(np.float32))
+    (root / "garbage.npz").write_bytes(b"not an npz" * 8)
+    sem_nan = rng.random((32, 32)).astype(np.float32)
+    sem_nan[4, 4] = np.nan
+    tifffile.imwrite(root / "sem_nan.tif", sem_nan)
     theirs = root / "their_folder"  # someone else's folder: never a report's to replace
     theirs.mkdir()
     (theirs / "notes.txt").write_text("not volmla's\n")
@@ -143,6 +151,23 @@ def _yaml(root: Path) -> None:
         "run_particle_model_garbage": base.format(out="r26") + "particles: {model: garbage.onnx}\n",
         "run_particle_model_builtin_unknown": base.format(out="r27") + "particles: {model: 'builtin:grains'}\n",
         "correlate_keys": "out: c1\nct: scan.zarr\naccept-poor: true\n",
+        # a second sweep of the configs
+        "run_names_vs_classes": base.format(out="r28") + "liberation: {phase_names: [a, b, c]}\n",
+        "run_save_model_threshold": base.format(out="r29").replace("classes: 3", "classes: 3, save_model: f.onnx"),
+        "run_preprocess_zero": base.format(out="r30") + "preprocess: 0\n",
+        "run_n_boot_huge": base.format(out="r31") + "liberation: {n_boot: 1000000000000}\n",
+        "run_glob_empty": "out: r32\ninput: {paths: [mixed_shapes], glob: '', voxel_size: 1}\n",
+        "run_out_inside_input": base.format(out="scan.zarr/run"),
+        "run_out_inside_a_file": base.format(out="notes.txt/run"),
+        "run_max_radius_1e3": base.format(out="r33") + "particles: {max_radius: 1e3, min_size: 1e300}\n",
+        "correlate_plane_name": "ct: scan.zarr\nout: c2\nminerals: [quartz]\nplanes:\n"
+                                "  - {maps: [maps/Fe.tif], pixel_size_um: 2, name: ../../elsewhere}\n",
+        "correlate_min_quality_nan": "ct: scan.zarr\nout: c3\nminerals: [quartz]\nmin_quality: .nan\nplanes:\n"
+                                     "  - {maps: [maps/Fe.tif], pixel_size_um: 2}\n",
+        "correlate_accept_poor_text": "ct: scan.zarr\nout: c4\nminerals: [quartz]\naccept_poor: maybe\nplanes:\n"
+                                      "  - {maps: [maps/Fe.tif], pixel_size_um: 2}\n",
+        "correlate_out_is_ct": "ct: scan.zarr\nout: scan.zarr\nminerals: [quartz]\nplanes:\n"
+                               "  - {maps: [maps/Fe.tif], pixel_size_um: 2}\n",
     }
     for name, text in configs.items():
         (root / f"{name}.yaml").write_text(text)
@@ -490,6 +515,47 @@ CASES: dict[str, Case] = {
     "evaluate-out-unwritable": Case("evaluate --pred phases.zarr --truth phases.zarr --out /proc/ev",
                                     "cannot write output /proc/ev"),
     "breakage-out-unwritable": Case("breakage phases.zarr -o /proc/brk --p80 20", "cannot write output /proc/brk"),
+    # --- a third sweep (run configs, correlate, sem, breakage, global options): each was a
+    # library exception's line, an output written into an input, or a silent result
+    "run-phase-names-vs-classes": Case("run run_names_vs_classes.yaml", "threshold with classes 3 makes 2"),
+    "run-save-model-without-forest": Case("run run_save_model_threshold.yaml", "method threshold trains none"),
+    "run-preprocess-not-a-list": Case("run run_preprocess_zero.yaml", "'preprocess' must be a list of steps"),
+    "run-n-boot-huge": Case("run run_n_boot_huge.yaml", "n_boot must be an integer in 0..100000"),
+    "run-glob-empty": Case("run run_glob_empty.yaml", "glob must be a file-name pattern"),
+    "run-out-inside-input": Case("run run_out_inside_input.yaml", "is the input"),
+    "run-out-inside-a-file": Case("run run_out_inside_a_file.yaml", "cannot make the folder"),
+    # YAML 1.1 read 1e3 as text ("must be a number, got '1e3'"); min_size 1e300 is no integer
+    "run-exponent-numbers": Case("run run_max_radius_1e3.yaml", "particles.min_size must be an integer, got 1e+300"),
+    "ingest-glob-absolute": Case("ingest mixed_shapes -o o.zarr --voxel-size 1 --glob /x/*.tif",
+                                 "glob must be a file-name pattern"),
+    "liberation-bootstrap-huge": Case("liberation --phases phases.zarr --particles particles.zarr --out lib "
+                                      "--bootstrap 1000000000000", "--bootstrap must be an integer in 0..100000"),
+    "correlate-maps-garbage-npz": Case("correlate maps garbage.npz -o mm --minerals quartz --pixel-size 2",
+                                       "garbage.npz is not a readable NPZ"),
+    "correlate-maps-garbage-tiff": Case("correlate maps notatiff.tif maps/Fe.tif -o mm --minerals quartz "
+                                        "--pixel-size 2", "notatiff.tif is not a readable TIFF"),
+    "correlate-maps-no-minerals": Case("correlate maps maps/Fe.tif -o mm --minerals , --pixel-size 2",
+                                       "minerals must name at least one mineral"),
+    "correlate-run-plane-name-escapes": Case("correlate run correlate_plane_name.yaml",
+                                             "name must be a plain folder name"),
+    "correlate-run-min-quality-nan": Case("correlate run correlate_min_quality_nan.yaml",
+                                          "min_quality must be a finite number, got nan"),
+    "correlate-run-accept-poor-text": Case("correlate run correlate_accept_poor_text.yaml",
+                                           "accept_poor must be true or false"),
+    "correlate-run-out-is-ct": Case("correlate run correlate_out_is_ct.yaml", "is the input scan.zarr"),
+    "sem-nan-image": Case("sem crystals sem_nan.tif -o sem --pixel-size 0.1", "holds NaN or infinite values"),
+    "sem-complex-image": Case("sem crystals complex.tif -o sem --pixel-size 0.1", "must hold real grey values"),
+    "sem-pixel-size-huge": Case("sem crystals sem_nan.tif -o sem --pixel-size 1e300", "must lie in 1e-06..1e+07"),
+    "sem-crystals-out-inside-input": Case("sem crystals maps -o maps/sem --pixel-size 0.1", "is the input maps"),
+    "sem-synth-their-folder": Case("sem synth -o their_folder --n 1 --overwrite", "no synthetic SEM set"),
+    "sem-train-no-images": Case("sem train -o f.onnx --n-images 0", "--n-images must be at least 1"),
+    "sem-train-out-a-folder": Case("sem train -o maps --overwrite", "is a folder"),
+    "breakage-realisations-huge": Case("breakage phases.zarr -o brk --p80 20 --realisations 1000000000",
+                                       "realisations must be an integer in 1..1000"),
+    "workers-beyond-memory": Case("--workers 100000000 label mask.zarr -o l.zarr", "do not fit this machine's memory"),
+    "dashboard-garbage": Case("--dashboard garbage label mask.zarr -o l.zarr", "dashboard must be an address"),
+    "dashboard-port-out-of-range": Case("--dashboard 127.0.0.1:99999 label mask.zarr -o l.zarr",
+                                        "port 0..65535"),
 }
 
 
@@ -542,6 +608,47 @@ def test_run_config_errors_come_before_any_stage(config: str, out: str, library:
     code, _, err = _run(["run", config], folder, capfd)
     assert code == 2 and len(err.splitlines()) == 1, err
     assert not (folder / out).exists()
+
+
+def test_device_gpu_without_a_gpu_is_refused_at_once(library: Path, tmp_path: Path,
+                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    """``--device gpu`` ran a command that never resolves the device on the CPU, silently."""
+    from volmla.engine.backend import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU works here")
+    folder = tmp_path / "case"
+    shutil.copytree(library, folder)
+    before = _tree(folder)
+    code, out, err = _run(["--device", "gpu", "label", "mask.zarr", "-o", "l.zarr"], folder, capfd)
+    _check(code, out, err, rc=2, needle="--device gpu asked for", before=before, folder=folder)
+    assert not (folder / "l.zarr").exists()
+
+
+def test_run_rerun_sees_changed_slices(library: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A run that ingests a folder of slices, named relative to the config (``paths: [slices]``),
+    kept its intensity volume when the slices changed: the job named the folder as a bare
+    word, not as a path, so neither its content nor an output inside it was checked."""
+    import tifffile
+
+    from volmla.io import open_volume
+
+    folder = tmp_path / "case"
+    (folder / "slices").mkdir(parents=True)
+    for i in range(8):
+        tifffile.imwrite(folder / "slices" / f"s{i:02d}.tif", np.full((8, 8), i, np.uint16))
+    (folder / "run.yaml").write_text("out: o\ninput: {paths: [slices], voxel_size: 1}\n")
+    (folder / "inside.yaml").write_text("out: slices/o\ninput: {paths: [slices], voxel_size: 1}\n")
+    code, _, err = _run(["run", "run.yaml"], folder, capfd)
+    assert (code, err) == (0, ""), err
+    for i in range(8):
+        tifffile.imwrite(folder / "slices" / f"s{i:02d}.tif", np.full((8, 8), 100, np.uint16))
+    code, _, err = _run(["run", "run.yaml"], folder, capfd)
+    assert code == 2 and len(err.splitlines()) == 1 and "other input content" in err, err
+    assert int(open_volume(folder / "o" / "intensity.zarr").values.max()) == 7  # the first run's, not replaced
+    code, _, err = _run(["run", "inside.yaml"], folder, capfd)
+    assert code == 2 and "is the input" in err, err
+    assert not (folder / "slices" / "o").exists()
 
 
 def test_documented_zarr_input_form_runs(library: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:

@@ -104,6 +104,13 @@ def _global_options(
     STATE.scheduler, STATE.workers, STATE.gpus, STATE.quiet = scheduler, workers, gpus, quiet
     STATE.verbose, STATE.dashboard = verbose, dashboard
     STATE.device = cast("Device", device)  # checked against DEVICES above
+    if device == "gpu":  # asked for explicitly: refused at once, not left to whichever stage resolves it
+        from volmla.engine.backend import resolve_device
+
+        try:
+            resolve_device("gpu")
+        except VolmlaError as exc:
+            raise VolmlaError(f"--{exc}") from None
     configure_logging(verbose)
 
 

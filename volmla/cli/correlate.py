@@ -39,14 +39,13 @@ def correlate_maps(
     """k-means mineral map from element maps, with centroids, abundances and assignment."""
     from volmla.correlate import make_mineral_map
 
+    # the assignment's and the registration's warnings are logged where they arise (one line each)
     result = make_mineral_map(maps, out_dir=out_dir, minerals=_names(minerals), pixel_size_um=pixel_size, k=k,
                               table=table, xrd=xrd, denoise=_names(denoise), ct_slice=ct_slice, resample=resample,
                               seed=seed, overwrite=overwrite)
     for c, m in result.assignment.mineral.items():
         typer.echo(f"cluster {c}: {m:12s} confidence {result.assignment.confidence[c]:.2f}  "
                    f"abundance {result.mineral_map.abundances[c]:.3f}")
-    for w in result.assignment.warnings:
-        typer.echo(f"warning: {w}", err=True)
     typer.echo(f"wrote {result.paths['npz']}")
 
 
@@ -77,8 +76,6 @@ def correlate_register(
     typer.echo(f"{axis}={reg.index}  tilt {reg.tilt_deg[0]:.2f},{reg.tilt_deg[1]:.2f} deg  angle {p['angle_deg']:.2f} deg  shift {p['translation_um'][0]:.1f},"
                f"{p['translation_um'][1]:.1f} um  quality {reg.quality:.3f}  metric {reg.metric:.4f}  "
                f"{'converged' if reg.converged else 'NOT converged'}")
-    for w in reg.warnings:
-        typer.echo(f"warning: {w}", err=True)
     typer.echo(f"wrote {out}")
 
 
@@ -118,6 +115,4 @@ def correlate_run(
                    f"angle {r['angle_deg']:.2f} quality {r['quality']:.3f}"
                    + (f" ARI {r['ari']:.3f}" if "ari" in r else "")
                    + (f" not found: {', '.join(r['minerals_not_found'])}" if r["minerals_not_found"] else ""))
-        for w in r["warnings"]:
-            typer.echo(f"warning: {r['name']}: {w}", err=True)
     typer.echo(f"wrote {run.labels}")

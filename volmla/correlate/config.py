@@ -10,6 +10,7 @@ configuration it need not check again.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,35 @@ _INHERITED = ("cluster_table", "xrd", "seed", "k", "denoise", "transform", "min_
 RUN_DEFAULTS: dict[str, Any] = {"erode": 2, "seed": 0, "k": None, "denoise": list(LIGHT_ELEMENTS),
                                 "transform": "rigid", "min_quality": 0.05, "accept_poor": False,
                                 "max_tilt_deg": 0.0, "tilt_step_deg": 1.0, "cluster_table": None, "xrd": None}
+
+
+def _check_plane_values(plane: dict[str, Any], where: str) -> None:
+    """The types and ranges of a plane's scalar options (inherited ones included)."""
+    def number(key: str) -> float:
+        value = plane[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise VolmlaError(f"{where}: {key} must be a finite number, got {value!r}")
+        return float(value)
+
+    name = plane["name"]
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise VolmlaError(f"{where}: name must be a plain folder name (no '/', not '.' or '..'), got {name!r}")
+    for key in ("accept_poor", "resample"):
+        if not isinstance(plane[key], bool):
+            raise VolmlaError(f"{where}: {key} must be true or false, got {plane[key]!r}")
+    if isinstance(plane["seed"], bool) or not isinstance(plane["seed"], int) or plane["seed"] < 0:
+        raise VolmlaError(f"{where}: seed must be a non-negative integer, got {plane['seed']!r}")
+    if not 0 <= number("min_quality") <= 1:
+        raise VolmlaError(f"{where}: min_quality must lie in [0, 1], got {plane['min_quality']!r}")
+    number("max_tilt_deg")
+    number("tilt_step_deg")
+    step = plane["step"]
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
+        raise VolmlaError(f"{where}: step must be a positive integer (planes), got {step!r}")
+    origin = plane["origin_um"]
+    if origin is not None and not (isinstance(origin, list) and len(origin) == 2 and all(
+            not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) for v in origin)):
+        raise VolmlaError(f"{where}: origin_um must be two numbers [row, col] in micrometres, got {origin!r}")
 
 
 def load_run_config(path: str | Path) -> dict[str, Any]:
@@ -125,6 +155,11 @@ def check_run_config(raw: Any, *, base: Path = Path(".")) -> dict[str, Any]:
         if key not in raw:
             raise VolmlaError(f"config: missing required key {key!r}")
     cfg = {**RUN_DEFAULTS, **raw}
+    for key in ("ct", "out"):
+        if key in raw and raw[key] is not None and not (isinstance(raw[key], str) and raw[key]):
+            raise VolmlaError(f"config: {key} must be a path, got {raw[key]!r}")
+    if raw["ct"] is None:
+        raise VolmlaError("config: ct must be a path (the CT volume, OME-Zarr), got None")
     cfg["ct"] = base / str(raw["ct"])
     cfg["out"] = base / str(raw["out"]) if raw.get("out") is not None else None
     minerals = raw["minerals"]
@@ -155,8 +190,9 @@ def check_run_config(raw: Any, *, base: Path = Path(".")) -> dict[str, Any]:
         plane.update(name=str(entry.get("name", f"plane{i}")), maps=[base / m for m in maps],
                      pixel_size_um=entry.get("pixel_size_um"), axis=entry.get("axis", "z"),
                      search=entry.get("search"), step=entry.get("step"),
-                     origin_um=entry.get("origin_um"), resample=bool(entry.get("resample", False)),
+                     origin_um=entry.get("origin_um"), resample=entry.get("resample", False),
                      truth=base / str(entry["truth"]) if entry.get("truth") is not None else None)
+        _check_plane_values(plane, where)
         if plane["axis"] not in AXES:
             raise VolmlaError(f"{where}: axis must be one of {AXES}, got {plane['axis']!r}")
         if plane["search"] is not None and (not isinstance(plane["search"], list) or len(plane["search"]) != 2
@@ -170,6 +206,8 @@ def check_run_config(raw: Any, *, base: Path = Path(".")) -> dict[str, Any]:
         denoise = plane["denoise"] or []
         if isinstance(denoise, str):
             denoise = [e.strip() for e in denoise.split(",") if e.strip()]
+        if not isinstance(denoise, list) or not all(isinstance(e, str) for e in denoise):
+            raise VolmlaError(f"{where}: denoise must be a list of element names, got {plane['denoise']!r}")
         plane["denoise"] = list(denoise)
         table = _mapping_or_file(plane["cluster_table"], base, f"{where}: cluster_table")
         try:
@@ -181,6 +219,8 @@ def check_run_config(raw: Any, *, base: Path = Path(".")) -> dict[str, Any]:
             plane["xrd"] = {str(m): float(f) for m, f in xrd.items()} if xrd else None
         except (TypeError, ValueError):
             raise VolmlaError(f"{where}: xrd must map mineral names to abundances") from None
+        if plane["xrd"] and not all(math.isfinite(f) and f >= 0 for f in plane["xrd"].values()):
+            raise VolmlaError(f"{where}: xrd abundances must be non-negative numbers, got {plane['xrd']}")
         for m in [*plane["maps"], *([plane["truth"]] if plane["truth"] else [])]:
             if not m.is_file():
                 raise VolmlaError(f"{where}: file {m} does not exist")

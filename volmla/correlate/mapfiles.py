@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 
-from volmla.correlate.maps import ElementMaps, _check_pixel_size
+from volmla.correlate.maps import ElementMaps, _check_pixel_size, _scalar, read_npz, read_tiff
 from volmla.correlate.minerals import Assignment, MineralMap
 from volmla.correlate.register import Registration
 from volmla.correlate.transfer import LabelPlane
@@ -141,23 +141,24 @@ def read_phase_map(path: str | Path, *, pixel_size_um: float | None = None) -> t
     --------
     >>> phases, size, names = read_phase_map("mm/mineral_map.npz")  # doctest: +SKIP
     """
-    import tifffile
-
     path = Path(path)
     if not path.is_file():
         raise VolmlaError(f"map {path} does not exist")
     names: dict[int, str] = {}
     stored = None
     if path.suffix.lower() == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            if "phases" not in npz.files:
-                raise VolmlaError(f"{path} holds no 'phases' array: make it with `volmla correlate maps`")
-            phases = npz["phases"]
-            stored = float(npz["pixel_size_um"]) if "pixel_size_um" in npz.files else None
-            if "phase_names" in npz.files:
-                names = {int(k): v for k, v in json.loads(str(npz["phase_names"])).items()}
+        npz = read_npz(path)
+        if "phases" not in npz:
+            raise VolmlaError(f"{path} holds no 'phases' array: make it with `volmla correlate maps`")
+        phases = npz["phases"]
+        stored = _scalar(npz["pixel_size_um"], f"pixel_size_um in {path.name}") if "pixel_size_um" in npz else None
+        if "phase_names" in npz:
+            try:
+                names = {int(k): str(v) for k, v in json.loads(str(npz["phase_names"])).items()}
+            except (ValueError, AttributeError):
+                raise VolmlaError(f"phase_names in {path} must be a JSON object of phase id: name") from None
     elif path.suffix.lower() in (".tif", ".tiff"):
-        phases = tifffile.imread(path)
+        phases = read_tiff(path)
     else:
         raise VolmlaError(f"map must be .npz or .tif, got {path.name}")
     if phases.ndim != 2 or not np.issubdtype(phases.dtype, np.integer):
@@ -206,12 +207,16 @@ def read_registration_map(
     image = phases
     origin: tuple[float, ...] = (0.0, 0.0)
     if path.suffix.lower() == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            origin = tuple(float(v) for v in npz["origin_um"]) if "origin_um" in npz.files else origin
-            if channel != "phases":
-                if channel not in npz.files or npz[channel].shape != phases.shape:
-                    raise VolmlaError(f"channel must be 'phases' or a map channel of {path.name}, got {channel!r}")
-                image = npz[channel]
+        npz = read_npz(path)
+        if "origin_um" in npz:
+            stored_origin = np.ravel(npz["origin_um"])
+            if stored_origin.shape != (2,) or not np.issubdtype(stored_origin.dtype, np.number):
+                raise VolmlaError(f"origin_um in {path.name} must be two numbers (row, col), got {npz['origin_um']!r}")
+            origin = tuple(float(v) for v in stored_origin)
+        if channel != "phases":
+            if channel not in npz or npz[channel].shape != phases.shape:
+                raise VolmlaError(f"channel must be 'phases' or a map channel of {path.name}, got {channel!r}")
+            image = npz[channel]
     elif channel != "phases":
         raise VolmlaError(f"channel {channel!r} needs an NPZ map; a TIFF map is registered as phases")
     return RegistrationMap(phases, image, size, (origin[0], origin[1]), names)
@@ -288,8 +293,6 @@ def load_registration(path: str | Path) -> tuple[dict[str, Any], np.ndarray]:
     --------
     >>> record, plane = load_registration("r24.json")  # doctest: +SKIP
     """
-    import tifffile
-
     path = Path(path)
     if not path.is_file():
         raise VolmlaError(f"registration {path} does not exist")
@@ -302,7 +305,7 @@ def load_registration(path: str | Path) -> tuple[dict[str, Any], np.ndarray]:
     tif = path.parent / record["labels_plane"]
     if not tif.is_file():
         raise VolmlaError(f"label plane {tif} named by {path.name} does not exist")
-    return record, tifffile.imread(tif)
+    return record, read_tiff(tif, what="label plane")
 
 
 class LabelPlanes(NamedTuple):
@@ -355,16 +358,14 @@ def read_label_planes(
 
 def _read_truth(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     """Ground-truth phase ids on the map grid: an NPZ (``truth`` or ``phases``) or a TIFF."""
-    import tifffile
-
     if path.suffix.lower() == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            key = "truth" if "truth" in npz.files else "phases" if "phases" in npz.files else None
-            if key is None:
-                raise VolmlaError(f"truth {path.name} must hold a 'truth' or 'phases' array")
-            truth = npz[key]
+        npz = read_npz(path, what="truth")
+        key = "truth" if "truth" in npz else "phases" if "phases" in npz else None
+        if key is None:
+            raise VolmlaError(f"truth {path.name} must hold a 'truth' or 'phases' array")
+        truth = npz[key]
     else:
-        truth = tifffile.imread(path)
+        truth = read_tiff(path, what="truth")
     if truth.shape != shape:
         raise VolmlaError(f"truth {path.name} has shape {truth.shape}, the maps have {shape}")
     return np.asarray(truth)

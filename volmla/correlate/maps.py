@@ -27,6 +27,45 @@ __all__ = ["LIGHT_ELEMENTS", "ElementMaps", "denoise_maps", "read_maps", "with_c
 LIGHT_ELEMENTS: tuple[str, ...] = ("Na", "Mg")
 
 
+def read_npz(path: str | Path, *, what: str = "map") -> dict[str, np.ndarray]:
+    """Every array of an NPZ file, loaded (no pickles); an unreadable file is one line.
+
+    Examples
+    --------
+    >>> arrays = read_npz("maps.npz")  # doctest: +SKIP
+    """
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # no zip, a pickle, an object array
+        raise VolmlaError(f"{what} {path} is not a readable NPZ of numeric arrays ({exc})") from None
+
+
+def read_tiff(path: str | Path, *, what: str = "map") -> np.ndarray:
+    """A TIFF image; an unreadable file is one line.
+
+    Examples
+    --------
+    >>> image = read_tiff("Fe.tif")  # doctest: +SKIP
+    """
+    import tifffile
+
+    try:
+        return np.asarray(tifffile.imread(path))
+    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise VolmlaError(f"{what} {path} is not a readable TIFF ({exc})") from None
+
+
+def _scalar(value: np.ndarray, what: str) -> float:
+    """A stored scalar (``pixel_size_um``) as a float."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise VolmlaError(f"{what} must be one number, got {value!r}") from None
+
+
 class ElementMaps(NamedTuple):
     """A stack of 2-D element maps on one grid.
 
@@ -86,8 +125,6 @@ def read_maps(
     --------
     >>> maps = read_maps(["Fe.tif", "Si.tif"], pixel_size_um=40.0)  # doctest: +SKIP
     """
-    import tifffile
-
     if not paths:
         raise VolmlaError("maps: give at least one element map (TIFF named by element, or NPZ)")
     channels: dict[str, np.ndarray] = {}
@@ -98,15 +135,17 @@ def read_maps(
             raise VolmlaError(f"element map {path} does not exist")
         suffix = path.suffix.lower()
         if suffix in (".tif", ".tiff"):
-            items = {path.stem: tifffile.imread(path)}
+            if path.stem == "mineral_map":  # `correlate maps` wrote it beside the maps: phase ids, no element
+                raise VolmlaError(f"{path} is a mineral map (phase ids) from `volmla correlate maps`, not an "
+                                  "element map: leave it out of the maps")
+            items = {path.stem: read_tiff(path, what="element map")}
         elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                items = {}
-                for key in npz.files:
-                    if key == "pixel_size_um":
-                        stored_size = float(npz[key])
-                    elif npz[key].ndim == 2 and key not in ("phases", "clusters"):
-                        items[key] = npz[key]
+            items = {}
+            for key, array in read_npz(path, what="element maps").items():
+                if key == "pixel_size_um":
+                    stored_size = _scalar(array, f"pixel_size_um in {path.name}")
+                elif array.ndim == 2 and key not in ("phases", "clusters"):
+                    items[key] = array
         else:
             raise VolmlaError(f"element maps must be .tif/.tiff (named by element) or .npz, got {path.name}")
         for name, image in items.items():
@@ -115,6 +154,8 @@ def read_maps(
                 raise VolmlaError(f"element map {name} must be 2-D, got shape {image.shape}")
             if name in channels:
                 raise VolmlaError(f"element {name!r} given twice")
+            if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool) or np.iscomplexobj(image):
+                raise VolmlaError(f"element map {name} must hold real numbers, got dtype {image.dtype}")
             channels[name] = image.astype(np.float32)
     if not channels:
         raise VolmlaError(f"no 2-D element maps found in {[str(p) for p in paths]}")

@@ -448,6 +448,8 @@ def register_map(
     """
     import SimpleITK as sitk
 
+    if isinstance(min_quality, bool) or not isinstance(min_quality, int | float) or not 0 <= min_quality <= 1:
+        raise VolmlaError(f"min_quality must lie in [0, 1], got {min_quality!r}")
     p, step = _check_problem(ct, map_image, pixel_size_um=pixel_size_um, origin_um=origin_um, axis=axis,
                              search=search, step=step, transform=transform, iterations=iterations, bins=bins,
                              seed=seed, max_tilt_deg=max_tilt_deg, tilt_step_deg=tilt_step_deg)

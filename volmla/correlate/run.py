@@ -179,6 +179,9 @@ def run_from_config(
     if out is None:
         raise VolmlaError("correlate run: give out_dir or an 'out' key in the config")
     out = Path(out)
+    for source in [cfg["ct"], *(m for plane in cfg["planes"] for m in plane["maps"])]:
+        if Path(source).resolve() == out.resolve() or Path(source).resolve() in out.resolve().parents:
+            raise VolmlaError(f"output folder {out} is the input {source} or lies inside it: write to another folder")
     labels_path = out / "labels.zarr"
     job = {"command": "correlate run", "config": str(Path(config).resolve())}
     check_output(out / "report.json", overwrite=overwrite)

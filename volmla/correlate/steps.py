@@ -29,7 +29,14 @@ from volmla.correlate.mapfiles import (
     save_mineral_map,
     save_registration,
 )
-from volmla.correlate.maps import LIGHT_ELEMENTS, ElementMaps, denoise_maps, read_maps, with_channel
+from volmla.correlate.maps import (
+    LIGHT_ELEMENTS,
+    ElementMaps,
+    denoise_maps,
+    read_maps,
+    read_tiff,
+    with_channel,
+)
 from volmla.correlate.minerals import (
     Assignment,
     MineralMap,
@@ -115,13 +122,17 @@ def make_mineral_map(
     ...                      pixel_size_um=20.0)  # doctest: +SKIP
     >>> r.assignment.mineral  # doctest: +SKIP
     """
-    import tifffile
-
     from volmla.io import check_output
 
     out = Path(out_dir)
     check_output(out / "report.json", overwrite=overwrite)
+    written = {(out / name).resolve() for name in ("mineral_map.npz", "mineral_map.tif", "centroids.csv", "report.json")}
+    for given in [*maps, *(p for p in (ct_slice, table, xrd) if isinstance(p, str | Path))]:
+        if Path(given).resolve() in written:
+            raise VolmlaError(f"input {given} is also an output of this command in {out_dir}: write to another folder")
     names = [str(m) for m in minerals]
+    if not names:
+        raise VolmlaError("minerals must name at least one mineral (void is phase 0), got none")
     k = k if k is not None else len(names) + 1
     cluster_table = read_mapping(table, what="cluster table") if isinstance(table, str | Path) else table
     reference = read_mapping(xrd, what="abundance table") if isinstance(xrd, str | Path) else xrd
@@ -131,7 +142,7 @@ def make_mineral_map(
     if ct_slice is not None:
         if not Path(ct_slice).is_file():
             raise VolmlaError(f"ct_slice {ct_slice} does not exist")
-        element_maps = with_channel(element_maps, "CT", tifffile.imread(ct_slice))
+        element_maps = with_channel(element_maps, "CT", read_tiff(ct_slice, what="ct_slice"))
     if k < len(names) + 1:
         raise VolmlaError(f"k={k} is fewer than the {len(names) + 1} phases named (void + {', '.join(names)})")
     mineral_map = kmeans_minerals(element_maps, k=k, seed=seed)
@@ -211,6 +222,9 @@ def make_registration(
 
     out = Path(out)
     check_output(out, overwrite=overwrite)
+    for source in (ct, map_path):  # the JSON and its .tfm and .labels.tif would go into the input
+        if Path(source).resolve() == out.resolve() or Path(source).resolve() in out.resolve().parents:
+            raise VolmlaError(f"output {out} lies inside the input {source}: write the registration elsewhere")
     m = read_registration_map(map_path, channel=channel, pixel_size_um=pixel_size_um)
     volume = open_volume(ct)
     a, _, _ = _plane_axes(axis)

@@ -187,6 +187,7 @@ def plane_labels_volume(
     zeros = da.zeros(shape, dtype=np.uint8, chunks=chunks if chunks is not None else "auto")
     bounds = [np.cumsum((0, *c)) for c in zeros.chunks]
     entries: dict[tuple[int, ...], list[Any]] = {}
+    labelled = False
     for plane in planes:
         a, r, c = _plane_axes(plane.axis)
         lab = np.asarray(plane.labels)
@@ -196,6 +197,7 @@ def plane_labels_volume(
         if not 0 <= plane.index < shape[a]:
             raise VolmlaError(f"plane {plane.axis}={plane.index} lies outside the volume (0..{shape[a] - 1})")
         lab = erode_labels(lab.astype(np.uint8), erode)
+        labelled = labelled or bool(lab.any())
         for index, sub in plane._replace(labels=lab).voxel_planes(shape[a]):
             ia = int(np.searchsorted(bounds[a], index, side="right") - 1)
             for ir in range(len(zeros.chunks[r])):
@@ -206,6 +208,9 @@ def plane_labels_volume(
                     idx = [0, 0, 0]
                     idx[a], idx[r], idx[c] = ia, ir, ic
                     entries.setdefault(tuple(idx), []).append((a, index - int(bounds[a][ia]), piece))
+    if planes and not labelled:  # training labels with no labelled voxel: nothing to train on
+        raise VolmlaError(f"the {len(planes)} label plane(s) hold no labelled pixel"
+                          + (f" after erode {erode}: give a smaller erode" if erode else ""))
     logger.info("sparse labels: %d planes touch %d of %d blocks", len(planes), len(entries), zeros.npartitions)
     return zeros.map_blocks(_fill_block, dask.delayed(entries, pure=True), dtype=np.uint8,
                             meta=np.empty((0, 0, 0), np.uint8))

@@ -120,6 +120,11 @@ def current_client() -> Any | None:
         return None
 
 
+MIN_WORKER_BYTES = 256 << 20
+"""The least memory an embedded worker process is given (Python, NumPy and Dask take
+~150 MB before any block): ``--workers 1000000`` made a cluster that never started."""
+
+
 def _total_memory() -> int:
     import psutil
 
@@ -194,6 +199,10 @@ def cluster(
 
     if workers is not None and workers < 1:
         raise VolmlaError(f"workers must be at least 1, got {workers}")
+    if workers is not None and memory_limit is None and workers * MIN_WORKER_BYTES > _total_memory():
+        most = max(1, _total_memory() // MIN_WORKER_BYTES)
+        raise VolmlaError(f"workers {workers} do not fit this machine's memory: at most {most} worker processes "
+                          f"of {MIN_WORKER_BYTES >> 20} MiB each")
     if gpus < 0:
         raise VolmlaError(f"gpus must be 0 or more, got {gpus}")
     dash = _dashboard_address(dashboard)
@@ -270,7 +279,19 @@ def _dashboard_address(dashboard: bool | str) -> str | None:
         return None
     if not isinstance(dashboard, str) or not dashboard.strip():
         raise VolmlaError(f"dashboard must be an address such as 127.0.0.1:8787, got {dashboard!r}")
-    return dashboard.strip()
+    address = dashboard.strip()
+    host, colon, port = address.rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise VolmlaError(f"dashboard must be an address HOST:PORT (port 0..65535) such as 127.0.0.1:8787, "
+                          f"got {dashboard!r}")
+    if host:
+        import socket
+
+        try:
+            socket.getaddrinfo(host.strip("[]"), None)
+        except (OSError, UnicodeError):
+            raise VolmlaError(f"dashboard host {host!r} is no address of this machine's network") from None
+    return address
 
 
 class _DropCancelledGather(logging.Filter):

@@ -206,7 +206,12 @@ def scan_tiff_folder(folder: Path, glob: str) -> tuple[list[Plane], tuple[int, i
     import natsort
     import tifffile
 
-    files = [p for p in folder.glob(glob) if p.is_file()]
+    if not isinstance(glob, str) or not glob or Path(glob).is_absolute() or ".." in Path(glob).parts:
+        raise VolmlaError(f"glob must be a file-name pattern inside the folder, such as '*.tif', got {glob!r}")
+    try:
+        files = [p for p in folder.glob(glob) if p.is_file()]
+    except (ValueError, NotImplementedError) as exc:  # pathlib's own refusals ("'**' can only be ...")
+        raise VolmlaError(f"glob {glob!r} is not a usable pattern: {exc}") from None
     if not files:
         raise VolmlaError(f"input folder {folder} has no files matching glob={glob!r}")
     files = natsort.natsorted(files, key=lambda p: p.name)

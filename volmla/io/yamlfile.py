@@ -70,6 +70,13 @@ def _unique_key_loader() -> type:
                 seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
+    # YAML 1.1 (PyYAML) reads ``1e300`` and ``2e-3`` as text: a number without a dot is a
+    # float in YAML 1.2 and JSON, and a config's ``max_radius: 1e3`` was refused as no number
+    import re
+
+    UniqueKeyLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
     return UniqueKeyLoader
 
 

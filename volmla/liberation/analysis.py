@@ -61,7 +61,7 @@ from volmla.liberation.summary import (
     liberation_summary,
     provenance,
 )
-from volmla.liberation.uncertainty import bootstrap
+from volmla.liberation.uncertainty import MAX_BOOT, bootstrap
 from volmla.types import VolumeLike
 
 logger = logging.getLogger(__name__)
@@ -174,8 +174,8 @@ def check_options(
         raise VolmlaError(f"pieces must be an integer of at least 2, got pieces={pieces!r}")
     if section_step is not None and (not isinstance(section_step, int | np.integer) or section_step < 1):
         raise VolmlaError(f"section_step must be a positive integer, got {section_step!r}")
-    if not isinstance(n_boot, int | np.integer) or n_boot < 0:
-        raise VolmlaError(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or not 0 <= n_boot <= MAX_BOOT:
+        raise VolmlaError(f"n_boot must be an integer in 0..{MAX_BOOT} (0: no intervals), got {n_boot!r}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise VolmlaError(f"seed must be a non-negative integer, got {seed!r}")
     return thr, edges

@@ -29,7 +29,11 @@ from volmla.liberation.stats import (
     _volume,
 )
 
-__all__ = ["Interval", "Uncertainty", "bootstrap"]
+__all__ = ["MAX_BOOT", "Interval", "Uncertainty", "bootstrap"]
+
+MAX_BOOT = 100_000
+"""The most bootstrap resamples taken (each redraws every particle): the 95 % interval's
+percentiles are stable long before; a larger count is a typo, and 10^12 asked for 15 TB."""
 
 
 class Interval(TypedDict):
@@ -92,8 +96,8 @@ def bootstrap(
     >>> ci["lo"] <= ci["hi"]
     True
     """
-    if not isinstance(n_boot, int | np.integer) or n_boot < 1:
-        raise VolmlaError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or not 1 <= n_boot <= MAX_BOOT:
+        raise VolmlaError(f"n_boot must be an integer in 1..{MAX_BOOT}, got {n_boot!r}")
     names = _phases(df, phase_names)
     thr = _check_threshold(free_threshold)
     rho = _densities(densities, names)

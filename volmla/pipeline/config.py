@@ -473,7 +473,7 @@ def _input(raw: Any, base: Path) -> InputConfig:
 def _preprocess(raw: Any) -> list[Any]:
     from volmla.preprocess.steps import _as_step
 
-    steps = raw or []
+    steps = [] if raw is None else raw  # ``preprocess: 0`` or ``{}`` is no list of steps
     if not isinstance(steps, list):
         raise VolmlaError("config section 'preprocess' must be a list of steps")
     for step in steps:  # checked now (as the run will read them); the run passes them on as written
@@ -503,6 +503,13 @@ def _segment(raw: Any, base: Path) -> SegmentConfig | None:
         raise VolmlaError(f"config segment.method {method} needs segment.classes (an integer)")
     if seg.get("classes") is not None and not 2 <= seg["classes"] <= 255:
         raise VolmlaError(f"config segment.classes must be an integer in 2..255, got {seg['classes']!r}")
+    if "save_model" in seg and not (method == "rf" and "model" not in seg):
+        raise VolmlaError("config segment.save_model is where method rf writes the forest it trains on "
+                          f"segment.labels; method {spelled}{' with a model' if 'model' in seg else ''} trains none")
+    names = seg.get("phase_names")
+    if method in ("threshold", "kmeans") and isinstance(names, list) and names and len(names) != seg["classes"] - 1:
+        raise VolmlaError(f"config segment.phase_names names {len(names)} phases, but method {method} with "
+                          f"classes {seg['classes']} makes {seg['classes'] - 1} (class 0 is the void): name each")
     for key in ("model", "labels", "save_model"):
         if key in seg:
             seg[key] = {"labels": _volume, "model": _model}.get(key, _path)(base, seg[key], f"segment.{key}")
@@ -550,6 +557,9 @@ def validate_config(raw: Any, *, base: Path = Path(".")) -> PipelineConfig:
     """
     if not isinstance(raw, Mapping):
         raise VolmlaError("config must be a YAML mapping with sections " + ", ".join(SECTIONS))
+    # absolute, so that every stage's job names its inputs as paths (a bare ``slices`` or
+    # ``model.onnx`` was not recognised as one: its content went unchecked on a rerun)
+    base = Path(base).absolute()
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise VolmlaError(f"config has an unknown section '{unknown[0]}': choose from {', '.join(SECTIONS)}")
@@ -574,6 +584,12 @@ def validate_config(raw: Any, *, base: Path = Path(".")) -> PipelineConfig:
     if liberation and segment is None:
         raise VolmlaError("config 'liberation' needs a 'segment' section (phases to measure)")
     _check_liberation(liberation, segment)
+    names = liberation.get("phase_names")
+    if segment is not None and segment.method in ("threshold", "kmeans") and isinstance(names, list) and names \
+            and segment.classes is not None and len(names) != segment.classes - 1:
+        raise VolmlaError(f"config liberation.phase_names names {len(names)} phases, but method {segment.method} "
+                          f"with classes {segment.classes} makes {segment.classes - 1} (class 0 is the void): "
+                          "name each")
     return PipelineConfig(
         out=out,
         input=source,

@@ -113,7 +113,11 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
     out = cfg.out
     if out.exists() and not out.is_dir():
         raise VolmlaError(f"config out {out} exists and is not a folder: name a folder for the run's outputs")
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(cfg)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, a read-only place
+        raise VolmlaError(f"config out {out}: cannot make the folder ({exc.strerror})") from None
     result: dict[str, Any] = {"out": str(out)}
 
     # 1. input
@@ -121,7 +125,12 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
         volume = loaded
         log(f"input: {source.zarr}")
     else:
-        job = {"stage": "ingest", "paths": [str(p) for p in source.paths], **source.options()}
+        # the files' content as listed now (a folder of slices is no Zarr group that the job
+        # fingerprints itself): changed slices are another job, never a stale volume kept
+        from volmla.io.outputs import INPUTS_KEY
+
+        job = {"stage": "ingest", "paths": [str(p) for p in source.paths], **source.options(),
+               INPUTS_KEY: loaded.attrs["provenance"][-1][INPUTS_KEY]}
         log("ingest")
         volume = _stage(out / "intensity.zarr", job, lambda: loaded, log=log, overwrite=overwrite, chunks=chunks)
     result["intensity"] = volume.attrs["path"]
@@ -270,6 +279,27 @@ def _check_particle_model(model: Path) -> None:
     if classes is None or tuple(classes) != PARTICLE_CLASSES:
         raise VolmlaError(f"config particles.model {model} predicts {', '.join(classes or ('unnamed classes',))}, "
                           f"not {', '.join(PARTICLE_CLASSES)} (a U-Net trained with --target particles)")
+
+
+def _check_out(cfg: PipelineConfig) -> None:
+    """The output folder is none of the files the run reads, and lies inside none of them
+    (checked before the folder is made, so nothing is left in an input)."""
+    from volmla.io.ngff import is_url
+
+    reads: list[Path | str] = [cfg.input.zarr] if cfg.input.zarr is not None else list(cfg.input.paths)
+    seg = cfg.segment
+    if seg is not None:
+        reads += [p for p in (seg.labels, seg.model) if p is not None]
+    if cfg.particles.model is not None:
+        reads.append(cfg.particles.model)
+    out = cfg.out.resolve()
+    for item in reads:
+        if isinstance(item, str) and is_url(item):
+            continue
+        source = Path(item).resolve()
+        if source == out or source in out.parents:
+            raise VolmlaError(f"config out {cfg.out} is the input {item} or lies inside it: name a folder of "
+                              "its own for the run's outputs")
 
 
 def _open_input(cfg: PipelineConfig) -> xr.DataArray:

@@ -177,12 +177,17 @@ def crystals(
     from volmla.io.atomic import recover, remove, remove_stale, swap_in, tmp_sibling
     from volmla.io.lock import output_lock
     from volmla.sem.classify import check_model
-    from volmla.sem.io import sem_files
+    from volmla.sem.io import check_pixel_size, sem_files
 
-    files = sem_files([images] if isinstance(images, str | Path) else list(images))
+    given = [images] if isinstance(images, str | Path) else list(images)
+    files = sem_files(given)
     out = _check_out_dir(out_dir, overwrite)
-    if pixel_size is not None and not (isinstance(pixel_size, int | float) and 0 < pixel_size < float("inf")):
-        raise VolmlaError(f"pixel_size must be a positive number of micrometres, got {pixel_size!r}")
+    for source in given:  # the report's files would join the images it reads
+        if Path(source).resolve() == out.resolve() or Path(source).resolve() in out.resolve().parents:
+            raise VolmlaError(f"output folder {out} is the input {source} or lies inside it: write the report "
+                              "elsewhere")
+    if pixel_size is not None:
+        check_pixel_size(pixel_size)
     if model is not None:
         check_model(model)
     if segmenter is not None:

@@ -327,13 +327,21 @@ def train_forms(out: str | Path, *, kind: Literal["forest", "cnn"] = "forest", l
     --------
     >>> classes, accuracy = train_forms("forms.onnx", n_images=80)  # doctest: +SKIP
     """
+    from volmla._validate import check_integer
+
     path = Path(out)
+    if path.is_dir():
+        raise VolmlaError(f"output {path} is a folder: the model is written as one ONNX file")
     if path.exists() and not overwrite:
         raise VolmlaError(f"output {path} exists: pass overwrite=True to replace it")
     if not path.resolve().parent.is_dir():
         raise VolmlaError(f"the folder of the output, {path.resolve().parent}, does not exist")
     if kind not in ("forest", "cnn"):
         raise VolmlaError(f"kind must be 'forest' or 'cnn' (or 'segmenter': train_segmenter), got {kind!r}")
+    if labelled is None:
+        n_images = check_integer("n_images", n_images, minimum=1)
+    if kind == "cnn":
+        epochs = check_integer("epochs", epochs, minimum=1)
     if kind == "cnn":
         if labelled is not None:
             raise VolmlaError("kind='cnn' trains on synthetic images only: leave out labelled= or use kind='forest'")

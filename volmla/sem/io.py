@@ -30,7 +30,8 @@ from volmla.errors import VolmlaError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 
-__all__ = ["IMAGE_SUFFIXES", "SemImage", "info_bar_rows", "read_sem", "sem_files", "tiff_pixel_size"]
+__all__ = ["IMAGE_SUFFIXES", "PIXEL_SIZE_RANGE", "SemImage", "check_pixel_size", "info_bar_rows", "read_sem", "sem_files",
+           "tiff_pixel_size"]
 
 _TESCAN = re.compile(r"PixelSizeX\s*=\s*([-+0-9.eE]+)")
 _ZEISS_UNITS = {"m": 1e6, "mm": 1e3, "\u00b5m": 1.0, "\u03bcm": 1.0, "um": 1.0, "nm": 1e-3, "pm": 1e-6}
@@ -195,13 +196,38 @@ def info_bar_rows(image: np.ndarray, *, dominance: float = 0.55, min_rows: int =
     return rows
 
 
+PIXEL_SIZE_RANGE = (1e-6, 1e7)
+"""Micrometres per pixel accepted (as for CT voxels): 1 pm to 10 m; beyond, a unit slip."""
+
+
+def check_pixel_size(size: Any, what: str = "pixel_size") -> float:
+    """A pixel size in micrometres: a finite number within :data:`PIXEL_SIZE_RANGE`.
+
+    Examples
+    --------
+    >>> check_pixel_size(0.05)
+    0.05
+    """
+    if isinstance(size, bool) or not isinstance(size, int | float | np.floating | np.integer) \
+            or not math.isfinite(size) or size <= 0:
+        raise VolmlaError(f"{what} must be a positive number of micrometres, got {size!r}")
+    if not PIXEL_SIZE_RANGE[0] <= size <= PIXEL_SIZE_RANGE[1]:
+        raise VolmlaError(f"{what} must lie in {PIXEL_SIZE_RANGE[0]:g}..{PIXEL_SIZE_RANGE[1]:g} micrometres (the "
+                          f"pixel size is in um), got {size!r}")
+    return float(size)
+
+
 def _grey(pixels: np.ndarray, path: Path) -> np.ndarray:
+    if np.iscomplexobj(pixels) or not (np.issubdtype(pixels.dtype, np.number) or pixels.dtype == bool):
+        raise VolmlaError(f"image {path} must hold real grey values, got dtype {pixels.dtype}")
     if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
         pixels = pixels[..., :3].mean(axis=-1)
     elif pixels.ndim == 3 and pixels.shape[0] in (1,):
         pixels = pixels[0]
     if pixels.ndim != 2:
         raise VolmlaError(f"image {path} must be a 2-D grey or RGB image, got shape {pixels.shape}")
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        raise VolmlaError(f"image {path} holds NaN or infinite values")
     return pixels
 
 
@@ -247,8 +273,7 @@ def read_sem(path: str | Path, *, pixel_size: float | None = None, crop_bar: boo
         raise VolmlaError(f"cannot read {path} as an image: {' '.join(str(exc).split())[:200]}") from None
     if size is None:
         raise VolmlaError(f"image {path} records no pixel size: pass pixel_size= (micrometres per pixel)")
-    if not (isinstance(size, int | float) and math.isfinite(size) and size > 0):
-        raise VolmlaError(f"pixel_size must be a positive number of micrometres, got {size!r}")
+    size = check_pixel_size(size, "pixel_size" if pixel_size is not None else f"pixel size recorded in {path}")
     grey = _grey(pixels, path)
     bar = info_bar_rows(grey) if crop_bar else 0
     if bar:

@@ -174,6 +174,8 @@ def train_segmenter(
     from volmla._validate import check_integer
 
     path = Path(out)
+    if path.is_dir():
+        raise VolmlaError(f"output {path} is a folder: the model is written as one ONNX file")
     if path.exists() and not overwrite:
         raise VolmlaError(f"output {path} exists: pass overwrite=True to replace it")
     if not path.resolve().parent.is_dir():

@@ -39,6 +39,7 @@ reads).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -386,6 +387,10 @@ def sem_image(
                      np.array(orients), float(pixel_size), bar)
 
 
+_SET_FILE = re.compile(r"sem_[0-9]{3,}(\.tif|\.labels\.tif|\.classes\.csv)")
+"""The files :func:`write_sem_images` writes (an earlier set is replaced by ``overwrite``)."""
+
+
 def write_sem_images(out_dir: str | Path, *, n: int = 8, seed: int = 0, overwrite: bool = False,
                      **options: Any) -> list[Path]:
     """Write ``n`` synthetic micrographs as a labelled folder (TIFF with FEI pixel size).
@@ -428,6 +433,14 @@ def write_sem_images(out_dir: str | Path, *, n: int = 8, seed: int = 0, overwrit
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise VolmlaError(f"output folder {out} exists and is not empty: pass overwrite=True to replace it")
+    if out.is_dir() and overwrite:  # replace an earlier set (none of its images left over), never other files
+        ours = [f for f in out.iterdir() if f.is_file() and _SET_FILE.fullmatch(f.name)]
+        theirs = sorted(f.name for f in out.iterdir() if f not in ours)
+        if theirs:
+            raise VolmlaError(f"output folder {out} holds files that are no synthetic SEM set ({theirs[0]}, ...): "
+                              "refusing to replace it")
+        for f in ours:
+            f.unlink()
     out.mkdir(parents=True, exist_ok=True)
     files = []
     for k in range(n):
