@@ -234,9 +234,11 @@ def _finite_block(block: Any, *, what: str, block_info: dict[Any, Any] | None = 
         where = " (block at voxel " + ", ".join(str(lo) for lo, _ in block_info[0]["array-location"]) + ")"
     if not bool(xp.isfinite(block).all()):
         raise VolmlaError(f"{what} holds NaN or infinite values{where}: replace them with numbers first")
-    if block.dtype.itemsize > 4 and block.dtype.kind == "f" and block.size and float(xp.abs(block).max()) > FLOAT32_MAX:
-        raise VolmlaError(f"{what} holds values beyond float32's range (up to {float(xp.abs(block).max()):.3g}"
-                          f"){where}: volmla computes in float32; rescale the volume first")
+    if block.dtype.itemsize > 4 and block.dtype.kind == "f" and block.size:
+        largest = float(xp.abs(block).max())
+        if largest > FLOAT32_MAX:
+            raise VolmlaError(f"{what} holds values beyond float32's range (up to {largest:.3g}){where}: volmla "
+                              "computes in float32; rescale the volume first")
     return block
 
 

@@ -384,7 +384,7 @@ def _write(
             pngs += qc_figures(tmp, particles_df=pdf, free_threshold=summary["free_threshold"],
                                include_border=summary["include_border"], voxel_size=summary["voxel_size_um"], **qc)
         # summary.json carries every warning the report shows (the report's own: few particles, border, ...)
-        summary["warnings"] = executive_summary(summary, particles=pdf)["warnings"]
+        summary["warnings"] = executive_summary(summary)["warnings"]  # (the particles give only P80)
         files = sorted(p.name for p in tmp.iterdir()) + ["report.html", "summary.json"]
         summary["files"] = sorted(set(files))
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
