@@ -173,15 +173,14 @@ def run_from_config(
     >>> run.report["ok"]  # doctest: +SKIP
     """
     from volmla.io import check_output, open_volume, write_volume
+    from volmla.io.outputs import check_not_in_input
 
     cfg = load_run_config(config)
     out = out_dir if out_dir is not None else cfg["out"]
     if out is None:
         raise VolmlaError("correlate run: give out_dir or an 'out' key in the config")
     out = Path(out)
-    for source in [cfg["ct"], *(m for plane in cfg["planes"] for m in plane["maps"])]:
-        if Path(source).resolve() == out.resolve() or Path(source).resolve() in out.resolve().parents:
-            raise VolmlaError(f"output folder {out} is the input {source} or lies inside it: write to another folder")
+    check_not_in_input(out, [cfg["ct"], *(m for plane in cfg["planes"] for m in plane["maps"])], what="output folder")
     labels_path = out / "labels.zarr"
     job = {"command": "correlate run", "config": str(Path(config).resolve())}
     check_output(out / "report.json", overwrite=overwrite)

@@ -219,12 +219,12 @@ def make_registration(
     >>> reg = make_registration("ct.zarr", "mm/mineral_map.npz", out="r24.json")  # doctest: +SKIP
     """
     from volmla.io import check_output, open_volume
+    from volmla.io.outputs import check_not_in_input
 
     out = Path(out)
     check_output(out, overwrite=overwrite)
-    for source in (ct, map_path):  # the JSON and its .tfm and .labels.tif would go into the input
-        if Path(source).resolve() == out.resolve() or Path(source).resolve() in out.resolve().parents:
-            raise VolmlaError(f"output {out} lies inside the input {source}: write the registration elsewhere")
+    # the JSON and its .tfm and .labels.tif would go into the input
+    check_not_in_input(out, (ct, map_path), advice="write the registration elsewhere")
     m = read_registration_map(map_path, channel=channel, pixel_size_um=pixel_size_um)
     volume = open_volume(ct)
     a, _, _ = _plane_axes(axis)

@@ -445,6 +445,42 @@ def check_not_input(output: str | Path, inputs: Iterable[str | Path]) -> None:
             raise VolmlaError(f"input {item} lies inside the output {output}: write the result to another path")
 
 
+def check_not_in_input(output: str | Path, inputs: Iterable[str | Path], *, what: str = "output",
+                       advice: str = "write to another folder") -> None:
+    """Refuse an output (a folder of outputs) that is one of the inputs or lies inside one.
+
+    Unlike :func:`check_not_input`, an input inside the output is allowed: a run's folder
+    may hold what it reads, and the jobs that write there replace only their own entries.
+    URLs are skipped (nothing is written into them). Paths are compared resolved.
+
+    Parameters
+    ----------
+    output
+        The output path.
+    inputs
+        The paths the job reads.
+    what, advice
+        How the message names the output, and what it advises.
+
+    Examples
+    --------
+    >>> check_not_in_input("/data/run", ["/data/scan.zarr"])
+    >>> check_not_in_input("/data/scan.zarr/run", ["/data/scan.zarr"], what="config out")
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: config out /data/scan.zarr/run is the input /data/scan.zarr or lies inside it: write to another folder
+    """
+    from volmla.io.ngff import is_url
+
+    out = _resolved(output)
+    for item in inputs:
+        if isinstance(item, str) and is_url(item):
+            continue
+        inp = _resolved(item)
+        if inp == out or inp in out.parents:
+            raise VolmlaError(f"{what} {output} is the input {item} or lies inside it: {advice}")
+
+
 def check_not_file(path: str | Path) -> None:
     """Refuse a volume output where a plain file lies (a volume is a folder: the file is
     someone else's, and ``overwrite`` never deletes it).

@@ -57,9 +57,11 @@ from volmla.liberation.subvolumes import representativeness
 from volmla.liberation.summary import (
     Summary,
     _nan_to_none,
+    close_phases,
     input_path,
     liberation_summary,
     provenance,
+    recorded_levels,
 )
 from volmla.liberation.uncertainty import MAX_BOOT, bootstrap
 from volmla.types import VolumeLike
@@ -324,6 +326,12 @@ def analyse(
             pdf, phase_names=names, free_threshold=thr, size_edges=edges, by=by, densities=rho,
             include_border=include_border, voxel_size=tables.voxel_size_um, warn_small=warn_small,
         )
+        summary["close_phases"] = close_phases(recorded_levels(phases, tables.phase_names), tables.phase_names)
+        if tables.levels is not None:  # what the boundary voxels were apportioned between
+            summary["grey_levels"] = {
+                "noise_sigma": float(tables.levels.noise_sigma),
+                "levels": {("void" if k == 0 else tables.phase_names.get(k, str(k))): float(v)
+                           for k, v in sorted(tables.levels.levels.items())}}
         summary["shape"] = list(tables.shape)
         summary["association"] = _nan_to_none(association(tables.contacts, phase_names=names))
         summary["surface_correction"] = SURFACE_CORRECTION

@@ -779,7 +779,8 @@ def executive_summary(summary: Mapping[str, Any], *, particles: pd.DataFrame | N
         ``n_particles, n_total, n_border, border_included, weighting, p80_um,
         has_mass, rows`` (per phase: ``phase, color, volume, volume_ci, mass, mass_ci, ld,
         ld_ci``, numbers formatted, intervals clipped to [0, 1]), ``warnings`` (what
-        qualifies the figures) and ``notes`` (how they were computed), as sentences.
+        qualifies the figures) and ``notes`` (how they were computed; phases told apart only
+        over grains, :func:`volmla.liberation.summary.close_phases`), as sentences.
 
     Examples
     --------
@@ -832,6 +833,16 @@ def executive_summary(summary: Mapping[str, Any], *, particles: pd.DataFrame | N
         elif n and ld is not None and ld == 0:
             warnings.append(f"no free particle of {p}: its liberation degree is 0")
     notes = [f"liberation degrees are by volume; modal mineralogy by volume{' and by mass' if mass else ''}"]
+    small = any(w.startswith("particles are small against the voxel") for w in warnings)
+    for pair in summary.get("close_phases") or []:  # phases the noise does not tell apart per voxel
+        (a, b), c = pair["phases"], float(pair["contrast_sigma"])
+        line = (f"{a} and {b} lie {c:.1f} noise sigmas apart in grey: they are told apart over grains, not voxels, "
+                "so small intergrown grains of the two read as their neighbours")
+        if small:  # both: the hard phantoms' case (README: where the targets are met)
+            warnings.append(f"{line}; in particles this small their liberation degrees may be off by 0.1 or more, "
+                            "beyond the intervals")
+        else:
+            notes.append(line)
     volumes = summary.get("phase_volumes")
     if volumes == "voxel counts":
         warnings.append("phase volumes are voxel counts (no intensity volume given): boundary voxels count whole, "

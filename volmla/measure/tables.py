@@ -118,6 +118,9 @@ class Tables(NamedTuple):
     """Phase id -> name used for the columns."""
     voxel_size_um: tuple[float, float, float]
     shape: tuple[int, int, int]
+    levels: PhaseLevels | None = None
+    """The pure grey levels and noise sigma the phase volumes were apportioned with
+    (:func:`volmla.measure.fractions.phase_levels`), or None without an intensity."""
 
 
 SOLID = "solid"
@@ -358,6 +361,7 @@ def measure(
         phase_names=names,
         voxel_size_um=vs,
         shape=shape,
+        levels=merged.get("levels"),
     )
 
 
@@ -408,6 +412,7 @@ def _measured(particles: VolumeLike, phases: VolumeLike, grains: VolumeLike | No
     merged = merge_partials(partials[:n_partial])
     if intensity is not None:
         merged["fractions"] = merge_fractions(partials[n_partial:])
+        merged["levels"] = levels
     table = merged["particles"]
     ph_cols = [c for c in table if c.startswith("ph")]
     present = [int(c[2:]) for c in ph_cols if table[c].sum() > 0 and int(c[2:]) > 0]

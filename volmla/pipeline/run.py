@@ -284,7 +284,7 @@ def _check_particle_model(model: Path) -> None:
 def _check_out(cfg: PipelineConfig) -> None:
     """The output folder is none of the files the run reads, and lies inside none of them
     (checked before the folder is made, so nothing is left in an input)."""
-    from volmla.io.ngff import is_url
+    from volmla.io.outputs import check_not_in_input
 
     reads: list[Path | str] = [cfg.input.zarr] if cfg.input.zarr is not None else list(cfg.input.paths)
     seg = cfg.segment
@@ -292,14 +292,7 @@ def _check_out(cfg: PipelineConfig) -> None:
         reads += [p for p in (seg.labels, seg.model) if p is not None]
     if cfg.particles.model is not None:
         reads.append(cfg.particles.model)
-    out = cfg.out.resolve()
-    for item in reads:
-        if isinstance(item, str) and is_url(item):
-            continue
-        source = Path(item).resolve()
-        if source == out or source in out.parents:
-            raise VolmlaError(f"config out {cfg.out} is the input {item} or lies inside it: name a folder of "
-                              "its own for the run's outputs")
+    check_not_in_input(cfg.out, reads, what="config out", advice="name a folder of its own for the run's outputs")
 
 
 def _open_input(cfg: PipelineConfig) -> xr.DataArray:

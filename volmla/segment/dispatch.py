@@ -383,7 +383,9 @@ def segment_phases(
         else:
             named = {i: str(v) for i, v in enumerate(phase_names, start=1)}
         names = ("void", *(named.get(k, f"phase{k}") for k in range(1, max(levels.levels) + 1)))
-        return _result(volume, phases, names, None, resolved, None, None)
+        grey = {"noise_sigma": float(levels.noise_sigma),  # the liberation report's contrast warning reads them
+                "levels": {names[k]: float(v) for k, v in sorted(levels.levels.items()) if k < len(names)}}
+        return _result(volume, phases, names, None, resolved, None, None, grey_levels=grey)
     if resolved == "rf":
         from volmla.segment.forest import (
             DEFAULT_SIGMAS,
@@ -414,12 +416,16 @@ def segment_phases(
 
 def _result(volume: VolumeLike, phases: da.Array | xr.DataArray, classes: Sequence[str],
             confidence: da.Array | xr.DataArray | None,
-            method: SegmentMethod, model: Path | None, accuracy: float | None) -> PhaseSegmentation:
-    """The lazy results as DataArrays on the input's grid, with the classes and provenance."""
+            method: SegmentMethod, model: Path | None, accuracy: float | None,
+            grey_levels: dict[str, Any] | None = None) -> PhaseSegmentation:
+    """The lazy results as DataArrays on the input's grid, with the classes and provenance
+    (``grey_levels``: the fitted levels of ``regions``, kept in its provenance record)."""
     from volmla.engine.blocks import as_dataarray
 
     names = tuple(classes)
-    record = {"step": "segment", "method": method, "model": None if model is None else str(model)}
+    record: dict[str, Any] = {"step": "segment", "method": method, "model": None if model is None else str(model)}
+    if grey_levels is not None:
+        record["grey_levels"] = grey_levels
     out = as_dataarray(_dask(phases), like=volume, name="phases", kind="phases",
                        phases={i: n for i, n in enumerate(names) if i}, record=record)
     conf = None if confidence is None else as_dataarray(_dask(confidence), like=volume,

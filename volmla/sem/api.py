@@ -176,16 +176,15 @@ def crystals(
     from volmla.engine.cluster import compute
     from volmla.io.atomic import recover, remove, remove_stale, swap_in, tmp_sibling
     from volmla.io.lock import output_lock
+    from volmla.io.outputs import check_not_in_input
     from volmla.sem.classify import check_model
     from volmla.sem.io import check_pixel_size, sem_files
 
     given = [images] if isinstance(images, str | Path) else list(images)
     files = sem_files(given)
     out = _check_out_dir(out_dir, overwrite)
-    for source in given:  # the report's files would join the images it reads
-        if Path(source).resolve() == out.resolve() or Path(source).resolve() in out.resolve().parents:
-            raise VolmlaError(f"output folder {out} is the input {source} or lies inside it: write the report "
-                              "elsewhere")
+    # the report's files would join the images it reads
+    check_not_in_input(out, given, what="output folder", advice="write the report elsewhere")
     if pixel_size is not None:
         check_pixel_size(pixel_size)
     if model is not None:

@@ -1,0 +1,96 @@
+"""Phases closer in grey than the noise resolves per voxel are named by the report (issue 17):
+a note, and a warning where the particles are small as well (their liberation degrees then
+carry a bias the intervals do not include)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from volmla.liberation import analyse
+from volmla.liberation.report import executive_summary
+from volmla.liberation.summary import CLOSE_CONTRAST, close_phases, recorded_levels
+from volmla.measure.fractions import PhaseLevels
+
+NAMES = {1: "quartz", 2: "feldspar", 3: "pyrite"}
+
+
+def test_close_pairs_closest_first_and_never_the_void() -> None:
+    sigma = 1000.0
+    lv = PhaseLevels({0: 22000.0, 1: 22000.0, 2: 22500.0, 3: 23100.0, 4: 46000.0}, sigma, {})
+    pairs = close_phases(lv, {**NAMES, 4: "gold"})
+    # quartz-feldspar 0.5, feldspar-pyrite 0.6, quartz-pyrite 1.1 (< 1.2); gold far away; the void is no phase
+    assert pairs == [{"phases": ["quartz", "feldspar"], "contrast_sigma": 0.5},
+                     {"phases": ["feldspar", "pyrite"], "contrast_sigma": 0.6},
+                     {"phases": ["quartz", "pyrite"], "contrast_sigma": 1.1}]
+    # at the bar: none; phases not reported: none; no noise or no levels: none
+    assert close_phases(PhaseLevels({1: 0.0, 2: CLOSE_CONTRAST * sigma}, sigma, {}), NAMES) == []
+    assert close_phases(lv, {1: "quartz", 4: "gold"}) == []
+    assert close_phases(PhaseLevels({1: 0.0, 2: 0.0}, 0.0, {}), NAMES) == []
+    assert close_phases(None, NAMES) == []
+
+
+def _recorded(*records: dict) -> xr.DataArray:
+    return xr.DataArray(np.zeros((2, 2, 2), np.uint8), dims=("z", "y", "x"), attrs={"provenance": list(records)})
+
+
+def test_the_levels_come_from_the_latest_segment_record() -> None:
+    grey = {"noise_sigma": 1200.0, "levels": {"void": 9000.0, "quartz": 19000.0, "feldspar": 20000.0}}
+    fitted = {"step": "segment", "method": "regions", "grey_levels": grey}
+    lv = recorded_levels(_recorded({"step": "ingest"}, fitted), NAMES)
+    assert lv is not None and lv.levels == {0: 9000.0, 1: 19000.0, 2: 20000.0} and lv.noise_sigma == 1200.0
+    # a later segmentation that fitted none (a forest over the same scan): its phases are not these levels
+    assert recorded_levels(_recorded(fitted, {"step": "segment", "method": "rf"}), NAMES) is None
+    # names the report does not use are left out; a malformed record gives no levels, not an error
+    assert recorded_levels(_recorded(fitted), {1: "quartz"}).levels == {0: 9000.0, 1: 19000.0}
+    bad = {"step": "segment", "grey_levels": {"levels": {"quartz": "x"}, "noise_sigma": 1.0}}
+    assert recorded_levels(_recorded(bad), NAMES) is None
+    assert recorded_levels(np.zeros(3), NAMES) is None
+
+
+def _summary(warnings: list[str]) -> dict:
+    return {"n_particles": 100, "n_particles_total": 120, "n_border": 20, "include_border": False,
+            "phase_names": ["quartz", "feldspar"], "modal_mineralogy": {"quartz": 0.6, "feldspar": 0.4},
+            "liberation_degree": {"quartz": 0.5, "feldspar": 0.4}, "warnings": warnings,
+            "close_phases": [{"phases": ["quartz", "feldspar"], "contrast_sigma": 0.53}]}
+
+
+def test_a_close_pair_is_a_note_and_with_small_particles_a_warning() -> None:
+    plain = executive_summary(_summary([]))
+    said = "quartz and feldspar lie 0.5 noise sigmas apart in grey: they are told apart over grains, not voxels"
+    assert any(n.startswith(said) for n in plain["notes"]) and not any(said in w for w in plain["warnings"])
+    small = executive_summary(_summary(["particles are small against the voxel: half the solid lies in ..."]))
+    line = [w for w in small["warnings"] if w.startswith(said)]
+    assert len(line) == 1 and "may be off by 0.1 or more, beyond the intervals" in line[0]
+    assert not any(n.startswith(said) for n in small["notes"])
+
+
+@pytest.mark.parametrize(("level", "close"), [("hard", True), ("easy", False)])
+def test_phases_by_region_record_their_levels_and_the_report_names_the_pair(tmp_path: Path, level: str,
+                                                                          close: bool) -> None:
+    """Phases by region record the levels they fit on the sparse labels (cupping taken out):
+    the hard phantom's quartz and feldspar (1 noise sigma set, small particles) draw the
+    warning, the easy one's (1.5) nothing."""
+    from volmla.segment import segment_phases
+    from volmla.synthetic import crushed_ore
+
+    ore = crushed_ore(shape=48, seed=0, level=level)
+    labels = np.zeros(ore.phases.shape, np.uint8)
+    for z in (12, 24, 36):
+        labels[z] = ore.phases[z] + 1
+    seg = segment_phases(ore.intensity, method="regions", labels=labels, particles=ore.particles,
+                         phase_names=list(NAMES.values()))
+    assert seg.phases.attrs["provenance"][-1]["grey_levels"]["levels"].keys() == {"void", *NAMES.values()}
+    summary = analyse(seg.phases, ore.particles, out_dir=tmp_path / "lib", intensity=ore.intensity,
+                      section_step=None, pieces=None, n_boot=0, voxel_size=1.0)
+    written = json.loads((tmp_path / "lib" / "summary.json").read_text())
+    assert [p["phases"] for p in written["close_phases"]] == ([["quartz", "feldspar"]] if close else [])
+    assert set(written["grey_levels"]["levels"]) == {"void", *NAMES.values()}
+    flagged = [w for w in written["warnings"] if w.startswith("quartz and feldspar lie")]
+    assert len(flagged) == int(close) and written["warnings"] == summary["warnings"]
+    if close:
+        assert flagged[0] in (tmp_path / "lib" / "report.html").read_text()
