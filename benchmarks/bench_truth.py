@@ -39,7 +39,9 @@ whether the partial-volume correction's edges are what fails end to end: the def
 region path with its level map's edges from the particles (binary) against the same with
 the phantom's true sub-voxel solid fraction (``region_phases(solid_fraction=)``), on the
 true particles and on the CT's own (default ``--output``: ``results/truth_pv_geometry.json``).
-``--end-to-end-only`` splits the end-to-end error between the particles and the phases:
+``--end-to-end-only`` splits the end-to-end error between the particles and the phases
+(and records, per phase, the 95 % bootstrap interval of LD that the report would show and
+whether it holds the truth; ``ld_ci_coverage_<level>`` in the summary):
 the CT's own particles with the region phases (the default path), with the TRUE phases
 (the particles' share), and the true particles with the region phases (the phases'
 share), per phase with signed LD errors (default ``--output``: ``results/truth_e2e.json``;
@@ -157,12 +159,16 @@ def _overall(df: pd.DataFrame, truth: dict[str, Any]) -> dict[str, Any]:
     """|LD error| and |modal error| per phase of a table on other particles than the truth's
     (end to end: the particles are volmla's own, so no per-particle matching)."""
     from volmla.liberation import liberation_summary
+    from volmla.liberation.uncertainty import bootstrap
 
     summary = liberation_summary(df, phase_names=NAMES)
+    ci = bootstrap(df, phase_names=NAMES, n_boot=200, seed=0)["liberation_degree"]
     out: dict[str, Any] = {"n_particles": summary["n_particles"]}
     for p in NAMES:
         ld, modal = summary["liberation_degree"][p], summary["modal_mineralogy"][p]
-        out[p] = {"ld": ld, "ld_true": truth["liberation_degree"][p],
+        lo, hi = ci[p]["lo"], ci[p]["hi"]
+        covered = None if ld is None or lo is None or hi is None else bool(lo <= truth["liberation_degree"][p] <= hi)
+        out[p] = {"ld": ld, "ld_true": truth["liberation_degree"][p], "ld_ci": [lo, hi], "ld_ci_covers_truth": covered,
                   "ld_error": None if ld is None else abs(ld - truth["liberation_degree"][p]),
                   "ld_signed_error": None if ld is None else ld - truth["liberation_degree"][p],
                   "modal": modal, "modal_true": truth["modal_mineralogy"][p],
@@ -293,9 +299,16 @@ DEFAULT_OUTPUT = Path(__file__).parent / "results" / "truth.json"
 
 
 def _summary(cases: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {key: {"max_ld_error": max(c[key]["max_ld_error"] for c in cases),
-                  "mean_max_ld_error": float(np.mean([c[key]["max_ld_error"] for c in cases])),
-                  "max_modal_error": max(c[key]["max_modal_error"] for c in cases)} for key in keys}
+    out = {key: {"max_ld_error": max(c[key]["max_ld_error"] for c in cases),
+                 "mean_max_ld_error": float(np.mean([c[key]["max_ld_error"] for c in cases])),
+                 "max_modal_error": max(c[key]["max_modal_error"] for c in cases)} for key in keys}
+    for key in keys:  # how often the report's 95 % bootstrap interval of LD holds the truth, per level
+        for level in sorted({c["level"] for c in cases}):
+            hits = [c[key][p].get("ld_ci_covers_truth") for c in cases if c["level"] == level for p in NAMES]
+            hits = [h for h in hits if h is not None]
+            if hits:
+                out[key][f"ld_ci_coverage_{level}"] = float(np.mean(hits))
+    return out
 
 
 def run_geometry_case(shape: int, seed: int, level: str) -> dict[str, Any]:

@@ -168,6 +168,11 @@ def _yaml(root: Path) -> None:
                                       "  - {maps: [maps/Fe.tif], pixel_size_um: 2}\n",
         "correlate_out_is_ct": "ct: scan.zarr\nout: scan.zarr\nminerals: [quartz]\nplanes:\n"
                                "  - {maps: [maps/Fe.tif], pixel_size_um: 2}\n",
+        # a fourth sweep: inputs that were taken as given
+        "run_overlap_no_stitch": "out: r34\ninput: {paths: [ok.tif], voxel_size: 1, overlap: 5}\n",
+        "run_min_size_all": base.format(out="r35") + "particles: {min_size: 100000}\ngrains: false\n",
+        "correlate_denoise_absent": "ct: scan.zarr\nout: c5\nminerals: [quartz]\ndenoise: [Na]\nplanes:\n"
+                                    "  - {maps: [maps/Fe.tif, maps/Si.tif], pixel_size_um: 2}\n",
     }
     for name, text in configs.items():
         (root / f"{name}.yaml").write_text(text)
@@ -213,6 +218,11 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     big = scan.astype(np.float64) * 1e300  # finite, but beyond float32 and Otsu's squared means
     _write(root / "huge.zarr", big, kind="intensity")
     _write(root / "float_labels.zarr", phases.astype(np.float32), kind="intensity")
+    grey = np.random.default_rng(19).integers(0, 16, SHAPE).astype(np.uint8)  # 16 levels (rng's draws unchanged)
+    _write(root / "grey.zarr", grey, kind="intensity")
+    signed = _particles_of(phases).astype(np.int32)
+    signed[signed == 2] = -2
+    _write(root / "signed_particles.zarr", signed, kind="labels")
     # a copy of scan.zarr with one chunk overwritten with garbage (bit rot, a bad copy)
     shutil.copytree(root / "scan.zarr", root / "corrupt.zarr")
     chunk = sorted(p for p in (root / "corrupt.zarr" / "0" / "c").rglob("*") if p.is_file())[3]
@@ -556,6 +566,36 @@ CASES: dict[str, Case] = {
     "dashboard-garbage": Case("--dashboard garbage label mask.zarr -o l.zarr", "dashboard must be an address"),
     "dashboard-port-out-of-range": Case("--dashboard 127.0.0.1:99999 label mask.zarr -o l.zarr",
                                         "port 0..65535"),
+    # --- a fourth sweep: inputs that were taken as given (a silent or empty result)
+    # an intensity volume as particles was measured as one particle per grey value
+    "liberation-particles-intensity": Case("liberation --phases phases.zarr --particles scan.zarr --out lib",
+                                           "particles volume has no background (0) voxel: is it an intensity "
+                                           "volume?"),
+    "liberation-particles-grey-levels": Case("liberation --phases phases.zarr --particles grey.zarr --out lib",
+                                             "particles volume looks like grey values, not labels: 15 of its 15"),
+    # a negative particle id wrapped to a huge grain key
+    "grains-negative-particle-ids": Case("grains --particles signed_particles.zarr --phases phases.zarr -o o.zarr",
+                                         "particle ids must not be negative, got -2"),
+    # an overlap without stitching was ignored
+    "ingest-overlap-without-stitch": Case("ingest ok.tif -o o.zarr --voxel-size 1 --overlap 5",
+                                          "--overlap 5 is for stitching several stacks: pass --stitch, or leave "
+                                          "--overlap out"),
+    "run-overlap-without-stitch": Case("run run_overlap_no_stitch.yaml",
+                                       "config input.overlap 5 is for stitching several stacks: set input.stitch"),
+    # a min_size above every particle gave empty labels and an empty report
+    "particles-min-size-above-all": Case("particles phases.zarr -o o.zarr --min-size 100000",
+                                         "--min-size 100000 removes every particle: the largest the mask holds has "
+                                         "125 voxels; give a --min-size of 125 or less"),
+    "run-min-size-above-all": Case("run run_min_size_all.yaml",
+                                   "config particles.min_size 100000 removes every particle"),
+    # a --denoise element the maps lack was skipped; the default (Na, Mg) still runs on maps without them
+    "correlate-maps-denoise-absent": Case("correlate maps maps/Fe.tif maps/Si.tif -o mm --minerals quartz "
+                                          "--pixel-size 2 --denoise Na", "denoise: Na not among the maps' elements "
+                                                                         "(Fe, Si)"),
+    "correlate-maps-denoise-default": Case("correlate maps maps/Fe.tif maps/Si.tif -o mm --minerals quartz "
+                                           "--pixel-size 2", "wrote", rc=0),
+    "correlate-run-denoise-absent": Case("correlate run correlate_denoise_absent.yaml",
+                                         "plane 'plane0': denoise: Na not among the maps' elements (Fe, Si)"),
 }
 
 

@@ -218,9 +218,19 @@ def _bad_inputs(tmp_path: Path, rng: np.random.Generator) -> dict[str, tuple[lis
         "raw size": ([str(tmp_path / "x.dat"), "--shape", "1", "4", "4", "--dtype", "uint16", "--voxel-size", "1"], "needs 32"),
         "several without stitch": ([ok, ok, "--voxel-size", "1"], "--stitch"),
         "stitch without overlap": ([ok, ok, "--stitch", "--voxel-size", "1"], "--overlap"),
+        "overlap without stitch": ([ok, "--overlap", "5", "--voxel-size", "1"],
+                                   "--overlap 5 is for stitching several stacks: pass --stitch, or leave --overlap out"),
         "bad chunks": ([ok, "--chunks", "0", "--voxel-size", "1"], "--chunks"),
     }
 
+
+
+@pytest.mark.parametrize("option", ["overlap", "search"])
+def test_stitching_options_without_stitch_are_refused(tmp_path: Path, rng: np.random.Generator, option: str) -> None:
+    """overlap= and search= were ignored without stitch=True: the volume was one stack as given."""
+    folder = _slices(tmp_path / "slices", _volume(rng, "uint8", (3, 4, 5)))
+    with pytest.raises(VolmlaError, match=f"{option}=5 is for stitching several stacks: pass stitch=True"):
+        load(folder, voxel_size=1.0, **{option: 5})
 
 def test_bad_input_is_one_line_exit_2_and_keeps_outputs(
     tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture[str]

@@ -338,3 +338,49 @@ def test_bad_ids_are_one_line_errors() -> None:
     lab[0, 0, 0] = -2
     with pytest.raises(VolmlaError, match="must not be negative"):
         measure.particle_table(lab, (lab > 0).astype(np.uint8), voxel_size=1.0)
+
+
+def test_an_intensity_volume_as_particles_is_refused() -> None:
+    """An intensity volume given as particles was measured as one particle per grey value."""
+    rng = np.random.default_rng(5)
+    phases = np.zeros((16, 16, 16), np.uint8)
+    phases[3:9, 3:9, 3:9] = 1
+    scan = rng.integers(100, 1000, phases.shape).astype(np.uint16)  # no 0 anywhere
+    for lab in (scan, da.from_array(scan, chunks=(5, 8, 7))):
+        with pytest.raises(VolmlaError, match=r"particles volume has no background \(0\) voxel: is it an intensity"):
+            measure.particle_table(lab, phases, voxel_size=1.0)
+    # an 8-bit scan holds 0s, but each grey value is scattered over the whole volume
+    scan8 = rng.integers(0, 256, (32, 32, 32)).astype(np.uint8)
+    phases8 = (scan8 > 100).astype(np.uint8)
+    for call in (measure.measure, measure.particle_table):
+        with pytest.raises(VolmlaError, match="particles volume looks like grey values, not labels: 255 of its 255"):
+            call(da.from_array(scan8, chunks=16), phases8, voxel_size=1.0)
+
+
+def test_labels_like_grey_values_in_one_respect_are_measured() -> None:
+    # one particle filling the volume, a pore (phase 0) inside it: a crop inside a particle
+    lab = np.ones((8, 8, 8), np.uint32)
+    ph = np.ones(lab.shape, np.uint8)
+    ph[3:5, 3:5, 3:5] = 0
+    assert measure.particle_table(lab, ph, voxel_size=1.0).volume_voxels.tolist() == [512]
+    # fragments tiling a block without void (as breakage makes them): no background, no void
+    tiles = (np.indices((8, 8, 8)) // 4)
+    frag = (tiles[0] * 4 + tiles[1] * 2 + tiles[2] + 1).astype(np.uint32)
+    assert len(measure.particle_table(frag, np.ones(frag.shape, np.uint8), voxel_size=1.0)) == 8
+    # up to 10 ids may each span the whole volume (a few large particles in a small one); 11 may not
+    spread = np.random.default_rng(7).integers(0, 11, (20, 20, 20)).astype(np.uint32)
+    assert len(measure.particle_table(spread, (spread > 0).astype(np.uint8), voxel_size=1.0)) == 10
+    spread[0, 0, 0] = 11
+    with pytest.raises(VolmlaError, match="looks like grey values"):
+        measure.particle_table(spread, (spread > 0).astype(np.uint8), voxel_size=1.0)
+
+
+def test_an_intensity_volume_as_grains_is_refused() -> None:
+    """A grey value occurs in several particles and outside them: the grain check refuses it."""
+    rng = np.random.default_rng(6)
+    lab = np.zeros((12, 12, 12), np.uint32)
+    lab[2:6, 2:6, 2:6] = 1
+    lab[7:11, 7:11, 7:11] = 2
+    scan = rng.integers(100, 1000, lab.shape).astype(np.uint16)
+    with pytest.raises(VolmlaError, match="grains must"):
+        measure.measure(lab, (lab > 0).astype(np.uint8), grains=scan, voxel_size=1.0)

@@ -146,6 +146,43 @@ def test_grains_equal_cc3d():
         label_grains(part, phases[:, :, :-1])
 
 
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_min_size_above_every_particle_is_refused(split: bool) -> None:
+    """A min_size that drops every particle gave empty labels (and an empty report):
+    refused, naming the largest particle's voxels; the largest itself is kept."""
+    solid = balls((20, 20, 20), [(6, 6, 6), (14, 14, 14)], [4, 3])
+    largest = int(np.bincount(ndi.label(solid)[0].ravel())[1:].max())
+    mask = da.from_array(solid.astype(np.uint8), chunks=10)
+    with pytest.raises(VolmlaError, match=f"min_size={largest + 1} removes every particle: the largest the mask "
+                                          f"holds has {largest} voxels; give a min_size of {largest} or less"):
+        label_particles(mask, threshold=None, min_size=largest + 1, split=split)
+    assert label_particles(mask, threshold=None, min_size=largest, split=split).count == 1
+    # an empty mask stays an empty result: no min_size to blame
+    assert label_particles(np.zeros((8, 8, 8), np.uint8), threshold=None, min_size=5, split=split).count == 0
+
+
+def test_default_min_size_that_removes_every_speck_says_so() -> None:
+    specks = np.random.default_rng(0).normal(100, 5, (32, 32, 32)).astype(np.float32)
+    specks[4:7, 4:6, 4:6] = specks[15:17, 15:17, 15:17] = 1000  # specks of 12 and 8 voxels, below 27
+    with pytest.raises(VolmlaError, match=r"min_size=27 \(the default for threshold='auto'\) removes every "
+                                          r"particle: the largest the mask holds has 12 voxels"):
+        label_particles(specks)
+
+@pytest.mark.parametrize("chunks", [(6, 6, 6), (2, 3, 4)])
+def test_grains_refuse_negative_particle_ids(chunks):
+    """A signed particle volume with a negative id: refused as the measurement refuses it
+    (it wrapped to a huge key and made grains of no particle)."""
+    part = np.zeros((6, 6, 6), np.int32)
+    part[1:4, 1:4, 1:4] = 1
+    part[4:, 4:, 4:] = -3
+    phases = (part != 0).astype(np.uint8)
+    with pytest.raises(VolmlaError, match="particle ids must not be negative, got -3"):
+        label_grains(da.from_array(part, chunks=chunks), da.from_array(phases, chunks=chunks))
+    part[4:, 4:, 4:] = 2  # non-negative signed ids are labels as any
+    assert label_grains(part, phases).count == 2
+
 def test_cli_particles_and_grains(tmp_path, capsys):
     two = balls((20, 20, 32), [(10, 10, 9), (10, 10, 22)], [7, 7])
     phases = (two * (1 + (np.arange(32) > 16))).astype(np.uint8)

@@ -86,15 +86,16 @@ def test_identical_for_every_chunking_and_split_block(monkeypatch, block, first)
 
 
 def test_auto_mask_is_computed_once(monkeypatch):
-    """Pore filling and dust removal read the stored ``"auto"`` mask instead of redoing the cut."""
+    """Pore filling and dust removal read the stored ``"auto"`` mask instead of redoing the
+    cut, and the mask and the split's fill weight share one sharpening per block."""
     calls = []
-    real = mask_module.local_solid
+    real = mask_module._sharp_level
 
     def counted(block, **kw):
         calls.append(block.shape)
         return real(block, **kw)
 
-    monkeypatch.setattr(mask_module, "local_solid", counted)
+    monkeypatch.setattr(mask_module, "_sharp_level", counted)
     ct = crushed_ore(shape=48, seed=0, level="easy").intensity
     with dask.config.set(scheduler="synchronous"):
         found = label_particles(da.from_array(ct, chunks=24))

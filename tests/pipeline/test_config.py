@@ -58,6 +58,9 @@ def test_ingest_input_paths_become_a_list(tmp_path: Path) -> None:
         ({"out": "o", "input": "x.zarr", "particles": {"model": "p.onnx"}}, "particles.model .*p.onnx is not a file"),
         ({"out": "o", "input": "x.zarr", "particles": {"model": "p.onnx", "threshold": "auto"}},
          "leave out particles.threshold"),
+        ({"out": "o", "input": {"paths": ["a"], "overlap": 20}},
+         "config input.overlap 20 is for stitching several stacks: set input.stitch: true"),
+        ({"out": "o", "input": {"paths": ["a", "b"], "overlap": 20, "stitch": False}}, "input.overlap 20"),
     ],
 )
 def test_bad_configs_name_the_problem(raw: object, message: str, tmp_path: Path) -> None:
@@ -71,3 +74,10 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("out: [unclosed\n")
     with pytest.raises(VolmlaError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_overlap_with_stitch_or_none_is_taken(tmp_path: Path) -> None:
+    cfg = validate_config({"out": "o", "input": {"paths": ["a", "b"], "stitch": True, "overlap": 20}}, base=tmp_path)
+    assert cfg.input.options() == {"stitch": True, "overlap": 20}
+    cfg = validate_config({"out": "o", "input": {"paths": ["a"], "overlap": None}}, base=tmp_path)
+    assert cfg.input.options() == {"overlap": None}

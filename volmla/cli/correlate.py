@@ -30,7 +30,7 @@ def correlate_maps(
     k: Annotated[int | None, typer.Option(help="k-means clusters (default minerals + 1).")] = None,
     table: Annotated[Path | None, typer.Option(help="YAML cluster -> mineral table (else automatic from signatures).")] = None,
     xrd: Annotated[Path | None, typer.Option(help="YAML mineral -> abundance (e.g. XRD) to compare with.")] = None,
-    denoise: Annotated[str, typer.Option(help="Elements to bilateral-filter, comma separated ('' = none).")] = "Na,Mg",
+    denoise: Annotated[str | None, typer.Option(help="Elements to bilateral-filter, comma separated, each one of the maps ('' = none; default: Na,Mg where the maps hold them).")] = None,
     ct_slice: Annotated[Path | None, typer.Option(help="Registered CT slice on the map grid (TIFF), an extra channel.")] = None,
     resample: Annotated[bool, typer.Option("--resample", help="Maps of other shapes share the field of view: resample.")] = False,
     seed: Annotated[int, typer.Option(min=0, help="k-means seed.")] = 0,
@@ -41,7 +41,7 @@ def correlate_maps(
 
     # the assignment's and the registration's warnings are logged where they arise (one line each)
     result = make_mineral_map(maps, out_dir=out_dir, minerals=_names(minerals), pixel_size_um=pixel_size, k=k,
-                              table=table, xrd=xrd, denoise=_names(denoise), ct_slice=ct_slice, resample=resample,
+                              table=table, xrd=xrd, denoise=None if denoise is None else _names(denoise), ct_slice=ct_slice, resample=resample,
                               seed=seed, overwrite=overwrite)
     for c, m in result.assignment.mineral.items():
         typer.echo(f"cluster {c}: {m:12s} confidence {result.assignment.confidence[c]:.2f}  "

@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from volmla.correlate.maps import LIGHT_ELEMENTS
 from volmla.correlate.planes import AXES
 from volmla.errors import VolmlaError
 from volmla.io.yamlfile import read_mapping, read_yaml
@@ -28,7 +27,7 @@ _PLANE_KEYS = {"name", "maps", "pixel_size_um", "axis", "search", "step", "origi
                "max_tilt_deg", "tilt_step_deg"}
 _INHERITED = ("cluster_table", "xrd", "seed", "k", "denoise", "transform", "min_quality", "accept_poor",
               "max_tilt_deg", "tilt_step_deg")
-RUN_DEFAULTS: dict[str, Any] = {"erode": 2, "seed": 0, "k": None, "denoise": list(LIGHT_ELEMENTS),
+RUN_DEFAULTS: dict[str, Any] = {"erode": 2, "seed": 0, "k": None, "denoise": None,
                                 "transform": "rigid", "min_quality": 0.05, "accept_poor": False,
                                 "max_tilt_deg": 0.0, "tilt_step_deg": 1.0, "cluster_table": None, "xrd": None}
 
@@ -73,7 +72,8 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
         erode: 2                     # label margin (CT voxels) around label changes
         seed: 0                      # k-means / shuffle seed
         k: null                      # k-means clusters (default minerals + 1)
-        denoise: [Na, Mg]            # channels to bilateral-filter ([] = none)
+        denoise: [Na, Mg]            # channels to bilateral-filter, each one of the maps
+                                     # ([] = none; default: Na, Mg where the maps hold them)
         transform: rigid             # rigid | similarity
         min_quality: 0.05            # registration quality threshold
         accept_poor: false           # keep poor fits (flagged) instead of failing
@@ -203,12 +203,15 @@ def check_run_config(raw: Any, *, base: Path = Path(".")) -> dict[str, Any]:
         if plane["k"] is not None and (not isinstance(plane["k"], int) or plane["k"] < len(minerals) + 1):
             raise VolmlaError(f"{where}: k must be an integer >= {len(minerals) + 1} (minerals + void), "
                               f"got {plane['k']!r}")
-        denoise = plane["denoise"] or []
-        if isinstance(denoise, str):
-            denoise = [e.strip() for e in denoise.split(",") if e.strip()]
-        if not isinstance(denoise, list) or not all(isinstance(e, str) for e in denoise):
-            raise VolmlaError(f"{where}: denoise must be a list of element names, got {plane['denoise']!r}")
-        plane["denoise"] = list(denoise)
+        if "denoise" in entry or "denoise" in raw:  # given: each name must be a channel of the maps (null: none)
+            denoise = plane["denoise"] or []
+            if isinstance(denoise, str):
+                denoise = [e.strip() for e in denoise.split(",") if e.strip()]
+            if not isinstance(denoise, list) or not all(isinstance(e, str) for e in denoise):
+                raise VolmlaError(f"{where}: denoise must be a list of element names, got {plane['denoise']!r}")
+            plane["denoise"] = list(denoise)
+        else:  # None: the light elements the maps hold (denoise_maps' default)
+            plane["denoise"] = None
         table = _mapping_or_file(plane["cluster_table"], base, f"{where}: cluster_table")
         try:
             plane["cluster_table"] = {int(c): str(m) for c, m in table.items()} if table else None

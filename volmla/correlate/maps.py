@@ -181,7 +181,7 @@ def read_maps(
 def denoise_maps(
     maps: ElementMaps,
     *,
-    elements: Sequence[str] = LIGHT_ELEMENTS,
+    elements: Sequence[str] | None = None,
     sigma_spatial: float = 1.0,
     sigma_color: float | None = None,
 ) -> ElementMaps:
@@ -192,7 +192,9 @@ def denoise_maps(
     maps
         The element maps.
     elements
-        Channels to filter; names absent from ``maps`` are skipped.
+        Channels to filter, each one of ``maps.elements`` (a name the maps lack is
+        refused). None: those of the light elements :data:`LIGHT_ELEMENTS` the maps hold
+        (maps without them are returned unfiltered).
     sigma_spatial
         Spatial sigma in map pixels.
     sigma_color
@@ -211,10 +213,15 @@ def denoise_maps(
 
     if sigma_spatial <= 0:
         raise VolmlaError(f"sigma_spatial must be positive, got {sigma_spatial}")
+    if elements is None:
+        names = [name for name in LIGHT_ELEMENTS if name in maps.elements]
+    else:
+        names = list(elements)
+        absent = [name for name in names if name not in maps.elements]
+        if absent:
+            raise VolmlaError(f"denoise: {', '.join(absent)} not among the maps' elements ({', '.join(maps.elements)})")
     data = maps.data.copy()
-    for name in elements:
-        if name not in maps.elements:
-            continue
+    for name in names:
         i = maps.elements.index(name)
         image = data[i].astype(np.float64)
         sc = sigma_color if sigma_color is not None else 2.0 * _noise_sigma(image) or None

@@ -30,7 +30,6 @@ from volmla.correlate.mapfiles import (
     save_registration,
 )
 from volmla.correlate.maps import (
-    LIGHT_ELEMENTS,
     ElementMaps,
     denoise_maps,
     read_maps,
@@ -75,7 +74,7 @@ def make_mineral_map(
     k: int | None = None,
     table: Mapping[int, str] | str | Path | None = None,
     xrd: Mapping[str, float] | str | Path | None = None,
-    denoise: Sequence[str] = LIGHT_ELEMENTS,
+    denoise: Sequence[str] | None = None,
     ct_slice: str | Path | None = None,
     resample: bool = False,
     seed: int = 0,
@@ -102,7 +101,8 @@ def make_mineral_map(
     xrd
         Mineral -> abundance (e.g. XRD), or a YAML/JSON file of one, to compare with.
     denoise
-        Elements to bilateral-filter (empty: none).
+        Elements to bilateral-filter, each a channel of the maps (empty: none). None:
+        those of the light elements (Na, Mg) the maps hold.
     ct_slice
         A registered CT slice on the map grid (TIFF), clustered as one more channel.
     resample
@@ -137,8 +137,8 @@ def make_mineral_map(
     cluster_table = read_mapping(table, what="cluster table") if isinstance(table, str | Path) else table
     reference = read_mapping(xrd, what="abundance table") if isinstance(xrd, str | Path) else xrd
     element_maps = read_maps(maps, pixel_size_um=pixel_size_um, resample=resample)
-    if denoise:
-        element_maps = denoise_maps(element_maps, elements=list(denoise))
+    if denoise is None or denoise:
+        element_maps = denoise_maps(element_maps, elements=None if denoise is None else list(denoise))
     if ct_slice is not None:
         if not Path(ct_slice).is_file():
             raise VolmlaError(f"ct_slice {ct_slice} does not exist")

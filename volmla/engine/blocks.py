@@ -43,6 +43,7 @@ __all__ = [
     "normalise_chunks",
     "owned",
     "shared",
+    "unsigned_ids",
 ]
 
 
@@ -240,6 +241,43 @@ def _finite_block(block: Any, *, what: str, block_info: dict[Any, Any] | None = 
             raise VolmlaError(f"{what} holds values beyond float32's range (up to {largest:.3g}){where}: volmla "
                               "computes in float32; rescale the volume first")
     return block
+
+
+def unsigned_ids(block: np.ndarray, *, what: str = "particle") -> np.ndarray:
+    """A block of integer ids as unsigned integers of the same width (a view, no copy).
+
+    The one check of label blocks a kernel reads as unsigned ids: a signed block is
+    refused when it holds a negative id (it would wrap to a huge one), a float or
+    boolean block always.
+
+    Parameters
+    ----------
+    block
+        One block of ids.
+    what
+        What the ids label, for the message (``"particle ids must not be negative"``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``block`` itself when unsigned, else a view of it as unsigned.
+
+    Examples
+    --------
+    >>> unsigned_ids(np.array([0, 3], np.int32)).dtype
+    dtype('uint32')
+    >>> unsigned_ids(np.array([0, -3], np.int32))
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: particle ids must not be negative, got -3
+    """
+    if block.dtype.kind == "u":
+        return block
+    if block.dtype.kind != "i":
+        raise VolmlaError(f"{what} ids must be integers, got dtype {block.dtype}")
+    if block.size and int(block.min()) < 0:
+        raise VolmlaError(f"{what} ids must not be negative, got {int(block.min())}")
+    return block.view(block.dtype.str.replace("i", "u"))
 
 
 def default_chunks(

@@ -240,7 +240,8 @@ def load(
     glob
         Slice pattern for folder inputs.
     stitch, overlap, search
-        Stitch several stacks along z; nominal overlap in slices and the search range.
+        Stitch several stacks along z; nominal overlap in slices and the search
+        range (both only with ``stitch=True``).
     shape, dtype, byteorder
         Layout of raw binary inputs.
 
@@ -261,6 +262,9 @@ def load(
         raise VolmlaError(f"{len(paths)} inputs given: pass stitch=True to stitch them along z, or give one input")
     if stitch and overlap is None:
         raise VolmlaError("stitch=True needs overlap=N (the nominal overlap in slices)")
+    for name, value in (("overlap", overlap), ("search", search)):
+        if value is not None and not stitch:  # it would be ignored
+            raise VolmlaError(f"{name}={value} is for stitching several stacks: pass stitch=True, or leave {name}= out")
     if stitch and len(paths) < 2:
         raise VolmlaError(f"stitch=True needs at least two inputs, got {len(paths)}")
     override = normalise_voxel_size(voxel_size) if voxel_size is not None else None

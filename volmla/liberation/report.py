@@ -840,7 +840,7 @@ def executive_summary(summary: Mapping[str, Any], *, particles: pd.DataFrame | N
                 "so small intergrown grains of the two read as their neighbours")
         if small:  # both: the hard phantoms' case (README: where the targets are met)
             warnings.append(f"{line}; in particles this small their liberation degrees may be off by 0.1 or more, "
-                            "beyond the intervals")
+                            "a bias the intervals (sampling only) do not include")
         else:
             notes.append(line)
     volumes = summary.get("phase_volumes")

@@ -41,7 +41,7 @@ from dask.base import tokenize
 from dask.typing import DaskCollection
 
 from volmla.engine.blocks import DIMS as _AXES
-from volmla.engine.blocks import block_grid
+from volmla.engine.blocks import block_grid, unsigned_ids
 from volmla.engine.overlap import face_slab
 from volmla.errors import VolmlaError
 
@@ -101,12 +101,7 @@ def _check_block(labels: np.ndarray, phases: np.ndarray) -> tuple[np.ndarray, np
     phases = np.ascontiguousarray(phases)
     if labels.shape != phases.shape:
         raise ValueError(f"labels {labels.shape} and phases {phases.shape} differ")
-    if labels.dtype.kind != "u":
-        if labels.dtype.kind != "i":
-            raise VolmlaError(f"particle ids must be integers, got dtype {labels.dtype}")
-        if labels.size and int(labels.min()) < 0:
-            raise VolmlaError(f"particle ids must not be negative, got {int(labels.min())}")
-        labels = labels.view(labels.dtype.str.replace("i", "u"))
+    labels = unsigned_ids(labels, what="particle")
     if phases.dtype != np.uint8:
         if phases.dtype.kind not in "iub":
             raise VolmlaError(f"phases must hold integer ids, got dtype {phases.dtype}")

@@ -25,7 +25,8 @@ are biased high (a single voxel has area 4 voxel faces against 4.84 for the sphe
 equal volume, so its sphericity is 1.21), and flat, axis-aligned surfaces are biased
 low by the factor 2/3. Sphericity is not clipped to 1.
 
-The module is one piece (about 500 lines): the inputs' checks, the phase names and the
+The module is one piece (about 600 lines): the inputs' checks (an intensity volume
+given as particles among them, :func:`_refuse_grey_values`), the phase names and the
 voxel size feed the frames directly, and :func:`measure`, :func:`particle_table` and
 :func:`grain_table` are three views of the same merged tables.
 """
@@ -414,6 +415,8 @@ def _measured(particles: VolumeLike, phases: VolumeLike, grains: VolumeLike | No
         merged["fractions"] = merge_fractions(partials[n_partial:])
         merged["levels"] = levels
     table = merged["particles"]
+    shape = cast(tuple[int, int, int], tuple(int(s) for s in lab.shape))
+    _refuse_grey_values(table, shape)
     ph_cols = [c for c in table if c.startswith("ph")]
     present = [int(c[2:]) for c in ph_cols if table[c].sum() > 0 and int(c[2:]) > 0]
     contact_ids = {*merged["contacts"]["a"].tolist(), *merged["contacts"]["b"].tolist()}
@@ -424,7 +427,52 @@ def _measured(particles: VolumeLike, phases: VolumeLike, grains: VolumeLike | No
         raise VolmlaError(
             f"phase names cover ids {sorted(names)}, but particles hold phase id(s) {unnamed}: name every phase"
         )
-    return merged, names, vs, cast(tuple[int, int, int], tuple(int(s) for s in lab.shape))
+    return merged, names, vs, shape
+
+
+_GREY_SPAN = 0.9
+"""A particle whose bounding box spans at least this fraction of the volume along every
+axis is spread over the whole volume (:func:`_refuse_grey_values`)."""
+
+_GREY_MIN_IDS = 10
+"""This many particles or fewer are never read as grey values by their spread."""
+
+
+def _refuse_grey_values(t: Mapping[str, np.ndarray], shape: tuple[int, int, int]) -> None:
+    """Refuse merged particle columns that read as the grey values of an intensity volume.
+
+    An intensity volume passed as particles is measured as one "particle" per grey
+    value. Two signs tell it from labels, and neither fires on real particle labels:
+
+    1. **no background, though there is void**: particle labels leave the void outside
+       the particles (phase 0: resin, air) as 0, while a grey volume holds a 0 only by
+       chance. Refused: two or more ids that cover every voxel, some of them void. Kept:
+       one id filling the volume (a crop inside one particle), and ids that tile a
+       volume without void (the fragments of a solid block, as
+       :func:`volmla.breakage.break_volume` makes them);
+    2. **spread everywhere**: each grey value is scattered over the whole volume, so
+       its bounding box spans (nearly) all of it along every axis, while a particle is
+       compact. With more than :data:`_GREY_MIN_IDS` ids, more than half of them
+       spanning :data:`_GREY_SPAN` of every axis is refused (a few large particles may
+       span a small volume; most of many cannot).
+
+    The counts and boxes are the merged table's own (no extra pass).
+    """
+    n = t["n"]
+    void = t.get("ph0")  # the voxels of phase 0 inside each particle
+    if n.size > 1 and int(n.sum()) == math.prod(shape) and void is not None and int(void.sum()) > 0:
+        raise VolmlaError("particles volume has no background (0) voxel: is it an intensity volume? "
+                          "particle labels have 0 as background")
+    if n.size > _GREY_MIN_IDS:
+        spread = np.ones(n.size, bool)
+        for a, ax in enumerate(_AXES):
+            spread &= (t[f"{ax}1"] - t[f"{ax}0"]) >= _GREY_SPAN * shape[a]
+        if 2 * int(spread.sum()) > n.size:
+            raise VolmlaError(
+                f"particles volume looks like grey values, not labels: {int(spread.sum())} of its {n.size} ids "
+                f"are each scattered over at least {_GREY_SPAN:.0%} of the volume along every axis; "
+                "is it an intensity volume? give particle labels (0 = background)"
+            )
 
 
 def _face_area(faces_z: Any, faces_y: Any, faces_x: Any, vs: tuple[float, float, float]) -> Any:

@@ -89,7 +89,9 @@ def label_particles(
         nonzero and the split's distance map is weighted by the smoothed interior.
     min_size
         Drop solid components smaller than this many voxels (0: keep all). None: 27
-        (:data:`SPECKLE`) with ``threshold="auto"`` or ``"interior"``, else 0.
+        (:data:`SPECKLE`) with ``threshold="auto"`` or ``"interior"``, else 0. A
+        ``min_size`` that drops every component of the mask is refused (the message
+        names the largest component's voxels).
     fill_holes
         Fill interior pores (background not connected to the volume border). None:
         with ``threshold="auto"`` or ``"interior"``.
@@ -136,6 +138,7 @@ def label_particles(
     auto = isinstance(threshold, str) and threshold == "auto"
     learned = isinstance(threshold, str) and threshold == "interior"
     derived = auto or learned  # a mask derived with a relief weight of its own
+    default_size = min_size is None
     if min_size is None:
         min_size = SPECKLE if derived else 0
     if fill_holes is None:
@@ -178,10 +181,13 @@ def label_particles(
         weight = kept[1] if len(kept) > 1 else weight
     if fill_holes:
         solid = _fill_holes(solid)
+    undusted = solid
     if min_size:
         solid = remove_small(solid, min_size=min_size, connectivity=connectivity)
     if not split:
         found = label(solid, connectivity=connectivity)
+        _check_survivors(found.count, undusted, min_size=min_size, default=default_size, threshold=threshold,
+                         connectivity=connectivity)
         return Labels(_on_grid(found.labels.data, volume, record | {"count": found.count}), found.count)
     stored: list[Path] | None = None
     if where is not None:
@@ -205,12 +211,35 @@ def label_particles(
         resplit_cut(where / "split-keys.zarr", stored, report, neck=neck, h=h,
                     voxel_size=voxel_size, connectivity=connectivity)
     found = label(keys, connectivity=connectivity, multilabel=True)
+    _check_survivors(found.count, undusted, min_size=min_size, default=default_size, threshold=threshold,
+                     connectivity=connectivity)
     # the split works on blocks sized to its halo; hand the labels back on the input's grid,
     # so they combine block by block with the volume they came from
     chunks = vol.data.chunks
     data = found.labels.data
     data = data if data.chunks == chunks else data.rechunk(chunks)
     return Labels(_on_grid(data, volume, record | {"count": found.count}), found.count)
+
+
+def _check_survivors(count: int, undusted: da.Array, *, min_size: int, default: bool, threshold: Any,
+                     connectivity: Literal[6, 18, 26]) -> None:
+    """Refuse a ``min_size`` that removed every particle the mask held, naming the largest.
+
+    Called with the particle count the labelling found anyway; only when it is 0 are the
+    mask's components before the dust removal labelled and sized (two more passes, on
+    the way to the error), so a result with particles costs nothing more. A mask that
+    was empty before the dust removal is left to give no particles.
+    """
+    if count or min_size <= 1:
+        return
+    from volmla.particles.mask import component_sizes
+
+    sizes = component_sizes(label(undusted, connectivity=connectivity))
+    largest = int(sizes[1:].max(initial=0))
+    if largest:
+        given = f" (the default for threshold={threshold!r})" if default else ""
+        raise VolmlaError(f"min_size={min_size}{given} removes every particle: the largest the mask holds has "
+                          f"{largest} voxels; give a min_size of {largest} or less")
 
 
 def _on_grid(data: da.Array, volume: VolumeLike, record: dict[str, Any]) -> xr.DataArray:

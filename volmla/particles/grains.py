@@ -14,7 +14,7 @@ from typing import Literal
 import dask.array as da
 import numpy as np
 
-from volmla.engine.blocks import as_dataarray, as_volume
+from volmla.engine.blocks import as_dataarray, as_volume, unsigned_ids
 from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.types import VolumeLike
@@ -28,7 +28,7 @@ def label_grains(particles: VolumeLike, phases: VolumeLike, *, connectivity: Lit
     Parameters
     ----------
     particles
-        Particle labels (0 = background).
+        Particle labels (0 = background; a negative id is refused).
     phases
         Phase volume (uint8, 0 = void) of the same shape.
     connectivity
@@ -64,6 +64,8 @@ def label_grains(particles: VolumeLike, phases: VolumeLike, *, connectivity: Lit
 
 
 def _grain_key(part: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    # a negative id would wrap to a huge key: refused, as the measurement refuses it
+    part, phase = unsigned_ids(part, what="particle"), unsigned_ids(phase, what="phase")
     key = part.astype(np.uint64) * np.uint64(256) + phase.astype(np.uint64)
     key[(part == 0) | (phase == 0)] = 0
     return key

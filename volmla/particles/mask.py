@@ -127,6 +127,7 @@ __all__ = [
     "flatten_cupping",
     "local_fill",
     "local_solid",
+    "local_solid_fill",
     "mode_midpoint",
     "otsu_threshold",
     "remove_small",
@@ -410,12 +411,55 @@ def local_fill(block: np.ndarray, *, void: float, solid: float) -> np.ndarray:
     >>> bool(w[7] > 0.9 and w[3] < w[5] < w[7] and w.max() <= 1)
     True
     """
+    return _fill(*_sharp_level(block, void=void, solid=solid))
+
+
+def _fill(sharp: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """:func:`local_fill` from the sharpened ``u`` and the local solid level."""
     from scipy import ndimage as ndi
 
-    sharp, level = _sharp_level(block, void=void, solid=solid)
     frac = np.clip(sharp / level, np.float32(0), np.float32(1))
     smooth = np.asarray(ndi.gaussian_filter(frac, RELIEF_SIGMA, mode="reflect", truncate=4.0), np.float32)
     return np.asarray(smooth**RELIEF_POWER, np.float32)
+
+
+def local_solid_fill(block: np.ndarray, *, void: float, solid: float) -> np.ndarray:
+    """:func:`local_solid` and :func:`local_fill` of one block from one sharpening.
+
+    Both kernels start from the same sharpened ``u`` and local level (the costly part:
+    three ball filters and a gaussian); :func:`auto_solid` computes them once per block.
+    Pure, exact for any chunking with :data:`FILL_HALO`.
+
+    Parameters
+    ----------
+    block
+        Denoised, cupping-flattened intensities (an extended block).
+    void, solid
+        The void and (main) solid levels.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, same shape: the fill where the voxel is solid, its negative elsewhere
+        (``-0.0`` for a fill of 0), so ``~numpy.signbit`` is the mask and ``abs`` the fill.
+
+    Examples
+    --------
+    >>> b = np.zeros((1, 1, 9), np.float32); b[0, 0, 3:6] = 100
+    >>> both = local_solid_fill(b, void=0.0, solid=100.0)
+    >>> (~np.signbit(both)).astype(int).tolist() == local_solid(b, void=0.0, solid=100.0).astype(int).tolist()
+    True
+    >>> bool((np.abs(both) == local_fill(b, void=0.0, solid=100.0)).all())
+    True
+    """
+    sharp, level = _sharp_level(block, void=void, solid=solid)
+    solid_voxels = sharp > np.float32(0.5) * level
+    fill = _fill(sharp, level)
+    return np.where(solid_voxels, fill, -fill).astype(np.float32, copy=False)
+
+
+def _signed_mask(block: np.ndarray) -> np.ndarray:
+    return ~np.signbit(block)
 
 
 class AutoSolid(NamedTuple):
@@ -461,11 +505,16 @@ def auto_solid(volume: VolumeLike) -> AutoSolid:
     flat = flatten_cupping(smooth)
     void, solid = _modes(histogram(flat, bins=HIST_BINS))
     logger.info("auto mask: void %g, solid %g (cupping flattened), cut locally half-way", void, solid)
-    mask = halo_map(flat, local_solid, halo=LOCAL_HALO, boundary="reflect", dtype=bool, void=void, solid=solid)
     # a volume thinner than the weight's halo is one block along that axis: the halo is cut to fit
     halo = tuple(FILL_HALO if n == 1 else min(FILL_HALO, n - 1) for n in flat.shape)
-    fill = halo_map(flat, local_fill, halo=halo, boundary="reflect", dtype=np.float32, void=void, solid=solid)
-    return AutoSolid(mask, fill)
+    if min((h for h, n in zip(halo, flat.shape, strict=True) if n > 1), default=LOCAL_HALO) < LOCAL_HALO:
+        # thinner than the mask's own halo: the mask keeps it (the two kernels apart)
+        mask = halo_map(flat, local_solid, halo=LOCAL_HALO, boundary="reflect", dtype=bool, void=void, solid=solid)
+        fill = halo_map(flat, local_fill, halo=halo, boundary="reflect", dtype=np.float32, void=void, solid=solid)
+        return AutoSolid(mask, fill)
+    # one sharpening per block for both (stored together, they are computed in one pass)
+    both = halo_map(flat, local_solid_fill, halo=halo, boundary="reflect", dtype=np.float32, void=void, solid=solid)
+    return AutoSolid(da.map_blocks(_signed_mask, both, dtype=bool), da.map_blocks(np.abs, both, dtype=np.float32))
 
 
 def solid_mask(

@@ -467,6 +467,9 @@ def _input(raw: Any, base: Path) -> InputConfig:
         raise VolmlaError("config input.paths must list at least one file or folder (or give input: VOLUME.zarr)")
     if not isinstance(paths, list):
         raise VolmlaError(f"config input.paths must be a path or a list of paths, got {paths!r}")
+    if section.get("overlap") is not None and not section.get("stitch"):  # ingest would ignore it
+        raise VolmlaError(f"config input.overlap {section['overlap']} is for stitching several stacks: "
+                          "set input.stitch: true, or leave input.overlap out")
     return InputConfig(paths=[_path(base, p, "input.paths") for p in paths], given=tuple(section), **section)
 
 

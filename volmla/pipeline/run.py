@@ -241,8 +241,17 @@ def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, out: Path, log:
     # the split keys are stored once in a scratch folder; compute() waits for every task
     # it started to stop before an error or Ctrl-C reaches here, so removing the folder
     # on the way out races no worker
+    def make(scratch: str) -> xr.DataArray:
+        try:
+            return label_particles(volume, scratch=scratch, **opts).labels
+        except VolmlaError as exc:  # name the config's key, not the Python keyword
+            if not str(exc).startswith("min_size="):
+                raise
+            raise VolmlaError("config particles." + str(exc).replace("min_size=", "min_size ")
+                              .replace("a min_size", "a particles.min_size")) from None
+
     with tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
-        return _stage(path, job, lambda: label_particles(volume, scratch=scratch, **opts).labels, log=log,
+        return _stage(path, job, lambda: make(scratch), log=log,
                       overwrite=overwrite, chunks=chunks, kind="labels", voxel_size=volume.attrs["voxel_size_um"])
 
 
