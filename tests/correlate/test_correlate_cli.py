@@ -150,3 +150,56 @@ def test_cli_run_end_to_end(tmp_path, ph, capsys):
     (tmp_path / "notyaml.yaml").write_text("planes: [unclosed")
     assert main(["--quiet", "correlate", "run", str(tmp_path / "notyaml.yaml")]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+
+
+def _tree(folder):
+    """Every file under ``folder`` with its bytes (links and folders by name)."""
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def test_cli_run_failing_at_a_later_plane_writes_nothing(tmp_path, ph, capsys):
+    """A run whose second plane fails (a denoise element its maps lack) leaves no output
+    folder, and an existing output replaced with --overwrite byte for byte as it was."""
+    import yaml
+
+    from volmla.io import write_volume
+
+    ct, truth = ph
+    write_volume(ct, tmp_path / "ct.zarr", chunks=32)
+    top, top_maps = _write_plane(tmp_path, truth, 0, "top", 0)
+    mid, mid_maps = _write_plane(tmp_path, truth, 24, "mid", 1)
+    good = {
+        "ct": "ct.zarr", "out": "out", "minerals": MINERALS, "erode": 1,
+        "planes": [{"name": "top", "maps": top_maps, "pixel_size_um": 20.0, "axis": "z", "search": [0, 6],
+                    "origin_um": list(top.maps.origin_um)}],
+    }
+    bad = {**good, "planes": [*good["planes"], {"name": "mid", "maps": mid_maps, "pixel_size_um": 20.0,
+                                                 "search": [16, 32], "origin_um": list(mid.maps.origin_um),
+                                                 "denoise": ["Xx"]}]}
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump(good))
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    g = ["--quiet", "--workers", "1", "correlate", "run"]
+
+    def siblings():
+        return sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out"))
+
+    capsys.readouterr()
+    assert main([*g, str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plane 'mid'" in err and "Xx not among the maps' elements" in err, err
+    assert siblings() == []  # neither the top plane's files nor a temporary folder
+
+    assert main([*g, str(tmp_path / "good.yaml")]) == 0
+    out = tmp_path / "out"
+    (out / "mine.txt").write_text("someone's notes")  # not the run's: left alone
+    before = _tree(out)
+    assert {"report.json", "report.md", "labels.zarr", "planes/top/registration.json"} <= set(before)
+    capsys.readouterr()
+    assert main([*g, "--overwrite", str(tmp_path / "bad.yaml")]) == 2
+    assert "Xx not among" in capsys.readouterr().err
+    assert _tree(out) == before and siblings() == ["out"]
+
+    # a good run with --overwrite replaces the run's outputs and keeps the rest
+    assert main([*g, "--overwrite", str(tmp_path / "good.yaml")]) == 0
+    assert (out / "mine.txt").read_text() == "someone's notes" and siblings() == ["out"]
+    assert json.loads((out / "report.json").read_text())["ok"]

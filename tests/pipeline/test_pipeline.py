@@ -61,6 +61,78 @@ def test_rerun_keeps_finished_stages(tmp_path: Path, scan: dict[str, Path]) -> N
     assert any("phases.zarr: complete, kept" in line for line in lines)
 
 
+def test_rerun_keeps_the_report_of_the_same_job_and_redoes_a_changed_one(tmp_path: Path,
+                                                                         scan: dict[str, Path]) -> None:
+    """The liberation stage is kept like the Zarr stages when nothing it reads changed, and
+    recomputed when its options, an input volume's content or ``overwrite`` say so."""
+    from volmla.io import write_volume
+
+    def config(threshold: float) -> Path:
+        path = tmp_path / "run.yaml"
+        path.write_text(
+            f"out: results\ninput: {scan['intensity']}\n"
+            "segment: {method: threshold, classes: 4, phase_names: [quartz, feldspar, pyrite]}\n"
+            "particles: {min_size: 10}\n"
+            f"liberation: {{n_boot: 0, pieces: 0, section_step: 0, free_threshold: {threshold}}}\n")
+        return path
+
+    def rerun(threshold: float, **kwargs: bool) -> tuple[list[str], dict[str, object]]:
+        lines: list[str] = []
+        result = run(config(threshold), log=lines.append, **kwargs)
+        return lines, result
+
+    report = tmp_path / "results" / "report"
+    first = run(config(0.99))
+    stored = json.loads((report / "summary.json").read_text())
+    assert stored["provenance"]["job"] and stored["free_threshold"] == 0.99
+    sentinel = report / "sentinel.txt"  # gone only when the folder is replaced
+    sentinel.write_text("kept")
+    stamp = (report / "summary.json").stat().st_mtime_ns
+
+    lines, result = rerun(0.99)  # nothing changed: kept, and the summary is the stored one
+    assert "  report: complete, kept" in lines, lines
+    assert sentinel.is_file() and (report / "summary.json").stat().st_mtime_ns == stamp
+    assert result["summary"] == json.loads(json.dumps(first["summary"]))
+
+    lines, result = rerun(0.9)  # another option: recomputed
+    assert any(line.startswith("  report: written") for line in lines), lines
+    assert not sentinel.exists()
+    assert json.loads((report / "summary.json").read_text())["free_threshold"] == 0.9
+    job = json.loads((report / "summary.json").read_text())["provenance"]["job"]
+    assert job != stored["provenance"]["job"]
+
+    # an input volume of other content (here grains rewritten under their own job, which the
+    # grains stage therefore keeps): the report is recomputed
+    sentinel.write_text("kept")
+    grains_path = tmp_path / "results" / "grains.zarr"
+    grains = open_volume(grains_path)
+    changed = (grains.values + (grains.values > 0) * 1000).astype(grains.dtype)
+    write_volume(changed, grains_path.with_name("grains-new.zarr"), voxel_size=grains.attrs["voxel_size_um"],
+                 kind="labels", chunks=24)
+    grains_job = {"stage": "grains", "particles": str(tmp_path / "results" / "particles.zarr"),
+                  "phases": str(tmp_path / "results" / "phases.zarr")}
+    write_volume(open_volume(grains_path.with_name("grains-new.zarr")), grains_path, job=grains_job, kind="labels",
+                 voxel_size=grains.attrs["voxel_size_um"], chunks=24, overwrite=True)
+    lines, _ = rerun(0.9)
+    assert "  grains.zarr: complete, kept" in lines, lines
+    assert any(line.startswith("  report: written") for line in lines), lines
+    assert not sentinel.exists()
+    assert json.loads((report / "summary.json").read_text())["provenance"]["job"] != job
+
+    # a report without a recorded job (an older version's) is recomputed, and so is any with overwrite
+    sentinel.write_text("kept")
+    lines, _ = rerun(0.9)
+    assert "  report: complete, kept" in lines and sentinel.is_file()
+    lines, _ = rerun(0.9, overwrite=True)
+    assert any(line.startswith("  report: written") for line in lines) and not sentinel.exists()
+    summary = json.loads((report / "summary.json").read_text())
+    del summary["provenance"]["job"]
+    (report / "summary.json").write_text(json.dumps(summary))
+    sentinel.write_text("kept")
+    lines, _ = rerun(0.9)
+    assert any(line.startswith("  report: written") for line in lines) and not sentinel.exists()
+
+
 def test_run_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "bad.yaml").write_text("out: o\ninput: x.zarr\nsegment: {method: svm}\n")
     assert main(["run", str(tmp_path / "bad.yaml")]) == 2

@@ -7,12 +7,18 @@ cluster -> mineral assignment (:mod:`~volmla.correlate.minerals`), registration
 (:mod:`~volmla.correlate.register`) and label transfer
 (:mod:`~volmla.correlate.transfer`); it returns one lazy sparse label volume and a report.
 :func:`run_from_config` is the whole ``volmla correlate run``: config file in,
-``labels.zarr``, ``report.json``, ``report.md`` and ``planes/NAME/`` out.
+``labels.zarr``, ``report.json``, ``report.md`` and ``planes/NAME/`` out, all or nothing:
+they are written into a temporary sibling of the output folder and moved in only when
+every plane succeeded (the whole folder renamed when it is new; each output swapped in,
+:func:`volmla.io.atomic.swap_in`, when it exists, other files in it left alone), so a
+plane that fails leaves no output folder, or an existing one as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,6 +40,8 @@ from volmla.correlate.report import write_report
 from volmla.correlate.steps import ComputeContext
 from volmla.correlate.transfer import LabelPlane, erode_labels, labels_volume, map_to_plane
 from volmla.errors import VolmlaError
+from volmla.io.atomic import recover, remove, remove_stale, swap_in, tmp_sibling
+from volmla.io.lock import busy_error, output_lock, write_error
 from volmla.io.sparse import SPARSE_LABEL_OFFSET
 
 __all__ = ["CorrelationRun", "run_correlation", "run_from_config"]
@@ -150,7 +158,9 @@ def run_from_config(
     """Maps -> k-means -> assignment -> registration -> one sparse label volume, with a report.
 
     Writes ``OUT/labels.zarr``, ``OUT/report.json``, ``OUT/report.md`` and
-    ``OUT/planes/NAME/`` (mineral map, centroids, registration).
+    ``OUT/planes/NAME/`` (mineral map, centroids, registration), through a temporary
+    sibling of ``OUT`` moved in at the end: a run that fails writes nothing, and leaves an
+    existing output as it was.
 
     Parameters
     ----------
@@ -181,13 +191,65 @@ def run_from_config(
         raise VolmlaError("correlate run: give out_dir or an 'out' key in the config")
     out = Path(out)
     check_not_in_input(out, [cfg["ct"], *(m for plane in cfg["planes"] for m in plane["maps"])], what="output folder")
+    if os.path.lexists(out) and not out.is_dir():
+        raise VolmlaError(f"output folder {out} exists and is not a folder: name a folder for the run's outputs")
     labels_path = out / "labels.zarr"
     job = {"command": "correlate run", "config": str(Path(config).resolve())}
     check_output(out / "report.json", overwrite=overwrite)
     check_output(labels_path, overwrite=overwrite, job=job)
     volume = open_volume(cfg["ct"])
-    with compute_in():
-        labels, report = run_correlation(volume, cfg, out_dir=out)
-        write_volume(labels, labels_path, kind="labels", chunks=[c[0] for c in volume.data.chunks],
-                     overwrite=overwrite, job=job)
-    return CorrelationRun(labels_path, report, write_report(report, out))
+    # everything is written into a temporary sibling of the folder and moved in at the end:
+    # a plane that fails leaves neither the earlier planes' files nor a half-replaced output
+    target = Path(os.path.abspath(out))  # "." has a name here, so a sibling
+    token = uuid.uuid4().hex[:12]
+    tmp = tmp_sibling(target, token)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out, exc) from None
+    with output_lock(target):
+        for name in OUTPUTS:
+            recover(target / name)
+        remove_stale(target)  # unfinished runs' folders (a run holds the lock throughout)
+        try:
+            tmp.mkdir()
+            with compute_in():
+                labels, report = run_correlation(volume, cfg, out_dir=tmp)
+                write_volume(labels, tmp / "labels.zarr", kind="labels", chunks=[c[0] for c in volume.data.chunks],
+                             job=job)
+            written = write_report(report, tmp)
+            _move_in(tmp, target, token, overwrite=overwrite)
+        except BaseException:
+            remove(tmp)
+            raise
+    return CorrelationRun(labels_path, report, {key: out / path.name for key, path in written.items()})
+
+
+OUTPUTS = ("labels.zarr", "planes", "report.md", "report.json")
+"""What a run writes into its folder; ``report.json``, which marks it complete, moved in last."""
+
+
+def _move_in(tmp: Path, out: Path, token: str, *, overwrite: bool) -> None:
+    """Put the complete outputs in ``tmp`` in place: the whole folder when ``out`` is new
+    (one rename), else each output in turn (:func:`volmla.io.atomic.swap_in`, under the
+    output's lock), leaving anything else in ``out`` as it is."""
+    from volmla.io.lock import lock_holder
+
+    if not os.path.lexists(out):
+        try:
+            os.rename(tmp, out)
+        except OSError as exc:
+            raise write_error(out, exc) from None
+        return
+    names = [name for name in OUTPUTS if os.path.lexists(tmp / name)]
+    for name in names:
+        target = out / name
+        if os.path.lexists(target) and not overwrite:
+            raise VolmlaError(f"output {target} appeared while computing: pass overwrite=True to replace it")
+        who = lock_holder(target)
+        if who is not None:
+            raise busy_error(target, who)
+    for name in names:
+        with output_lock(out / name):
+            swap_in(tmp / name, out / name, token)
+    remove(tmp)

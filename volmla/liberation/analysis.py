@@ -243,6 +243,7 @@ def analyse(
     cluster: Callable[[], AbstractContextManager[Any]] | None = None,
     intensity: VolumeLike | None = None,
     warn_small: bool = True,
+    job: str | None = None,
 ) -> Summary:
     """Measure the particles and write every liberation output into ``out_dir``.
 
@@ -287,6 +288,9 @@ def analyse(
         uses those volumes. Without it ``vfrac_<phase>`` equals ``vox_<phase>``.
     warn_small
         As in :func:`volmla.liberation.summary.liberation_summary`.
+    job
+        The fingerprint of the job that asks for the report, recorded as
+        ``provenance["job"]`` (``volmla run`` keeps a report whose job matches).
 
     Returns
     -------
@@ -337,6 +341,8 @@ def analyse(
         summary["surface_correction"] = SURFACE_CORRECTION
         summary["phase_volumes"] = "partial-volume" if intensity is not None else "voxel counts"
         summary["provenance"] = provenance(inputs=inputs, voxel_size=tables.voxel_size_um)
+        if job is not None:
+            summary["provenance"]["job"] = str(job)
         extras: dict[str, Any] = {"contacts": tables.contacts}
         extras["grade_recovery"] = grade_recovery(pdf, phase_names=names, densities=rho, include_border=include_border)
         if section_step is not None:

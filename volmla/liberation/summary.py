@@ -74,6 +74,9 @@ class Provenance(TypedDict):
     date: str
     """When the analysis ran (ISO 8601, UTC)."""
     voxel_size_um: list[float] | None
+    job: NotRequired[str]
+    """The fingerprint of the ``volmla run`` job that wrote the report (its options and
+    its input volumes' content): a rerun whose job matches keeps the report."""
 
 
 class Summary(TypedDict):

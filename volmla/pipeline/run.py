@@ -16,7 +16,9 @@ A run is a chain of stages, each reading the OME-Zarr volumes the previous ones 
 5. ``grains``: components of (particle, phase) -> ``grains.zarr``;
 6. ``liberation``: tables, statistics, plots and the report -> ``report/``, with the
    segmented intensity, so phase volumes are partial-volume apportioned and the report
-   shows CT slices.
+   shows CT slices; ``summary.json`` records the job's fingerprint
+   (``provenance["job"]``: the liberation options and the content of the volumes read),
+   and a rerun keeps a report of the same job.
 
 When the run ingested its input (``intensity.zarr`` is its own), phases, particles and
 grains are also written under ``intensity.zarr/labels/`` as NGFF ``image-label`` (names,
@@ -184,13 +186,62 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
                        log=log)
 
     # 6. liberation
+    result["summary"] = _liberation(phases, particles, grains, volume, cfg.liberation.options(), out=out, log=log,
+                                    overwrite=overwrite)
+    result["report"] = str(out / "report" / "report.html")
+    return result
+
+
+def _liberation(phases: xr.DataArray, particles: xr.DataArray, grains: xr.DataArray | None,
+                intensity: xr.DataArray, options: Mapping[str, Any], *, out: Path, log: Log,
+                overwrite: bool) -> Mapping[str, Any]:
+    """The report (``report/``), kept when it was written for the same job.
+
+    The job is the options passed to :func:`volmla.liberation.analyse` and the volumes it
+    reads; its fingerprint (:func:`volmla.io.outputs.job_fingerprint`, which folds in each
+    volume's content fingerprint: metadata with its recorded job, chunk listing, sampled
+    bytes) is recorded as ``provenance["job"]`` in ``summary.json``. A report without it
+    (an older version's), of another job, missing a file it lists or being written by
+    another process is recomputed (replaced whole, through a temporary sibling)."""
+    from volmla.io.outputs import job_fingerprint
     from volmla.liberation import analyse
 
     log("liberation")
-    result["summary"] = analyse(phases, particles, grains=grains, out_dir=out / "report", intensity=volume,
-                                overwrite=True, **cfg.liberation.options())
-    result["report"] = str(out / "report" / "report.html")
-    return result
+    report = out / "report"
+    job = {"stage": "liberation", "phases": phases.attrs["path"], "particles": particles.attrs["path"],
+           "grains": grains.attrs["path"] if grains is not None else None, "intensity": intensity.attrs["path"],
+           "options": dict(options)}
+    fingerprint = job_fingerprint(job)
+    kept = None if overwrite else _kept_report(report, fingerprint)
+    if kept is not None:
+        log(f"  {report.name}: complete, kept")
+        return kept
+    start = time.perf_counter()
+    summary = analyse(phases, particles, grains=grains, out_dir=report, intensity=intensity, overwrite=True,
+                      job=fingerprint, **options)
+    log(f"  {report.name}: written in {time.perf_counter() - start:.1f} s")
+    return summary
+
+
+def _kept_report(report: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The ``summary.json`` of a complete report written for the job ``fingerprint``, else None."""
+    import json
+
+    from volmla.io.lock import lock_holder
+
+    if lock_holder(report) is not None:  # being written: analyse refuses it with one line
+        return None
+    try:
+        summary = json.loads((report / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    prov = summary.get("provenance") if isinstance(summary, dict) else None
+    if not isinstance(prov, dict) or prov.get("job") != fingerprint:
+        return None
+    files = summary.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) and (report / f).is_file() for f in files):
+        return None
+    return summary
 
 
 def _phase_names(seg: SegmentConfig) -> dict[int, str] | None:
