@@ -594,6 +594,9 @@ CASES: dict[str, Case] = {
                                                                          "(Fe, Si)"),
     "correlate-maps-denoise-default": Case("correlate maps maps/Fe.tif maps/Si.tif -o mm --minerals quartz "
                                            "--pixel-size 2", "wrote", rc=0),
+    "demo-output-exists": Case("demo -o scan.zarr", "exists: pass --overwrite"),
+    "demo-overwrite-not-a-demo": Case("demo -o scan.zarr --overwrite", "is not a volmla demo folder"),
+    "demo-shape-too-small": Case("demo -o d --shape 4 64 64", "shape must be 3 sizes"),
     "correlate-run-denoise-absent": Case("correlate run correlate_denoise_absent.yaml",
                                          "plane 'plane0': denoise: Na not among the maps' elements (Fe, Si)"),
 }
@@ -607,6 +610,21 @@ def test_bad_input(name: str, library: Path, tmp_path: Path, capfd: pytest.Captu
     before = _tree(folder)
     code, out, err = _run(case.argv.split(), folder, capfd)
     _check(code, out, err, rc=case.rc, needle=case.needle, before=before, folder=folder)
+
+
+def test_demo_refuses_before_its_cluster_starts(library: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's arguments are checked before the cluster starts: no dashboard line, no wait."""
+    import volmla.cli.pipeline as cli_pipeline
+
+    def no_cluster(**_: object) -> None:
+        raise AssertionError("the cluster started before the arguments were checked")
+
+    monkeypatch.setattr(cli_pipeline, "running", no_cluster)
+    folder = tmp_path / "case"
+    shutil.copytree(library, folder)
+    code, out, err = _run(["demo", "-o", "scan.zarr"], folder, capfd)
+    assert code == 2 and out == "" and "exists: pass --overwrite" in err, (out, err)
 
 
 def test_the_corpus_is_large_enough() -> None:

@@ -39,7 +39,9 @@ def demo_command(
 ) -> None:
     """The whole pipeline on a generated phantom, on an embedded cluster, ending in a report."""
     from volmla.pipeline import demo
+    from volmla.pipeline.demo import check_demo
 
+    check_demo(out, shape=shape, iterations=iterations, overwrite=overwrite)  # before the cluster starts
     with running(eager=True):  # the demo shows the whole engine, its cluster included
         summary = demo(out, shape=shape, seed=seed, unet=unet, iterations=iterations, overwrite=overwrite,
                        device=STATE.device, log=_log)

@@ -25,7 +25,7 @@ from volmla.io.atomic import remove, swap_in, tmp_sibling
 from volmla.pipeline.run import Log, _quiet
 from volmla.types import Device
 
-__all__ = ["DEMO_RF", "DEMO_UNET_PATCH", "demo"]
+__all__ = ["DEMO_RF", "DEMO_UNET_PATCH", "check_demo", "demo"]
 
 DEMO_RF: dict[str, Any] = {"n_estimators": 32, "max_samples": 30_000}
 """The demo's random forest: half the default trees and samples."""
@@ -92,17 +92,9 @@ def demo(
     dict
         The demo summary (also written to ``out_dir/demo.json``).
     """
+    check_demo(out_dir, shape=shape, iterations=iterations, overwrite=overwrite)
     shape = tuple(int(n) for n in shape)
-    if len(shape) != 3 or min(shape) < MIN_SHAPE:
-        raise VolmlaError(f"shape must be 3 sizes of at least {MIN_SHAPE} voxels, got {list(shape)}")
-    if iterations < 1:
-        raise VolmlaError(f"iterations must be at least 1, got {iterations}")
     out = Path(out_dir)
-    if out.exists():
-        if not overwrite:
-            raise VolmlaError(f"output {out} exists: pass overwrite=True to replace it")
-        if not (out / "demo.json").exists() and not (out / "truth").exists() and any(out.iterdir()):
-            raise VolmlaError(f"{out} is not a volmla demo folder: refusing to replace it")
     if unet:
         try:
             import torch  # noqa: F401
@@ -125,6 +117,35 @@ def demo(
         raise
     swap_in(work, out, "demo")
     return summary
+
+
+def check_demo(out_dir: str | Path, *, shape: Sequence[int], iterations: int, overwrite: bool) -> None:
+    """Refuse :func:`demo`'s arguments before anything starts (a cluster, a phantom).
+
+    Parameters
+    ----------
+    out_dir, shape, iterations, overwrite
+        As in :func:`demo`.
+
+    Examples
+    --------
+    >>> check_demo("/nonexistent/demo", shape=(64, 64, 64), iterations=10, overwrite=False)
+    >>> check_demo("/nonexistent/demo", shape=(4, 64, 64), iterations=10, overwrite=False)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: shape must be 3 sizes of at least ... voxels, got [4, 64, 64]
+    """
+    dims = [int(n) for n in shape]
+    if len(dims) != 3 or min(dims) < MIN_SHAPE:
+        raise VolmlaError(f"shape must be 3 sizes of at least {MIN_SHAPE} voxels, got {dims}")
+    if iterations < 1:
+        raise VolmlaError(f"iterations must be at least 1, got {iterations}")
+    out = Path(out_dir)
+    if out.exists():
+        if not overwrite:
+            raise VolmlaError(f"output {out} exists: pass overwrite=True to replace it")
+        if not (out / "demo.json").exists() and not (out / "truth").exists() and any(out.iterdir()):
+            raise VolmlaError(f"{out} is not a volmla demo folder: refusing to replace it")
 
 
 def _build(out: Path, final: Path, *, shape: Sequence[int], seed: int, unet: bool, iterations: int,
