@@ -86,8 +86,7 @@ def run_correlation(ct: xr.DataArray, cfg: Mapping[str, Any], *, out_dir: str | 
             maps = read_maps(plane["maps"], pixel_size_um=plane["pixel_size_um"], resample=plane["resample"])
             if plane["origin_um"] is not None:
                 maps = maps._replace(origin_um=(float(plane["origin_um"][0]), float(plane["origin_um"][1])))
-            if plane["denoise"] is None or plane["denoise"]:  # None: the light elements the maps hold
-                maps = denoise_maps(maps, elements=plane["denoise"])
+            maps = denoise_maps(maps, elements=plane["denoise"])  # None: the light elements the maps hold
             k = plane["k"] if plane["k"] is not None else len(minerals) + 1
             mm = kmeans_minerals(maps, k=k, seed=plane["seed"])
             assignment = assign_minerals(mm, minerals=minerals, table=plane["cluster_table"])

@@ -137,8 +137,7 @@ def make_mineral_map(
     cluster_table = read_mapping(table, what="cluster table") if isinstance(table, str | Path) else table
     reference = read_mapping(xrd, what="abundance table") if isinstance(xrd, str | Path) else xrd
     element_maps = read_maps(maps, pixel_size_um=pixel_size_um, resample=resample)
-    if denoise is None or denoise:
-        element_maps = denoise_maps(element_maps, elements=None if denoise is None else list(denoise))
+    element_maps = denoise_maps(element_maps, elements=None if denoise is None else list(denoise))
     if ct_slice is not None:
         if not Path(ct_slice).is_file():
             raise VolmlaError(f"ct_slice {ct_slice} does not exist")

@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 SPECKLE = 27
 """Default ``min_size`` (voxels) for a mask thresholded with ``"auto"``: a 3-voxel cube."""
 
-__all__ = ["SPECKLE", "label_particles"]
+__all__ = ["SPECKLE", "MinSizeError", "label_particles"]
 
 
 def label_particles(
@@ -221,6 +221,24 @@ def label_particles(
     return Labels(_on_grid(data, volume, record | {"count": found.count}), found.count)
 
 
+class MinSizeError(VolmlaError):
+    """A ``min_size`` that removes every particle the mask holds.
+
+    Carries the numbers, so a caller that names the option otherwise (a run config's
+    ``particles.min_size``) words the same refusal in its own terms (:meth:`message`).
+    """
+
+    def __init__(self, min_size: int, largest: int, note: str = "") -> None:
+        self.min_size, self.largest, self.note = min_size, largest, note
+        super().__init__(self.message("min_size="))
+
+    def message(self, key: str) -> str:
+        """The refusal with the option named ``key`` (``"min_size="``, ``"particles.min_size "``)."""
+        name = key.rstrip("= ")
+        return (f"{key}{self.min_size}{self.note} removes every particle: the largest the mask holds has "
+                f"{self.largest} voxels; give a {name} of {self.largest} or less")
+
+
 def _check_survivors(count: int, undusted: da.Array, *, min_size: int, default: bool, threshold: Any,
                      connectivity: Literal[6, 18, 26]) -> None:
     """Refuse a ``min_size`` that removed every particle the mask held, naming the largest.
@@ -237,9 +255,7 @@ def _check_survivors(count: int, undusted: da.Array, *, min_size: int, default: 
     sizes = component_sizes(label(undusted, connectivity=connectivity))
     largest = int(sizes[1:].max(initial=0))
     if largest:
-        given = f" (the default for threshold={threshold!r})" if default else ""
-        raise VolmlaError(f"min_size={min_size}{given} removes every particle: the largest the mask holds has "
-                          f"{largest} voxels; give a min_size of {largest} or less")
+        raise MinSizeError(min_size, largest, f" (the default for threshold={threshold!r})" if default else "")
 
 
 def _on_grid(data: da.Array, volume: VolumeLike, record: dict[str, Any]) -> xr.DataArray:

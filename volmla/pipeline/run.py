@@ -282,6 +282,7 @@ def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, out: Path, log:
                chunks: tuple[int, ...] | int) -> xr.DataArray:
     """Particles of a phase volume (``threshold: None``) or of the intensity (``auto``)."""
     from volmla.particles import label_particles
+    from volmla.particles.api import MinSizeError
 
     log("particles")
     path = out / "particles.zarr"
@@ -295,11 +296,8 @@ def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, out: Path, log:
     def make(scratch: str) -> xr.DataArray:
         try:
             return label_particles(volume, scratch=scratch, **opts).labels
-        except VolmlaError as exc:  # name the config's key, not the Python keyword
-            if not str(exc).startswith("min_size="):
-                raise
-            raise VolmlaError("config particles." + str(exc).replace("min_size=", "min_size ")
-                              .replace("a min_size", "a particles.min_size")) from None
+        except MinSizeError as exc:  # name the config's key, not the Python keyword
+            raise VolmlaError("config " + exc.message("particles.min_size ")) from None
 
     with tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
         return _stage(path, job, lambda: make(scratch), log=log,
