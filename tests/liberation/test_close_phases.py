@@ -13,7 +13,7 @@ import xarray as xr
 
 from volmla.liberation import analyse
 from volmla.liberation.report import executive_summary
-from volmla.liberation.summary import CLOSE_CONTRAST, close_phases, recorded_levels
+from volmla.liberation.summary import CLOSE_CONTRAST, SPLIT_SE, close_phases, recorded_levels
 from volmla.measure.fractions import PhaseLevels
 
 NAMES = {1: "quartz", 2: "feldspar", 3: "pyrite"}
@@ -34,6 +34,15 @@ def test_close_pairs_closest_first_and_never_the_void() -> None:
     assert close_phases(None, NAMES) == []
 
 
+def test_a_close_pair_carries_the_standard_error_of_the_grey_that_splits_it() -> None:
+    lv = PhaseLevels({1: 22000.0, 2: 23000.0, 3: 46000.0}, 1000.0, {1: 100, 2: 400, 3: 5})
+    (pair,) = close_phases(lv, NAMES)
+    assert pair["voxels"] == [100, 400]
+    assert pair["split_se_sigma"] == pytest.approx(0.5 * np.sqrt(1 / 100 + 1 / 400), abs=1e-3)
+    # a level without its count (a record from before counts were kept): no error claimed
+    assert "split_se_sigma" not in close_phases(lv._replace(voxels={1: 100}), NAMES)[0]
+
+
 def _recorded(*records: dict) -> xr.DataArray:
     return xr.DataArray(np.zeros((2, 2, 2), np.uint8), dims=("z", "y", "x"), attrs={"provenance": list(records)})
 
@@ -43,6 +52,9 @@ def test_the_levels_come_from_the_latest_segment_record() -> None:
     fitted = {"step": "segment", "method": "regions", "grey_levels": grey}
     lv = recorded_levels(_recorded({"step": "ingest"}, fitted), NAMES)
     assert lv is not None and lv.levels == {0: 9000.0, 1: 19000.0, 2: 20000.0} and lv.noise_sigma == 1200.0
+    assert lv.voxels == {}
+    counted = {**fitted, "grey_levels": {**grey, "voxels": {"void": 900, "quartz": 80, "feldspar": 150}}}
+    assert recorded_levels(_recorded(counted), NAMES).voxels == {0: 900, 1: 80, 2: 150}
     # a later segmentation that fitted none (a forest over the same scan): its phases are not these levels
     assert recorded_levels(_recorded(fitted, {"step": "segment", "method": "rf"}), NAMES) is None
     # names the report does not use are left out; a malformed record gives no levels, not an error
@@ -69,6 +81,17 @@ def test_a_close_pair_is_a_note_and_with_small_particles_a_warning() -> None:
     assert not any(n.startswith(said) for n in small["notes"])
 
 
+@pytest.mark.parametrize(("se", "warned"), [(SPLIT_SE, True), (SPLIT_SE - 0.001, False), (None, False)])
+def test_levels_on_few_labelled_voxels_are_a_warning(se: float | None, warned: bool) -> None:
+    summary = _summary([])
+    if se is not None:
+        summary["close_phases"][0].update({"voxels": [73, 163], "split_se_sigma": se})
+    lines = [w for w in executive_summary(summary)["warnings"] if w.startswith("the grey levels of quartz and")]
+    assert len(lines) == int(warned)
+    if warned:
+        assert "rest on 73 and 163 pure labelled voxels" in lines[0] and "label more or larger planes" in lines[0]
+
+
 @pytest.mark.parametrize(("level", "close"), [("hard", True), ("easy", False)])
 def test_phases_by_region_record_their_levels_and_the_report_names_the_pair(tmp_path: Path, level: str,
                                                                           close: bool) -> None:
@@ -84,7 +107,8 @@ def test_phases_by_region_record_their_levels_and_the_report_names_the_pair(tmp_
         labels[z] = ore.phases[z] + 1
     seg = segment_phases(ore.intensity, method="regions", labels=labels, particles=ore.particles,
                          phase_names=list(NAMES.values()))
-    assert seg.phases.attrs["provenance"][-1]["grey_levels"]["levels"].keys() == {"void", *NAMES.values()}
+    record = seg.phases.attrs["provenance"][-1]["grey_levels"]
+    assert record["levels"].keys() == record["voxels"].keys() == {"void", *NAMES.values()}
     summary = analyse(seg.phases, ore.particles, out_dir=tmp_path / "lib", intensity=ore.intensity,
                       section_step=None, pieces=None, n_boot=0, voxel_size=1.0)
     written = json.loads((tmp_path / "lib" / "summary.json").read_text())
@@ -92,5 +116,8 @@ def test_phases_by_region_record_their_levels_and_the_report_names_the_pair(tmp_
     assert set(written["grey_levels"]["levels"]) == {"void", *NAMES.values()}
     flagged = [w for w in written["warnings"] if w.startswith("quartz and feldspar lie")]
     assert len(flagged) == int(close) and written["warnings"] == summary["warnings"]
+    few = [w for w in written["warnings"] if w.startswith("the grey levels of quartz and feldspar rest on")]
+    # three planes of a 48^3 phantom: a few dozen pure voxels per phase, far too few
+    assert len(few) == int(close) and (not close or written["close_phases"][0]["split_se_sigma"] >= SPLIT_SE)
     if close:
         assert flagged[0] in (tmp_path / "lib" / "report.html").read_text()

@@ -44,6 +44,7 @@ import pandas as pd
 
 from volmla.io.palette import hex_colors
 from volmla.liberation.stats import _population, _solid, _volume
+from volmla.liberation.summary import SPLIT_SE
 
 logger = logging.getLogger(__name__)
 
@@ -843,6 +844,13 @@ def executive_summary(summary: Mapping[str, Any], *, particles: pd.DataFrame | N
                             "a bias the intervals (sampling only) do not include")
         else:
             notes.append(line)
+        se = pair.get("split_se_sigma")
+        if se is not None and float(se) >= SPLIT_SE:
+            na, nb = pair["voxels"]
+            warnings.append(f"the grey levels of {a} and {b} rest on {na} and {nb} pure labelled voxels: the grey "
+                            f"that splits them is known to +/-{float(se):.2f} noise sigma, enough to move their "
+                            "volumes by a few percent, which the intervals do not include; label more or larger "
+                            "planes")
     volumes = summary.get("phase_volumes")
     if volumes == "voxel counts":
         warnings.append("phase volumes are voxel counts (no intensity volume given): boundary voxels count whole, "

@@ -384,7 +384,8 @@ def segment_phases(
             named = {i: str(v) for i, v in enumerate(phase_names, start=1)}
         names = ("void", *(named.get(k, f"phase{k}") for k in range(1, max(levels.levels) + 1)))
         grey = {"noise_sigma": float(levels.noise_sigma),  # the liberation report's contrast warning reads them
-                "levels": {names[k]: float(v) for k, v in sorted(levels.levels.items()) if k < len(names)}}
+                "levels": {names[k]: float(v) for k, v in sorted(levels.levels.items()) if k < len(names)},
+                "voxels": {names[k]: int(v) for k, v in sorted(levels.voxels.items()) if k < len(names)}}
         return _result(volume, phases, names, None, resolved, None, None, grey_levels=grey)
     if resolved == "rf":
         from volmla.segment.forest import (
