@@ -290,6 +290,22 @@ def test_interrupted_sync_cancel_report_is_dropped_and_other_loop_errors_kept() 
     assert log.filter(record("Exception in callback <function other at 0x7f>"))
 
 
+def test_a_closing_peer_is_dropped_from_the_worker_log_and_other_errors_kept() -> None:
+    """After Ctrl-C the workers retire together; one still gathering from another logged
+    "Worker stream died during communication" with a traceback (seen once in CI)."""
+    import logging
+
+    from volmla.engine.cluster import _DropClosingHeartbeat
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, msg, ("tcp://127.0.0.1:1",), None)
+
+    drop = _DropClosingHeartbeat()
+    assert not drop.filter(record("Worker stream died during communication: %s"))
+    assert not drop.filter(record("Failed to communicate with scheduler during heartbeat."))
+    assert drop.filter(record("Compute Failed"))
+
+
 def test_compute_returns_results_in_order_with_repeated_and_failing_tasks(scheduler):
     x = da.arange(1000, chunks=100)
     with vc.cluster(scheduler=scheduler) as client:

@@ -345,13 +345,17 @@ def _quiet_known_noise() -> None:
 
 
 class _DropClosingHeartbeat(logging.Filter):
-    """Drops an embedded worker's "Failed to communicate with scheduler during heartbeat"
-    traceback: the scheduler closes a retiring worker's connections while its last
-    heartbeat is in flight (the cluster is shutting down; a scheduler lost mid-run fails
-    the command's own computation, which reports it once)."""
+    """Drops an embedded worker's tracebacks of a peer that closed under it: "Failed to
+    communicate with scheduler during heartbeat" (the scheduler closes a retiring
+    worker's connections while its last heartbeat is in flight) and "Worker stream died
+    during communication" (after Ctrl-C the workers retire together, one while another
+    still gathers a result from it). A scheduler or worker lost mid-run fails the
+    command's own computation, which reports it once."""
+
+    _PREFIXES = ("Failed to communicate with scheduler during heartbeat", "Worker stream died during communication")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to communicate with scheduler during heartbeat")
+        return not str(record.msg).startswith(self._PREFIXES)
 
 
 def _embedded_worker_setup(*, task_errors: bool) -> Any:
