@@ -232,6 +232,32 @@ def test_corrected_grey_takes_out_the_blur_of_the_surface(chunks: tuple[int, int
         corrected_grey(img, part, levels, psf_sigma=-1.0)
 
 
+def test_no_void_level_no_correction(caplog: pytest.LogCaptureFixture) -> None:
+    """Levels without the void's (a void rim too thin to hold a voxel away from every
+    particle): the level map's outside would be a guess (0 grey fitted a PSF of 0.4 voxel
+    to this sharp particle and lifted its faces by 4 noise sigmas), so the grey is not
+    corrected, with a warning; a PSF asked for explicitly is refused."""
+    rng = np.random.default_rng(4)
+    ph = np.zeros((24, 24, 24), np.uint8)
+    ph[2:22, 2:22, 2:22] = 1
+    img = (np.array([100.0, 1000.0])[ph] + rng.normal(0, 10, ph.shape)).astype(np.float32)
+    labels = np.zeros_like(ph)
+    labels[12] = ph[12] + 1
+    part = (ph > 0).astype(np.uint32)
+    lv = label_levels(img, labels, particles=part)
+    assert 0 not in lv.levels and lv.levels[1] == pytest.approx(1000.0, abs=3.0)
+    with caplog.at_level("WARNING", logger="volmla.segment.pooled"):
+        grey = corrected_grey(img, part, lv)
+    assert grey.psf_sigma == 0.0
+    assert "no void level" in caplog.text
+    corrected = grey.corrected.compute()
+    np.testing.assert_array_equal(corrected, grey.flat.compute())
+    assert abs(corrected[2].mean() - corrected[6].mean()) < 3.0  # the face reads as the inside
+    with pytest.raises(VolmlaError, match="needs the void's grey level"):
+        corrected_grey(img, part, lv, psf_sigma=0.8)
+    assert corrected_grey(img, part, lv, psf_sigma=0.0).psf_sigma == 0.0
+
+
 def test_forest_is_never_saved_over_a_folder(tmp_path) -> None:
     (tmp_path / "scan.zarr").mkdir()
     with pytest.raises(VolmlaError, match="is a folder"):
