@@ -85,6 +85,12 @@ def test_thin_and_whole_chunks_with_anisotropic_halo(boundary, rng):
     out = halo_map(da.from_array(plane, chunks=(1, 3, 4)), ndi.gaussian_filter, halo=halo, boundary=boundary,
                    cval=2.0, sigma=sigma)
     np.testing.assert_array_equal(out.compute(), ndi.gaussian_filter(plane, sigma, mode=boundary, cval=2.0))
+    # and a halo of several voxels along its one plane (Dask pads a "symmetric" axis by at
+    # most its length: a one-plane scan came out with no plane)
+    wide = (1.2, 1.0, 1.6)
+    out = halo_map(da.from_array(plane, chunks=(1, 3, 4)), ndi.gaussian_filter, halo=(5, 4, 6), boundary=boundary,
+                   cval=2.0, sigma=wide)
+    np.testing.assert_array_equal(out.compute(), ndi.gaussian_filter(plane, wide, mode=boundary, cval=2.0))
 
 
 def test_output_dtype_and_zero_halo(rng):

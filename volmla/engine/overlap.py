@@ -286,10 +286,12 @@ def halo_map(
     out_dtype = np.dtype(dtype) if dtype is not None else array.dtype
     run = _on_device(kernel, device)
     # An axis one voxel long cannot lend Dask a halo: extend it explicitly (the same
-    # extension SciPy makes) and crop it again after the kernel.
+    # extension SciPy makes: every mode but "constant" repeats the one plane) and crop it
+    # again after the kernel. (``da.pad`` in "symmetric" mode pads at most the axis'
+    # length: a 3-voxel halo of a one-plane volume came back as 3 planes, cropped to none.)
     flat = [h if n == 1 and h else 0 for h, n in zip(depth, array.shape, strict=True)]
     if any(flat):
-        pad_mode = _PAD_MODE[boundary]
+        pad_mode = "constant" if boundary == "constant" else "edge"
         extra = {"constant_values": cval} if boundary == "constant" else {}
         array = da.pad(array, [(h, h) for h in flat], mode=pad_mode, **extra)
         array = array.rechunk({axis: -1 for axis, h in enumerate(flat) if h})
