@@ -258,6 +258,26 @@ def test_no_void_level_no_correction(caplog: pytest.LogCaptureFixture) -> None:
     assert corrected_grey(img, part, lv, psf_sigma=0.0).psf_sigma == 0.0
 
 
+def test_no_void_level_needed_where_the_particles_fill_the_volume() -> None:
+    """A scan inside the sample (a core's interior): no void anywhere, so no void level,
+    and the blur of a bright grain into its host is still corrected."""
+    from scipy import ndimage as ndi
+
+    ph = np.ones((32, 32, 32), np.uint8)
+    ph[10:22, 10:22, 10:22] = 2
+    ideal = np.array([0.0, 1000.0, 3000.0])[ph]
+    img = ndi.gaussian_filter(ideal, 0.8, mode="nearest").astype(np.float32)
+    part = np.ones(ph.shape, np.uint32)
+    levels = LabelLevels({1: 1000.0, 2: 3000.0}, 10.0, 0.0, {1: 1000, 2: 1000})
+    grey = corrected_grey(img, part, levels)
+    assert abs(grey.psf_sigma - 0.8) <= 0.1
+    corrected = grey.corrected.compute()
+    next_to = ndi.binary_dilation(ph == 2) & (ph == 1)
+    assert grey.flat.compute()[next_to].mean() > 1100.0  # the bright grain's blur
+    assert abs(corrected[next_to].mean() - 1000.0) < 30.0
+    assert corrected_grey(img, part, levels, psf_sigma=0.8).psf_sigma == 0.8
+
+
 def test_forest_is_never_saved_over_a_folder(tmp_path) -> None:
     (tmp_path / "scan.zarr").mkdir()
     with pytest.raises(VolmlaError, match="is a folder"):

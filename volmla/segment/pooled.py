@@ -54,7 +54,8 @@ maps, exact integer tables):
    sub-voxel solid fraction is given (``solid_fraction=``); with the CT's own particles
    the binary edge is what fails on hard phantoms (README, ``bench_truth --pv-geometry``).
    Levels without a void level (no void voxel away from the particles) get no
-   correction: the map's outside would be a guess. Steps 2 and 4 alone:
+   correction where voxels lie outside particles: the map's outside would be a guess.
+   Steps 2 and 4 alone:
    :func:`corrected_grey`;
 5. **regions** (one compiled kernel per block, halo ``radius + depth``,
    :func:`volmla.engine.overlap.halo_map`): a voxel of a group of several phases takes
@@ -1194,9 +1195,10 @@ def corrected_grey(
         The levels fitted on the sparse labels (:func:`label_levels`).
     psf_sigma
         Gaussian PSF sigma (voxels); None: estimated (:func:`estimate_psf`, one pass over
-        a central crop), or 0 with a warning when ``levels`` hold no void level (no
-        void voxel away from the particles: the level map's outside is unknown); 0: no
-        partial-volume correction. A sigma above 0 needs the void level.
+        a central crop), or 0 with a warning when ``levels`` hold no void level and some
+        voxels lie outside particles (the level map's outside is unknown; one more pass
+        says whether any does); 0: no partial-volume correction. A sigma above 0 needs
+        the void level unless the particles fill the volume.
     solid_fraction
         A known sub-voxel solid fraction for the level map's edges (as in
         :func:`region_phases`); None: the particles' binary edges.
@@ -1228,19 +1230,24 @@ def corrected_grey(
     image = image if image.chunks == lab.chunks else image.rechunk(lab.chunks)
     groups = _groups(levels, contrast=float(contrast), pores=bool(pores))
     flat = flatten_cupping(image, levels)
-    if 0 not in levels.levels:
-        # a level map with a guessed void (0 grey) fitted a PSF of 0.4 voxel to a sharp
-        # phantom and lifted its faces by 4 noise sigmas
-        if psf_sigma:
-            raise VolmlaError(f"psf_sigma={psf_sigma} needs the void's grey level, and the levels hold none: label "
-                              "some void, or pass psf_sigma=0")
-        if psf_sigma is None:
+    void_level = levels.levels.get(0)
+    if void_level is None and psf_sigma != 0:
+        from volmla.engine.cluster import compute
+
+        (outside,) = compute([(lab == 0).any()], desc="void outside particles")
+        if outside:
+            # a level map with a guessed void (0 grey) fitted a PSF of 0.4 voxel to a sharp
+            # phantom and lifted its faces by 4 noise sigmas
+            if psf_sigma:
+                raise VolmlaError(f"psf_sigma={psf_sigma} needs the void's grey level, and the levels hold none: "
+                                  "label some void, or pass psf_sigma=0")
             logger.warning("partial volume: not corrected, the levels hold no void level (no void voxel, "
                            "labelled or not, away from every particle)")
-        return CorrectedGrey(flat, flat, 0.0)
-    # partial volume: subtract what the blur of the level map adds at each voxel
-    glev = np.array([levels.levels[0], levels.levels[0]]
-                    + [float(np.mean(row[np.isfinite(row)])) for row in groups.levels[1:]])
+            return CorrectedGrey(flat, flat, 0.0)
+    # partial volume: subtract what the blur of the level map adds at each voxel (no void
+    # level: the particles fill the volume, and the map's void value is never used)
+    void_level = 0.0 if void_level is None else float(void_level)
+    glev = np.array([void_level, void_level] + [float(np.mean(row[np.isfinite(row)])) for row in groups.levels[1:]])
     if solid_fraction is None:
         lmap = da.map_blocks(functools.partial(_level_map_block, bounds=groups.bounds, pore=groups.pore,
                                                group_levels=glev), lab, flat, dtype=np.float32,
