@@ -333,7 +333,6 @@ CASES: dict[str, Case] = {
     "preprocess-bad-yaml": Case("preprocess scan.zarr -o o.zarr --config bad.yaml", "bad.yaml"),
     "preprocess-yaml-not-steps": Case("preprocess scan.zarr -o o.zarr --config steps_bad.yaml", "sharpen"),
     "preprocess-chunks-zero": Case("preprocess scan.zarr -o o.zarr --step median:size=3 --chunks 0", "chunks"),
-    "preprocess-one-voxel": Case("preprocess one.zarr -o o.zarr --step gaussian:sigma=1", "volmla: error:"),
     "ingest-raw-zero-shape": Case("ingest raw.bin -o o.zarr --voxel-size 1 --shape 0 4 4 --dtype uint8",
                                   "shape must be three positive integers"),
     "particles-all-zero": Case("particles zeros.zarr -o o.zarr", "volmla: error:"),
@@ -600,6 +599,20 @@ CASES: dict[str, Case] = {
     "correlate-run-denoise-absent": Case("correlate run correlate_denoise_absent.yaml",
                                          "plane 'plane0': denoise: Na not among the maps' elements (Fe, Si)"),
 }
+
+
+def test_preprocess_of_one_voxel_is_that_voxel(library: Path, tmp_path: Path,
+                                               capfd: pytest.CaptureFixture[str]) -> None:
+    """One voxel is a volume: its halo comes from the boundary mode alone, as in SciPy. It
+    used to fail with an xarray error (the halo of a one-voxel axis came back empty)."""
+    from volmla.io import open_volume
+
+    folder = tmp_path / "case"
+    shutil.copytree(library, folder)
+    code, _, err = _run("preprocess one.zarr -o o.zarr --step gaussian:sigma=1".split(), folder, capfd)
+    assert (code, err) == (0, "")
+    out = open_volume(folder / "o.zarr").data.compute()
+    assert out.shape == (1, 1, 1) and float(out.ravel()[0]) == 1.0
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
