@@ -55,8 +55,7 @@ maps, exact integer tables):
    the binary edge is what fails on hard phantoms (README, ``bench_truth --pv-geometry``).
    Levels without a void level (no void voxel away from the particles) get no
    correction where voxels lie outside particles: the map's outside would be a guess.
-   Steps 2 and 4 alone:
-   :func:`corrected_grey`;
+   Steps 2 and 4 alone: :func:`corrected_grey`;
 5. **regions** (one compiled kernel per block, halo ``radius + depth``,
    :func:`volmla.engine.overlap.halo_map`): a voxel of a group of several phases takes
    the phase whose level is nearest the Gaussian-weighted (sigma ``radius / 2``) mean
