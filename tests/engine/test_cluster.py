@@ -295,12 +295,12 @@ def test_a_closing_peer_is_dropped_from_the_worker_log_and_other_errors_kept() -
     "Worker stream died during communication" with a traceback (seen once in CI)."""
     import logging
 
-    from volmla.engine.cluster import _DropClosingHeartbeat
+    from volmla.engine.cluster import _DropClosingPeer
 
     def record(msg: str) -> logging.LogRecord:
         return logging.LogRecord("distributed.worker", logging.ERROR, __file__, 1, msg, ("tcp://127.0.0.1:1",), None)
 
-    drop = _DropClosingHeartbeat()
+    drop = _DropClosingPeer()
     assert not drop.filter(record("Worker stream died during communication: %s"))
     assert not drop.filter(record("Failed to communicate with scheduler during heartbeat."))
     assert drop.filter(record("Compute Failed"))

@@ -344,7 +344,7 @@ def _quiet_known_noise() -> None:
             log.addFilter(kind())
 
 
-class _DropClosingHeartbeat(logging.Filter):
+class _DropClosingPeer(logging.Filter):
     """Drops an embedded worker's tracebacks of a peer that closed under it: "Failed to
     communicate with scheduler during heartbeat" (the scheduler closes a retiring
     worker's connections while its last heartbeat is in flight) and "Worker stream died
@@ -363,8 +363,8 @@ def _embedded_worker_setup(*, task_errors: bool) -> Any:
 
     1. Ctrl-C in a terminal reaches every process of the group; the workers ignore it
        (the command closes them in order), instead of each printing the traceback of
-       its interrupted event loop; the heartbeat a closing worker loses is not logged
-       (:class:`_DropClosingHeartbeat`);
+       its interrupted event loop; the heartbeat or the gather a closing peer cuts
+       short is not logged (:class:`_DropClosingPeer`);
     2. unless ``task_errors``, a failed task is not logged by the worker
        (:class:`_DropTaskErrors`): the error reaches the caller, which reports it once.
     """
@@ -383,8 +383,8 @@ def _embedded_worker_setup(*, task_errors: bool) -> Any:
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             log = logging.getLogger("distributed.worker")
-            if not any(isinstance(f, _DropClosingHeartbeat) for f in log.filters):
-                log.addFilter(_DropClosingHeartbeat())
+            if not any(isinstance(f, _DropClosingPeer) for f in log.filters):
+                log.addFilter(_DropClosingPeer())
             if not self.task_errors and not any(isinstance(f, _DropTaskErrors) for f in log.filters):
                 log.addFilter(_DropTaskErrors())
                 # Tasks cancelled after another task's error (compute() cancels the rest)
