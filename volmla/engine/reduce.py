@@ -27,7 +27,17 @@ from volmla.types import VolumeLike
 
 EXACT_BINS_MAX = 2**24
 
-__all__ = ["EXACT_BINS_MAX", "Histogram", "block_tables", "histogram", "histogram_percentile", "min_max", "otsu"]
+SOLID_PEAK = 0.1
+"""Least height of a darker solid mode, against the solid mode above Otsu's threshold, for
+:func:`histogram_modes` to take it as the solid level (a peak of the smoothed counts)."""
+
+SOLID_VALLEY = 0.5
+"""A darker solid mode must rise above the lowest count between it and the void mode, and
+above the lowest between it and the solid mode above Otsu's threshold, by at least 1 /
+this (each valley at most half its height): a bump of the partial-volume plateau between
+void and a bright phase, or on the flank of a broad solid mode, is not a mode."""
+
+__all__ = ["EXACT_BINS_MAX", "SOLID_PEAK", "SOLID_VALLEY", "Histogram", "block_tables", "histogram", "histogram_percentile", "min_max", "otsu"]
 
 
 def _compute(*tasks: Any, desc: str) -> list[Any]:
@@ -263,11 +273,34 @@ def otsu(hist: Histogram) -> float:
     return float(hist.centers[lo + k])
 
 
+def _darkest_peak(smooth: np.ndarray, *, void: int, solid: int) -> int:
+    """The darkest bin of ``smooth`` in ``(void, solid]`` that is a solid mode (see :func:`histogram_modes`)."""
+    inner = smooth[void + 1 : solid]
+    if inner.size < 3:
+        return solid
+    peak = np.flatnonzero((inner[1:-1] >= inner[:-2]) & (inner[1:-1] > inner[2:])) + 1
+    peak = peak[inner[peak] >= SOLID_PEAK * smooth[solid]]
+    if peak.size:  # a valley on each side: from the void up to the peak, and from it up to the solid mode
+        below = np.minimum.accumulate(inner)[peak]
+        above = np.minimum.accumulate(inner[::-1])[::-1][peak]
+        peak = peak[np.maximum(below, above) <= SOLID_VALLEY * inner[peak]]
+    return void + 1 + int(peak[0]) if peak.size else solid
+
+
 def histogram_modes(hist: Histogram) -> tuple[float, float]:
-    """The void and solid modes of a histogram: its highest bins below and above Otsu's threshold.
+    """The void and solid modes of a histogram: the void's highest bin below Otsu's threshold
+    and the darkest solid peak above it.
 
     The counts are smoothed lightly first (a gaussian of 1 % of the occupied range), so
-    single-bin spikes of integer data do not decide.
+    single-bin spikes of integer data do not decide. The void mode is the highest bin below
+    Otsu's threshold; the solid mode the highest above it, unless a darker peak lies
+    between the two: a local maximum at least :data:`SOLID_PEAK` times as high as that
+    mode, with a valley on either side (:data:`SOLID_VALLEY`).
+    The darkest such peak is the solid mode. Where a bright phase is abundant (an ore rich
+    in sulphides) Otsu's threshold falls between the solid phases, and its highest bin
+    above would make the bright phase the solid: the half-way cut of
+    :func:`volmla.particles.mask.auto_solid` then called quartz and feldspar void
+    (measured: 11 % solid found of 31 % on a demo phantom with touching particles).
 
     Parameters
     ----------
@@ -291,6 +324,13 @@ def histogram_modes(hist: Histogram) -> tuple[float, float]:
     >>> void, solid = histogram_modes(histogram(x.reshape(8, 10, 100)))
     >>> bool(45 < void < 55 and 140 < solid < 160)
     True
+
+    A dark solid phase below a brighter one that Otsu's threshold sets apart from it:
+
+    >>> x = np.concatenate([rng.normal(40, 4, 6000), rng.normal(110, 8, 1500), rng.normal(220, 4, 1300)])
+    >>> void, solid = histogram_modes(histogram(x.clip(0, 255).astype(np.uint8).reshape(8, 11, 100)))
+    >>> bool(35 < void < 45 and 100 < solid < 120)
+    True
     """
     from scipy.ndimage import gaussian_filter1d
 
@@ -303,5 +343,6 @@ def histogram_modes(hist: Histogram) -> tuple[float, float]:
     cut = int(np.clip(math.floor((otsu(hist) - hist.first) / hist.width) - first, 0, last - first - 1))
     void = int(np.argmax(smooth[: cut + 1]))
     solid = cut + 1 + int(np.argmax(smooth[cut + 1 :]))
+    solid = _darkest_peak(smooth, void=void, solid=solid)
     offset = first + (0.0 if hist.exact else 0.5)  # exact bins hold one value each
     return float(hist.first + (void + offset) * hist.width), float(hist.first + (solid + offset) * hist.width)

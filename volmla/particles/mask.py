@@ -14,10 +14,11 @@ Steps 1-3 of :func:`volmla.particles.label_particles`, each a lazy mask over the
       the z axis (an exact, chunk-independent radial profile of the voxels below the
       global mode midpoint), a polynomial in ``r^2`` fitted to it, divided out;
    c. **levels**: the void and solid modes of the flattened volume's out-of-core
-      histogram (:func:`volmla.engine.reduce.histogram`; the highest bins below and
-      above Otsu's threshold: :func:`mode_midpoint` is half-way between them, where a
-      voxel half filled with solid lies, whereas Otsu's threshold sits wherever the
-      class sizes put it);
+      histogram (:func:`volmla.engine.reduce.histogram_modes`: the highest bin below
+      Otsu's threshold, and the darkest solid peak, so that an abundant bright phase
+      does not become the solid level: :func:`mode_midpoint` is half-way between them,
+      where a voxel half filled with solid lies, whereas Otsu's threshold sits wherever
+      the class sizes put it);
    d. **local cut** (:func:`local_solid`, a pure kernel through
       :func:`volmla.engine.overlap.halo_map` with :data:`LOCAL_HALO`, so exact for any
       chunking): an unsharp mask deepens the blurred gaps and creases between touching
@@ -181,7 +182,8 @@ def _modes(hist: Histogram) -> tuple[float, float]:
 def mode_midpoint(hist: Histogram) -> float:
     """Half-way between the void and solid modes of a histogram (the partial-volume edge).
 
-    The modes are the highest bins below and above Otsu's threshold, after a light
+    The modes are :func:`~volmla.engine.reduce.histogram_modes`' (the void's highest bin
+    below Otsu's threshold, the darkest solid peak above the void), after a light
     smoothing of the counts (a gaussian of 1 % of the occupied range, so single-bin
     spikes of integer data do not decide).
 
