@@ -483,6 +483,19 @@ def train_particle_model(levels: list[str], *, shape: int, iterations: int, fold
                   "train_seconds": seconds, "val_accuracy": last.get("val_accuracy"), "context": result.context}
 
 
+def _write(out: Path, payload: dict[str, Any], *, t0: float, rows: list[dict[str, Any]],
+           summary: list[dict[str, Any]], table: str) -> int:
+    """Write a run's JSON: ``payload`` (what was run), the machine, the time since ``t0``, the
+    ``summary`` of ``rows``, the rows and the markdown ``table``; 0, the exit status."""
+    payload = {**payload, "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
+               "total_seconds": time.perf_counter() - t0, "summary": summary, "cases": rows,
+               "table_markdown": table}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    print(f"wrote {out} ({payload['total_seconds']:.0f} s)")
+    return 0
+
+
 def learned(args: argparse.Namespace) -> int:
     """``--learned``: particles from a U-Net's interior/boundary map against the default from the CT.
 
@@ -550,15 +563,9 @@ def learned(args: argparse.Namespace) -> int:
     print(table)
     default = RESULTS / ("particles_builtin.json" if args.builtin else "particles_learned.json")
     out = default if args.out == RESULTS / "particles.json" else args.out
-    payload = {"benchmark": "particles --learned", "shape": [args.shape] * 3, "seeds": args.seeds,
-               "levels": args.levels, "overrides": args.set, "iou": 0.8, "exclude_border": True,
-               "doc": learned.__doc__, "models": models,
-               "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
-               "total_seconds": time.perf_counter() - t0, "summary": summary, "cases": rows, "table_markdown": table}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    print(f"wrote {out} ({payload['total_seconds']:.0f} s)")
-    return 0
+    return _write(out, {"benchmark": "particles --learned", "shape": [args.shape] * 3, "seeds": args.seeds,
+                        "levels": args.levels, "overrides": args.set, "iou": 0.8, "exclude_border": True,
+                        "doc": learned.__doc__, "models": models}, t0=t0, rows=rows, summary=summary, table=table)
 
 
 DEMO_TOUCHING = (0.15, 0.6)
@@ -612,15 +619,9 @@ def demo_family(args: argparse.Namespace) -> int:
     table = _table(summary)
     print(table)
     out = RESULTS / "particles_demo_family.json" if args.out == RESULTS / "particles.json" else args.out
-    payload = {"benchmark": "particles --demo-family", "shape": [args.shape] * 3, "seeds": args.seeds,
-               "touching_fractions": list(DEMO_TOUCHING), "iou": 0.8, "exclude_border": True, "peer": snow_note,
-               "doc": demo_family.__doc__,
-               "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
-               "total_seconds": time.perf_counter() - t0, "summary": summary, "cases": rows, "table_markdown": table}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    print(f"wrote {out} ({payload['total_seconds']:.0f} s)")
-    return 0
+    return _write(out, {"benchmark": "particles --demo-family", "shape": [args.shape] * 3, "seeds": args.seeds,
+                        "touching_fractions": list(DEMO_TOUCHING), "iou": 0.8, "exclude_border": True,
+                        "peer": snow_note, "doc": demo_family.__doc__}, t0=t0, rows=rows, summary=summary, table=table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -685,25 +686,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(rows)
     table = _table(summary)
     print(table)
-    payload = {
-        "benchmark": "particles",
-        "shape": [args.shape] * 3,
-        "seeds": args.seeds,
-        "levels": args.levels,
-        "overrides": args.set,
-        "iou": 0.8,
-        "exclude_border": True,
-        "peer": snow_note,
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
-        "total_seconds": time.perf_counter() - t0,
-        "summary": summary,
-        "cases": rows,
-        "table_markdown": table,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    print(f"wrote {args.out} ({payload['total_seconds']:.0f} s)")
-    return 0
+    return _write(args.out, {"benchmark": "particles", "shape": [args.shape] * 3, "seeds": args.seeds,
+                             "levels": args.levels, "overrides": args.set, "iou": 0.8, "exclude_border": True,
+                             "peer": snow_note}, t0=t0, rows=rows, summary=summary, table=table)
 
 
 if __name__ == "__main__":
