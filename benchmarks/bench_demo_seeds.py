@@ -47,10 +47,11 @@ def run_seed(seed: int, *, unet: bool, folder: Path) -> dict[str, Any]:
 
 
 def errors(row: dict[str, Any]) -> dict[str, Any]:
-    """Signed LD and modal errors per phase, and their largest magnitudes (an absent LD counts 1)."""
+    """Signed LD and modal errors per phase, and their largest magnitudes (a phase the run
+    did not find has no LD: it counts as 0, so its error is minus the truth)."""
     ld, modal = {}, {}
     for phase, v in row["liberation"].items():
-        ld[phase] = 1.0 if v["ld_measured"] is None else float(v["ld_measured"]) - float(v["ld_truth"])
+        ld[phase] = float(v["ld_measured"] or 0.0) - float(v["ld_truth"])
         modal[phase] = float(v["modal_measured"]) - float(v["modal_truth"])
     return {"ld_error": ld, "modal_error": modal, "max_ld_error": max(abs(e) for e in ld.values()),
             "max_modal_error": max(abs(e) for e in modal.values())}
