@@ -22,7 +22,8 @@ For each seed and difficulty level of :func:`volmla.synthetic.crushed_ore`:
    fine grid), free-particle recall (truly free particles of the phase measured free of
    it) and false-free count (particles measured free of the phase that are not);
 4. end to end (``end_to_end``): particles from the CT (:func:`volmla.particles.label_particles`
-   defaults) and phases by region inside them, LD and modal mineralogy against the truth
+   defaults), phases by region inside them and the contacts refined by those phases
+   (:func:`volmla.particles.refine_contacts`, as ``volmla run`` does), LD and modal mineralogy against the truth
    (no per-particle matching: the particles are volmla's own);
 5. the purity of the forest's grains by size (the share of components whose majority
    true phase differs from their phase), the evidence behind the cleaning threshold;
@@ -42,7 +43,8 @@ true particles and on the CT's own (default ``--output``: ``results/truth_pv_geo
 ``--end-to-end-only`` splits the end-to-end error between the particles and the phases
 (and records, per phase, the 95 % bootstrap interval of LD that the report would show and
 whether it holds the truth; ``ld_ci_coverage_<level>`` in the summary):
-the CT's own particles with the region phases (the default path), with the TRUE phases
+the CT's own particles with the region phases (the default path; ``end_to_end_no_contacts``
+the same without the contact refinement), with the TRUE phases
 (the particles' share), and the true particles with the region phases (the phases'
 share), per phase with signed LD errors (default ``--output``: ``results/truth_e2e.json``;
 e.g. ``--levels hard --seeds 0 1 2 3 4 5 6 7 8``); ``--depth N`` runs it with the region
@@ -155,6 +157,13 @@ def _own_particles(intensity: np.ndarray, model: Path | None = None) -> np.ndarr
     return np.asarray(label_particles(classes, threshold="interior", voxel_size=1.0).labels.compute())
 
 
+def _refined(particles: np.ndarray, phases: np.ndarray) -> np.ndarray:
+    """The particles' contacts refined by the phases, as ``volmla run`` does after the phases."""
+    from volmla.particles import refine_contacts
+
+    return np.asarray(refine_contacts(particles, phases).labels.compute())
+
+
 def _overall(df: pd.DataFrame, truth: dict[str, Any]) -> dict[str, Any]:
     """|LD error| and |modal error| per phase of a table on other particles than the truth's
     (end to end: the particles are volmla's own, so no per-particle matching)."""
@@ -235,7 +244,8 @@ def run_case(shape: int, seed: int, level: str, *, min_grain: int, workdir: Path
     # end to end: particles from the CT (label_particles defaults), phases by region in them
     own = _own_particles(ore.intensity)
     own_phases = np.asarray(region_phases(ore.intensity, own, _sparse_labels(ore.phases)).compute())
-    end_to_end = particle_table(own, own_phases, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
+    end_to_end = particle_table(_refined(own, own_phases), own_phases, voxel_size=1.0, phase_names=NAMES,
+                                intensity=ore.intensity)
     t5 = time.perf_counter()
     floor = particle_table(ore.particles, ore.phases, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
     inside = ore.particles > 0
@@ -351,7 +361,8 @@ def run_e2e_case(shape: int, seed: int, level: str, *, depth: int | None = None,
                            "n_particles": {"true": int(len(ore.table)), "own": int(own.max())},
                            # voxels (the phantom's voxel size is 1 um): the particles' size against the voxel
                            "median_equivalent_radius": float(np.median(ore.table["esd_um"].to_numpy(np.float64)) / 2)}
-    for key, particles, ph in (("end_to_end", own, own_phases),
+    for key, particles, ph in (("end_to_end", _refined(own, own_phases), own_phases),
+                               ("end_to_end_no_contacts", own, own_phases),
                                ("own_particles_true_phases", own, np.where(own > 0, ore.phases, 0).astype(np.uint8)),
                                ("true_particles_region_phases", ore.particles, true_particle_phases)):
         table = particle_table(particles, ph, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
@@ -360,7 +371,7 @@ def run_e2e_case(shape: int, seed: int, level: str, *, depth: int | None = None,
 
 
 def _end_to_end_only(args: argparse.Namespace) -> int:
-    keys = ("end_to_end", "own_particles_true_phases", "true_particles_region_phases")
+    keys = ("end_to_end", "end_to_end_no_contacts", "own_particles_true_phases", "true_particles_region_phases")
     cases = []
     for level in args.levels:
         for seed in args.seeds:

@@ -20,6 +20,7 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None
     assert cfg.input == InputConfig(zarr=tmp_path / "scan.zarr")
     assert cfg.segment is not None and cfg.segment.method == "threshold"
     assert cfg.particles.options() == {"min_size": 5}
+    assert cfg.particles.refines_contacts
     assert cfg.grains is True
 
 
@@ -51,6 +52,8 @@ def test_ingest_input_paths_become_a_list(tmp_path: Path) -> None:
         ({"out": "o", "input": "x.zarr", "segment": {"method": "kmeans"}}, "needs segment.classes"),
         ({"out": "o", "input": "x.zarr", "preprocess": "gaussian"}, "must be a list"),
         ({"out": "o", "input": "x.zarr", "grains": "yes"}, "'grains' must be true or false"),
+        ({"out": "o", "input": "x.zarr", "particles": {"contacts": "no"}},
+         "particles.contacts must be true or false"),
         ({"out": "o", "input": "x.zarr", "liberation": {"densities": [1]}}, "needs a 'segment' section"),
         ({"out": "o", "input": "x.zarr", "segment": {"method": "kmeans", "classes": 3, "phase_names": ["a", "b"]},
           "liberation": {"densities": [2.6]}}, r"liberation.*one value per phase name \(2\), got 1"),

@@ -61,6 +61,37 @@ def test_rerun_keeps_finished_stages(tmp_path: Path, scan: dict[str, Path]) -> N
     assert any("phases.zarr: complete, kept" in line for line in lines)
 
 
+def test_a_run_refines_contacts_after_the_phases_and_can_leave_them(tmp_path: Path, scan: dict[str, Path]) -> None:
+    """By default the split is ``particles_split.zarr`` and ``particles.zarr`` the particles
+    refined with the phases (what grains and the report read); a rerun keeps both;
+    ``contacts: false`` writes the split as ``particles.zarr``."""
+    from volmla.particles import refine_contacts
+
+    config = _config(tmp_path, scan)
+    lines: list[str] = []
+    result = run(config, log=lines.append)
+    out = tmp_path / "results"
+    split, particles = open_volume(out / "particles_split.zarr"), open_volume(out / "particles.zarr")
+    expected = refine_contacts(split, open_volume(out / "phases.zarr")).labels.values
+    np.testing.assert_array_equal(particles.values, expected)
+    assert result["particles"] == str(out / "particles.zarr")
+    assert lines.index("contacts") < lines.index("grains")
+    assert open_volume(out / "grains.zarr").attrs["provenance"]  # grains of the refined particles
+    lines.clear()
+    run(config, log=lines.append)
+    assert any("particles.zarr: complete, kept" in line for line in lines)
+    assert any("particles_split.zarr: complete, kept" in line for line in lines)
+
+    off = tmp_path / "off"
+    off.mkdir()
+    text = config.read_text().replace("max_radius: 12}", "max_radius: 12, contacts: false}")
+    (off / "run.yaml").write_text(text)
+    lines.clear()
+    run(off / "run.yaml", log=lines.append)
+    assert "contacts" not in lines and not (off / "results" / "particles_split.zarr").exists()
+    np.testing.assert_array_equal(open_volume(off / "results" / "particles.zarr").values, split.values)
+
+
 def test_rerun_keeps_the_report_of_the_same_job_and_redoes_a_changed_one(tmp_path: Path,
                                                                          scan: dict[str, Path]) -> None:
     """The liberation stage is kept like the Zarr stages when nothing it reads changed, and
@@ -239,8 +270,9 @@ def test_a_run_takes_its_particles_from_a_particle_unet(tmp_path: Path, scan: di
     classes = open_volume(out / "particle_map.zarr")
     assert classes.attrs["phases"] == {1: "interior", 2: "boundary"}
     assert int(classes.data.max().compute()) <= 2
-    particles = open_volume(out / "particles.zarr")
-    assert particles.attrs["provenance"][-1]["threshold"] == "interior"
+    split = open_volume(out / "particles_split.zarr")
+    assert split.attrs["provenance"][-1]["threshold"] == "interior"
+    assert open_volume(out / "particles.zarr").attrs["provenance"][-1]["step"] == "contacts"
     assert (out / "report" / "summary.json").is_file()
     assert any("particle map" in line for line in lines)
     # a rerun keeps the map

@@ -12,6 +12,8 @@ The stage in modules of one concern each:
   with a halo;
 - :mod:`volmla.particles.label`: chunked connected-component labelling (exact for any
   chunking);
+- :mod:`volmla.particles.contacts`: :func:`refine_contacts`, contact voxels of a mineral a
+  particle lacks handed to the touching particle that has it, once the phases are known;
 - :mod:`volmla.particles.grains`: :func:`label_grains`, the components of each phase
   inside each particle;
 - :mod:`volmla.particles.files`: the same on OME-Zarr files (plan, then write), behind
@@ -21,6 +23,7 @@ The stage in modules of one concern each:
 from __future__ import annotations
 
 from volmla.particles.api import label_particles
+from volmla.particles.contacts import refine_contacts
 from volmla.particles.files import LabelsPlan, plan_grains, plan_label, plan_particles, write_labels
 from volmla.particles.grains import label_grains
 from volmla.particles.label import Labels, label
@@ -60,6 +63,7 @@ __all__ = [
     "plan_grains",
     "plan_label",
     "plan_particles",
+    "refine_contacts",
     "remove_small",
     "solid_mask",
     "split_block",

@@ -334,6 +334,11 @@ class ParticlesConfig:
     the segmentation gets it: preprocessed when the config has steps) is segmented by it
     into a background / interior / boundary map and the particles are labelled from that
     (``threshold="interior"``) instead of from the phases or the grey.
+
+    ``contacts`` (default true): once the phases are known, contact voxels of a mineral a
+    particle lacks go to the touching particle that has it
+    (:func:`volmla.particles.refine_contacts`); the split is kept as
+    ``particles_split.zarr`` and ``particles.zarr`` holds the refined particles.
     """
 
     model: Path | None = None
@@ -345,16 +350,23 @@ class ParticlesConfig:
     neck: float | None = None
     max_radius: float | None = None
     connectivity: Literal[6, 18, 26] | None = None
+    contacts: bool | None = None
     given: tuple[str, ...] = ()
 
     def options(self) -> dict[str, Any]:
-        """The options the config names.
+        """The options of :func:`volmla.particles.label_particles` the config names.
 
         Returns
         -------
         dict
         """
-        return {k: getattr(self, k) for k in self.given if k != "model"}
+        return {k: getattr(self, k) for k in self.given if k not in ("model", "contacts")}
+
+    @property
+    def refines_contacts(self) -> bool:
+        """Whether the run hands contact voxels to the particle whose mineral they are
+        (:func:`volmla.particles.refine_contacts`; ``contacts: false`` turns it off)."""
+        return self.contacts is not False
 
 
 _PARTICLE_CHECKS: dict[str, Check] = {
@@ -367,6 +379,7 @@ _PARTICLE_CHECKS: dict[str, Check] = {
     "neck": _fraction,
     "max_radius": _positive,
     "connectivity": _choice(6, 18, 26),
+    "contacts": _bool,
 }
 
 

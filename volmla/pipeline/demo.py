@@ -63,7 +63,10 @@ def demo(
        for comparison a random forest and (with torch) a small 3D U-Net trained on the
        same labels, the U-Net exported to ONNX and run through ONNX Runtime; all scored
        on held-out planes;
-    6. grains of the particles and the region phases; phases, particles and grains
+    6. the particles' contacts refined by the phases (a contact voxel of a mineral its
+       particle lacks goes to the touching particle that has it,
+       :func:`volmla.particles.refine_contacts`; the split is kept as
+       ``particles_split.zarr``); grains of the particles and the region phases; phases, particles and grains
        also under ``intensity.zarr/labels/`` as NGFF ``image-label`` for viewers;
     7. the liberation report (partial-volume phase volumes from the CT), and the same
        statistics from the ground truth beside it.
@@ -213,13 +216,13 @@ def _build(out: Path, final: Path, *, shape: Sequence[int], seed: int, unet: boo
 
     with timed("particles"), tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
         found = particle_labels(intensity, threshold="auto", scratch=scratch)
-        write_volume(found.labels, out / "particles.zarr", kind="labels", voxel_size=voxel)
-    particles = open_volume(out / "particles.zarr")
+        write_volume(found.labels, out / "particles_split.zarr", kind="labels", voxel_size=voxel)
+    split = open_volume(out / "particles_split.zarr")
     held = _held_out_planes(shape[0], _label_planes(shape[0]))
     truth_held = truth["phases"].isel(z=held)
     scores: dict[str, Any] = {}
     with timed("phases by region"):
-        regions = segment_phases(intensity, labels=labels, particles=particles)
+        regions = segment_phases(intensity, labels=labels, particles=split)
         write_volume(regions.phases, out / "phases.zarr", kind="phases", phases=names, voxel_size=voxel)
     candidates = {"regions": open_volume(out / "phases.zarr")}
     with timed("random forest"):
@@ -252,8 +255,14 @@ def _build(out: Path, final: Path, *, shape: Sequence[int], seed: int, unet: boo
     summary["segmentation"] = {"held_out_planes": held, "scores": scores, "used": "regions"}
     phases = candidates["regions"]
 
-    # 6. grains
+    # 6. the particles' contacts refined by the phases, grains
     from volmla.particles import label_grains as grain_labels
+    from volmla.particles import refine_contacts
+
+    with timed("contacts"), tempfile.TemporaryDirectory(prefix=".contacts-", dir=out) as scratch:
+        refined = refine_contacts(split, phases, scratch=scratch)
+        write_volume(refined.labels, out / "particles.zarr", kind="labels", voxel_size=voxel)
+    particles = open_volume(out / "particles.zarr")
 
     with timed("grains"):
         write_volume(grain_labels(particles, phases).labels, out / "grains.zarr", kind="labels", voxel_size=voxel)

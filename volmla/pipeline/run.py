@@ -13,6 +13,11 @@ A run is a chain of stages, each reading the OME-Zarr volumes the previous ones 
    particles, from the intensity first (``threshold: auto`` unless the config says); with
    ``particles.model`` (a particle U-Net) from its background / interior / boundary map
    of the scan (``particle_map.zarr``, :mod:`volmla.particles.learned`), before the phases;
+   the particles' contacts are then refined with the phases (a voxel of a mineral its
+   particle lacks goes to the touching particle that has it,
+   :func:`volmla.particles.refine_contacts`): the split is ``particles_split.zarr``,
+   the refined particles ``particles.zarr`` (``particles.contacts: false``: the split
+   is ``particles.zarr``);
 5. ``grains``: components of (particle, phase) -> ``grains.zarr``;
 6. ``liberation``: tables, statistics, plots and the report -> ``report/``, with the
    segmented intensity, so phase volumes are partial-volume apportioned and the report
@@ -154,14 +159,15 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
 
     # 3-5. segment, particles, grains (regions classify inside particles: particles first)
     seg = cfg.segment
+    split = out / ("particles_split.zarr" if cfg.particles.refines_contacts else "particles.zarr")
     particles: xr.DataArray | None = None
     if cfg.particles.model is not None:
         particles = _particles(_particle_map(volume, cfg.particles.model, device=device, out=out, log=log,
                                              overwrite=overwrite, chunks=chunks),
-                               {"threshold": "interior", **cfg.particles.options()}, out=out, log=log,
+                               {"threshold": "interior", **cfg.particles.options()}, path=split, log=log,
                                overwrite=overwrite, chunks=chunks)
     elif seg.method == "regions":
-        particles = _particles(volume, {"threshold": "auto", **cfg.particles.options()}, out=out, log=log,
+        particles = _particles(volume, {"threshold": "auto", **cfg.particles.options()}, path=split, log=log,
                                overwrite=overwrite, chunks=chunks)
     log(f"segment ({seg.spelled})")
     job = {"stage": "segment", "input": volume.attrs["path"], **seg.job()}
@@ -173,8 +179,11 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
                     voxel_size=volume.attrs["voxel_size_um"])
     result["phases"] = phases.attrs["path"]
     if particles is None:
-        particles = _particles(phases, {"threshold": None, **cfg.particles.options()}, out=out, log=log,
+        particles = _particles(phases, {"threshold": None, **cfg.particles.options()}, path=split, log=log,
                                overwrite=overwrite, chunks=chunks)
+    if cfg.particles.refines_contacts:
+        result["particles_split"] = particles.attrs["path"]
+        particles = _contacts(particles, phases, out=out, log=log, overwrite=overwrite, chunks=chunks)
     result["particles"] = particles.attrs["path"]
     grains = _grains(particles, phases, out=out, log=log, overwrite=overwrite, chunks=chunks) if cfg.grains else None
     if grains is not None:
@@ -278,14 +287,14 @@ def _particle_map(volume: xr.DataArray, model: Path, *, device: Device, out: Pat
                   voxel_size=volume.attrs["voxel_size_um"])
 
 
-def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, out: Path, log: Log, overwrite: bool,
+def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, path: Path, log: Log, overwrite: bool,
                chunks: tuple[int, ...] | int) -> xr.DataArray:
-    """Particles of a phase volume (``threshold: None``) or of the intensity (``auto``)."""
+    """Particles of a phase volume (``threshold: None``) or of the intensity (``auto``), at ``path``."""
     from volmla.particles import label_particles
     from volmla.particles.api import MinSizeError
 
     log("particles")
-    path = out / "particles.zarr"
+    out = path.parent
     job = {"stage": "particles", "input": volume.attrs["path"], **opts}
     if _done(path, job, overwrite):
         log(f"  {path.name}: complete, kept")
@@ -302,6 +311,22 @@ def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, out: Path, log:
     with tempfile.TemporaryDirectory(prefix=".particles-", dir=out) as scratch:
         return _stage(path, job, lambda: make(scratch), log=log,
                       overwrite=overwrite, chunks=chunks, kind="labels", voxel_size=volume.attrs["voxel_size_um"])
+
+
+def _contacts(particles: xr.DataArray, phases: xr.DataArray, *, out: Path, log: Log, overwrite: bool,
+              chunks: tuple[int, ...] | int) -> xr.DataArray:
+    """The split particles with their contacts refined by the phases (``particles.zarr``)."""
+    from volmla.particles import refine_contacts
+
+    log("contacts")
+    path = out / "particles.zarr"
+    job = {"stage": "contacts", "particles": particles.attrs["path"], "phases": phases.attrs["path"]}
+    if _done(path, job, overwrite):
+        log(f"  {path.name}: complete, kept")
+        return open_volume(path)
+    with tempfile.TemporaryDirectory(prefix=".contacts-", dir=out) as scratch:
+        return _stage(path, job, lambda: refine_contacts(particles, phases, scratch=scratch).labels, log=log,
+                      overwrite=overwrite, chunks=chunks, kind="labels", voxel_size=particles.attrs["voxel_size_um"])
 
 
 def _viewer_labels(scan: Path, volumes: Mapping[str, xr.DataArray | None], *, log: Log) -> None:
