@@ -6,7 +6,7 @@ crushed-ore phantom (:func:`volmla.synthetic.crushed_ore`, ``--level``); sparse 
 (the true phase + 1 on three z planes, 0 elsewhere) are written beside it as OME-Zarr,
 block by block (never a whole-volume array in the driver). Then the default workflow
 runs through :func:`volmla.pipeline.run` on a ``LocalCluster`` of ``--workers``
-one-thread workers: ingest -> particles (auto mask, split) -> phases by region ->
+one-thread workers: ingest -> particles (auto mask, split) -> phases by region -> contacts ->
 grains -> liberation (tables, statistics, report).
 
 Per stage: wall time, Mvoxel/s, seconds per Gvoxel per core, and the peak RSS of every
@@ -44,7 +44,7 @@ import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
 PHASES = ["quartz", "feldspar", "sulphide"]
-STAGES = ("ingest", "particles", "segment", "grains", "labels for viewers", "liberation")
+STAGES = ("ingest", "particles", "segment", "contacts", "grains", "labels for viewers", "liberation")
 
 
 def _shape(text: str) -> tuple[int, int, int]:

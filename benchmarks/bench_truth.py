@@ -44,8 +44,8 @@ true particles and on the CT's own (default ``--output``: ``results/truth_pv_geo
 (and records, per phase, the 95 % bootstrap interval of LD that the report would show and
 whether it holds the truth; ``ld_ci_coverage_<level>`` in the summary):
 the CT's own particles with the region phases (the default path; ``end_to_end_no_contacts``
-the same without the contact refinement), with the TRUE phases
-(the particles' share), and the true particles with the region phases (the phases'
+the same without the contact refinement), with the TRUE phases (the particles' share; the
+contacts refined by the true phases), and the true particles with the region phases (the phases'
 share), per phase with signed LD errors (default ``--output``: ``results/truth_e2e.json``;
 e.g. ``--levels hard --seeds 0 1 2 3 4 5 6 7 8``); ``--depth N`` runs it with the region
 pooling's ``depth=N`` (``results/truth_e2e_depth2.json``, ``truth_e2e_depth3.json``);
@@ -355,6 +355,7 @@ def run_e2e_case(shape: int, seed: int, level: str, *, depth: int | None = None,
     kw = {} if depth is None else {"depth": depth}
     own_phases = np.asarray(region_phases(ore.intensity, own, labels, **kw).compute())
     true_particle_phases = np.asarray(region_phases(ore.intensity, ore.particles, labels, **kw).compute())
+    own_true = np.where(own > 0, ore.phases, 0).astype(np.uint8)
     out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level, "depth": depth,
                            "overrides": dict(overrides or {}),
                            "particles_model": None if particles_model is None else str(particles_model),
@@ -363,7 +364,7 @@ def run_e2e_case(shape: int, seed: int, level: str, *, depth: int | None = None,
                            "median_equivalent_radius": float(np.median(ore.table["esd_um"].to_numpy(np.float64)) / 2)}
     for key, particles, ph in (("end_to_end", _refined(own, own_phases), own_phases),
                                ("end_to_end_no_contacts", own, own_phases),
-                               ("own_particles_true_phases", own, np.where(own > 0, ore.phases, 0).astype(np.uint8)),
+                               ("own_particles_true_phases", _refined(own, own_true), own_true),
                                ("true_particles_region_phases", ore.particles, true_particle_phases)):
         table = particle_table(particles, ph, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
         out[key] = _overall(table, ore.liberation)

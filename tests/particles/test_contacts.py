@@ -147,3 +147,28 @@ def test_mismatched_or_wrong_typed_volumes_are_refused() -> None:
         refine_contacts(part, phase.astype(np.float32))
     with pytest.raises(VolmlaError, match="integer"):
         refine_contacts(part.astype(np.float32), phase)
+
+
+def test_cli_contacts_writes_the_refined_particles_and_refuses_bad_input(tmp_path, capsys) -> None:
+    from volmla.cli import main
+    from volmla.io import open_volume, write_volume
+
+    part, phase = _scene(3)
+    p = write_volume(part, tmp_path / "particles.zarr", voxel_size=2.0, kind="labels", chunks=12)
+    f = write_volume(phase, tmp_path / "phases.zarr", voxel_size=2.0, kind="phases", chunks=12)
+    out = tmp_path / "refined.zarr"
+    args = ["--quiet", "--workers", "1", "contacts", "--particles", str(p), "--phases", str(f)]
+    assert main([*args, "-o", str(out)]) == 0
+    np.testing.assert_array_equal(open_volume(out).values, refine_contacts(part, phase).labels.values)
+    assert open_volume(out).attrs["provenance"][-1]["step"] == "contacts"
+    stamp = (out / "zarr.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*args, "-o", str(out)]) == 2  # an existing output is kept
+    assert "exists" in capsys.readouterr().err and (out / "zarr.json").stat().st_mtime_ns == stamp
+    assert main([*args, "-o", str(tmp_path / "x.zarr"), "--rounds", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "rounds" in err and len(err.strip().splitlines()) == 1
+    other = write_volume(phase, tmp_path / "other.zarr", voxel_size=3.0, kind="phases", chunks=12)
+    assert main(["--quiet", "contacts", "--particles", str(p), "--phases", str(other), "-o", str(tmp_path / "y.zarr")]) == 2
+    assert "voxel size" in capsys.readouterr().err
+    assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "y.zarr").exists()

@@ -1,4 +1,4 @@
-"""``volmla label``, ``volmla particles``, ``volmla grains``: labels."""
+"""``volmla label``, ``volmla particles``, ``volmla contacts``, ``volmla grains``: labels."""
 
 from __future__ import annotations
 
@@ -50,6 +50,26 @@ def particles_command(
                           split=not no_split, neck=neck, h=h, max_radius=max_radius,
                           connectivity=connectivity,  # type: ignore[arg-type]
                           overwrite=overwrite)
+    with running(inputs=plan.inputs):
+        result = write_labels(plan)
+    typer.echo(f"{output}: {result.count} labels", err=STATE.quiet)
+
+
+@app.command("contacts")
+def contacts_command(
+    particles: Annotated[str, typer.Option("--particles", help="Particle labels (OME-Zarr; a path or an fsspec URL).")],
+    phases: Annotated[str, typer.Option("--phases", help="Phase volume (OME-Zarr, uint8; a path or an fsspec URL).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output particle labels (OME-Zarr).")],
+    reach: Annotated[int, typer.Option(help="Voxels from another particle within which a voxel is a contact.")] = library_default("volmla.particles.contacts", "REACH"),
+    rounds: Annotated[int, typer.Option(help="Passes (a sliver deeper than --reach is taken layer by layer).")] = library_default("volmla.particles.contacts", "ROUNDS"),
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Particles with their contacts refined by the phases: a contact voxel of a mineral its
+    particle lacks goes to the touching particle that has it (run between ``particles`` and
+    ``grains``; ``volmla run`` does it by default)."""
+    from volmla.particles.files import plan_contacts, write_labels
+
+    plan = plan_contacts(particles, phases, output, reach=reach, rounds=rounds, overwrite=overwrite)
     with running(inputs=plan.inputs):
         result = write_labels(plan)
     typer.echo(f"{output}: {result.count} labels", err=STATE.quiet)

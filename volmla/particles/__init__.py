@@ -24,7 +24,14 @@ from __future__ import annotations
 
 from volmla.particles.api import label_particles
 from volmla.particles.contacts import refine_contacts
-from volmla.particles.files import LabelsPlan, plan_grains, plan_label, plan_particles, write_labels
+from volmla.particles.files import (
+    LabelsPlan,
+    plan_contacts,
+    plan_grains,
+    plan_label,
+    plan_particles,
+    write_labels,
+)
 from volmla.particles.grains import label_grains
 from volmla.particles.label import Labels, label
 from volmla.particles.learned import interior_fill, learned_solid
@@ -60,6 +67,7 @@ __all__ = [
     "label_particles",
     "learned_solid",
     "otsu_threshold",
+    "plan_contacts",
     "plan_grains",
     "plan_label",
     "plan_particles",

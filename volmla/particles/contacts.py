@@ -29,6 +29,7 @@ chunking (:func:`refine_contacts` on one chunk is the in-memory reference).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -55,20 +56,13 @@ MIN_INTERIOR = 27
 """Interior voxels (a 3x3x3 core) a particle needs to give or take contact voxels."""
 
 
-class InteriorTable:
-    """Per particle, the volume fraction of each phase in its interior.
+class InteriorTable(NamedTuple):
+    """Per particle, the volume fraction of each phase in its interior."""
 
-    Attributes
-    ----------
-    ids
-        Sorted particle ids with at least ``min_interior`` interior solid voxels.
-    fractions
-        ``(len(ids), n_phases + 1)`` float64: column ``p`` the fraction of phase ``p``.
-    """
-
-    def __init__(self, ids: np.ndarray, fractions: np.ndarray) -> None:
-        self.ids = ids
-        self.fractions = fractions
+    ids: np.ndarray
+    """Sorted particle ids (uint64) with at least ``min_interior`` interior solid voxels."""
+    fractions: np.ndarray
+    """``(len(ids), n_phases + 1)`` float64: column ``p`` the fraction of phase ``p``."""
 
     def lookup(self, particle: np.ndarray, phase: np.ndarray) -> np.ndarray:
         """The fraction of ``phase`` in each ``particle``'s interior; NaN for a particle

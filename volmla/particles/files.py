@@ -1,12 +1,13 @@
 """From OME-Zarr volumes to a label volume: the file-level jobs behind ``volmla label``,
-``volmla particles`` and ``volmla grains``.
+``volmla particles``, ``volmla contacts`` and ``volmla grains``.
 
-1. :func:`plan_label`, :func:`plan_particles` and :func:`plan_grains` validate the
+1. :func:`plan_label`, :func:`plan_particles`, :func:`plan_contacts` and :func:`plan_grains` validate the
    options, open the inputs, check them against each other and check the output (an
    existing one is refused without ``overwrite=True``; an unfinished one of the same job
    resumes), all before anything is computed, so a mistake costs no cluster start;
 2. :func:`write_labels` labels lazily (:func:`volmla.particles.label.label`,
-   :func:`~volmla.particles.label_particles` or :func:`~volmla.particles.label_grains`)
+   :func:`~volmla.particles.label_particles`, :func:`~volmla.particles.refine_contacts` or
+   :func:`~volmla.particles.label_grains`)
    and writes the labels with the input's voxel size and chunks, the job's fingerprint
    and a provenance record holding the label count.
 """
@@ -23,20 +24,21 @@ import xarray as xr
 
 from volmla.errors import VolmlaError
 from volmla.particles.api import label_particles
+from volmla.particles.contacts import REACH, ROUNDS, refine_contacts
 from volmla.particles.grains import label_grains
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.particles.learned import MAP_PHASES
 from volmla.particles.split import H_MIN, NECK, split_halo
 from volmla.types import Connectivity
 
-__all__ = ["LabelsPlan", "plan_grains", "plan_label", "plan_particles", "write_labels"]
+__all__ = ["LabelsPlan", "plan_contacts", "plan_grains", "plan_label", "plan_particles", "write_labels"]
 
 
 class LabelsPlan(NamedTuple):
     """A checked labelling job, ready to run (see :func:`write_labels`)."""
 
-    step: Literal["label", "particles", "grains"]
-    """Which labelling: components, particles or grains."""
+    step: Literal["label", "particles", "grains", "contacts"]
+    """Which labelling: components, particles, grains or particles with refined contacts."""
     inputs: tuple[xr.DataArray, ...]
     """The opened inputs: ``(mask,)``, ``(volume,)`` or ``(particles, phases)``; the first
     gives the output its voxel size and chunks."""
@@ -212,10 +214,52 @@ def plan_grains(
     -------
     LabelsPlan
     """
+    connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
+    return _plan_pair("grains", particles, phases, output, {"connectivity": connectivity}, overwrite=overwrite)
+
+
+def plan_contacts(
+    particles: str | Path,
+    phases: str | Path,
+    output: str | Path,
+    *,
+    reach: int = REACH,
+    rounds: int = ROUNDS,
+    overwrite: bool = False,
+) -> LabelsPlan:
+    """Check a contact refinement job on files (:func:`volmla.particles.refine_contacts`),
+    computing nothing.
+
+    Parameters
+    ----------
+    particles
+        Particle labels (OME-Zarr), e.g. from ``volmla particles``.
+    phases
+        Phase volume (OME-Zarr, uint8) of the same shape and voxel size.
+    output
+        Output particle labels (OME-Zarr).
+    reach, rounds
+        As in :func:`volmla.particles.refine_contacts`.
+    overwrite
+        Replace an existing output.
+
+    Returns
+    -------
+    LabelsPlan
+    """
+    for name, value, least in (("reach", reach, 1), ("rounds", rounds, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise VolmlaError(f"{name} must be a whole number >= {least}, got {value!r}")
+    return _plan_pair("contacts", particles, phases, output, {"reach": reach, "rounds": rounds},
+                      overwrite=overwrite)
+
+
+def _plan_pair(step: Literal["grains", "contacts"], particles: str | Path, phases: str | Path, output: str | Path,
+               options: dict[str, Any], *, overwrite: bool) -> LabelsPlan:
+    """A job on particles and phases: same shape and voxel size, the output checked."""
     from volmla.io import check_output, open_volume
     from volmla.io.outputs import source_id
 
-    connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
     part, ph = open_volume(particles), open_volume(phases)
     if part.shape != ph.shape:
         raise VolmlaError(f"particles and phases must have the same shape, got {list(part.shape)} and {list(ph.shape)}")
@@ -224,10 +268,9 @@ def plan_grains(
             f"particles and phases must have the same voxel size, got {list(part.attrs['voxel_size_um'])} "
             f"and {list(ph.attrs['voxel_size_um'])} um"
         )
-    options = {"connectivity": connectivity}
-    job = {"command": "grains", "particles": source_id(particles), "phases": source_id(phases), **options}
+    job = {"command": step, "particles": source_id(particles), "phases": source_id(phases), **options}
     check_output(output, overwrite=overwrite, job=job)
-    return LabelsPlan("grains", (part, ph), Path(output), options, overwrite, job)
+    return LabelsPlan(step, (part, ph), Path(output), options, overwrite, job)
 
 
 def write_labels(plan: LabelsPlan) -> Labels:
@@ -257,7 +300,10 @@ def write_labels(plan: LabelsPlan) -> Labels:
         folder = plan.output.resolve().parent
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{plan.output.name}-", dir=folder) as scratch:
-            result = label_particles(like, scratch=scratch, **plan.options)
+            if plan.step == "contacts":
+                result = refine_contacts(like, plan.inputs[1], scratch=scratch, **plan.options)
+            else:
+                result = label_particles(like, scratch=scratch, **plan.options)
             _write(plan, result)  # the labels read the scratch keys: written before it goes
         return result
     _write(plan, result)
