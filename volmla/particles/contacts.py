@@ -52,8 +52,11 @@ ABSENT = 0.01
 """A phase below this fraction of a particle's interior is absent from it."""
 PRESENT = 0.10
 """A phase at least this fraction of a neighbour's interior is present in it."""
-MIN_INTERIOR = 27
-"""Interior voxels (a 3x3x3 core) a particle needs to give or take contact voxels."""
+MIN_INTERIOR = 125
+"""Interior voxels (a 5x5x5 core) a particle needs to give or take contact voxels: below
+about ``1 / ABSENT`` = 100, a phase under ``ABSENT`` means no voxel of it at all, which
+chance gives a small particle. (27 was measured too: on the crushed-ore phantoms it made
+small locked particles free, end to end mean max LD error 0.069 against 0.066.)"""
 
 
 class InteriorTable(NamedTuple):
