@@ -55,10 +55,14 @@ def particles_command(
     typer.echo(f"{output}: {result.count} labels", err=STATE.quiet)
 
 
+ParticlesOpt = Annotated[str, typer.Option("--particles", help="Particle labels (OME-Zarr; a path or an fsspec URL).")]
+PhasesOpt = Annotated[str, typer.Option("--phases", help="Phase volume (OME-Zarr, uint8; a path or an fsspec URL).")]
+
+
 @app.command("contacts")
 def contacts_command(
-    particles: Annotated[str, typer.Option("--particles", help="Particle labels (OME-Zarr; a path or an fsspec URL).")],
-    phases: Annotated[str, typer.Option("--phases", help="Phase volume (OME-Zarr, uint8; a path or an fsspec URL).")],
+    particles: ParticlesOpt,
+    phases: PhasesOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output particle labels (OME-Zarr).")],
     reach: Annotated[int, typer.Option(help="Voxels from another particle within which a voxel is a contact.")] = library_default("volmla.particles.contacts", "REACH"),
     rounds: Annotated[int, typer.Option(help="Passes (a sliver deeper than --reach is taken layer by layer).")] = library_default("volmla.particles.contacts", "ROUNDS"),
@@ -77,8 +81,8 @@ def contacts_command(
 
 @app.command("grains")
 def grains_command(
-    particles: Annotated[str, typer.Option("--particles", help="Particle labels (OME-Zarr; a path or an fsspec URL).")],
-    phases: Annotated[str, typer.Option("--phases", help="Phase volume (OME-Zarr, uint8; a path or an fsspec URL).")],
+    particles: ParticlesOpt,
+    phases: PhasesOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output grain labels (OME-Zarr).")],
     connectivity: ConnectivityOpt = 26,
     overwrite: OverwriteOpt = False,

@@ -38,6 +38,7 @@ import scipy.ndimage as ndi
 from volmla.engine.blocks import as_dataarray, as_volume, map_reduce, shared, unsigned_ids
 from volmla.engine.overlap import halo_map
 from volmla.errors import VolmlaError
+from volmla.particles.grains import particle_phase_arrays
 from volmla.particles.label import Labels
 from volmla.types import VolumeLike
 
@@ -141,14 +142,7 @@ def refine_contacts(
         raise VolmlaError(f"need 0 <= absent < present <= 1, got absent={absent!r}, present={present!r}")
     if not isinstance(min_interior, int | np.integer) or isinstance(min_interior, bool) or min_interior < 1:
         raise VolmlaError(f"min_interior must be a whole number of voxels >= 1, got {min_interior!r}")
-    part, phase = as_volume(particles, name="particles").data, as_volume(phases, name="phases").data
-    if part.shape != phase.shape:
-        raise VolmlaError(f"particles and phases must have the same shape, got {part.shape} and {phase.shape}")
-    if not np.issubdtype(phase.dtype, np.integer) or phase.dtype.itemsize > 1:
-        raise VolmlaError(f"phases must be uint8, got dtype {phase.dtype}")
-    if not np.issubdtype(part.dtype, np.integer):
-        raise VolmlaError(f"particles must be integer labels, got dtype {part.dtype}")
-    phase = phase if phase.chunks == part.chunks else phase.rechunk(part.chunks)
+    part, phase = particle_phase_arrays(particles, phases)
     labels = part
     for step in range(rounds):
         table = interior_table(labels, phase, reach=reach, min_interior=min_interior)

@@ -19,7 +19,7 @@ from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.types import VolumeLike
 
-__all__ = ["label_grains"]
+__all__ = ["label_grains", "particle_phase_arrays"]
 
 
 def label_grains(particles: VolumeLike, phases: VolumeLike, *, connectivity: Literal[6, 18, 26] = 26) -> Labels:
@@ -47,6 +47,29 @@ def label_grains(particles: VolumeLike, phases: VolumeLike, *, connectivity: Lit
     [[[1, 2, 3, 4]]]
     """
     connectivity = check_connectivity(connectivity)  # type: ignore[assignment]
+    part, phase = particle_phase_arrays(particles, phases)
+    key = da.map_blocks(_grain_key, part, phase, dtype=np.uint64, meta=np.empty((0, 0, 0), np.uint64))
+    found = label(key, connectivity=connectivity, multilabel=True)
+    grains = as_dataarray(found.labels.data, like=particles, name="grains", kind="labels",
+                          record={"step": "grains", "connectivity": connectivity, "count": found.count})
+    return Labels(grains, found.count)
+
+
+def particle_phase_arrays(particles: VolumeLike, phases: VolumeLike) -> tuple[da.Array, da.Array]:
+    """Particle labels and a phase volume as Dask arrays on one grid, checked.
+
+    Parameters
+    ----------
+    particles
+        Integer particle labels.
+    phases
+        uint8 phases of the same shape.
+
+    Returns
+    -------
+    tuple of dask.array.Array
+        ``(particles, phases)``, the phases rechunked to the particles' chunks.
+    """
     part, phase = as_volume(particles, name="particles").data, as_volume(phases, name="phases").data
     if part.shape != phase.shape:
         raise VolmlaError(f"particles and phases must have the same shape, got {part.shape} and {phase.shape}")
@@ -55,12 +78,7 @@ def label_grains(particles: VolumeLike, phases: VolumeLike, *, connectivity: Lit
     if not np.issubdtype(part.dtype, np.integer):
         raise VolmlaError(f"particles must be integer labels, got dtype {part.dtype}")
     # explicitly on one grid: map_blocks (dask 2026.8) does not rechunk operands on other grids
-    phase = phase if phase.chunks == part.chunks else phase.rechunk(part.chunks)
-    key = da.map_blocks(_grain_key, part, phase, dtype=np.uint64, meta=np.empty((0, 0, 0), np.uint64))
-    found = label(key, connectivity=connectivity, multilabel=True)
-    grains = as_dataarray(found.labels.data, like=particles, name="grains", kind="labels",
-                          record={"step": "grains", "connectivity": connectivity, "count": found.count})
-    return Labels(grains, found.count)
+    return part, phase if phase.chunks == part.chunks else phase.rechunk(part.chunks)
 
 
 def _grain_key(part: np.ndarray, phase: np.ndarray) -> np.ndarray:
