@@ -18,6 +18,7 @@
     particles: {min_size: 50, split: true, neck: 0.85}
     # particles: {model: particles.onnx}   # from a particle U-Net's interior/boundary map
     # particles: {model: "builtin:particles"}   # ... the one volmla ships
+    # particles: {contacts: false}   # keep the split's contacts (default: refined by the phases)
     grains: true
     liberation: {densities: [2.65, 2.6, 5.0], free_threshold: 0.99}
 
