@@ -133,6 +133,7 @@ def _yaml(root: Path) -> None:
         "run_classes": "out: r9\ninput: scan.zarr\nsegment: {method: kmeans, classes: 1}\n",
         "run_voxel": "out: r10\ninput: {paths: [ok.tif], voxel_size: -2}\n",
         "run_chunks": "out: r11\ninput: {paths: [ok.tif], chunks: 0}\n",
+        "run_contacts": base.format(out="r40") + "particles: {contacts: maybe}\n",
         "run_model": "out: r12\ninput: scan.zarr\nsegment: {method: unet, model: missing.onnx}\n",
         "run_h": base.format(out="r13") + "particles: {h: -1}\n",
         "run_ok_zarr_form": "out: r14\ninput: scan.zarr\n",
@@ -370,6 +371,12 @@ CASES: dict[str, Case] = {
     "particles-nan-otsu": Case("particles nan.zarr -o o.zarr", "nan or infinite"),
     "particles-inf-otsu": Case("particles inf.zarr -o o.zarr", "nan or infinite"),
     "grains-shape-mismatch": Case("grains --particles small_labels.zarr --phases phases.zarr -o o.zarr", "shape"),
+    "contacts-shape-mismatch": Case("contacts --particles small_labels.zarr --phases phases.zarr -o o.zarr", "shape"),
+    "contacts-phases-not-uint8": Case("contacts --particles particles.zarr --phases scan.zarr -o o.zarr", "uint8"),
+    "contacts-reach": Case("contacts --particles particles.zarr --phases phases.zarr -o o.zarr --reach 0",
+                           "reach must be a whole number >= 1"),
+    "contacts-output-is-input": Case("contacts --particles particles.zarr --phases phases.zarr -o particles.zarr "
+                                     "--overwrite", "also the input"),
     # --- liberation (item 12)
     "liberation-shape-mismatch": Case("liberation --phases phases.zarr --particles small_labels.zarr --out lib",
                                       "same shape"),
@@ -395,6 +402,7 @@ CASES: dict[str, Case] = {
     "run-missing-config": Case("run nothing.yaml", "nothing.yaml"),
     "run-unknown-section": Case("run run_unknown_section.yaml", "config has an unknown section 'extras'"),
     "run-min-size-text": Case("run run_min_size.yaml", "particles.min_size must be an integer"),
+    "run-contacts-not-bool": Case("run run_contacts.yaml", "particles.contacts must be true or false"),
     "run-unknown-step": Case("run run_step.yaml", "unknown step 'sharpen'"),
     "run-missing-input": Case("run run_missing_input.yaml", "does not exist"),
     "run-missing-paths": Case("run run_missing_paths.yaml", "does not exist"),
