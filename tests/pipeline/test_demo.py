@@ -25,6 +25,11 @@ def test_failed_rerun_keeps_the_previous_demo(tmp_path: Path, monkeypatch: pytes
     summary = demo(out, shape=(48, 48, 48), unet=False)
     assert Path(summary["report"]).is_file()
     assert summary["report"].startswith(str(out))
+    # the split is kept; the particles the report reads have their contacts refined
+    from volmla.io import open_volume
+
+    assert open_volume(out / "particles.zarr").attrs["provenance"][-1]["step"] == "contacts"
+    assert (out / "particles_split.zarr").is_dir() and "contacts" in summary["timings_s"]
     before = _tree(out)
 
     with pytest.raises(VolmlaError, match="exists: pass overwrite=True"):
