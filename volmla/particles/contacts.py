@@ -28,6 +28,7 @@ chunking (:func:`refine_contacts` on one chunk is the in-memory reference).
 
 from __future__ import annotations
 
+from numbers import Real
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,12 +39,13 @@ import scipy.ndimage as ndi
 from volmla.engine.blocks import as_dataarray, as_volume, map_reduce, shared, unsigned_ids
 from volmla.engine.overlap import halo_map
 from volmla.errors import VolmlaError
-from volmla.particles.grains import particle_phase_arrays
+from volmla.particles.grains import _grain_key, particle_phase_arrays
 from volmla.particles.label import Labels
+from volmla.particles.mask import _block_counts
 from volmla.types import VolumeLike
 
-__all__ = ["ABSENT", "MIN_INTERIOR", "PRESENT", "REACH", "ROUNDS", "InteriorTable", "interior_table",
-           "move_contacts", "refine_contacts"]
+__all__ = ["ABSENT", "MIN_INTERIOR", "PRESENT", "REACH", "ROUNDS", "InteriorTable", "contact_rule",
+           "interior_table", "move_contacts", "refine_contacts"]
 
 REACH = 2
 """Voxels from another particle within which a voxel is a contact."""
@@ -85,6 +87,36 @@ class InteriorTable(NamedTuple):
         known = (self.ids[idx] == particle) & (phase < self.fractions.shape[1])
         out[known] = self.fractions[idx[known], phase[known]]
         return out
+
+
+def contact_rule(*, reach: int = REACH, rounds: int = ROUNDS, absent: float = ABSENT, present: float = PRESENT,
+                 min_interior: int = MIN_INTERIOR) -> dict[str, int | float]:
+    """The rule's parameters, checked: what a contacts output records and its job names.
+
+    Parameters
+    ----------
+    reach, rounds, absent, present, min_interior
+        See :func:`refine_contacts`.
+
+    Returns
+    -------
+    dict
+        The five parameters as plain ``int`` / ``float``; a bad one is a one-line
+        :class:`~volmla.errors.VolmlaError`.
+
+    Examples
+    --------
+    >>> contact_rule(rounds=1)["rounds"], contact_rule()["min_interior"]
+    (1, 125)
+    """
+    for name, value, least in (("reach", reach, 1), ("rounds", rounds, 0), ("min_interior", min_interior, 1)):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < least:
+            raise VolmlaError(f"{name} must be a whole number >= {least}, got {value!r}")
+    if not all(isinstance(v, Real) and not isinstance(v, bool) for v in (absent, present)) \
+            or not 0 <= absent < present <= 1:
+        raise VolmlaError(f"need 0 <= absent < present <= 1, got absent={absent!r}, present={present!r}")
+    return {"reach": int(reach), "rounds": int(rounds), "absent": float(absent), "present": float(present),
+            "min_interior": int(min_interior)}
 
 
 def refine_contacts(
@@ -134,14 +166,7 @@ def refine_contacts(
     >>> refine_contacts(p, f, reach=1, min_interior=1).labels.values.ravel().tolist()
     [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2]
     """
-    if not isinstance(reach, int | np.integer) or isinstance(reach, bool) or reach < 1:
-        raise VolmlaError(f"reach must be a whole number of voxels >= 1, got {reach!r}")
-    if not isinstance(rounds, int | np.integer) or isinstance(rounds, bool) or rounds < 0:
-        raise VolmlaError(f"rounds must be a whole number >= 0, got {rounds!r}")
-    if not 0 <= absent < present <= 1:
-        raise VolmlaError(f"need 0 <= absent < present <= 1, got absent={absent!r}, present={present!r}")
-    if not isinstance(min_interior, int | np.integer) or isinstance(min_interior, bool) or min_interior < 1:
-        raise VolmlaError(f"min_interior must be a whole number of voxels >= 1, got {min_interior!r}")
+    rule = contact_rule(reach=reach, rounds=rounds, absent=absent, present=present, min_interior=min_interior)
     part, phase = particle_phase_arrays(particles, phases)
     labels = part
     for step in range(rounds):
@@ -153,8 +178,7 @@ def refine_contacts(
             labels = store(labels, Path(scratch) / f"contacts-{step}.zarr", desc=f"contacts, round {step + 1}")
             labels = labels if labels.chunks == part.chunks else labels.rechunk(part.chunks)
     count = _count(particles)
-    record = {"step": "contacts", "reach": int(reach), "rounds": int(rounds), "absent": float(absent),
-              "present": float(present), "min_interior": int(min_interior), "count": count}
+    record = {"step": "contacts", **rule, "count": count}
     out = as_dataarray(labels, like=particles, name="particles", kind="labels", record=record)
     return Labels(out, count)
 
@@ -180,15 +204,13 @@ def _neighbours(labels: da.Array, reach: int) -> tuple[da.Array, da.Array]:
 
 
 def _interior_key(labels: np.ndarray, phase: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """``id * 256 + phase`` for interior solid voxels (no other particle around), else 0."""
-    labels, phase = unsigned_ids(labels, what="particle"), unsigned_ids(phase, what="phase")
-    inside = (labels > 0) & (phase > 0) & (hi == labels) & (lo == labels)
-    return np.where(inside, labels.astype(np.uint64) * np.uint64(256) + phase.astype(np.uint64), np.uint64(0))
+    """The grain key ``id * 256 + phase`` of interior solid voxels (no other particle around), else 0."""
+    return _grain_key(labels, np.where((hi == labels) & (lo == labels), phase, 0))
 
 
 def _key_counts(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    keys, counts = np.unique(block[block > 0], return_counts=True)
-    return keys, counts
+    keys, counts = _block_counts(block)
+    return keys[keys > 0], counts[keys > 0]
 
 
 def interior_table(particles: da.Array, phases: da.Array, *, reach: int = REACH,

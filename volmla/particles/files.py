@@ -24,7 +24,7 @@ import xarray as xr
 
 from volmla.errors import VolmlaError
 from volmla.particles.api import label_particles
-from volmla.particles.contacts import REACH, ROUNDS, refine_contacts
+from volmla.particles.contacts import REACH, ROUNDS, contact_rule, refine_contacts
 from volmla.particles.grains import label_grains
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.particles.learned import MAP_PHASES
@@ -247,16 +247,16 @@ def plan_contacts(
     -------
     LabelsPlan
     """
-    for name, value, least in (("reach", reach, 1), ("rounds", rounds, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise VolmlaError(f"{name} must be a whole number >= {least}, got {value!r}")
+    # the whole rule names the job: an interrupted write resumes only under the same rule
+    rule = contact_rule(reach=reach, rounds=rounds)
     return _plan_pair("contacts", particles, phases, output, {"reach": reach, "rounds": rounds},
-                      overwrite=overwrite)
+                      overwrite=overwrite, described=rule)
 
 
 def _plan_pair(step: Literal["grains", "contacts"], particles: str | Path, phases: str | Path, output: str | Path,
-               options: dict[str, Any], *, overwrite: bool) -> LabelsPlan:
-    """A job on particles and phases: same shape and voxel size, the output checked."""
+               options: dict[str, Any], *, overwrite: bool, described: dict[str, Any] | None = None) -> LabelsPlan:
+    """A job on particles and phases: same shape and voxel size, the output checked
+    (its job named by ``described``, else by the options)."""
     from volmla.io import check_output, open_volume
     from volmla.io.outputs import source_id
 
@@ -268,7 +268,7 @@ def _plan_pair(step: Literal["grains", "contacts"], particles: str | Path, phase
             f"particles and phases must have the same voxel size, got {list(part.attrs['voxel_size_um'])} "
             f"and {list(ph.attrs['voxel_size_um'])} um"
         )
-    job = {"command": step, "particles": source_id(particles), "phases": source_id(phases), **options}
+    job = {"command": step, "particles": source_id(particles), "phases": source_id(phases), **(described or options)}
     check_output(output, overwrite=overwrite, job=job)
     return LabelsPlan(step, (part, ph), Path(output), options, overwrite, job)
 

@@ -316,15 +316,14 @@ def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, path: Path, log
 def _contacts(particles: xr.DataArray, phases: xr.DataArray, *, out: Path, log: Log, overwrite: bool,
               chunks: tuple[int, ...] | int) -> xr.DataArray:
     """The split particles with their contacts refined by the phases (``particles.zarr``)."""
-    from volmla.particles import contacts as c
     from volmla.particles import refine_contacts
+    from volmla.particles.contacts import contact_rule
 
     log("contacts")
     path = out / "particles.zarr"
-    # the rule's constants are part of the job: a version with other defaults recomputes
+    # the rule's parameters are part of the job: a version with other defaults recomputes
     job = {"stage": "contacts", "particles": particles.attrs["path"], "phases": phases.attrs["path"],
-           "reach": c.REACH, "rounds": c.ROUNDS, "absent": c.ABSENT, "present": c.PRESENT,
-           "min_interior": c.MIN_INTERIOR}
+           **contact_rule()}
     if _done(path, job, overwrite):
         log(f"  {path.name}: complete, kept")
         return open_volume(path)
