@@ -161,6 +161,8 @@ def _yaml(root: Path) -> None:
         "run_out_inside_input": base.format(out="scan.zarr/run"),
         "run_out_inside_a_file": base.format(out="notes.txt/run"),
         "run_max_radius_1e3": base.format(out="r33") + "particles: {max_radius: 1e3, min_size: 1e300}\n",
+        "run_psf_method": base.format(out="r41").replace("classes: 3", "classes: 3, psf_sigma: 0.7"),
+        "run_psf_huge": "out: r42\ninput: scan.zarr\nsegment: {labels: particles.zarr, psf_sigma: 1e3}\n",
         "correlate_plane_name": "ct: scan.zarr\nout: c2\nminerals: [quartz]\nplanes:\n"
                                 "  - {maps: [maps/Fe.tif], pixel_size_um: 2, name: ../../elsewhere}\n",
         "correlate_min_quality_nan": "ct: scan.zarr\nout: c3\nminerals: [quartz]\nmin_quality: .nan\nplanes:\n"
@@ -355,6 +357,11 @@ CASES: dict[str, Case] = {
     "segment-output-is-input": Case("segment scan.zarr -o scan.zarr --overwrite --method threshold --classes 2",
                                     "also the input"),
     "segment-nan": Case("segment nan.zarr -o o.zarr --method threshold --classes 2", "nan or infinite"),
+    "segment-psf-negative": Case("segment scan.zarr -o o.zarr --labels particles.zarr --psf-sigma -0.5",
+                                 "--psf-sigma must be"),
+    "segment-psf-inf": Case("segment scan.zarr -o o.zarr --labels particles.zarr --psf-sigma inf", "from 0 to 10"),
+    "segment-psf-method": Case("segment scan.zarr -o o.zarr --method threshold --classes 2 --psf-sigma 0.7",
+                               "--psf-sigma is for --method regions"),
     # no global statistic on these paths: the volume's own reads refuse the NaN
     "preprocess-nan-local-filter": Case("preprocess nan.zarr -o o.zarr --step gaussian:sigma=1", "nan or infinite"),
     "particles-nan-fixed-threshold": Case("particles nan.zarr -o o.zarr --threshold 0.5", "nan or infinite"),
@@ -401,6 +408,8 @@ CASES: dict[str, Case] = {
     "run-not-a-mapping": Case("run list.yaml", "mapping"),
     "run-missing-config": Case("run nothing.yaml", "nothing.yaml"),
     "run-unknown-section": Case("run run_unknown_section.yaml", "config has an unknown section 'extras'"),
+    "run-psf-method": Case("run run_psf_method.yaml", "segment.psf_sigma is for method regions"),
+    "run-psf-huge": Case("run run_psf_huge.yaml", "segment.psf_sigma must be a number of voxels from 0 to 10"),
     "run-min-size-text": Case("run run_min_size.yaml", "particles.min_size must be an integer"),
     "run-contacts-not-bool": Case("run run_contacts.yaml", "particles.contacts must be true or false"),
     "run-unknown-step": Case("run run_step.yaml", "unknown step 'sharpen'"),

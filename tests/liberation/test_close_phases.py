@@ -13,7 +13,13 @@ import xarray as xr
 
 from volmla.liberation import analyse
 from volmla.liberation.report import executive_summary
-from volmla.liberation.summary import CLOSE_CONTRAST, SPLIT_SE, close_phases, recorded_levels
+from volmla.liberation.summary import (
+    CLOSE_CONTRAST,
+    SPLIT_SE,
+    close_phases,
+    recorded_levels,
+    recorded_psf,
+)
 from volmla.measure.fractions import PhaseLevels
 
 NAMES = {1: "quartz", 2: "feldspar", 3: "pyrite"}
@@ -64,6 +70,19 @@ def test_the_levels_come_from_the_latest_segment_record() -> None:
     assert recorded_levels(np.zeros(3), NAMES) is None
 
 
+def test_the_psf_comes_from_the_latest_segment_record() -> None:
+    fitted = {"step": "segment", "method": "regions",
+              "grey_levels": {"noise_sigma": 1.0, "levels": {"void": 0.0}, "psf_sigma": 0.7, "psf_estimated": True}}
+    assert recorded_psf(_recorded({"step": "ingest"}, fitted)) == {"sigma": 0.7, "estimated": True}
+    given = {**fitted, "grey_levels": {**fitted["grey_levels"], "psf_sigma": 0.6, "psf_estimated": False}}
+    assert recorded_psf(_recorded(fitted, given)) == {"sigma": 0.6, "estimated": False}
+    # none recorded (a record from before the PSF was kept, a forest after it, no provenance, a bad value)
+    assert recorded_psf(_recorded({"step": "segment", "grey_levels": {"noise_sigma": 1.0}})) is None
+    assert recorded_psf(_recorded(fitted, {"step": "segment", "method": "rf"})) is None
+    assert recorded_psf(np.zeros(3)) is None
+    assert recorded_psf(_recorded({"step": "segment", "grey_levels": {"psf_sigma": "wide"}})) is None
+
+
 def _summary(warnings: list[str]) -> dict:
     return {"n_particles": 100, "n_particles_total": 120, "n_border": 20, "include_border": False,
             "phase_names": ["quartz", "feldspar"], "modal_mineralogy": {"quartz": 0.6, "feldspar": 0.4},
@@ -79,6 +98,17 @@ def test_a_close_pair_is_a_note_and_with_small_particles_a_warning() -> None:
     line = [w for w in small["warnings"] if w.startswith(said)]
     assert len(line) == 1 and "may be off by 0.1 or more, a bias the intervals (sampling only) do not include" in line[0]
     assert not any(n.startswith(said) for n in small["notes"])
+
+
+def test_the_report_names_the_psf_where_phases_are_told_apart_over_grains() -> None:
+    summary = {**_summary([]), "partial_volume_psf": {"sigma": 0.7, "estimated": True}}
+    lines = [n for n in executive_summary(summary)["notes"] if "PSF sigma of 0.70 voxels" in n]
+    assert len(lines) == 1 and "estimated from the particles' edges" in lines[0] and "--psf-sigma" in lines[0]
+    given = {**summary, "partial_volume_psf": {"sigma": 0.6, "estimated": False}}
+    assert any("0.60 voxels (as given)" in n for n in executive_summary(given)["notes"])
+    # no close pair, or no PSF recorded: nothing to say
+    assert not any("PSF" in n for n in executive_summary({**summary, "close_phases": []})["notes"])
+    assert not any("PSF" in n for n in executive_summary({**summary, "partial_volume_psf": None})["notes"])
 
 
 @pytest.mark.parametrize(("se", "warned"), [(SPLIT_SE, True), (SPLIT_SE - 0.001, False), (None, False)])
@@ -109,11 +139,16 @@ def test_phases_by_region_record_their_levels_and_the_report_names_the_pair(tmp_
                          phase_names=list(NAMES.values()))
     record = seg.phases.attrs["provenance"][-1]["grey_levels"]
     assert record["levels"].keys() == record["voxels"].keys() == {"void", *NAMES.values()}
+    if close:  # the PSF estimated once, before the region pass, gives the phases region_phases gives alone
+        from volmla.segment.pooled import region_phases
+
+        np.testing.assert_array_equal(seg.phases.values, region_phases(ore.intensity, ore.particles, labels).compute())
     summary = analyse(seg.phases, ore.particles, out_dir=tmp_path / "lib", intensity=ore.intensity,
                       section_step=None, pieces=None, n_boot=0, voxel_size=1.0)
     written = json.loads((tmp_path / "lib" / "summary.json").read_text())
     assert [p["phases"] for p in written["close_phases"]] == ([["quartz", "feldspar"]] if close else [])
     assert set(written["grey_levels"]["levels"]) == {"void", *NAMES.values()}
+    assert written["partial_volume_psf"] == {"sigma": record["psf_sigma"], "estimated": True}
     flagged = [w for w in written["warnings"] if w.startswith("quartz and feldspar lie")]
     assert len(flagged) == int(close) and written["warnings"] == summary["warnings"]
     few = [w for w in written["warnings"] if w.startswith("the grey levels of quartz and feldspar rest on")]

@@ -64,6 +64,11 @@ def test_ingest_input_paths_become_a_list(tmp_path: Path) -> None:
         ({"out": "o", "input": {"paths": ["a"], "overlap": 20}},
          "config input.overlap 20 is for stitching several stacks: set input.stitch: true"),
         ({"out": "o", "input": {"paths": ["a", "b"], "overlap": 20, "stitch": False}}, "input.overlap 20"),
+        ({"out": "o", "input": "x.zarr", "segment": {"method": "kmeans", "classes": 3, "psf_sigma": 0.7}},
+         "segment.psf_sigma is for method regions"),
+        ({"out": "o", "input": "x.zarr", "segment": {"labels": "l.zarr", "psf_sigma": -1}}, "from 0 to 10"),
+        ({"out": "o", "input": "x.zarr", "segment": {"labels": "l.zarr", "psf_sigma": 40}}, "from 0 to 10"),
+        ({"out": "o", "input": "x.zarr", "segment": {"labels": "l.zarr", "psf_sigma": "0.7"}}, "must be a number"),
     ],
 )
 def test_bad_configs_name_the_problem(raw: object, message: str, tmp_path: Path) -> None:
@@ -84,3 +89,35 @@ def test_overlap_with_stitch_or_none_is_taken(tmp_path: Path) -> None:
     assert cfg.input.options() == {"stitch": True, "overlap": 20}
     cfg = validate_config({"out": "o", "input": {"paths": ["a"], "overlap": None}}, base=tmp_path)
     assert cfg.input.options() == {"overlap": None}
+
+
+def test_a_known_psf_reaches_the_region_path_and_names_the_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``segment.psf_sigma`` (method regions) replaces the PSF estimate of the partial-volume
+    correction; the phases' job names it, so a run with another sigma redoes the phases."""
+    import numpy as np
+    import xarray as xr
+
+    import volmla.segment
+    from volmla.io import write_volume
+    from volmla.pipeline.run import _segment
+
+    write_volume(np.ones((4, 4, 4), np.uint8), tmp_path / "l.zarr", voxel_size=1.0, kind="labels")
+    seg = validate_config({"out": "o", "input": "x.zarr", "segment": {"labels": "l.zarr", "psf_sigma": 0.6}},
+                          base=tmp_path).segment
+    assert seg is not None and seg.method == "regions" and seg.psf_sigma == 0.6 and seg.job()["psf_sigma"] == "0.6"
+    seen: dict = {}
+
+    class _Seg:
+        phases = "phases"
+
+    def fake(volume: object, **kwargs: object) -> _Seg:
+        seen.update(kwargs)
+        return _Seg()
+
+    monkeypatch.setattr(volmla.segment, "segment_phases", fake)
+    assert _segment(xr.DataArray(np.zeros((4, 4, 4))), seg, device="cpu", out=tmp_path) == "phases"
+    assert seen["region_options"] == {"psf_sigma": 0.6}
+    plain = validate_config({"out": "o", "input": "x.zarr", "segment": {"labels": "l.zarr"}}, base=tmp_path).segment
+    assert plain is not None and plain.psf_sigma is None and "psf_sigma" not in plain.job()
+    _segment(xr.DataArray(np.zeros((4, 4, 4))), plain, device="cpu", out=tmp_path)
+    assert seen["region_options"] is None

@@ -285,4 +285,4 @@ def test_run_cli_config_errors_name_yaml_keys_not_flags(tmp_path: Path, capsys: 
     (tmp_path / "bad.yaml").write_text("out: o\ninput: x.zarr\nsegment: {bogus: 1}\n")
     assert main(["run", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "unknown key 'bogus'" in err and "phase_names, save_model" in err and "--" not in err
+    assert "unknown key 'bogus'" in err and "phase_names, psf_sigma, save_model" in err and "--" not in err

@@ -129,6 +129,45 @@ def test_labels_alone_segment_by_region_and_particles_can_be_given(tmp_path, cap
     assert main(["segment", str(scan), "-o", str(tmp_path / "x.zarr"), "--method", "threshold", "--classes", "4",
                  "--particles", str(parts)]) == 2
     assert "--particles is for --method regions" in capsys.readouterr().err
+    # the written step keeps what the segmentation measured: its levels and the PSF it estimated
+    grey = phases.attrs["provenance"][-1]["grey_levels"]
+    assert grey["psf_estimated"] is True and 0 < grey["psf_sigma"] <= 2 and grey["noise_sigma"] > 0
+    capsys.readouterr()
+
+
+def test_a_known_psf_is_given_to_the_region_path(tmp_path, capsys) -> None:
+    """``--psf-sigma`` replaces the estimate of the partial-volume correction (issue 17: the PSF
+    estimate moves the volumes of phases told apart over grains); it is recorded, a rerun with
+    another sigma is another job, and bad values or another method are one line, exit 2."""
+    from volmla.segment.pooled import region_phases
+    from volmla.synthetic import crushed_ore
+
+    ore = crushed_ore(shape=(40, 40, 40), seed=1, level="easy")
+    labels = np.zeros(ore.phases.shape, np.uint8)
+    for z in (10, 20, 30):
+        labels[z] = ore.phases[z] + 1
+    scan = write_volume(np.asarray(ore.intensity), tmp_path / "scan.zarr", voxel_size=1.0, chunks=20)
+    lab = write_volume(labels, tmp_path / "labels.zarr", voxel_size=1.0, chunks=20)
+    parts = write_volume(ore.particles, tmp_path / "parts.zarr", voxel_size=1.0, kind="labels")
+    base = ["-q", "segment", str(scan), "--labels", str(lab), "--particles", str(parts)]
+    assert main([*base, "-o", str(tmp_path / "a.zarr"), "--psf-sigma", "0.5"]) == 0
+    got = open_volume(tmp_path / "a.zarr")
+    assert got.attrs["provenance"][-1]["grey_levels"]["psf_sigma"] == 0.5
+    assert got.attrs["provenance"][-1]["grey_levels"]["psf_estimated"] is False
+    want = region_phases(ore.intensity, ore.particles, labels, psf_sigma=0.5).compute()
+    np.testing.assert_array_equal(got.values, want)
+    assert main([*base, "-o", str(tmp_path / "a.zarr"), "--psf-sigma", "0.9"]) == 2  # another job
+    assert "--overwrite" in capsys.readouterr().err
+    for bad, message in ((["--psf-sigma", "-1"], "--psf-sigma must be"), (["--psf-sigma", "50"], "from 0 to 10"),
+                         (["--psf-sigma", "nan"], "--psf-sigma must be")):
+        assert main([*base, "-o", str(tmp_path / "x.zarr"), *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert main(["segment", str(scan), "-o", str(tmp_path / "x.zarr"), "--method", "kmeans", "--classes", "3",
+                 "--psf-sigma", "0.7"]) == 2
+    err = capsys.readouterr().err
+    assert "--psf-sigma is for --method regions" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.zarr").exists()
 
 
 def test_particle_unet_chain_is_read_as_an_interior_map(tmp_path, scheduler) -> None:

@@ -97,6 +97,7 @@ def segment_command(
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime threads per worker.")] = None,
     sigmas: Annotated[str | None, typer.Option("--sigmas", help="Feature scales for --method rf, e.g. 0.7,1,1.6,3.5,5 (the default).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for kmeans / rf.")] = 0,
+    psf_sigma: Annotated[float | None, typer.Option("--psf-sigma", help="--method regions: the scan's Gaussian PSF sigma in voxels for the partial-volume correction, when known (default: estimated from the particles' edges; 0: no correction).")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Segment phases: by region inside particles (the default with --labels), ONNX U-Net, random forest, threshold, kmeans."""
@@ -115,6 +116,10 @@ def segment_command(
     forest_path = save_model
     if particles is not None and method not in (None, "regions"):
         raise VolmlaError("--particles is for --method regions")
+    if psf_sigma is not None:
+        from volmla.segment.pooled import check_psf
+
+        check_psf(psf_sigma)
     if labels is not None and forest_path is None:  # a forest trained here is kept beside the output
         forest_path = output.parent / f"{output.name.removesuffix('.zarr')}.rf.onnx"
     if labels is not None and forest_path is not None:
@@ -136,6 +141,10 @@ def segment_command(
            "labels": source_id(labels) if labels else None, "sigmas": sigmas}
     if particles is not None:
         job["particles"] = source_id(particles)
+    if psf_sigma is not None:
+        if method != "regions":
+            raise VolmlaError(f"--psf-sigma is for --method regions, got --method {method}")
+        job["psf_sigma"] = psf_sigma
     check_output(output, overwrite=overwrite, job=job)
     if uncertainty is not None:
         check_output(uncertainty, overwrite=overwrite, job={**job, "output": "uncertainty"})
@@ -148,12 +157,16 @@ def segment_command(
                              save_model=forest_path, classes=classes, seed=seed, sigmas=scales, halo=halo,
                              tile=tile, overlap=overlap, batch=batch, device=device(), fp16=fp16,
                              uncertainty=uncertainty is not None, threads=threads,
-                             particles=open_volume(particles) if particles is not None else None)
+                             particles=open_volume(particles) if particles is not None else None,
+                             region_options=None if psf_sigma is None else {"psf_sigma": psf_sigma})
         if seg.train_accuracy is not None:
             typer.echo(f"random forest: training accuracy {seg.train_accuracy:.3f}", err=True)
             typer.echo(f"wrote {seg.model}", err=STATE.quiet)
         phase_names = {i: n for i, n in enumerate(seg.classes) if i > 0}
-        # the results carry the input's steps and a short segment step: the job's full one replaces it
+        # the results carry the input's steps and a short segment step: the job's full one replaces
+        # it, keeping what the segmentation measured (regions: the grey levels and PSF it used)
+        own = seg.phases.attrs["provenance"][-1]
+        steps[0].update({k: own[k] for k in ("grey_levels",) if k in own})
         before = {"provenance": list(vol.attrs["provenance"])}
         write_volume(seg.phases.assign_attrs(before), output, voxel_size=vol.attrs["voxel_size_um"], chunks=chunks,
                      kind="phases", phases=phase_names, provenance=steps, overwrite=overwrite, job=job)

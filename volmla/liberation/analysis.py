@@ -62,6 +62,7 @@ from volmla.liberation.summary import (
     liberation_summary,
     provenance,
     recorded_levels,
+    recorded_psf,
 )
 from volmla.liberation.uncertainty import MAX_BOOT, bootstrap
 from volmla.types import VolumeLike
@@ -331,6 +332,7 @@ def analyse(
             include_border=include_border, voxel_size=tables.voxel_size_um, warn_small=warn_small,
         )
         summary["close_phases"] = close_phases(recorded_levels(phases, tables.phase_names), tables.phase_names)
+        summary["partial_volume_psf"] = recorded_psf(phases)
         if tables.levels is not None:  # what the boundary voxels were apportioned between
             summary["grey_levels"] = {
                 "noise_sigma": float(tables.levels.noise_sigma),

@@ -53,6 +53,7 @@ __all__ = [
     "phase_warnings",
     "provenance",
     "recorded_levels",
+    "recorded_psf",
     "size_warnings",
 ]
 
@@ -116,6 +117,9 @@ class Summary(TypedDict):
     grey_levels: NotRequired[dict[str, Any]]
     """With an intensity: ``{"noise_sigma": s, "levels": {"void"|phase: grey}}``, the pure
     levels the boundary voxels were apportioned between."""
+    partial_volume_psf: NotRequired[dict[str, Any] | None]
+    """The PSF sigma (voxels) the phases' partial-volume correction used and whether it was
+    estimated (:func:`recorded_psf`; None: not recorded)."""
     close_phases: NotRequired[list[dict[str, Any]]]
     """Pairs of phases closer in grey than the noise resolves per voxel (:func:`close_phases`,
     from the levels the segmentation fitted); the report names them."""
@@ -370,22 +374,57 @@ def recorded_levels(volume: Any, phase_names: Mapping[int, str]) -> PhaseLevels 
     """
     from volmla.measure.fractions import PhaseLevels
 
+    grey = _segment_grey(volume)
+    ids = {"void": 0, **{str(n): int(k) for k, n in phase_names.items()}}
+    if grey is None or not isinstance(grey.get("levels"), Mapping):
+        return None
+    try:
+        levels = {ids[str(n)]: float(v) for n, v in grey["levels"].items() if str(n) in ids}
+        counts = grey.get("voxels")
+        voxels = {ids[str(n)]: int(v) for n, v in counts.items() if str(n) in ids} if isinstance(counts, Mapping) else {}
+        return PhaseLevels(levels, float(grey["noise_sigma"]), voxels)
+    except (KeyError, TypeError, ValueError):
+        return None  # a record written otherwise: no warning rather than a wrong one
+
+
+def recorded_psf(volume: Any) -> dict[str, Any] | None:
+    """The PSF sigma a phase volume's partial-volume correction used, from its provenance.
+
+    Parameters
+    ----------
+    volume
+        The phase volume (its ``attrs["provenance"]``), or anything without attributes.
+
+    Returns
+    -------
+    dict or None
+        ``{"sigma": voxels, "estimated": bool}`` from the last segment record
+        (``method="regions"`` records it beside its levels), or None.
+
+    Examples
+    --------
+    >>> import xarray as xr
+    >>> rec = {"step": "segment", "grey_levels": {"psf_sigma": 0.7, "psf_estimated": True}}
+    >>> recorded_psf(xr.DataArray(np.zeros(1), attrs={"provenance": [rec]}))
+    {'sigma': 0.7, 'estimated': True}
+    """
+    grey = _segment_grey(volume)
+    try:
+        if grey is None or grey.get("psf_sigma") is None:
+            return None
+        return {"sigma": float(grey["psf_sigma"]), "estimated": bool(grey.get("psf_estimated", True))}
+    except (TypeError, ValueError):
+        return None
+
+
+def _segment_grey(volume: Any) -> Mapping[str, Any] | None:
+    """The ``grey_levels`` of the latest segment record (None: none, or that segmentation fitted none)."""
     attrs = getattr(volume, "attrs", None)
     steps = attrs.get("provenance") if isinstance(attrs, Mapping) else None
-    ids = {"void": 0, **{str(n): int(k) for k, n in phase_names.items()}}
     for step in reversed(list(steps or [])):
-        grey = step.get("grey_levels") if isinstance(step, Mapping) and step.get("step") == "segment" else None
-        if isinstance(grey, Mapping) and isinstance(grey.get("levels"), Mapping):
-            try:
-                levels = {ids[str(n)]: float(v) for n, v in grey["levels"].items() if str(n) in ids}
-                counts = grey.get("voxels")
-                voxels = ({ids[str(n)]: int(v) for n, v in counts.items() if str(n) in ids}
-                          if isinstance(counts, Mapping) else {})
-                return PhaseLevels(levels, float(grey["noise_sigma"]), voxels)
-            except (KeyError, TypeError, ValueError):
-                return None  # a record written otherwise: no warning rather than a wrong one
         if isinstance(step, Mapping) and step.get("step") == "segment":
-            return None  # the latest segmentation fitted no levels
+            grey = step.get("grey_levels")
+            return grey if isinstance(grey, Mapping) else None
     return None
 
 

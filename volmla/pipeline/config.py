@@ -171,6 +171,15 @@ def _skip_if_zero(where: str, value: Any) -> int | None:
     return None if number == 0 else number
 
 
+def _psf_sigma(where: str, value: Any) -> float:
+    from volmla.segment.pooled import MAX_PSF
+
+    number = _number(where, value)
+    if not (math.isfinite(number) and 0 <= number <= MAX_PSF):
+        raise VolmlaError(f"config {where} must be a number of voxels from 0 to {MAX_PSF:g}, got {value!r}")
+    return float(number)
+
+
 def _optional(check: Check) -> Check:
     return lambda where, value: None if value is None else check(where, value)
 
@@ -295,6 +304,9 @@ class SegmentConfig:
     halo: int | None = None
     tile: int | list[int] | Literal["block"] | None = None
     save_model: Path | None = None
+    psf_sigma: float | None = None
+    """Method ``regions``: the scan's PSF sigma (voxels) for the partial-volume correction;
+    None: estimated from the particles' edges."""
     spelled: str = ""
     """The method as the config spelled it (``model`` or ``unet`` for the U-Net)."""
     given: tuple[str, ...] = ()
@@ -323,6 +335,7 @@ _SEGMENT_CHECKS: dict[str, Check] = {
     "phase_names": _optional(_names),
     "halo": _optional(_at_least(_int, 0)),
     "tile": _tile,
+    "psf_sigma": _optional(_psf_sigma),
 }
 
 
@@ -520,6 +533,9 @@ def _segment(raw: Any, base: Path) -> SegmentConfig | None:
         raise VolmlaError(f"config segment.method {method} needs segment.classes (an integer)")
     if seg.get("classes") is not None and not 2 <= seg["classes"] <= 255:
         raise VolmlaError(f"config segment.classes must be an integer in 2..255, got {seg['classes']!r}")
+    if seg.get("psf_sigma") is not None and method != "regions":
+        raise VolmlaError(f"config segment.psf_sigma is for method regions (its partial-volume correction), "
+                          f"got method {spelled}")
     if "save_model" in seg and not (method == "rf" and "model" not in seg):
         raise VolmlaError("config segment.save_model is where method rf writes the forest it trains on "
                           f"segment.labels; method {spelled}{' with a model' if 'model' in seg else ''} trains none")

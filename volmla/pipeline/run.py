@@ -270,7 +270,8 @@ def _segment(volume: xr.DataArray, seg: SegmentConfig, *, device: Device, out: P
     return segment_phases(volume, method=seg.method, model=seg.model, labels=labels,
                           save_model=save_model if trains else None, classes=seg.classes,
                           particles=particles, halo=seg.halo, tile=seg.tile, device=device,
-                          phase_names=seg.phase_names if seg.method == "regions" else None).phases
+                          phase_names=seg.phase_names if seg.method == "regions" else None,
+                          region_options=None if seg.psf_sigma is None else {"psf_sigma": seg.psf_sigma}).phases
 
 
 def _particle_map(volume: xr.DataArray, model: Path, *, device: Device, out: Path, log: Log, overwrite: bool,

@@ -375,7 +375,14 @@ def segment_phases(
 
             particles = label_particles(volume).labels
         levels = label_levels(volume, labels, particles=particles)
-        phases = region_phases(volume, particles, levels=levels, **dict(region_options or {}))
+        options = dict(region_options or {})
+        estimated = options.get("psf_sigma") is None
+        if estimated:  # estimated here, once, so that the record can name it (region_phases takes it as given)
+            from volmla.segment.pooled import corrected_grey
+
+            given = {k: options[k] for k in ("solid_fraction", "contrast", "pores") if k in options}
+            options["psf_sigma"] = corrected_grey(volume, particles, levels, **given).psf_sigma
+        phases = region_phases(volume, particles, levels=levels, **options)
         if phase_names is None:
             named = {int(k): str(v) for k, v in (as_volume(labels, name="labels").attrs.get("phases") or {}).items()}
         elif isinstance(phase_names, Mapping):
@@ -385,7 +392,8 @@ def segment_phases(
         names = ("void", *(named.get(k, f"phase{k}") for k in range(1, max(levels.levels) + 1)))
         grey = {"noise_sigma": float(levels.noise_sigma),  # the liberation report's contrast warning reads them
                 "levels": {names[k]: float(v) for k, v in sorted(levels.levels.items()) if k < len(names)},
-                "voxels": {names[k]: int(v) for k, v in sorted(levels.voxels.items()) if k < len(names)}}
+                "voxels": {names[k]: int(v) for k, v in sorted(levels.voxels.items()) if k < len(names)},
+                "psf_sigma": float(options["psf_sigma"]), "psf_estimated": estimated}
         return _result(volume, phases, names, None, resolved, None, None, grey_levels=grey)
     if resolved == "rf":
         from volmla.segment.forest import (

@@ -152,8 +152,10 @@ __all__ = [
     "DEFAULT_DEPTH",
     "DEFAULT_ERODE",
     "AUTO_RADIUS_FRACTION",
+    "MAX_PSF",
     "DEFAULT_RADIUS",
     "auto_radius",
+    "check_psf",
     "CorrectedGrey",
     "corrected_grey",
     "GROUP_GAP",
@@ -221,6 +223,9 @@ RING_LEAST = 32
 """Void voxels a radius bin needs for its ring value."""
 PSF_SIGMAS = tuple(round(0.1 * i, 1) for i in range(21))
 """Candidate PSF sigmas (voxels) of :func:`estimate_psf`."""
+MAX_PSF = 10.0
+"""The largest PSF sigma (voxels) a caller may give: a blur of tens of voxels is a typo
+(its halo would read blocks tens of voxels wider)."""
 PSF_CROP = 128
 """Voxels per axis of the central crop the PSF is estimated on."""
 DEFAULT_ERODE = 2
@@ -1154,10 +1159,20 @@ def auto_radius(particles: VolumeLike) -> int:
     return int(min(max(math.floor(AUTO_RADIUS_FRACTION * r_eq), lo), hi))
 
 
-def _check_psf(psf_sigma: Any) -> None:
-    if psf_sigma is not None and not (isinstance(psf_sigma, int | float) and math.isfinite(psf_sigma)
-                                      and psf_sigma >= 0):
-        raise VolmlaError(f"psf_sigma must be None or a non-negative number of voxels, got {psf_sigma!r}")
+def check_psf(psf_sigma: Any) -> None:
+    """Refuse (one line) a PSF sigma that is not None or a number of voxels in ``0..MAX_PSF``.
+
+    Examples
+    --------
+    >>> check_psf(0.8)
+    >>> check_psf(-1)
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: psf_sigma must be None or a number of voxels from 0 to 10, got -1
+    """
+    if psf_sigma is not None and not (isinstance(psf_sigma, int | float) and not isinstance(psf_sigma, bool)
+                                      and math.isfinite(psf_sigma) and 0 <= psf_sigma <= MAX_PSF):
+        raise VolmlaError(f"psf_sigma must be None or a number of voxels from 0 to {MAX_PSF:g}, got {psf_sigma!r}")
 
 
 class CorrectedGrey(NamedTuple):
@@ -1220,7 +1235,7 @@ def corrected_grey(
     """
     from volmla.engine.overlap import halo_map
 
-    _check_psf(psf_sigma)
+    check_psf(psf_sigma)
     shapes = [tuple(getattr(v, "shape", np.shape(v))) for v in (intensity, particles, solid_fraction) if v is not None]
     if len(set(shapes)) > 1:
         raise VolmlaError(f"intensity, particles and solid_fraction must have the same shape, got {shapes}")
@@ -1390,7 +1405,7 @@ def region_phases(
         raise VolmlaError(f"min_grain must be a non-negative integer (voxels), got {min_grain!r}")
     if not (isinstance(contrast, int | float) and math.isfinite(contrast) and contrast >= 0):
         raise VolmlaError(f"contrast must be a non-negative number of noise sigmas, got {contrast!r}")
-    _check_psf(psf_sigma)
+    check_psf(psf_sigma)
     shapes = [tuple(getattr(v, "shape", np.shape(v))) for v in (intensity, particles)]
     for extra in (labels, solid_fraction):
         if extra is not None:
