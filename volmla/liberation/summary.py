@@ -412,7 +412,7 @@ def recorded_psf(volume: Any) -> dict[str, Any] | None:
     try:
         if grey is None or grey.get("psf_sigma") is None:
             return None
-        return {"sigma": float(grey["psf_sigma"]), "estimated": bool(grey.get("psf_estimated", True))}
+        return {"sigma": float(grey["psf_sigma"]), "estimated": grey.get("psf_estimated") is not False}
     except (TypeError, ValueError):
         return None
 

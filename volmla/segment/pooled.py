@@ -1160,7 +1160,7 @@ def auto_radius(particles: VolumeLike) -> int:
 
 
 def check_psf(psf_sigma: Any) -> None:
-    """Refuse (one line) a PSF sigma that is not None or a number of voxels in ``0..MAX_PSF``.
+    """Refuse (one line) a PSF sigma that is neither None nor a number of voxels in ``0..MAX_PSF``.
 
     Examples
     --------
@@ -1168,11 +1168,12 @@ def check_psf(psf_sigma: Any) -> None:
     >>> check_psf(-1)
     Traceback (most recent call last):
     ...
-    volmla.errors.VolmlaError: psf_sigma must be None or a number of voxels from 0 to 10, got -1
+    volmla.errors.VolmlaError: psf_sigma must be a number of voxels from 0 to 10 (or None: estimated), got -1
     """
     if psf_sigma is not None and not (isinstance(psf_sigma, int | float) and not isinstance(psf_sigma, bool)
                                       and math.isfinite(psf_sigma) and 0 <= psf_sigma <= MAX_PSF):
-        raise VolmlaError(f"psf_sigma must be None or a number of voxels from 0 to {MAX_PSF:g}, got {psf_sigma!r}")
+        raise VolmlaError(f"psf_sigma must be a number of voxels from 0 to {MAX_PSF:g} (or None: estimated), "
+                          f"got {psf_sigma!r}")
 
 
 class CorrectedGrey(NamedTuple):
