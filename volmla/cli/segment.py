@@ -166,7 +166,8 @@ def segment_command(
         # the results carry the input's steps and a short segment step: the job's full one replaces
         # it, keeping what the segmentation measured (regions: the grey levels and PSF it used)
         own = seg.phases.attrs["provenance"][-1]
-        steps[0].update({k: own[k] for k in ("grey_levels",) if k in own})
+        if "grey_levels" in own:
+            steps[0]["grey_levels"] = own["grey_levels"]
         before = {"provenance": list(vol.attrs["provenance"])}
         write_volume(seg.phases.assign_attrs(before), output, voxel_size=vol.attrs["voxel_size_um"], chunks=chunks,
                      kind="phases", phases=phase_names, provenance=steps, overwrite=overwrite, job=job)

@@ -172,11 +172,13 @@ def _skip_if_zero(where: str, value: Any) -> int | None:
 
 
 def _psf_sigma(where: str, value: Any) -> float:
-    from volmla.segment.pooled import MAX_PSF
+    from volmla.segment.pooled import check_psf
 
     number = _number(where, value)
-    if not (math.isfinite(number) and 0 <= number <= MAX_PSF):
-        raise VolmlaError(f"config {where} must be a number of voxels from 0 to {MAX_PSF:g}, got {value!r}")
+    try:
+        check_psf(number)
+    except VolmlaError as exc:  # the library's range, under the config's key
+        raise VolmlaError(f"config {where} {str(exc).removeprefix('psf_sigma ')}") from None
     return float(number)
 
 

@@ -378,10 +378,9 @@ def segment_phases(
         options = dict(region_options or {})
         estimated = options.get("psf_sigma") is None
         if estimated:  # estimated here, once, so that the record can name it (region_phases takes it as given)
-            from volmla.segment.pooled import corrected_grey
+            from volmla.segment.pooled import region_psf
 
-            given = {k: options[k] for k in ("solid_fraction", "contrast", "pores") if k in options}
-            options["psf_sigma"] = corrected_grey(volume, particles, levels, **given).psf_sigma
+            options["psf_sigma"] = region_psf(volume, particles, levels, **options)
         phases = region_phases(volume, particles, levels=levels, **options)
         if phase_names is None:
             named = {int(k): str(v) for k, v in (as_volume(labels, name="labels").attrs.get("phases") or {}).items()}

@@ -167,6 +167,7 @@ __all__ = [
     "flatten_cupping",
     "label_levels",
     "region_phases",
+    "region_psf",
 ]
 
 MIX_SIGMAS = 3.0
@@ -1281,6 +1282,47 @@ def corrected_grey(
                                  sigma=float(psf_sigma)), lmap)
         corrected = flat - (blurred - lmap)
     return CorrectedGrey(flat, corrected, float(psf_sigma))
+
+
+def region_psf(
+    intensity: VolumeLike,
+    particles: VolumeLike,
+    levels: LabelLevels,
+    *,
+    psf_sigma: float | None = None,
+    solid_fraction: VolumeLike | None = None,
+    contrast: float = DEFAULT_CONTRAST,
+    pores: bool = False,
+    **region_options: Any,
+) -> float:
+    """The PSF sigma (voxels) :func:`region_phases` corrects with, given the same options.
+
+    ``psf_sigma`` as given, else estimated (:func:`estimate_psf`, one pass over a central
+    crop; 0 with a warning where the levels hold no void level and some voxels lie outside
+    particles). A caller that records the sigma estimates it here once and hands it to
+    :func:`region_phases` as ``psf_sigma``.
+
+    Parameters
+    ----------
+    intensity, particles, levels, psf_sigma, solid_fraction, contrast, pores
+        As in :func:`region_phases`.
+    **region_options
+        The other options of :func:`region_phases` (they do not change the PSF), so that
+        one dict of options serves both calls.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> ph = np.zeros((24, 24, 24), np.uint8); ph[4:20, 4:20, 4:20] = 1
+    >>> levels = LabelLevels({0: 100.0, 1: 1000.0}, 10.0, 0.0, {0: 1000, 1: 1000})
+    >>> region_psf(np.array([100.0, 1000.0])[ph], ph.astype(np.uint32), levels, psf_sigma=0.6, radius=3)
+    0.6
+    """
+    return corrected_grey(intensity, particles, levels, psf_sigma=psf_sigma, solid_fraction=solid_fraction,
+                          contrast=contrast, pores=pores).psf_sigma
 
 
 def region_phases(
