@@ -54,9 +54,11 @@ pooling's ``depth=N`` (``results/truth_e2e_depth2.json``, ``truth_e2e_depth3.jso
 ``--particles-model DIR/particles-LEVEL.onnx`` takes the CT's own particles from a particle
 U-Net's interior/boundary map (``bench_particles.py --learned --keep-models DIR``).
 ``--psf-sweep`` runs the default region path on the true particles with its PSF estimated
-and fixed at each of :data:`PSF_SWEEP`, and records per phase how far the corrected grey of
-surface voxels lies from the interior's (default ``--output``: ``results/truth_psf.json``):
-how much of the remaining phase error the PSF estimate carries.
+and fixed at each of :data:`PSF_SWEEP` (or ``--psfs``), and records per phase how far the
+corrected grey of surface voxels lies from the interior's (default ``--output``:
+``results/truth_psf.json``): how much of the remaining phase error the PSF estimate
+carries; with ``--own`` the same end to end, on the CT's own particles
+(``results/truth_psf_own.json``).
 ``--evidence`` measures what the grey holds about small intergrown particles: the
 chi-square gain of their true grain labelling over one phase, against the null of a
 per-particle plane-split test on truly free particles (:func:`run_evidence_case`; default
@@ -417,12 +419,14 @@ PSF_SWEEP = (0.5, 0.6, 0.7, 0.8, 0.9)
 """The fixed PSF sigmas (voxels) of ``--psf-sweep``, beside the estimated one."""
 
 
-def run_psf_case(shape: int, seed: int, level: str) -> dict[str, Any]:
-    """The default region path on the true particles with its PSF estimated and with each
-    of :data:`PSF_SWEEP` fixed, and per PSF the corrected grey's surface bias: the mean over
-    a true phase's voxels on a particle's surface (within one voxel of the void) less the
-    mean over its voxels more than three voxels inside, in noise sigmas (what the
-    partial-volume correction leaves)."""
+def run_psf_case(shape: int, seed: int, level: str, *, own: bool = False,
+                 sigmas: tuple[float, ...] = PSF_SWEEP) -> dict[str, Any]:
+    """The default region path with its PSF estimated and with each of ``sigmas`` fixed,
+    on the true particles (``own``: on the CT's own, end to end, contacts refined by the
+    phases), and per PSF the corrected grey's surface bias: the mean over a true phase's
+    voxels on a particle's surface (within one voxel of the void) less the mean over its
+    voxels more than three voxels inside, in noise sigmas (what the partial-volume
+    correction leaves)."""
     from scipy import ndimage as ndi
 
     from volmla.measure import particle_table
@@ -430,15 +434,18 @@ def run_psf_case(shape: int, seed: int, level: str) -> dict[str, Any]:
     from volmla.synthetic import crushed_ore
 
     ore = crushed_ore(shape=shape, seed=seed, level=level)
-    levels = label_levels(ore.intensity, _sparse_labels(ore.phases), particles=ore.particles)
+    particles = _own_particles(ore.intensity) if own else ore.particles
+    levels = label_levels(ore.intensity, _sparse_labels(ore.phases), particles=particles)
     depth = ndi.distance_transform_edt(ore.particles > 0)
     surface, deep = (ore.particles > 0) & (depth <= 1), depth > 3
-    out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level, "psf_true": ore.params["psf_sigma"]}
-    for sigma in (None, *PSF_SWEEP):
-        grey = corrected_grey(ore.intensity, ore.particles, levels, psf_sigma=sigma)
+    out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level, "psf_true": ore.params["psf_sigma"],
+                           "particles": "own" if own else "true"}
+    for sigma in (None, *sigmas):
+        grey = corrected_grey(ore.intensity, particles, levels, psf_sigma=sigma)
         corrected = np.asarray(grey.corrected.compute())
-        ph = np.asarray(region_phases(ore.intensity, ore.particles, levels=levels, psf_sigma=grey.psf_sigma).compute())
-        table = particle_table(ore.particles, ph, voxel_size=1.0, phase_names=NAMES, intensity=ore.intensity)
+        ph = np.asarray(region_phases(ore.intensity, particles, levels=levels, psf_sigma=grey.psf_sigma).compute())
+        table = particle_table(_refined(particles, ph) if own else particles, ph, voxel_size=1.0, phase_names=NAMES,
+                               intensity=ore.intensity)
         row = _overall(table, ore.liberation)
         row["psf_sigma"] = grey.psf_sigma
         row["surface_bias_sigmas"] = {
@@ -449,11 +456,12 @@ def run_psf_case(shape: int, seed: int, level: str) -> dict[str, Any]:
 
 
 def _psf_sweep(args: argparse.Namespace) -> int:
-    keys = ("estimated", *(f"psf_{s}" for s in PSF_SWEEP))
+    sigmas = tuple(args.psfs)
+    keys = ("estimated", *(f"psf_{s}" for s in sigmas))
     cases = []
     for level in args.levels:
         for seed in args.seeds:
-            case = run_psf_case(args.shape, seed, level)
+            case = run_psf_case(args.shape, seed, level, own=args.own, sigmas=sigmas)
             print(f"{level} seed {seed} (true PSF {case['psf_true']}, estimated {case['estimated']['psf_sigma']}): "
                   + "; ".join(f"{k} LD {case[k]['max_ld_error']:.3f} modal {case[k]['max_modal_error']:.3f}"
                               for k in keys), file=sys.stderr, flush=True)
@@ -465,7 +473,8 @@ def _psf_sweep(args: argparse.Namespace) -> int:
                 for level in args.levels if (sel := [c for c in cases if c["level"] == level])}
     out = {"psf_sweep": True, "summary": _summary(cases, keys), "by_level": by_level, "cases": cases,
            "cpus": os.cpu_count()}
-    output = args.output if args.output != DEFAULT_OUTPUT else DEFAULT_OUTPUT.with_name("truth_psf.json")
+    output = args.output if args.output != DEFAULT_OUTPUT else DEFAULT_OUTPUT.with_name(
+        "truth_psf_own.json" if args.own else "truth_psf.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(out, indent=2, allow_nan=False, default=float))
     print(json.dumps(by_level, indent=2))
@@ -630,6 +639,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--psf-sweep", action="store_true",
                         help="only the region path on the true particles with its PSF estimated and fixed at each "
                              "of PSF_SWEEP, with the corrected grey's surface bias per phase")
+    parser.add_argument("--psfs", type=float, nargs="+", default=list(PSF_SWEEP),
+                        help="--psf-sweep: the fixed PSF sigmas (voxels; default PSF_SWEEP)")
+    parser.add_argument("--own", action="store_true",
+                        help="--psf-sweep on the CT's own particles, end to end (contacts refined by the phases; "
+                             "default --output results/truth_psf_own.json)")
     parser.add_argument("--end-to-end-only", action="store_true",
                         help="only the end-to-end path, and the same with the true phases or the true particles put "
                              "back (which of the two the error comes from)")
