@@ -45,7 +45,7 @@ import logging
 import math
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -54,6 +54,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from volmla.breakage.fracture import (
     KEY_STRIDE,
@@ -199,6 +200,10 @@ def check_phases(
     if per_phase[1:].sum() == 0:
         raise VolmlaError("phases is all void (no voxel with a phase id above 0): nothing to break")
     names = resolve_phase_names(phase_names, vol.attrs.get("phases") or None, top)
+    unnamed = [i for i in range(1, top + 1) if per_phase[i] and i not in names]
+    if unnamed:  # names for phases absent from the volume are fine (as in liberation); missing ones are not
+        raise VolmlaError(f"phase names cover ids {sorted(names)}, but phases hold phase id(s) {unnamed}: "
+                          "name every phase")
     if data.dtype != np.uint8:
         data = data.astype(np.uint8)
     return PhaseCheck(data, per_phase, vs, names)
@@ -235,7 +240,19 @@ def _check_options(
             raise VolmlaError(f"p80 must not exceed the volume's smallest side ({side:g} um), got p80={v:g} um")
     if len(set(sizes)) != len(sizes):
         raise VolmlaError(f"p80 must not repeat a grind size, got p80={sizes}")
+    _check_folders(sizes)
     return sorted(sizes)
+
+
+def _check_folders(sizes: list[float]) -> None:
+    """Refuse two grind sizes whose output folders (``p80_<value>``, 6 significant digits) coincide."""
+    seen: dict[str, float] = {}
+    for v in sizes:
+        folder = p80_label(v)
+        if folder in seen:
+            raise VolmlaError(f"p80 values {seen[folder]!r} and {v!r} give the same output folder {folder}: "
+                              "give grind sizes that differ in their first 6 significant digits")
+        seen[folder] = v
 
 
 def realisation_seed(seed: int, realisation: int, p80_um: float) -> int:
@@ -514,10 +531,11 @@ def breakage(
         except OSError as exc:
             raise write_error(out, exc) from exc
         try:
-            rows, by_size, runs = _sweep(check, sizes, tmp, realisations=int(realisations), law=law,
-                                         uniformity=float(uniformity), boundary_weight=float(boundary_weight),
-                                         detachment=float(detachment), seed=int(seed), thr=thr, options=options,
-                                         analyse=analyse)
+            with _once("volmla.liberation.summary"):  # a phase's warning once, not per realisation
+                rows, by_size, runs = _sweep(check, sizes, tmp, realisations=int(realisations), law=law,
+                                             uniformity=float(uniformity), boundary_weight=float(boundary_weight),
+                                             detachment=float(detachment), seed=int(seed), thr=thr,
+                                             options=options, analyse=analyse)
             result = _write(tmp, out, overwrite, rows, by_size, runs, check, modal, target=target, source=source, options={
                 "law": law, "uniformity": float(uniformity), "boundary_weight": float(boundary_weight),
                 "detachment": float(detachment), "realisations": int(realisations), "seed": int(seed),
@@ -526,6 +544,32 @@ def breakage(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return result
+
+
+class _Repeats(logging.Filter):
+    """Drops a log line already passed once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line = record.getMessage()
+        new = line not in self.seen
+        self.seen.add(line)
+        return new
+
+
+@contextlib.contextmanager
+def _once(name: str) -> Iterator[None]:
+    """Within the block, each line of the logger ``name`` is logged once."""
+    repeats = _Repeats()
+    log = logging.getLogger(name)
+    log.addFilter(repeats)
+    try:
+        yield
+    finally:
+        log.removeFilter(repeats)
 
 
 def _sweep(check: PhaseCheck, sizes: list[float], tmp: Path, *, realisations: int, law: str, uniformity: float,
@@ -538,6 +582,7 @@ def _sweep(check: PhaseCheck, sizes: list[float], tmp: Path, *, realisations: in
 
     names = [check.names[i] for i in sorted(check.names)]
     vox = [f"vox_{n}" for n in names]
+    phases = _named(check)
     rows: list[dict[str, Any]] = []
     by_size: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
@@ -559,12 +604,12 @@ def _sweep(check: PhaseCheck, sizes: list[float], tmp: Path, *, realisations: in
                 lab = label(keys, connectivity=26, multilabel=True)
                 logger.info("p80 %g um, realisation %d: %d fragments from %d seeds", p80_um, r, lab.count, made.n_seeds)
                 if r == 0:
-                    summary = analyse(check.data, lab.labels, out_dir=tmp / p80_label(p80_um), phase_names=check.names,
+                    summary = analyse(phases, lab.labels, out_dir=tmp / p80_label(p80_um), phase_names=check.names,
                                       voxel_size=vs, free_threshold=thr, warn_small=False,
                                       **{"seed": seed, "n_boot": 0, **options})
                     pdf = pd.read_parquet(tmp / p80_label(p80_um) / "particles.parquet", columns=_SLIM + vox)
                 else:
-                    tables = measure(lab.labels, check.data, voxel_size=vs, phase_names=check.names)
+                    tables = measure(lab.labels, phases, voxel_size=vs, phase_names=check.names)
                     pdf = tables.particles[_SLIM + vox]
                     summary = liberation_summary(pdf, phase_names=names, free_threshold=thr, voxel_size=vs,
                                                  warn_small=False)  # the phases are given, not from grey
@@ -588,6 +633,14 @@ def _sweep(check: PhaseCheck, sizes: list[float], tmp: Path, *, realisations: in
                 for cls in summary["liberation_by_size"].get(n, []):
                     by_size.append({"p80_um": p80_um, "realisation": r, "phase": n, **cls})
     return rows, by_size, runs
+
+
+def _named(check: PhaseCheck) -> xr.DataArray:
+    """The phases with their names as metadata: names for phases absent from the volume
+    (from its own ``phases`` attribute) are then accepted, as ``volmla liberation`` does."""
+    from volmla.engine.blocks import DIMS
+
+    return xr.DataArray(check.data, dims=DIMS, attrs={"phases": dict(check.names), "voxel_size_um": check.voxel_size})
 
 
 def _check_modal(pdf: pd.DataFrame, check: PhaseCheck, p80_um: float, r: int) -> None:

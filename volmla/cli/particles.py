@@ -65,7 +65,7 @@ def contacts_command(
     phases: PhasesOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output particle labels (OME-Zarr).")],
     reach: Annotated[int, typer.Option(help="Voxels from another particle within which a voxel is a contact.")] = library_default("volmla.particles.contacts", "REACH"),
-    rounds: Annotated[int, typer.Option(help="Passes (a sliver deeper than --reach is taken layer by layer).")] = library_default("volmla.particles.contacts", "ROUNDS"),
+    rounds: Annotated[int, typer.Option(help="Passes (a sliver deeper than --reach is taken layer by layer); at most ceil(longest side / --reach), past which none finds anything new.")] = library_default("volmla.particles.contacts", "ROUNDS"),
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Particles with their contacts refined by the phases: a contact voxel of a mineral its

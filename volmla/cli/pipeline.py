@@ -31,7 +31,8 @@ def run_command(
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("volmla-demo"),
-    shape: Annotated[tuple[int, int, int], typer.Option(help="Phantom shape Z Y X.")] = (128, 128, 128),
+    shape: Annotated[tuple[int, int, int], typer.Option(
+        help="Phantom shape Z Y X: at least 36 64 64, at most 512^3 (134 Mvoxel) in all.")] = (128, 128, 128),
     seed: Annotated[int, typer.Option(min=0, help="Phantom and training seed.")] = 0,
     unet: Annotated[bool, typer.Option("--unet/--no-unet", help="Train the 3D U-Net (needs torch).")] = True,
     iterations: Annotated[int, typer.Option(help="U-Net training iterations.")] = 300,

@@ -94,8 +94,8 @@ def segment_command(
     batch: Annotated[int, typer.Option("--batch", min=1, help="Tiles per ONNX Runtime call.")] = 4,
     fp16: Annotated[bool, typer.Option("--fp16", help="Half precision (GPU only).")] = False,
     uncertainty: Annotated[Path | None, typer.Option("--uncertainty", help="Also write the max class probability (uint8, x255) here.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime threads per worker.")] = None,
-    sigmas: Annotated[str | None, typer.Option("--sigmas", help="Feature scales for --method rf, e.g. 0.7,1,1.6,3.5,5 (the default).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime threads per worker (1 to 1024).")] = None,
+    sigmas: Annotated[str | None, typer.Option("--sigmas", help="Feature scales for --method rf in voxels, each at least 0.3 (default 0.7,1,1.6,3.5).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for kmeans / rf.")] = 0,
     psf_sigma: Annotated[float | None, typer.Option("--psf-sigma", help="--method regions: the scan's Gaussian PSF sigma in voxels for the partial-volume correction, when known (default: estimated from the particles' edges; 0: no correction).")] = None,
     overwrite: OverwriteOpt = False,
@@ -103,7 +103,8 @@ def segment_command(
     """Segment phases: by region inside particles (the default with --labels), ONNX U-Net, random forest, threshold, kmeans."""
     from volmla.io import check_output, open_volume, write_volume
     from volmla.io.outputs import source_id
-    from volmla.segment.dispatch import METHODS, check_options, segment_phases
+    from volmla.segment.dispatch import METHODS, check_options, check_save_model, segment_phases
+    from volmla.segment.forest import check_sigmas
     from volmla.segment.sessions import resolve_model
 
     model = resolve_model(model) if model is not None else None
@@ -113,6 +114,8 @@ def segment_command(
         scales = tuple(float(v) for v in sigmas.split(",")) if sigmas else None
     except ValueError:
         raise VolmlaError(f"--sigmas must be comma-separated numbers, got {sigmas!r}") from None
+    if scales is not None:
+        scales = check_sigmas(scales)
     forest_path = save_model
     if particles is not None and method not in (None, "regions"):
         raise VolmlaError("--particles is for --method regions")
@@ -122,10 +125,10 @@ def segment_command(
         check_psf(psf_sigma)
     if labels is not None and forest_path is None:  # a forest trained here is kept beside the output
         forest_path = output.parent / f"{output.name.removesuffix('.zarr')}.rf.onnx"
-    if labels is not None and forest_path is not None:
-        for other, name in ((output, "--output"), (uncertainty, "--uncertainty"), (Path(input_path), "the input")):
-            if other is not None and forest_path.resolve() == other.resolve():
-                raise VolmlaError(f"--save-model {forest_path} is {name}: give the forest a file of its own")
+    if labels is not None and forest_path is not None:  # the forest is written first: never on or in a volume
+        check_save_model(forest_path, outputs=[("--output", output), ("--uncertainty", uncertainty)],
+                         inputs=[("the input", input_path), ("--labels", labels), ("--particles", particles)],
+                         name="--save-model" if save_model is not None else "the forest's default path")
     if uncertainty is not None:
         out_path, unc_path = output.resolve(), uncertainty.resolve()
         if unc_path == out_path or out_path in unc_path.parents or unc_path in out_path.parents:
@@ -133,7 +136,10 @@ def segment_command(
                               "the other: give each a volume of its own")
     method = check_options(method, model=model, labels=labels, save_model=forest_path, classes=classes,
                            uncertainty=uncertainty is not None, tile=tile, overlap=overlap, batch=batch,
-                           halo=halo)
+                           halo=halo, threads=threads)
+    if scales is not None and not (method == "rf" and labels is not None):
+        raise VolmlaError(f"--sigmas is for --method rf trained on --labels (the forest's feature scales), "
+                          f"got --method {method}{' with --model' if model is not None else ''}")
     vol = open_volume(input_path)
     job = {"command": "segment", "input": source_id(input_path), "method": method,
            "model": str(model.resolve()) if model else None, "classes": classes, "halo": halo,

@@ -186,7 +186,7 @@ def open_volume(path: str | Path, *, level: int = 0, allow_incomplete: bool = Fa
     Returns
     -------
     xarray.DataArray
-        Dask-backed, dims ``("z", "y", "x")``, coordinates in micrometres (voxel
+        Dask-backed (float16 read as float32), dims ``("z", "y", "x")``, coordinates in micrometres (voxel
         centres, offset by the translation), attrs ``voxel_size_um``,
         ``translation_um``, ``unit``, ``kind``, ``phases`` (``{int: name}``),
         ``provenance``, ``path`` and ``level``.
@@ -222,7 +222,7 @@ def open_volume(path: str | Path, *, level: int = 0, allow_incomplete: bool = Fa
         if size != 1:
             raise VolmlaError(f"volume {where} has {size} elements along axis {axis!r} (axes {list(ms.axes)}): "
                               "volmla reads one time point and one channel; extract one first")
-    data = data[(0,) * lead]
+    data = _widen(data[(0,) * lead])
     factors = _um_per_unit(ms, lead, where)
     scale = [float(s) * f for s, f in zip(ms.scales[level][lead:], factors, strict=True)]
     translation = [float(t) * f for t, f in zip(ms.translations[level][lead:], factors, strict=True)]
@@ -242,6 +242,12 @@ def open_volume(path: str | Path, *, level: int = 0, allow_incomplete: bool = Fa
     name = str(where).rstrip("/").rsplit("/", 1)[-1]
     return xr.DataArray(data, dims=DIMS, coords=coords, attrs=out_attrs,
                         name=name[:-5] if name.endswith(".zarr") else name)
+
+
+def _widen(data: da.Array) -> da.Array:
+    """float16 (valid in Zarr, written by other tools) read as float32: exact, and the
+    dtype every kernel, histogram and writer takes; other dtypes as stored."""
+    return data.astype(np.float32) if data.dtype == np.float16 else data
 
 
 def _leading_axes(ms: Multiscales, where: str | Path) -> int:
@@ -304,6 +310,11 @@ def _write_block(block: np.ndarray, store: str, region: tuple[slice, ...], marke
     except OSError as exc:  # a read-only or full disk: the output's problem, not the input's
         raise write_error(output, exc) from exc
     return int(block.size)
+
+
+def _most_levels(shape: tuple[int, ...]) -> int:
+    """Pyramid levels until every axis is one voxel: each level halves it (rounding up)."""
+    return (max(max(shape, default=1), 1) - 1).bit_length() + 1
 
 
 def _coarsen(data: da.Array, kind: str) -> da.Array:
@@ -391,7 +402,8 @@ def write_volume(
     provenance
         Steps to record (earlier steps of the input are kept in front).
     levels
-        Number of multiscale levels (1 = full resolution only).
+        Number of multiscale levels (1 = full resolution only; at most until every axis
+        is one voxel: 5 for 16 voxels).
     overwrite
         Replace an existing output (once the new one is complete). Without it an
         existing complete output is an error, and an incomplete one of the same ``job``
@@ -428,6 +440,10 @@ def write_volume(
     chunk_shape = normalise_chunks(chunks, array.shape, dtype)
     if not isinstance(levels, int) or levels < 1:
         raise VolmlaError(f"levels must be a positive integer, got {levels!r}")
+    most = _most_levels(array.shape)
+    if levels > most:
+        raise VolmlaError(f"levels must be at most {most} for shape {[int(n) for n in array.shape]} (level {most - 1} "
+                          f"is already one voxel across), got {levels}")
     phase_attr = _phases_attr(phases if phases is not None else in_attrs.get("phases") or None)
     steps = [*in_attrs.get("provenance", []), *(provenance or [])]
     identity = job_identity(job)

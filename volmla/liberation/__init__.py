@@ -31,6 +31,7 @@ from volmla.liberation.stats import (
     SPECTRUM_CLASSES,
     SizeBy,
     association,
+    check_densities,
     default_size_edges,
     grade_class,
     grade_recovery,
@@ -41,7 +42,7 @@ from volmla.liberation.stats import (
     modal_mineralogy,
     size_class,
 )
-from volmla.liberation.subvolumes import PieceGrid, representativeness
+from volmla.liberation.subvolumes import PieceGrid, check_pieces, representativeness
 from volmla.liberation.summary import Summary, liberation_summary
 from volmla.liberation.uncertainty import Interval, Uncertainty, bootstrap
 
@@ -57,8 +58,10 @@ __all__ = [
     "analyse",
     "association",
     "bootstrap",
+    "check_densities",
     "check_options",
     "check_out_dir",
+    "check_pieces",
     "check_volumes",
     "default_size_edges",
     "grade_class",

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -51,9 +50,10 @@ from volmla.liberation.stats import (
     _check_threshold,
     _densities,
     association,
+    check_densities,
     grade_recovery,
 )
-from volmla.liberation.subvolumes import representativeness
+from volmla.liberation.subvolumes import check_pieces, representativeness
 from volmla.liberation.summary import (
     Summary,
     _nan_to_none,
@@ -164,15 +164,13 @@ def check_options(
             raise VolmlaError(f"densities must be a list of numbers or {{phase name: number}}, got {densities!r}")
         seq = list(densities.values()) if isinstance(densities, Mapping) else list(densities)
         try:
-            bad = [d for d in seq if not (math.isfinite(float(d)) and float(d) > 0)]
+            [float(d) for d in seq]
         except (TypeError, ValueError):
             raise VolmlaError(f"densities must be numbers (g/cm3), got {seq}") from None
-        if bad:
-            raise VolmlaError(f"densities must be positive (g/cm3), got {seq}")
-        n_names = len(phase_names.split(",")) if isinstance(phase_names, str) else \
-            len(phase_names) if isinstance(phase_names, Sequence | Mapping) else None
-        if n_names is not None and not isinstance(densities, Mapping) and len(seq) != n_names:
-            raise VolmlaError(f"densities must give one value per phase name ({n_names}), got {len(seq)}")
+        names = _given_names(phase_names)
+        check_densities(densities, names)
+        if names is not None and not isinstance(densities, Mapping) and len(seq) != len(names):
+            raise VolmlaError(f"densities must give one value per phase name ({len(names)}), got {len(seq)}")
     if pieces is not None and (not isinstance(pieces, int | np.integer) or pieces < 2):
         raise VolmlaError(f"pieces must be an integer of at least 2, got pieces={pieces!r}")
     if section_step is not None and (not isinstance(section_step, int | np.integer) or section_step < 1):
@@ -182,6 +180,17 @@ def check_options(
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise VolmlaError(f"seed must be a non-negative integer, got {seed!r}")
     return thr, edges
+
+
+def _given_names(phase_names: Sequence[str] | Mapping[int, str] | None) -> list[str] | None:
+    """The phase names as given (a comma-separated string split), or None."""
+    if isinstance(phase_names, str):
+        return [p.strip() for p in phase_names.split(",")]
+    if isinstance(phase_names, Mapping):
+        return [str(v) for v in phase_names.values()]
+    if isinstance(phase_names, Sequence):
+        return [str(v).strip() for v in phase_names]
+    return None
 
 
 def check_volumes(
@@ -220,6 +229,20 @@ def check_volumes(
     attr_phases = attrs[0].get("phases") or None
     if phase_names is not None and attr_phases:
         resolve_phase_names(phase_names, attr_phases)
+
+
+def _check_fit(phases: VolumeLike, *, densities: Sequence[float] | Mapping[str, float] | None,
+               phase_names: Sequence[str] | Mapping[int, str] | None, pieces: int | None) -> None:
+    """What the options need of the volumes, from their metadata, before measuring: the
+    pieces cut the shape, and the densities give one value per phase where the phases'
+    names are known (given, or the phase volume's attribute)."""
+    from volmla.measure import resolve_phase_names
+
+    if pieces is not None:
+        check_pieces(pieces, tuple(phases.shape))
+    attr = dict(getattr(phases, "attrs", {}) or {}).get("phases") or None
+    if densities is not None and (phase_names is not None or attr):
+        _densities(densities, list(resolve_phase_names(phase_names, attr).values()))
 
 
 def analyse(
@@ -263,7 +286,7 @@ def analyse(
     phase_names
         Names of phases 1..N; default the phase volume's attribute, else ``"1", ...``.
     densities
-        Per-phase densities for mass-based statistics (positive).
+        Per-phase densities (g/cm3, above 0 and at most 30) for mass-based statistics.
     free_threshold, size_edges, by, include_border
         As in :func:`volmla.liberation.summary.liberation_summary`.
     section_step
@@ -313,6 +336,7 @@ def analyse(
                                seed=seed)
     check_volumes(phases, particles, grains=grains, phase_names=phase_names, voxel_size=voxel_size,
                   intensity=intensity)
+    _check_fit(phases, densities=densities, phase_names=phase_names, pieces=pieces)
     out = check_out_dir(out_dir, overwrite=overwrite)
     inputs = {"phases": phases, "particles": particles, "grains": grains, "intensity": intensity}
     with output_lock(out), cluster() if cluster is not None else contextlib.nullcontext():

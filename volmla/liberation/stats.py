@@ -70,13 +70,18 @@ LOCKING_CLASSES = ("liberated", "binary", "ternary", "complex")
 SPECTRUM_CLASSES: tuple[tuple[int, int], ...] = ((0, 0), *((10 * k, 10 * (k + 1)) for k in range(10)), (100, 100))
 """``(grade_lo, grade_hi)`` in percent of the 12 spectrum classes (see module docstring)."""
 DEFAULT_SIZE_CLASSES = 8
+MAX_DENSITY = 30.0
+"""Largest density accepted (g/cm3): the densest element, osmium, is 22.6; a larger value
+is a slip or another unit (kg/m3), and would overflow the mass-weighted statistics."""
 
 __all__ = [
     "DEFAULT_SIZE_CLASSES",
     "LOCKING_CLASSES",
+    "MAX_DENSITY",
     "SPECTRUM_CLASSES",
     "SizeBy",
     "association",
+    "check_densities",
     "default_size_edges",
     "grade_class",
     "grade_recovery",
@@ -130,22 +135,59 @@ def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else float("nan")
 
 
+def check_densities(densities: Sequence[float] | Mapping[str, float], names: Sequence[str] | None = None, *,
+                    complete: bool = True) -> None:
+    """Refuse densities that are no physical density, or that name no phase.
+
+    Parameters
+    ----------
+    densities
+        Per-phase densities (g/cm3): a list (phases 1..N) or ``{phase name: density}``.
+    names
+        The phase names, when known: a mapping must name only these (and, when
+        ``complete``, every one of them).
+    complete
+        Whether a mapping must give every phase in ``names`` (False: ``names`` are the
+        phases there may be, not those there will be).
+
+    Returns
+    -------
+    None
+        Raises :class:`~volmla.errors.VolmlaError` on the first problem.
+
+    Examples
+    --------
+    >>> check_densities([2.65, 5.0])
+    >>> check_densities([2.65, 1e308])
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: densities must be at most 30 g/cm3 (osmium, the densest element, is 22.6), got [2.65, 1e+308]
+    """
+    shown: Any = dict(densities) if isinstance(densities, Mapping) else list(densities)
+    values = [float(v) for v in (densities.values() if isinstance(densities, Mapping) else densities)]
+    if any(math.isnan(v) or v <= 0 for v in values):
+        raise VolmlaError(f"densities must be positive (g/cm3), got {shown}")
+    if any(v > MAX_DENSITY for v in values):
+        raise VolmlaError(f"densities must be at most {MAX_DENSITY:g} g/cm3 (osmium, the densest element, is 22.6), "
+                          f"got {shown}")
+    if names is not None and isinstance(densities, Mapping):
+        unknown = sorted(str(k) for k in set(densities) - set(names))
+        if unknown or (complete and len(densities) != len(names)):
+            raise VolmlaError(f"densities must give one value per phase {list(names)}, got {shown}"
+                              + (f" ({', '.join(unknown)}: no such phase)" if unknown else ""))
+
+
 def _densities(densities: Sequence[float] | Mapping[str, float] | None, names: list[str]) -> dict[str, float] | None:
     if densities is None:
         return None
+    check_densities(densities, names)
     if isinstance(densities, Mapping):
-        unknown = sorted(set(densities) - set(names))
-        if unknown or len(densities) != len(names):
-            raise VolmlaError(f"densities must give one value per phase {names}, got {dict(densities)}")
         values = {p: float(densities[p]) for p in names}
     else:
         seq = list(densities)
         if len(seq) != len(names):
             raise VolmlaError(f"densities must give one value per phase ({len(names)}: {','.join(names)}), got {len(seq)}: {seq}")
         values = {p: float(v) for p, v in zip(names, seq, strict=True)}
-    bad = {p: v for p, v in values.items() if not (math.isfinite(v) and v > 0)}
-    if bad:
-        raise VolmlaError(f"densities must be positive (g/cm3), got {bad}")
     return values
 
 

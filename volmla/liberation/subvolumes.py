@@ -31,7 +31,7 @@ from volmla.liberation.stats import (
     size_class,
 )
 
-__all__ = ["PieceGrid", "representativeness"]
+__all__ = ["PieceGrid", "check_pieces", "representativeness"]
 
 
 class PieceGrid(TypedDict):
@@ -46,10 +46,10 @@ class PieceGrid(TypedDict):
 def _grid(pieces: int, shape: Sequence[int]) -> tuple[int, int, int]:
     """The (gz, gy, gx) with product ``pieces`` whose pieces are the most cubic."""
     best: tuple[float, tuple[int, int, int]] | None = None
-    for gz in range(1, pieces + 1):
+    for gz in range(1, min(pieces, shape[0]) + 1):  # (a grid wider than the volume never fits)
         if pieces % gz:
             continue
-        for gy in range(1, pieces // gz + 1):
+        for gy in range(1, min(pieces // gz, shape[1]) + 1):
             if (pieces // gz) % gy:
                 continue
             g = (gz, gy, pieces // gz // gy)
@@ -62,6 +62,36 @@ def _grid(pieces: int, shape: Sequence[int]) -> tuple[int, int, int]:
     if best is None:
         raise VolmlaError(f"pieces must split the volume {list(shape)} into equal sub-volumes, got {pieces}")
     return best[1]
+
+
+def check_pieces(pieces: int, shape: Sequence[int]) -> tuple[int, int, int]:
+    """Refuse a number of pieces that does not cut a volume of ``shape`` into equal
+    sub-volumes (cheap: before the measurement, from the shape alone).
+
+    Parameters
+    ----------
+    pieces
+        Number of equal sub-volumes (at least 2).
+    shape
+        Shape of the volume (voxels, z, y, x).
+
+    Returns
+    -------
+    tuple of int
+        The ``(gz, gy, gx)`` grid :func:`representativeness` will use.
+
+    Examples
+    --------
+    >>> check_pieces(8, (16, 16, 16))
+    (2, 2, 2)
+    >>> check_pieces(2, (1, 1, 1))
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: pieces must split the volume [1, 1, 1] into equal sub-volumes, got 2
+    """
+    if isinstance(pieces, bool) or not isinstance(pieces, int | np.integer) or pieces < 2:
+        raise VolmlaError(f"pieces must be an integer of at least 2, got pieces={pieces!r}")
+    return _grid(int(pieces), shape)
 
 
 def representativeness(
@@ -106,9 +136,7 @@ def representativeness(
     """
     from scipy import stats
 
-    if not isinstance(pieces, int | np.integer) or pieces < 2:
-        raise VolmlaError(f"pieces must be an integer of at least 2, got pieces={pieces!r}")
-    grid = _grid(int(pieces), shape)
+    grid = check_pieces(pieces, shape)
     pop = _population(df, include_border)
     values = _size_values(pop, by)
     edges = _check_edges(size_edges)

@@ -244,7 +244,7 @@ def phase_levels(
 
     ph = as_volume(phases, name="phases", integer=True).data
     lab = (ph > 0).astype(np.uint32) if particles is None else as_volume(particles, name="particles", integer=True).data
-    image = as_volume(intensity, name="intensity").data
+    image = as_volume(intensity, name="intensity", finite=True).data
     if image.shape != ph.shape or lab.shape != ph.shape:
         raise VolmlaError(f"intensity, phases and particles must have the same shape, got {image.shape}, {ph.shape} "
                           f"and {lab.shape}")

@@ -184,7 +184,8 @@ def block_partial(
     present, values = pack_rows(counts, sums, low, high, same, np.asarray(origin, np.int64))
     out = {"particles": Rows(ids[present], values), "contacts": _contacts(counts.sum(axis=0), pairs)}
     if grains is not None:  # (grain, particle, phase, count) rows
-        out["grains"] = _grain_partial(np.asarray(grains), labels, phases)
+        # a negative grain id would wrap to a huge one: refused, as a negative particle id is
+        out["grains"] = _grain_partial(unsigned_ids(np.asarray(grains), what="grain"), labels, phases)
     return out
 
 

@@ -399,7 +399,8 @@ def _measured(particles: VolumeLike, phases: VolumeLike, grains: VolumeLike | No
         shape = tuple(getattr(intensity, "shape", np.shape(intensity)))
         if shape != lab.shape:
             raise VolmlaError(f"intensity and particles must have the same shape, got {shape} and {lab.shape}")
-        image = as_volume(intensity, name="intensity", chunks=lab.chunks).data
+        # NaN or an infinity has no grey level: refused as the levels' first pass reads it
+        image = as_volume(intensity, name="intensity", chunks=lab.chunks, finite=True).data
         if image.shape != lab.shape:
             raise VolmlaError(f"intensity and particles must have the same shape, got {image.shape} and {lab.shape}")
         check_resolve(resolve)

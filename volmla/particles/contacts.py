@@ -44,7 +44,7 @@ from volmla.particles.label import Labels
 from volmla.particles.mask import _block_counts
 from volmla.types import VolumeLike
 
-__all__ = ["ABSENT", "MIN_INTERIOR", "PRESENT", "REACH", "ROUNDS", "InteriorTable", "contact_rule",
+__all__ = ["ABSENT", "MIN_INTERIOR", "PRESENT", "REACH", "ROUNDS", "InteriorTable", "check_rounds", "contact_rule",
            "interior_table", "move_contacts", "refine_contacts"]
 
 REACH = 2
@@ -119,6 +119,46 @@ def contact_rule(*, reach: int = REACH, rounds: int = ROUNDS, absent: float = AB
             "min_interior": int(min_interior)}
 
 
+def check_rounds(rounds: int, shape: tuple[int, ...], reach: int = REACH) -> int:
+    """``rounds`` checked against the largest useful number for a volume of ``shape``.
+
+    A round moves contact voxels up to ``reach`` voxels deep into a particle, so a sliver
+    is gone after ``ceil(depth / reach)`` rounds, and no sliver is deeper than the
+    volume's longest side: more rounds than ``ceil(longest side / reach)`` (or the
+    default :data:`ROUNDS`, if larger) find nothing new, and each is a pass over the volume.
+
+    Parameters
+    ----------
+    rounds
+        The passes asked for (already checked by :func:`contact_rule`).
+    shape
+        The volume's shape (voxels).
+    reach
+        As in :func:`refine_contacts`.
+
+    Returns
+    -------
+    int
+        ``rounds``; more than the limit is a one-line :class:`~volmla.errors.VolmlaError`.
+
+    Examples
+    --------
+    >>> check_rounds(2, (16, 16, 16))
+    2
+    >>> check_rounds(100, (16, 16, 16))
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: rounds must be at most 8 for a volume of shape [16, 16, 16] with reach 2 (a round \
+moves contacts up to reach voxels deep, so more find nothing new), got 100
+    """
+    limit = max(ROUNDS, -(-max(shape, default=1) // max(int(reach), 1)))
+    if rounds > limit:
+        raise VolmlaError(f"rounds must be at most {limit} for a volume of shape {[int(n) for n in shape]} with "
+                          f"reach {reach} (a round moves contacts up to reach voxels deep, so more find nothing new), "
+                          f"got {rounds}")
+    return rounds
+
+
 def refine_contacts(
     particles: VolumeLike,
     phases: VolumeLike,
@@ -143,7 +183,8 @@ def refine_contacts(
     reach
         Voxels (a cube's half side) within which another particle makes a voxel a contact.
     rounds
-        Passes (each one out-of-core reduction over the volume).
+        Passes (each one out-of-core reduction over the volume); at most
+        ``ceil(longest side / reach)`` (:func:`check_rounds`).
     absent, present
         Interior fractions below which a phase is absent from a particle, from which it
         is present in a neighbour (``0 <= absent < present <= 1``).
@@ -168,6 +209,7 @@ def refine_contacts(
     """
     rule = contact_rule(reach=reach, rounds=rounds, absent=absent, present=present, min_interior=min_interior)
     part, phase = particle_phase_arrays(particles, phases)
+    check_rounds(rounds, tuple(part.shape), reach)
     labels = part
     for step in range(rounds):
         table = interior_table(labels, phase, reach=reach, min_interior=min_interior)

@@ -24,7 +24,7 @@ import xarray as xr
 
 from volmla.errors import VolmlaError
 from volmla.particles.api import label_particles
-from volmla.particles.contacts import REACH, ROUNDS, contact_rule, refine_contacts
+from volmla.particles.contacts import REACH, ROUNDS, check_rounds, contact_rule, refine_contacts
 from volmla.particles.grains import label_grains
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.particles.learned import MAP_PHASES
@@ -249,8 +249,10 @@ def plan_contacts(
     """
     # the whole rule names the job: an interrupted write resumes only under the same rule
     rule = contact_rule(reach=reach, rounds=rounds)
-    return _plan_pair("contacts", particles, phases, output, {"reach": reach, "rounds": rounds},
+    plan = _plan_pair("contacts", particles, phases, output, {"reach": reach, "rounds": rounds},
                       overwrite=overwrite, described=rule)
+    check_rounds(rounds, tuple(plan.inputs[0].shape), reach)
+    return plan
 
 
 def _plan_pair(step: Literal["grains", "contacts"], particles: str | Path, phases: str | Path, output: str | Path,

@@ -535,6 +535,11 @@ def _segment(raw: Any, base: Path) -> SegmentConfig | None:
         raise VolmlaError(f"config segment.method {method} needs segment.classes (an integer)")
     if seg.get("classes") is not None and not 2 <= seg["classes"] <= 255:
         raise VolmlaError(f"config segment.classes must be an integer in 2..255, got {seg['classes']!r}")
+    if method in ("threshold", "kmeans") and ("model" in seg or "labels" in seg):
+        raise VolmlaError(f"config segment.{'model' if 'model' in seg else 'labels'} is not for method {method}: "
+                          "it segments by intensity alone")
+    if seg.get("halo") is not None and method != "unet":
+        raise VolmlaError(f"config segment.halo is the context of a U-Net (method unet), got method {spelled}")
     if seg.get("psf_sigma") is not None and method != "regions":
         raise VolmlaError(f"config segment.psf_sigma is for method regions (its partial-volume correction), "
                           f"got method {spelled}")
@@ -553,11 +558,35 @@ def _segment(raw: Any, base: Path) -> SegmentConfig | None:
     return SegmentConfig(method=cast(SegmentMethod, method), spelled=spelled, given=(*given, "method"), **options)
 
 
+def _check_save_model(out: Path, source: InputConfig, segment: SegmentConfig | None,
+                      particle_model: Path | None) -> None:
+    """The forest a run trains lands on or inside none of the volumes it reads or writes (the
+    run's stage volumes and report in ``out``), nor under a plain file: refused before any
+    stage runs (written there, it blocked the stage's output, or wrote into an input)."""
+    from volmla.segment.dispatch import check_save_model
+
+    if segment is None or segment.save_model is None:
+        return
+    path, folder = segment.save_model.resolve(), out.resolve()
+    if path == folder:
+        raise VolmlaError(f"config segment.save_model {segment.save_model} is config out (the run's folder): "
+                          "give the forest a file of its own")
+    outputs: list[tuple[str, str | Path | None]] = []
+    if folder in path.parents:  # a file beside the stages' outputs is fine; one in them is not
+        first = folder / path.relative_to(folder).parts[0]
+        if first.suffix == ".zarr" or first.name == "report":
+            outputs.append(("the run's output", first))
+    inputs: list[tuple[str, str | Path | None]] = [("the input", source.zarr), ("segment.labels", segment.labels),
+                                                   ("particles.model", particle_model)]
+    inputs += [("the input", p) for p in source.paths]
+    check_save_model(segment.save_model, outputs=outputs, inputs=inputs, name="config segment.save_model")
+
+
 def _check_liberation(options: Mapping[str, Any], segment: SegmentConfig | None) -> None:
     """The liberation options as :func:`volmla.liberation.analyse` will check them, with the
     segment section's phase names where the liberation section names none (densities
     counted against them before any stage runs, not after the segmentation)."""
-    from volmla.liberation import check_options
+    from volmla.liberation import check_densities, check_options
 
     known = ("free_threshold", "size_edges", "by", "densities", "phase_names", "section_step", "pieces", "n_boot")
     given = {k: v for k, v in options.items() if k in known}
@@ -565,6 +594,9 @@ def _check_liberation(options: Mapping[str, Any], segment: SegmentConfig | None)
         given["phase_names"] = list(segment.phase_names)
     try:
         check_options(**given)
+        if "phase_names" not in given and segment is not None and segment.method in ("threshold", "kmeans") \
+                and segment.classes and isinstance(given.get("densities"), Mapping):  # unnamed: "1", "2", ...
+            check_densities(given["densities"], [str(i) for i in range(1, segment.classes)], complete=False)
     except VolmlaError as exc:
         raise VolmlaError(f"config section 'liberation': {exc}") from None
 
@@ -612,6 +644,7 @@ def validate_config(raw: Any, *, base: Path = Path(".")) -> PipelineConfig:
         particles["model"] = _model(base, particles["model"], "particles.model")
         if not particles["model"].is_file():
             raise VolmlaError(f"config particles.model {particles['model']} is not a file (an ONNX particle U-Net)")
+    _check_save_model(out, source, segment, particles.get("model"))
     grains = raw.get("grains", True)
     if not isinstance(grains, bool):
         raise VolmlaError(f"config 'grains' must be true or false, got {grains!r}")

@@ -10,11 +10,14 @@ against the phantom's ground truth; the numbered steps are those of :func:`demo`
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -25,6 +28,9 @@ from volmla.io.atomic import remove, swap_in, tmp_sibling
 from volmla.pipeline.run import Log, _quiet
 from volmla.types import Device
 
+if TYPE_CHECKING:
+    from volmla.synthetic.correlative import CorrelativeLabels
+
 __all__ = ["DEMO_RF", "DEMO_UNET_PATCH", "check_demo", "demo"]
 
 DEMO_RF: dict[str, Any] = {"n_estimators": 32, "max_samples": 30_000}
@@ -33,8 +39,14 @@ DEMO_RF_SIGMAS = (1.0, 2.0, 4.0)
 """The demo forest's feature scales: three instead of five (the filter features take most of its time)."""
 DEMO_UNET_PATCH = (16, 64, 64)
 """The demo U-Net's patches: flat ones put more labelled voxels (one plane) in every step."""
-MIN_SHAPE = 32
-"""The smallest phantom edge the demo accepts."""
+MIN_SHAPE = (36, 64, 64)
+"""The smallest phantom (z, y, x) the demo accepts: 36 planes leave held-out planes 8
+away from the three labelled ones (:func:`_held_out_planes`), and planes of 64 voxels
+give the simulated element maps (32 map pixels) enough to register on; smaller planes
+make the 2-D registration diverge on many phantoms."""
+MAX_VOXELS = 512**3
+"""The largest phantom the demo accepts, in voxels (134 Mvoxel): an embedded demo, not a
+benchmark."""
 
 
 def demo(
@@ -106,7 +118,12 @@ def demo(
             unet = False
     if not out.exists():
         out.mkdir(parents=True)
-        return _build(out, out, shape=shape, seed=seed, unet=unet, iterations=iterations, device=device, log=log)
+        try:
+            return _build(out, out, shape=shape, seed=seed, unet=unet, iterations=iterations, device=device,
+                          log=log)
+        except BaseException:  # a failed first demo leaves no partial folder
+            remove(out)
+            raise
     # A replacement is built beside the old demo and swapped in only when complete, so a
     # failed or interrupted rerun never leaves the user without the previous results.
     work = tmp_sibling(out, "demo")
@@ -136,19 +153,43 @@ def check_demo(out_dir: str | Path, *, shape: Sequence[int], iterations: int, ov
     >>> check_demo("/nonexistent/demo", shape=(4, 64, 64), iterations=10, overwrite=False)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    volmla.errors.VolmlaError: shape must be 3 sizes of at least ... voxels, got [4, 64, 64]
+    volmla.errors.VolmlaError: shape must be 3 sizes (z y x) of at least 36 64 64 voxels ..., got [4, 64, 64]
     """
-    dims = [int(n) for n in shape]
-    if len(dims) != 3 or min(dims) < MIN_SHAPE:
-        raise VolmlaError(f"shape must be 3 sizes of at least {MIN_SHAPE} voxels, got {dims}")
+    _check_shape(shape)
     if iterations < 1:
         raise VolmlaError(f"iterations must be at least 1, got {iterations}")
     out = Path(out_dir)
+    if os.path.lexists(out) and not out.is_dir():
+        raise VolmlaError(f"output {out} is a file, not a folder: refusing to replace it")
+    _check_parent(out)
     if out.exists():
         if not overwrite:
             raise VolmlaError(f"output {out} exists: pass overwrite=True to replace it")
         if not (out / "demo.json").exists() and not (out / "truth").exists() and any(out.iterdir()):
             raise VolmlaError(f"{out} is not a volmla demo folder: refusing to replace it")
+
+
+def _check_shape(shape: Sequence[int]) -> None:
+    """Refuse a phantom shape the demo cannot evaluate or register (:data:`MIN_SHAPE`),
+    or one beyond :data:`MAX_VOXELS`."""
+    dims = [int(n) for n in shape]
+    if len(dims) != 3 or any(n < least for n, least in zip(dims, MIN_SHAPE, strict=True)):
+        least = " ".join(map(str, MIN_SHAPE))
+        raise VolmlaError(f"shape must be 3 sizes (z y x) of at least {least} voxels (the depth holds out planes "
+                          f"for evaluation, the planes register the element maps), got {dims}")
+    voxels = math.prod(dims)
+    if voxels > MAX_VOXELS:
+        raise VolmlaError(f"shape {dims} is {voxels:,} voxels: the demo takes at most {MAX_VOXELS:,} "
+                          "(512^3); run volmla phantom and volmla run for larger volumes")
+
+
+def _check_parent(out: Path) -> None:
+    """Refuse an output whose nearest existing ancestor is a file (no folder can be made)."""
+    parent = out.absolute().parent
+    while not os.path.lexists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise VolmlaError(f"output {out}: {parent} is a file, not a folder")
 
 
 def _build(out: Path, final: Path, *, shape: Sequence[int], seed: int, unet: bool, iterations: int,
@@ -200,10 +241,8 @@ def _build(out: Path, final: Path, *, shape: Sequence[int], seed: int, unet: boo
     pre = open_volume(out / "preprocessed.zarr")
 
     # 4. correlative sparse labels
-    from volmla.synthetic import correlative_labels
-
     with timed("correlate"):
-        corr = correlative_labels(intensity, truth["phases"], seed=seed, planes=_label_planes(shape[0]))
+        corr = _correlative(intensity, truth["phases"], seed=seed, planes=_label_planes(shape[0]))
         write_volume(corr.labels, out / "labels.zarr")
     labels = open_volume(out / "labels.zarr")
     summary["correlate"] = corr.report
@@ -292,6 +331,21 @@ def _build(out: Path, final: Path, *, shape: Sequence[int], seed: int, unet: boo
     summary["report"] = str(final / "report" / "report.html")
     (out / "demo.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _correlative(intensity: xr.DataArray, phases: xr.DataArray, *, seed: int, planes: list[int]) -> CorrelativeLabels:
+    """:func:`volmla.synthetic.correlative_labels`, a diverged 2-D registration (SimpleITK
+    raises on the degenerate transform it reaches) named in one line."""
+    from volmla.synthetic import correlative_labels
+
+    try:
+        return correlative_labels(intensity, phases, seed=seed, planes=planes)
+    except RuntimeError as exc:
+        if "SimpleITK" not in str(exc):
+            raise
+        reason = re.sub(r"^\w+\(0x[0-9a-f]+\):\s*", "", " ".join(str(exc).split("ITK ERROR:")[-1].split()))
+        raise VolmlaError(f"the correlative registration of the element maps failed on this phantom (seed {seed}, "
+                          f"shape {list(phases.shape)}): {reason}; try another seed or a larger shape") from None
 
 
 def _r(value: Any) -> float | None:

@@ -371,7 +371,7 @@ def _check_particle_model(model: Path) -> None:
 def _check_out(cfg: PipelineConfig) -> None:
     """The output folder is none of the files the run reads, and lies inside none of them
     (checked before the folder is made, so nothing is left in an input)."""
-    from volmla.io.outputs import check_not_in_input
+    from volmla.io.outputs import _is_zarr, check_not_in_input
 
     reads: list[Path | str] = [cfg.input.zarr] if cfg.input.zarr is not None else list(cfg.input.paths)
     seg = cfg.segment
@@ -380,6 +380,8 @@ def _check_out(cfg: PipelineConfig) -> None:
     if cfg.particles.model is not None:
         reads.append(cfg.particles.model)
     check_not_in_input(cfg.out, reads, what="config out", advice="name a folder of its own for the run's outputs")
+    if _is_zarr(cfg.out):  # another volume's folder: the run's volumes would be written inside it
+        raise VolmlaError(f"config out {cfg.out} is an OME-Zarr volume: name a folder of its own for the run's outputs")
 
 
 def _open_input(cfg: PipelineConfig) -> xr.DataArray:
@@ -411,4 +413,11 @@ def _open_input(cfg: PipelineConfig) -> xr.DataArray:
                 except VolmlaError as exc:  # name the config's keys, not the Python keywords
                     raise VolmlaError(f"config segment.labels {seg.labels}: "
                                       + str(exc).replace("phase_names", "segment.phase_names")) from None
+    if seg is not None and cfg.liberation.pieces is not None:  # the report's sub-volumes cut the input's shape
+        from volmla.liberation import check_pieces
+
+        try:
+            check_pieces(cfg.liberation.pieces, tuple(volume.shape))
+        except VolmlaError as exc:
+            raise VolmlaError(f"config liberation.pieces: {exc}") from None
     return volume

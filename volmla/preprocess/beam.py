@@ -308,6 +308,9 @@ def beam_hardening(
         r2_max = float(np.flatnonzero(used)[-1] + 1) ** 2
         profile = np.polynomial.polynomial.polyval(np.minimum(np.nan_to_num(r2), r2_max), coeffs)
         level = float((counts[used] * profile[used]).sum() / counts[used].sum())
+        if not level > 0:  # the correction divides by the profile: a level at or below 0 has no meaning
+            raise VolmlaError(f"beam-hardening needs a positive reference level (it divides by the radial profile), "
+                              f"got a mean level of {level:g} in the reference window ({thr:g}, {top:g}]")
         new = np.maximum(profile, 1e-3 * abs(level)) / level
         done = float(np.abs(new - gain)[used].max()) < 1e-5
         gain = new

@@ -113,6 +113,8 @@ def make_step(name: str, params: Mapping[str, Any] | None = None) -> Step:
     >>> make_step("median", {"size": 3})
     Step(name='median', params={'size': 3})
     """
+    if not isinstance(name, str):
+        raise VolmlaError(f"step name must be a string (one of {', '.join(STEP_NAMES)}), got {name!r}")
     if name not in _FUNCTIONS:
         raise VolmlaError(f"unknown step {name!r}: choose from {', '.join(STEP_NAMES)}")
     params = dict(params or {})
@@ -147,7 +149,8 @@ def _split_params(text: str) -> list[str]:
 
 
 def parse_step(text: str) -> Step:
-    """Parse ``NAME[:key=value,key=value]`` (values read as YAML scalars or lists).
+    """Parse ``NAME[:key=value,key=value]`` (values read as YAML scalars or lists; ``1e2``
+    and ``1.5e0`` are numbers, as in a YAML config).
 
     Parameters
     ----------
@@ -165,8 +168,12 @@ def parse_step(text: str) -> Step:
     Step(name='gaussian', params={'sigma': 1.5})
     >>> parse_step("beam-hardening:center=[64,60],order=2").params["center"]
     (64.0, 60.0)
+    >>> parse_step("unsharp:amount=1e2").params["amount"]
+    100.0
     """
     import yaml
+
+    from volmla.io.yamlfile import _unique_key_loader
 
     name, _, rest = text.strip().partition(":")
     name = name.strip()
@@ -181,7 +188,7 @@ def parse_step(text: str) -> Step:
         if field in params:
             raise VolmlaError(f"step {name}: parameter {key.strip()!r} given twice in {text!r}")
         try:
-            params[field] = yaml.safe_load(value.strip())
+            params[field] = yaml.load(value.strip(), Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader
         except yaml.YAMLError:
             raise VolmlaError(f"step {name}: cannot read value {value!r} of {key.strip()}") from None
     return make_step(name, params)

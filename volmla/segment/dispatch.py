@@ -60,6 +60,7 @@ __all__ = [
     "SegmentMethod",
     "check_labels",
     "check_options",
+    "check_save_model",
     "resolve_method",
     "segment_phases",
 ]
@@ -140,6 +141,7 @@ def check_options(
     overlap: float = 0.25,
     batch: int = 4,
     halo: int | None = None,
+    threads: int | None = None,
 ) -> SegmentMethod:
     """Resolve the method and check that it has what it needs, computing nothing.
 
@@ -151,14 +153,16 @@ def check_options(
     method, model, labels, save_model, classes, uncertainty
         As for :func:`segment_phases` (``labels`` may be a path here: only whether
         they are given matters).
-    tile, overlap, batch
-        U-Net tiling options, checked whatever the method
+    tile, overlap, batch, threads
+        U-Net tiling options and ONNX Runtime threads, checked whatever the method
         (:func:`volmla.segment.infer.check_tiling`): a wrong value is an error, not
         silently ignored by a method that does not tile.
     halo
         Context of a foreign U-Net: with ``unet`` the model itself is checked
         (:func:`volmla.segment.sessions.inspect_model`: its input and output shapes, its
-        classes), so a model that cannot segment a volume fails before any work.
+        classes), so a model that cannot segment a volume fails before any work. Options
+        a method would ignore are refused: ``halo`` with any other method, ``model`` or
+        ``labels`` with ``threshold`` and ``kmeans``.
 
     Returns
     -------
@@ -174,7 +178,7 @@ def check_options(
     """
     from volmla.segment.infer import check_tiling
 
-    check_tiling(tile=tile, overlap=overlap, batch=batch)
+    check_tiling(tile=tile, overlap=overlap, batch=batch, threads=threads)
     resolved = resolve_method(method, model=model, labels=labels)
     if resolved == "regions":
         if labels is None:
@@ -183,6 +187,11 @@ def check_options(
             raise VolmlaError("method regions takes labels=SPARSE_LABELS, not model=")
     if resolved in ("threshold", "kmeans") and classes is None:
         raise VolmlaError(f"method {resolved} needs classes=K")
+    if resolved in ("threshold", "kmeans") and (model is not None or labels is not None):
+        raise VolmlaError(f"method {resolved} segments by intensity alone: it takes no "
+                          f"{'model=' if model is not None else 'labels='}")
+    if halo is not None and resolved != "unet":
+        raise VolmlaError(f"halo= is the context of a U-Net (method unet), got method {resolved}")
     if resolved == "unet" and model is None:
         raise VolmlaError("method unet needs model=M.onnx")
     if resolved == "unet":
@@ -196,9 +205,60 @@ def check_options(
             raise VolmlaError("training a random forest needs save_model=rf.onnx (where to write it)")
         if labels is not None and Path(save_model).is_dir():  # type: ignore[arg-type]
             raise VolmlaError(f"save_model {save_model} is a folder: the random forest is written as one ONNX file")
+        if labels is not None:
+            _check_model_folder(Path(save_model), name="save_model")  # type: ignore[arg-type]
     if uncertainty and resolved != "unet":
         raise VolmlaError("uncertainty=True works with U-Net models only")
     return resolved
+
+
+def _check_model_folder(path: Path, *, name: str) -> None:
+    """Refuse a model file whose nearest existing folder is a plain file (it could not be made)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise VolmlaError(f"{name} folder {parent} is a file: give the forest a path in a folder")
+            return
+
+
+def check_save_model(save_model: str | Path, *, outputs: Sequence[tuple[str, str | Path | None]] = (),
+                     inputs: Sequence[tuple[str, str | Path | None]] = (), name: str = "save_model") -> None:
+    """Refuse a path for a trained forest that would land on or inside a volume, before training.
+
+    The forest is written before the phases: inside an output volume it blocks that
+    output (and every rerun), inside an input volume it writes into what the job reads.
+
+    Parameters
+    ----------
+    save_model
+        Where the forest is to be written (one ONNX file).
+    outputs, inputs
+        The volumes the job writes and reads, as (how a message names it, path) pairs
+        (``("--output", "o.zarr")``, ...); None paths and URLs are skipped.
+    name
+        How a message names the forest's path (``save_model``, ``--save-model``, ...).
+
+    Examples
+    --------
+    >>> check_save_model("/data/rf.onnx", outputs=[("output", "/data/o.zarr")], inputs=[("the input", "/data/s.zarr")])
+    >>> check_save_model("/data/s.zarr/rf.onnx", inputs=[("the input", "/data/s.zarr")])
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: save_model /data/s.zarr/rf.onnx lies inside the input /data/s.zarr: give the forest a file of its own
+    """
+    from volmla.io.ngff import is_url
+
+    path = Path(save_model).expanduser().resolve()
+    for what, other in [*outputs, *inputs]:
+        if other is None or (isinstance(other, str) and is_url(other)):
+            continue
+        volume = Path(other).expanduser().resolve()
+        if path == volume:
+            folder = " and is a folder" if path.is_dir() else ""
+            raise VolmlaError(f"{name} {save_model} is {what}{folder}: give the forest a file of its own")
+        if volume in path.parents:
+            raise VolmlaError(f"{name} {save_model} lies inside {what} {other}: give the forest a file of its own")
+    _check_model_folder(Path(save_model), name=name)
 
 
 def check_labels(labels: VolumeLike, *, shape: Sequence[int],
@@ -349,7 +409,8 @@ def segment_phases(
     (('void', 'class1'), [32, 32])
     """
     resolved = check_options(method, model=model, labels=labels, save_model=save_model, classes=classes,
-                             uncertainty=uncertainty, tile=tile, overlap=overlap, batch=batch, halo=halo)
+                             uncertainty=uncertainty, tile=tile, overlap=overlap, batch=batch, halo=halo,
+                             threads=threads)
     from volmla.engine.blocks import check_same_voxel_size
 
     check_same_voxel_size({"the volume": volume, "labels": labels, "particles": particles})

@@ -51,11 +51,14 @@ class Evaluation(NamedTuple):
         def named(values: np.ndarray) -> dict[str, float | None]:
             return {c: (None if np.isnan(v) else float(v)) for c, v in zip(self.classes, values, strict=True)}
 
+        def score(value: float) -> float | None:  # NaN (nothing to score) is no JSON: null
+            return None if np.isnan(value) else float(value)
+
         return {
             "classes": list(self.classes),
             "confusion": self.confusion.tolist(),
-            "accuracy": self.accuracy,
-            "accuracy_excluding_void": self.accuracy_excluding_void,
+            "accuracy": score(self.accuracy),
+            "accuracy_excluding_void": score(self.accuracy_excluding_void),
             "per_class_accuracy": named(self.per_class_accuracy),
             "precision": named(self.precision),
             "iou": named(self.iou),
@@ -109,6 +112,12 @@ def _check_phase_ids(what: str, top: int, limit: int) -> None:
     """Refuse a volume whose largest value is no phase id (an intensity volume, particle labels)."""
     if top > limit:
         raise VolmlaError(f"{what} must hold phase ids 0..{limit}, got values up to {top}: an intensity volume?")
+
+
+def _check_not_negative(what: str, low: int) -> None:
+    """Refuse a signed volume holding a negative id (it is no phase id, nor a label)."""
+    if low < 0:
+        raise VolmlaError(f"{what} phase ids must not be negative, got {low}")
 
 
 def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -168,11 +177,19 @@ def evaluate(
         names.update({int(k): str(n) for k, n in (getattr(v, "attrs", {}) or {}).get("phases", {}).items()})
     if classes is not None:
         n_classes = n_classes or len(classes)
-    if n_classes is None:
-        top_p, top_t = compute([p.max(), t.max()], desc="class count")
+    signed = {what: data for what, data in (("pred", p), ("truth", t)) if data.dtype.kind == "i"}
+    if n_classes is None or signed:  # one pass for the extremes (a negative id would be skipped silently)
+        top_p, top_t, *lows = compute([p.max(), t.max(), *(d.min() for d in signed.values())], desc="class count")
+        for what, low in zip(signed, lows, strict=True):
+            _check_not_negative(what, int(low))
         _check_phase_ids("pred", int(top_p), MAX_CLASS)
         _check_phase_ids("truth", int(top_t), MAX_CLASS + (SPARSE_LABEL_OFFSET if labelled else 0))
-        n_classes = int(max(int(top_p), int(top_t) - (SPARSE_LABEL_OFFSET if labelled else 0), max(names, default=0))) + 1
+        if labelled and int(top_t) == 0:
+            raise VolmlaError("truth holds no labelled voxel: with mask 'labelled' it must be sparse labels "
+                              "(phase + 1; 0 = unlabelled)")
+        if n_classes is None:
+            n_classes = int(max(int(top_p), int(top_t) - (SPARSE_LABEL_OFFSET if labelled else 0),
+                                max(names, default=0))) + 1
     n_classes = max(int(n_classes), 2)
     if classes is None:
         classes = ("void", *(names.get(k, f"phase{k}") for k in range(1, n_classes)))
@@ -185,6 +202,9 @@ def evaluate(
     )
     (matrix,) = compute([parts.sum(axis=(0, 1, 2))], desc="confusion matrix")
     cm = np.asarray(matrix, dtype=np.int64)
+    if not cm.any():  # nothing compared: every score would be NaN
+        raise VolmlaError("truth holds no labelled voxel of the classes compared" if labelled
+                          else "no voxel of the classes compared: the volumes hold no phase id below n_classes")
     rows, cols, diag = cm.sum(1), cm.sum(0), np.diag(cm)
     solid = cm[1:]
     solid_total = int(solid.sum())
@@ -237,7 +257,7 @@ def write_report(ev: Evaluation, out_dir: str | Path) -> dict[str, Path]:
         "class": ev.classes, "accuracy": ev.per_class_accuracy, "precision": ev.precision, "iou": ev.iou,
         "abundance_truth": ev.abundance_truth, "abundance_pred": ev.abundance_pred,
     }).to_csv(paths["metrics.csv"], index=False)
-    paths["metrics.json"].write_text(json.dumps(ev.as_dict(), indent=2))
+    paths["metrics.json"].write_text(json.dumps(ev.as_dict(), indent=2, allow_nan=False))
     rows = ev.confusion.sum(1, keepdims=True)
     share = np.divide(ev.confusion, np.where(rows > 0, rows, 1))
     fig, ax = plt.subplots(figsize=(1.2 * len(ev.classes) + 2, 1.2 * len(ev.classes) + 1.5))

@@ -62,6 +62,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SIGMAS: tuple[float, ...] = (0.7, 1.0, 1.6, 3.5)
 TRUNCATE = 3.5
+MIN_SIGMA = 0.3
+"""Smallest feature scale (voxels), ilastik's smallest: below 1/7 the gaussian (truncated at
+3.5 sigma) is one tap, the identity, and near 0 SciPy divides by sigma squared."""
 RF_FORMAT = "volmla-rf"
 FEATURES_VERSION = 2
 """Version of the feature set stored with each forest (1: the 9-per-sigma set before issue 20)."""
@@ -73,10 +76,12 @@ NORM_PERCENTILES = (1.0, 99.0)
 __all__ = [
     "DEFAULT_SIGMAS",
     "FEATURES_VERSION",
+    "MIN_SIGMA",
     "NORM_PERCENTILES",
     "PER_SIGMA",
     "RF_FORMAT",
     "RandomForest",
+    "check_sigmas",
     "feature_halo",
     "filter_features",
     "load_random_forest",
@@ -93,6 +98,33 @@ __all__ = [
 
 def _radius(sigma: float) -> int:
     return int(TRUNCATE * sigma + 0.5)  # scipy's gaussian radius
+
+
+def check_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:
+    """Feature scales as floats, each finite and at least :data:`MIN_SIGMA` voxels.
+
+    Parameters
+    ----------
+    sigmas
+        Feature scales (voxels).
+
+    Returns
+    -------
+    tuple of float
+
+    Examples
+    --------
+    >>> check_sigmas([1, 2.5])
+    (1.0, 2.5)
+    >>> check_sigmas([1e-300])
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: sigmas must be positive finite numbers of at least 0.3 voxels, got (1e-300,)
+    """
+    values = tuple(float(s) for s in sigmas)
+    if not values or not all(math.isfinite(s) and s >= MIN_SIGMA for s in values):
+        raise VolmlaError(f"sigmas must be positive finite numbers of at least {MIN_SIGMA:g} voxels, got {values}")
+    return values
 
 
 def feature_halo(sigmas: Sequence[float] = DEFAULT_SIGMAS) -> int:
@@ -276,7 +308,7 @@ def train_random_forest(
     intensity, labels
         Volumes of the same shape (xarray, Dask or NumPy).
     sigmas
-        Feature scales (voxels).
+        Feature scales (voxels, at least :data:`MIN_SIGMA`).
     n_estimators, max_depth
         Forest size (``max_depth`` keeps the ONNX file small).
     max_samples
@@ -308,9 +340,7 @@ def train_random_forest(
     lab, lab_attrs = as_volume(labels, name="labels", integer=True)
     if image.shape != lab.shape:
         raise VolmlaError(f"labels shape {lab.shape} differs from the intensity shape {image.shape}")
-    sigmas = tuple(float(s) for s in sigmas)
-    if not sigmas or not all(math.isfinite(s) and s > 0 for s in sigmas):
-        raise VolmlaError(f"sigmas must be positive finite numbers, got {sigmas}")
+    sigmas = check_sigmas(sigmas)
     halo = feature_halo(sigmas)
     if halo > max(image.shape):  # each labelled plane would read and filter a region wider than the volume
         raise VolmlaError(f"sigmas up to {max(sigmas):g} need a feature halo of {halo} voxels, more than the "

@@ -72,6 +72,7 @@ from volmla.types import Device, VolumeLike
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MAX_THREADS",
     "TILE_BYTES",
     "Segmentation",
     "check_tiling",
@@ -85,6 +86,10 @@ TILE_BYTES = 2 * 2**30
 """ONNX Runtime memory one amortised tile may take (estimated as ``40 * base`` bytes per
 voxel for a volmla U-Net of ``base`` channels: 300 bytes for base 8, measured 290-310 at
 144^3-208^3), and at most a third of a Dask worker's memory limit."""
+
+MAX_THREADS = 1024
+"""Most ONNX Runtime threads a session may be given (each is an OS thread made when the
+session starts: 1000 of them took 16 s to start on two cores, 100000 never finished)."""
 
 _BYTES_PER_CHANNEL = 40
 _FOREIGN_BASE = 32  # a model without volmla metadata: assume a wide one
@@ -341,11 +346,12 @@ class Segmentation(NamedTuple):
     halo: tuple[int, int, int]
 
 
-def check_tiling(*, tile: Any = None, overlap: float = 0.25, batch: int = 1) -> None:
+def check_tiling(*, tile: Any = None, overlap: float = 0.25, batch: int = 1, threads: int | None = None) -> None:
     """The tiling options' checks that need no model (the model's own are in
     :func:`segment`): ``overlap`` in [0, 1), ``batch`` >= 1, ``tile`` None, ``"block"`` or
-    positive sizes. :func:`volmla.segment.dispatch.check_options` runs them for every
-    method, so a wrong value is never silently ignored.
+    positive sizes, ``threads`` None or 1..:data:`MAX_THREADS`.
+    :func:`volmla.segment.dispatch.check_options` runs them for every method, so a wrong
+    value is never silently ignored.
 
     Examples
     --------
@@ -359,6 +365,8 @@ def check_tiling(*, tile: Any = None, overlap: float = 0.25, batch: int = 1) -> 
         raise VolmlaError(f"overlap must lie in [0, 1), got {overlap!r}")
     if batch < 1:
         raise VolmlaError(f"batch must be at least 1, got {batch!r}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise VolmlaError(f"threads must be from 1 to {MAX_THREADS} (ONNX Runtime threads per worker), got {threads!r}")
     if tile is None or isinstance(tile, str):
         return  # "block" or another string: _normalise_tile names it
     values = [tile] if isinstance(tile, int | np.integer) else list(tile)
@@ -533,6 +541,18 @@ def _auto_threads(n_blocks: int) -> int:
     return max(1, cores // max(1, min(slots, n_blocks)))
 
 
+def _clip_tile(tile: tuple[int, ...], chunks: Sequence[Sequence[int]], depth: Sequence[int],
+               info: ModelInfo) -> tuple[int, ...]:
+    """A tile no larger than the largest halo-extended block (on the model's pooling grid):
+    a larger one only pads every block to its size (``--tile 100000 100000 100000`` asked
+    for petabytes on a 16^3 scan)."""
+    axes = (1, 2) if info.dim == 2 else (0, 1, 2)
+    clipped = tuple(min(t, _round_up(max(chunks[a]) + 2 * depth[a], info.multiple)) for t, a in zip(tile, axes, strict=True))
+    if clipped != tuple(tile):
+        logger.info("tile %s clipped to %s, the largest block with its halo", tuple(tile), clipped)
+    return clipped
+
+
 def _aligned(data: da.Array, multiple: int, depth: Sequence[int]) -> da.Array:
     """Rechunk so every chunk boundary lies on the model's pooling grid (multiples of ``multiple``).
 
@@ -615,7 +635,7 @@ def segment(
 
     info = inspect_model(model, halo=halo)
     data = as_volume(volume, name="intensity", finite=True).data
-    check_tiling(tile=tile, overlap=overlap, batch=batch)
+    check_tiling(tile=tile, overlap=overlap, batch=batch, threads=threads)
     if context is not None and (int(context) != context or context < 0):
         raise VolmlaError(f"context must be a non-negative integer, got {context!r}")
     if info.rescale == "modes":  # the scan's own void and solid levels (void < solid): one histogram pass
@@ -647,6 +667,8 @@ def segment(
                     [c[0] for c in chunks], depth, steady)
     else:
         data = _aligned(data, info.multiple, depth)
+        if tile_shape is not None and not fixed_shape:
+            tile_shape = _clip_tile(tile_shape, data.chunks, depth, info)
     if threads is None and not on_gpu:
         threads = _auto_threads(math.prod(data.numblocks))
     packed = halo_map(
