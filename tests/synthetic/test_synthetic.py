@@ -273,3 +273,18 @@ def test_cli_writes_refuses_and_info(tmp_path, scheduler, capsys) -> None:
     after = open_volume(out / "intensity.zarr")
     assert after.attrs["provenance"][0]["params"]["seed"] == 6
     assert not np.array_equal(after.values, before)
+
+
+def test_write_phantom_refuses_another_volumes_folder(tmp_path) -> None:
+    """The library refuses what the command refuses: an OME-Zarr volume as the folder for
+    the phantom's four volumes, with overwrite too, and leaves it untouched."""
+    from volmla.errors import VolmlaError
+    from volmla.io import write_volume
+
+    vol = tmp_path / "scan.zarr"
+    write_volume(np.zeros((8, 8, 8), np.uint16), vol, voxel_size=1.0, chunks=8, kind="intensity")
+    before = sorted(p.relative_to(vol) for p in vol.rglob("*"))
+    for overwrite in (False, True):
+        with pytest.raises(VolmlaError, match="is an OME-Zarr volume"):
+            write_phantom(vol, shape=(16, 16, 16), chunks=8, overwrite=overwrite)
+    assert sorted(p.relative_to(vol) for p in vol.rglob("*")) == before

@@ -80,19 +80,9 @@ def phantom_command(
     from volmla.synthetic.phantom import check_phantom_output, write_phantom
 
     options: dict[str, Any] = {"shape": shape, "seed": seed, "chunks": chunks, "voxel_size": voxel_size, "rings": rings}
-    _check_not_a_volume(output)
     check_phantom_output(output, overwrite=overwrite, **options)
     with running():
         paths = write_phantom(output, overwrite=overwrite, **options)
     for name, path in paths.items():
         typer.echo(f"{name:10s} {path}")
 
-
-def _check_not_a_volume(output: Path) -> None:
-    """Refuse an output folder that is a volume (a Zarr group): the phantom's four volumes
-    would be written inside another volume's folder (with ``--overwrite`` too)."""
-    from volmla.io.outputs import _is_zarr
-
-    if _is_zarr(output):
-        raise VolmlaError(f"output {output} is an OME-Zarr volume, not a folder for the phantom's volumes: "
-                          "refusing to write into it")
