@@ -41,7 +41,7 @@ INPUTS_KEY = "input_fingerprints"
 
 OutputState = Literal["new", "resume", "replace", "done"]
 
-__all__ = ["ATTR", "DONE_DIR", "INPUTS_KEY", "OutputState", "check_not_file", "check_not_input", "check_output", "decide_output",
+__all__ = ["ATTR", "DONE_DIR", "INPUTS_KEY", "OutputState", "check_not_file", "check_not_input", "check_not_volume", "check_parent_not_file", "check_output", "decide_output",
            "files_fingerprint", "input_fingerprint", "is_volume", "job_fingerprint", "job_identity", "job_inputs", "output_state",
            "read_attrs", "source_id", "volmla_block"]
 
@@ -492,6 +492,47 @@ def check_not_file(path: str | Path) -> None:
     path = Path(path)
     if os.path.lexists(path) and not path.is_dir():
         raise VolmlaError(f"output {path} is a file, not a volume: refusing to replace it")
+
+
+def check_parent_not_file(path: str | Path, *, what: str) -> None:
+    """Refuse an output path whose nearest existing ancestor is a plain file (no folder
+    can be made there: the write would fail only after the work).
+
+    Parameters
+    ----------
+    path
+        The output (a file or a folder to be made).
+    what
+        How the message names it (``"output"``, ``"--save-model"``).
+
+    Examples
+    --------
+    >>> check_parent_not_file("/nonexistent/out.zarr", what="output")
+    """
+    for parent in Path(path).parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise VolmlaError(f"{what} folder {parent} is a file, not a folder")
+            return
+
+
+def check_not_volume(folder: str | Path, *, what: str, advice: str) -> None:
+    """Refuse a folder for a command's outputs that is a Zarr volume: they would be written
+    inside another volume's folder (``overwrite`` too).
+
+    Parameters
+    ----------
+    folder
+        The output folder.
+    what, advice
+        How the message names the folder (``"output"``, ``"config out"``) and what it asks.
+
+    Examples
+    --------
+    >>> check_not_volume("/nonexistent/out", what="output", advice="name a folder of its own")
+    """
+    if _is_zarr(Path(folder)):
+        raise VolmlaError(f"{what} {folder} is an OME-Zarr volume, not a folder for outputs: {advice}")
 
 
 def _changed_inputs(block: Mapping[str, Any], identity: Mapping[str, Any]) -> list[str]:

@@ -162,15 +162,10 @@ def check_options(
     if densities is not None:
         if isinstance(densities, str | bytes) or not isinstance(densities, Mapping | Sequence | np.ndarray):
             raise VolmlaError(f"densities must be a list of numbers or {{phase name: number}}, got {densities!r}")
-        seq = list(densities.values()) if isinstance(densities, Mapping) else list(densities)
-        try:
-            [float(d) for d in seq]
-        except (TypeError, ValueError):
-            raise VolmlaError(f"densities must be numbers (g/cm3), got {seq}") from None
-        names = _given_names(phase_names)
+        from volmla.measure import resolve_phase_names
+
+        names = None if phase_names is None else list(resolve_phase_names(phase_names, None).values())
         check_densities(densities, names)
-        if names is not None and not isinstance(densities, Mapping) and len(seq) != len(names):
-            raise VolmlaError(f"densities must give one value per phase name ({len(names)}), got {len(seq)}")
     if pieces is not None and (not isinstance(pieces, int | np.integer) or pieces < 2):
         raise VolmlaError(f"pieces must be an integer of at least 2, got pieces={pieces!r}")
     if section_step is not None and (not isinstance(section_step, int | np.integer) or section_step < 1):
@@ -180,17 +175,6 @@ def check_options(
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise VolmlaError(f"seed must be a non-negative integer, got {seed!r}")
     return thr, edges
-
-
-def _given_names(phase_names: Sequence[str] | Mapping[int, str] | None) -> list[str] | None:
-    """The phase names as given (a comma-separated string split), or None."""
-    if isinstance(phase_names, str):
-        return [p.strip() for p in phase_names.split(",")]
-    if isinstance(phase_names, Mapping):
-        return [str(v) for v in phase_names.values()]
-    if isinstance(phase_names, Sequence):
-        return [str(v).strip() for v in phase_names]
-    return None
 
 
 def check_volumes(

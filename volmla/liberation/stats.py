@@ -164,17 +164,25 @@ def check_densities(densities: Sequence[float] | Mapping[str, float], names: Seq
     volmla.errors.VolmlaError: densities must be at most 30 g/cm3 (osmium, the densest element, is 22.6), got [2.65, 1e+308]
     """
     shown: Any = dict(densities) if isinstance(densities, Mapping) else list(densities)
-    values = [float(v) for v in (densities.values() if isinstance(densities, Mapping) else densities)]
+    try:
+        values = [float(v) for v in (densities.values() if isinstance(densities, Mapping) else densities)]
+    except (TypeError, ValueError):
+        raise VolmlaError(f"densities must be numbers (g/cm3), got {shown}") from None
     if any(math.isnan(v) or v <= 0 for v in values):
         raise VolmlaError(f"densities must be positive (g/cm3), got {shown}")
     if any(v > MAX_DENSITY for v in values):
         raise VolmlaError(f"densities must be at most {MAX_DENSITY:g} g/cm3 (osmium, the densest element, is 22.6), "
                           f"got {shown}")
-    if names is not None and isinstance(densities, Mapping):
+    if names is None:
+        return
+    if isinstance(densities, Mapping):
         unknown = sorted(str(k) for k in set(densities) - set(names))
         if unknown or (complete and len(densities) != len(names)):
             raise VolmlaError(f"densities must give one value per phase {list(names)}, got {shown}"
                               + (f" ({', '.join(unknown)}: no such phase)" if unknown else ""))
+    elif len(values) != len(names):
+        raise VolmlaError(f"densities must give one value per phase name ({len(names)}), got {len(values)}: "
+                          f"{shown} for {','.join(names)}")
 
 
 def _densities(densities: Sequence[float] | Mapping[str, float] | None, names: list[str]) -> dict[str, float] | None:
@@ -182,13 +190,8 @@ def _densities(densities: Sequence[float] | Mapping[str, float] | None, names: l
         return None
     check_densities(densities, names)
     if isinstance(densities, Mapping):
-        values = {p: float(densities[p]) for p in names}
-    else:
-        seq = list(densities)
-        if len(seq) != len(names):
-            raise VolmlaError(f"densities must give one value per phase ({len(names)}: {','.join(names)}), got {len(seq)}: {seq}")
-        values = {p: float(v) for p, v in zip(names, seq, strict=True)}
-    return values
+        return {p: float(densities[p]) for p in names}
+    return {p: float(v) for p, v in zip(names, densities, strict=True)}
 
 
 def _check_threshold(free_threshold: float) -> float:

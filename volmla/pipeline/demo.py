@@ -25,6 +25,7 @@ import xarray as xr
 from volmla.errors import VolmlaError
 from volmla.io import open_volume, write_volume
 from volmla.io.atomic import remove, swap_in, tmp_sibling
+from volmla.io.outputs import check_parent_not_file
 from volmla.pipeline.run import Log, _quiet
 from volmla.types import Device
 
@@ -161,7 +162,7 @@ def check_demo(out_dir: str | Path, *, shape: Sequence[int], iterations: int, ov
     out = Path(out_dir)
     if os.path.lexists(out) and not out.is_dir():
         raise VolmlaError(f"output {out} is a file, not a folder: refusing to replace it")
-    _check_parent(out)
+    check_parent_not_file(out, what="output")
     if out.exists():
         if not overwrite:
             raise VolmlaError(f"output {out} exists: pass overwrite=True to replace it")
@@ -181,15 +182,6 @@ def _check_shape(shape: Sequence[int]) -> None:
     if voxels > MAX_VOXELS:
         raise VolmlaError(f"shape {dims} is {voxels:,} voxels: the demo takes at most {MAX_VOXELS:,} "
                           "(512^3); run volmla phantom and volmla run for larger volumes")
-
-
-def _check_parent(out: Path) -> None:
-    """Refuse an output whose nearest existing ancestor is a file (no folder can be made)."""
-    parent = out.absolute().parent
-    while not os.path.lexists(parent) and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise VolmlaError(f"output {out}: {parent} is a file, not a folder")
 
 
 def _build(out: Path, final: Path, *, shape: Sequence[int], seed: int, unet: bool, iterations: int,

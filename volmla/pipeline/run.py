@@ -371,7 +371,7 @@ def _check_particle_model(model: Path) -> None:
 def _check_out(cfg: PipelineConfig) -> None:
     """The output folder is none of the files the run reads, and lies inside none of them
     (checked before the folder is made, so nothing is left in an input)."""
-    from volmla.io.outputs import _is_zarr, check_not_in_input
+    from volmla.io.outputs import check_not_in_input, check_not_volume
 
     reads: list[Path | str] = [cfg.input.zarr] if cfg.input.zarr is not None else list(cfg.input.paths)
     seg = cfg.segment
@@ -379,9 +379,9 @@ def _check_out(cfg: PipelineConfig) -> None:
         reads += [p for p in (seg.labels, seg.model) if p is not None]
     if cfg.particles.model is not None:
         reads.append(cfg.particles.model)
-    check_not_in_input(cfg.out, reads, what="config out", advice="name a folder of its own for the run's outputs")
-    if _is_zarr(cfg.out):  # another volume's folder: the run's volumes would be written inside it
-        raise VolmlaError(f"config out {cfg.out} is an OME-Zarr volume: name a folder of its own for the run's outputs")
+    advice = "name a folder of its own for the run's outputs"
+    check_not_in_input(cfg.out, reads, what="config out", advice=advice)
+    check_not_volume(cfg.out, what="config out", advice=advice)
 
 
 def _open_input(cfg: PipelineConfig) -> xr.DataArray:

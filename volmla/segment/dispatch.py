@@ -206,19 +206,12 @@ def check_options(
         if labels is not None and Path(save_model).is_dir():  # type: ignore[arg-type]
             raise VolmlaError(f"save_model {save_model} is a folder: the random forest is written as one ONNX file")
         if labels is not None:
-            _check_model_folder(Path(save_model), name="save_model")  # type: ignore[arg-type]
+            from volmla.io.outputs import check_parent_not_file
+
+            check_parent_not_file(save_model, what="save_model")  # type: ignore[arg-type]
     if uncertainty and resolved != "unet":
         raise VolmlaError("uncertainty=True works with U-Net models only")
     return resolved
-
-
-def _check_model_folder(path: Path, *, name: str) -> None:
-    """Refuse a model file whose nearest existing folder is a plain file (it could not be made)."""
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise VolmlaError(f"{name} folder {parent} is a file: give the forest a path in a folder")
-            return
 
 
 def check_save_model(save_model: str | Path, *, outputs: Sequence[tuple[str, str | Path | None]] = (),
@@ -247,6 +240,7 @@ def check_save_model(save_model: str | Path, *, outputs: Sequence[tuple[str, str
     volmla.errors.VolmlaError: save_model /data/s.zarr/rf.onnx lies inside the input /data/s.zarr: give the forest a file of its own
     """
     from volmla.io.ngff import is_url
+    from volmla.io.outputs import check_parent_not_file
 
     path = Path(save_model).expanduser().resolve()
     for what, other in [*outputs, *inputs]:
@@ -258,7 +252,7 @@ def check_save_model(save_model: str | Path, *, outputs: Sequence[tuple[str, str
             raise VolmlaError(f"{name} {save_model} is {what}{folder}: give the forest a file of its own")
         if volume in path.parents:
             raise VolmlaError(f"{name} {save_model} lies inside {what} {other}: give the forest a file of its own")
-    _check_model_folder(Path(save_model), name=name)
+    check_parent_not_file(save_model, what=name)
 
 
 def check_labels(labels: VolumeLike, *, shape: Sequence[int],

@@ -321,13 +321,11 @@ def _job(params: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def _plan(out_dir: Path, *, overwrite: bool, params: Mapping[str, Any]) -> dict[str, OutputState]:
     """What writing each output would do: new, resume, replace or done (same job, complete)."""
-    from volmla.io.outputs import _is_zarr
+    from volmla.io.outputs import check_not_volume
 
     if out_dir.exists() and not out_dir.is_dir():
         raise VolmlaError(f"output {out_dir} exists and is not a folder")
-    if _is_zarr(out_dir):  # the four volumes would land inside another volume's folder
-        raise VolmlaError(f"output {out_dir} is an OME-Zarr volume, not a folder for the phantom's volumes: "
-                          "refusing to write into it")
+    check_not_volume(out_dir, what="output", advice="name a folder of its own for the phantom's volumes")
     plan = {name: output_state(path, job=_job(params, name), overwrite=overwrite)
             for name, path in _outputs(out_dir).items()}
     if all(state == "done" for state in plan.values()):
