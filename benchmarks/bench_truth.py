@@ -59,6 +59,10 @@ corrected grey of surface voxels lies from the interior's (default ``--output``:
 ``results/truth_psf.json``): how much of the remaining phase error the PSF estimate
 carries; with ``--own`` the same end to end, on the CT's own particles
 (``results/truth_psf_own.json``).
+``--fov`` runs the path end to end on the scan with a zero-filled cylindrical field of
+view (the inscribed circle), the field of view found (the default) and ignored, against
+the truth over the particles the circle does not cut, beside the scan without one
+(:func:`run_fov_case`; default ``--output``: ``results/truth_fov.json``).
 ``--evidence`` measures what the grey holds about small intergrown particles: the
 chi-square gain of their true grain labelling over one phase, against the null of a
 per-particle plane-split test on truly free particles (:func:`run_evidence_case`; default
@@ -377,6 +381,89 @@ def run_e2e_case(shape: int, seed: int, level: str, *, depth: int | None = None,
     return out
 
 
+FOV_KEYS = ("reference", "fov", "fov_blind")
+
+
+def run_fov_case(shape: int, seed: int, level: str) -> dict[str, Any]:
+    """End to end on the scan as a reconstruction writes it: 0 outside the inscribed circle.
+
+    The truth is recomputed over the particles the circle does not cut (a true particle
+    with a voxel at or beyond the circle touches the border); the sparse labels lie inside
+    it (a polished section of the sample). Three ways, each end to end (own particles,
+    phases by region, contacts refined): ``fov`` as ``volmla run`` does it (the field of
+    view found, the outside set to the void level, :func:`volmla.preprocess.fov.void_outside`,
+    and the particles told of it), ``fov_blind`` the same with ``field_of_view=None`` (the outside read as data,
+    as before), and ``reference`` the scan without a field of view against the usual truth.
+    """
+    import xarray as xr
+
+    from volmla.measure import particle_table
+    from volmla.particles import label_particles
+    from volmla.preprocess.fov import find_field_of_view, void_outside
+    from volmla.segment.pooled import region_phases
+    from volmla.synthetic import crushed_ore
+    from volmla.synthetic.crushed import truth_liberation
+
+    ore = crushed_ore(shape=shape, seed=seed, level=level)
+    y, x = np.mgrid[:shape, :shape]
+    outside = np.broadcast_to(np.hypot(y - (shape - 1) / 2, x - (shape - 1) / 2) >= shape / 2, ore.intensity.shape)
+    scan = np.where(outside, 0, ore.intensity).astype(ore.intensity.dtype)
+    cut = np.unique(ore.particles[outside])
+    table = ore.table.copy()
+    table["touches_border"] = table["touches_border"].to_numpy(bool) | np.isin(table["particle_id"], cut[cut > 0])
+    truth_fov = truth_liberation(table)
+    labels = np.where(outside, 0, _sparse_labels(ore.phases)).astype(np.uint8)
+    out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level,
+                           "n_particles": {"true": int(len(ore.table)),
+                                           "true_inside": int((~table["touches_border"].to_numpy(bool)).sum())}}
+    fov = find_field_of_view(scan)
+    assert fov is not None
+    out["field_of_view"] = fov.as_record()
+    for key, image, given, sparse, truth in (("reference", ore.intensity, "auto", _sparse_labels(ore.phases),
+                                              ore.liberation),
+                                             ("fov", np.asarray(void_outside(scan, fov)), fov, labels, truth_fov),
+                                             ("fov_blind", scan, None, labels, truth_fov)):
+        found = label_particles(image, voxel_size=1.0, field_of_view=given).labels
+        own = np.asarray(found.compute())
+        phases = np.asarray(region_phases(image, own, sparse, field_of_view=None if given == "auto" else given).compute())
+        refined = xr.DataArray(_refined(own, phases), dims=("z", "y", "x"), attrs=dict(found.attrs))
+        result = _overall(particle_table(refined, phases, voxel_size=1.0, phase_names=NAMES, intensity=image), truth)
+        result["n_own"] = int(own.max())
+        if any(result[p]["ld"] is None or not np.isfinite(result[p]["ld"]) for p in NAMES):
+            result["max_ld_error"] = 1.0  # a phase with no LD at all (no particle holds it) is no small error
+        out[key] = _finite(result)
+    return out
+
+
+def _finite(value: Any) -> Any:
+    """NaN (an undefined figure, e.g. a bootstrap interval over too few particles) as None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _fov(args: argparse.Namespace) -> int:
+    cases = []
+    for level in args.levels:
+        for seed in args.seeds:
+            case = run_fov_case(args.shape, seed, level)
+            print(f"{level} seed {seed}: max |LD error| " + ", ".join(
+                f"{k} {case[k]['max_ld_error']:.3f} (modal {case[k]['max_modal_error']:.3f}, {case[k]['n_own']} "
+                "particles)" for k in FOV_KEYS), file=sys.stderr, flush=True)
+            cases.append(case)
+    out = {"fov": True, "targets": {"max_ld_error": 0.05, "max_modal_error": 0.02},
+           "summary": _summary(cases, FOV_KEYS), "cases": cases, "cpus": os.cpu_count()}
+    output = args.output if args.output != DEFAULT_OUTPUT else DEFAULT_OUTPUT.with_name("truth_fov.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(out, indent=2, allow_nan=False, default=float))
+    print(json.dumps(out["summary"], indent=2))
+    return 0
+
+
 def _end_to_end_only(args: argparse.Namespace) -> int:
     keys = ("end_to_end", "end_to_end_no_contacts", "own_particles_true_phases", "true_particles_region_phases")
     cases = []
@@ -647,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end-to-end-only", action="store_true",
                         help="only the end-to-end path, and the same with the true phases or the true particles put "
                              "back (which of the two the error comes from)")
+    parser.add_argument("--fov", action="store_true",
+                        help="only end to end on the scan with a zero-filled cylindrical field of view, with the "
+                             "field of view found, ignored, and the scan without one (results/truth_fov.json)")
     parser.add_argument("--evidence", action="store_true",
                         help="only what the grey says about the grains of small particles: the likelihood gain of "
                              "their true labelling against a plane-split test's null (true particles)")
@@ -680,6 +770,8 @@ def main(argv: list[str] | None = None) -> int:
         return _evidence(args)
     if args.psf_sweep:
         return _psf_sweep(args)
+    if args.fov:
+        return _fov(args)
     if args.end_to_end_only:
         return _end_to_end_only(args)
     with tempfile.TemporaryDirectory() as tmp:

@@ -90,11 +90,17 @@ def test_the_cli_reads_a_map_named_as_a_particle_unet_writes_it(tmp_path):
     assert main(["-q", "particles", str(tmp_path / "classes.zarr"),
                  "-o", str(tmp_path / "p.zarr")]) == 0
     assert int(open_volume(tmp_path / "p.zarr").data.max().compute()) == 4
-    # other phase names: nonzero is solid, unless asked to read the map
+    # other phase names: nonzero is solid; asked to read the map, a segmentation's named
+    # phases are refused (its phase 2 would read as boundary) ...
     assert main(["-q", "particles", str(tmp_path / "other.zarr"),
                  "-o", str(tmp_path / "q.zarr")]) == 0
     assert int(open_volume(tmp_path / "q.zarr").data.max().compute()) < 4
     assert main(["-q", "particles", str(tmp_path / "other.zarr"),
+                 "-o", str(tmp_path / "r.zarr"), "--threshold", "interior"]) == 2
+    assert not (tmp_path / "r.zarr").exists()
+    # ... while a map without phase names (a user's own) is read as one
+    write_volume(classes, tmp_path / "unnamed.zarr", kind="phases", voxel_size=1.0)
+    assert main(["-q", "particles", str(tmp_path / "unnamed.zarr"),
                  "-o", str(tmp_path / "r.zarr"), "--threshold", "interior"]) == 0
     assert int(open_volume(tmp_path / "r.zarr").data.max().compute()) == 4
     assert main(["particles", str(tmp_path / "scan.zarr"), "-o", str(tmp_path / "s.zarr"),

@@ -67,8 +67,8 @@ def test_weighted_split_finds_more_particles_of_a_hard_scan_than_the_distance_al
     weighted = label_particles(hard_scan.intensity)
     now = match_particles(weighted.labels.values, hard_scan.particles)
 
-    def distance_alone(volume):
-        found = auto_solid(volume)
+    def distance_alone(volume, field_of_view=None):
+        found = auto_solid(volume, field_of_view=field_of_view)
         return AutoSolid(found.mask, da.ones_like(found.fill))
 
     monkeypatch.setattr(api, "auto_solid", distance_alone)

@@ -23,7 +23,8 @@ def info(
         typer.echo(json.dumps(record, indent=2))
         return
     for key in ("path", "shape", "dtype", "chunks", "voxel_size_um", "kind", "levels", "size_mb"):
-        typer.echo(f"{key:14s} {record[key]}")
+        note = f" (read as {record['read_as']})" if key == "dtype" and record["read_as"] != record["dtype"] else ""
+        typer.echo(f"{key:14s} {record[key]}{note}")
     if record["phases"]:
         typer.echo(f"{'phases':14s} " + ", ".join(f"{k}={v}" for k, v in record["phases"].items()))
     for i, step in enumerate(record["provenance"]):

@@ -33,7 +33,7 @@ def label_command(
 def particles_command(
     input_path: Annotated[str, typer.Argument(metavar="IN", help="Intensity volume, or a phase volume whose nonzero voxels are solid (a path or an fsspec URL).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output particle labels (OME-Zarr).")],
-    threshold: Annotated[str, typer.Option("--threshold", show_default=False, help="auto | otsu | VALUE (intensity input; solid is above it) | interior (a U-Net's background/interior/boundary map, read so by default when its phase names are interior, boundary). Default: auto (denoised, half-way between the void and solid modes).")] = "auto",
+    threshold: Annotated[str, typer.Option("--threshold", show_default=False, help="auto | otsu | VALUE (intensity input; solid is above it) | interior (a U-Net's background/interior/boundary map, read so by default when its phase names are interior, boundary; a volume whose phases are named otherwise is refused). A VALUE must lie between the volume's min and max. Default: auto (denoised, half-way between the void and solid modes).")] = "auto",
     min_size: Annotated[int | None, typer.Option("--min-size", show_default=False, help="Drop solid components smaller than this (voxels). Default: 27 with --threshold auto or interior, else 0.")] = None,
     no_split: Annotated[bool, typer.Option("--no-split", help="Do not separate touching particles.")] = False,
     fill_holes: Annotated[bool | None, typer.Option("--fill-holes/--no-fill-holes", show_default=False, help="Fill interior pores before labelling. Default: with --threshold auto or interior.")] = None,
@@ -41,6 +41,7 @@ def particles_command(
     h: Annotated[float, typer.Option("--h", help="... and the lower one rises at least this many voxels above the saddle.")] = library_default("volmla.particles.split", "H_MIN"),
     max_radius: Annotated[float | None, typer.Option("--max-radius", show_default=False, help="Largest distance value (voxels) the split's halo is made for. Default: measured from the data (one pass).")] = None,
     connectivity: ConnectivityOpt = 26,
+    fov: Annotated[str, typer.Option("--fov", help="The scan's cylindrical field of view: auto (found in an intensity volume: a constant fill outside a circle, as reconstructions write it), none, or Y,X,R in voxels (e.g. a container wall's inner circle). The outside is left out of the levels and is void; particles reaching its edge are flagged as touching the border.")] = "auto",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Solid mask -> fill pores -> drop dust -> watershed split -> particle labels."""
@@ -49,14 +50,14 @@ def particles_command(
     plan = plan_particles(input_path, output, threshold=threshold, min_size=min_size, fill_holes=fill_holes,
                           split=not no_split, neck=neck, h=h, max_radius=max_radius,
                           connectivity=connectivity,  # type: ignore[arg-type]
-                          overwrite=overwrite)
+                          overwrite=overwrite, field_of_view=fov)
     with running(inputs=plan.inputs):
         result = write_labels(plan)
     typer.echo(f"{output}: {result.count} labels", err=STATE.quiet)
 
 
 ParticlesOpt = Annotated[str, typer.Option("--particles", help="Particle labels (OME-Zarr; a path or an fsspec URL).")]
-PhasesOpt = Annotated[str, typer.Option("--phases", help="Phase volume (OME-Zarr, uint8; a path or an fsspec URL).")]
+PhasesOpt = Annotated[str, typer.Option("--phases", help="Phase volume (OME-Zarr, uint8, or another integer dtype holding ids 0..255; a path or an fsspec URL).")]
 
 
 @app.command("contacts")

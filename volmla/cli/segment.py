@@ -34,7 +34,7 @@ def train_command(
     patience: Annotated[int, typer.Option("--patience", help="Validation rounds without improvement before stopping.")] = 8,
     target: Annotated[str, typer.Option("--target", help="phases | particles (background/interior/boundary).")] = "phases",
     tile: Annotated[int | None, typer.Option("--tile", help="Inference tile edge stored in the model.")] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads (1 to 1024).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed.")] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -87,7 +87,7 @@ def segment_command(
     classes: Annotated[int | None, typer.Option("--classes", help="K classes for threshold / kmeans (0..K-1 by intensity).")] = None,
     labels: Annotated[str | None, typer.Option("--labels", help="Sparse labels (phase + 1, 0 unlabelled; a path or an fsspec URL): the levels of --method regions, or to train --method rf.")] = None,
     particles: Annotated[str | None, typer.Option("--particles", help="Particle labels for --method regions (a path or an fsspec URL; default: labelled here from the CT, as volmla particles does).")] = None,
-    save_model: Annotated[Path | None, typer.Option("--save-model", help="Write the random forest trained on --labels here (ONNX; default: beside the output, OUTPUT.rf.onnx).")] = None,
+    save_model: Annotated[Path | None, typer.Option("--save-model", help="Write the random forest trained on --labels here (--method rf only; ONNX; default: beside the output, OUTPUT.rf.onnx).")] = None,
     halo: Annotated[int | None, typer.Option("--halo", min=0, help="Context voxels (required for models without volmla metadata).")] = None,
     tile: Annotated[tuple[int, int, int] | None, typer.Option("--tile", help="Tile Z Y X, blended with the model's full halo (default: large blocks, one tile each with a shared context).")] = None,
     overlap: Annotated[float, typer.Option("--overlap", help="Tile overlap fraction (Gaussian blending; explicit --tile only).")] = 0.25,
@@ -123,7 +123,9 @@ def segment_command(
         from volmla.segment.pooled import check_psf
 
         check_psf(psf_sigma)
-    if labels is not None and forest_path is None:  # a forest trained here is kept beside the output
+    if forest_path is None and method == "rf" and labels is not None and model is None:
+        # a forest trained here is kept beside the output (no other method trains one: an explicit
+        # --save-model with them is refused by check_options)
         forest_path = output.parent / f"{output.name.removesuffix('.zarr')}.rf.onnx"
     if labels is not None and forest_path is not None:  # the forest is written first: never on or in a volume
         check_save_model(forest_path, outputs=[("--output", output), ("--uncertainty", uncertainty)],

@@ -284,6 +284,9 @@ class VolumeInfo(TypedDict):
     path: str
     shape: list[int]
     dtype: str
+    """As stored."""
+    read_as: str
+    """The dtype volmla reads it as (:func:`~volmla.io.open_volume`: float16 as float32, others as stored)."""
     chunks: list[int]
     voxel_size_um: list[float]
     kind: str
@@ -304,7 +307,8 @@ def volume_info(path: str | Path) -> VolumeInfo:
     Returns
     -------
     VolumeInfo
-        A JSON-ready dict; ``chunks`` is the level-0 chunk shape, ``size_mb`` the
+        A JSON-ready dict; ``dtype`` is the dtype as stored, ``read_as`` the one it is
+        read as (float16 as float32), ``chunks`` the level-0 chunk shape, ``size_mb`` the
         uncompressed size of level 0 in megabytes (10^6 bytes), ``levels`` the number
         of multiscale levels.
 
@@ -318,18 +322,23 @@ def volume_info(path: str | Path) -> VolumeInfo:
     >>> info["shape"], info["levels"], info["size_mb"]
     ([4, 6, 6], 1, 0.0)
     """
+    from volmla.io.reader import ChunkReader
     from volmla.io.volume import open_volume  # volume.py reads its metadata through this module
 
     vol = open_volume(path)
+    image = read_image(vol.attrs["path"])
+    # as stored: open_volume reads float16 as float32
+    stored = ChunkReader(f"{image.store}/{image.multiscales.paths[0]}", str(path), 0).dtype
     return {
         "path": str(path),
         "shape": list(vol.shape),
-        "dtype": str(vol.dtype),
+        "dtype": str(stored),
+        "read_as": str(vol.dtype),
         "chunks": [c[0] for c in vol.data.chunks],
         "voxel_size_um": list(vol.attrs["voxel_size_um"]),
         "kind": vol.attrs["kind"],
-        "levels": len(read_multiscales(path).paths),
-        "size_mb": round(vol.data.nbytes / 1e6, 3),
+        "levels": len(image.multiscales.paths),
+        "size_mb": round(vol.data.size * stored.itemsize / 1e6, 3),
         "phases": {str(k): v for k, v in vol.attrs["phases"].items()},
         "provenance": vol.attrs["provenance"],
     }

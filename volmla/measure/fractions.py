@@ -54,6 +54,7 @@ import numpy as np
 
 from volmla.engine.blocks import as_volume
 from volmla.errors import VolmlaError
+from volmla.preprocess.fov import FieldOfView, fill_outside
 from volmla.types import VolumeLike
 
 FRACTION_BITS = 20
@@ -209,6 +210,7 @@ def phase_levels(
     particles: VolumeLike | None = None,
     *,
     context: da.Array | None = None,
+    field_of_view: FieldOfView | None = None,
 ) -> PhaseLevels:
     """Step 2: the pure grey level of the void and of each phase, and the noise sigma.
 
@@ -225,6 +227,9 @@ def phase_levels(
         Particle ids; default: every solid voxel is one particle (phases alone).
     context
         :func:`context_volume` of these volumes, when the caller has it already.
+    field_of_view
+        The scan's field of view (:mod:`volmla.preprocess.fov`): the void outside it (the
+        reconstruction's fill) is not counted as void.
 
     Returns
     -------
@@ -257,6 +262,8 @@ def phase_levels(
     nbins = int(hi - lo + 1) if exact else _FLOAT_BINS
     width = 1.0 if exact else max(hi - lo, 1e-12) / nbins
     packed = packed_labels(lab, ph)
+    if field_of_view is not None:  # outside: neither void nor a pure phase (ctx is 0 there, packed is not)
+        packed = fill_outside(packed, field_of_view, np.iinfo(np.uint64).max)
     joined = da.map_blocks(
         lambda c, p, i: _class_block(c, p, i, lo=lo, width=width, nbins=nbins, n_classes=n_classes),
         ctx, packed, image, dtype=np.int64, new_axis=[3],

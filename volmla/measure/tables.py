@@ -7,7 +7,9 @@ copied or hashed), the merged integer tables get their derived columns: volume,
 equivalent sphere diameter, surface area, sphericity
 ``pi^(1/3) (6 V)^(2/3) / A``, centroid (micrometres, voxel centres at
 ``index * voxel_size`` like :func:`volmla.io.open_volume`'s coordinates), half-open
-bounding box (voxels), ``touches_border`` (bounding box reaches a volume face),
+bounding box (voxels), ``touches_border`` (bounding box reaches a volume face, or the
+particle reaches the edge of the scan's field of view that its provenance records:
+:mod:`volmla.preprocess.fov`),
 ``n_grains``, per phase ``vox_<phase>`` (voxels classified as the phase) and their sum
 over the named phases ``vox_solid``, the partial-volume-aware ``vfrac_<phase>`` and
 ``vfrac_solid`` (float voxels, :mod:`volmla.measure.fractions`, when the intensity is
@@ -58,6 +60,7 @@ from volmla.measure.fractions import (
 )
 from volmla.measure.merge import merge_partials
 from volmla.measure.partials import partial_tasks
+from volmla.preprocess.fov import edge_ids, from_provenance
 from volmla.types import VolumeLike
 
 logger = logging.getLogger(__name__)
@@ -356,7 +359,8 @@ def measure(
     """
     merged, names, vs, shape = _measured(particles, phases, grains, voxel_size, phase_names, intensity, levels, resolve)
     return Tables(
-        particles=_particle_frame(merged["particles"], names, vs, shape, merged.get("grains"), merged.get("fractions")),
+        particles=_particle_frame(merged["particles"], names, vs, shape, merged.get("grains"), merged.get("fractions"),
+                           merged.get("fov_edge")),
         grains=None if grains is None else _grain_frame(merged["grains"], names, vs),
         contacts=_contact_frame(merged["contacts"], names, vs),
         phase_names=names,
@@ -407,14 +411,20 @@ def _measured(particles: VolumeLike, phases: VolumeLike, grains: VolumeLike | No
         image = image if image.chunks == lab.chunks else image.rechunk(lab.chunks)
         ctx = context_volume(lab, ph)
         if levels is None:
-            levels = phase_levels(image, ph, lab, context=ctx)
+            levels = phase_levels(image, ph, lab, context=ctx, field_of_view=from_provenance(lab_attrs))
         tasks = [*tasks, *fraction_tasks(lab, ph, image, levels=levels, resolve=resolve, context=ctx)]
+    n_measured = len(tasks)
+    fov = from_provenance(lab_attrs)
+    if fov is not None:  # particles cut by the scan's field of view: flagged as touching the border
+        tasks = [*tasks, *edge_ids(lab, fov)]
     logger.info("measuring %d blocks of %s", math.prod(lab.numblocks), lab.shape)
     partials = compute(tasks, desc="measuring particles", optimize=False)  # the graph is built by hand
     merged = merge_partials(partials[:n_partial])
     if intensity is not None:
-        merged["fractions"] = merge_fractions(partials[n_partial:])
+        merged["fractions"] = merge_fractions(partials[n_partial:n_measured])
         merged["levels"] = levels
+    if fov is not None:
+        merged["fov_edge"] = np.unique(np.concatenate([np.asarray(p, np.uint64) for p in partials[n_measured:]]))
     table = merged["particles"]
     shape = cast(tuple[int, int, int], tuple(int(s) for s in lab.shape))
     _refuse_grey_values(table, shape)
@@ -484,8 +494,10 @@ def _face_area(faces_z: Any, faces_y: Any, faces_x: Any, vs: tuple[float, float,
 def _particle_frame(
     t: Mapping[str, np.ndarray], names: dict[int, str], vs: tuple[float, float, float], shape: tuple[int, ...],
     grains: pd.DataFrame | None, fractions: tuple[np.ndarray, np.ndarray] | None = None,
+    fov_edge: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """The particle table (:func:`particle_columns`) from the merged integer columns."""
+    """The particle table (:func:`particle_columns`) from the merged integer columns
+    (``fov_edge``: ids that reach the edge of the scan's field of view, also border)."""
     n = t["n"]
     volume = n * (vs[0] * vs[1] * vs[2])
     area = _face_area(t["faces_z"].astype(np.float64), t["faces_y"].astype(np.float64), t["faces_x"].astype(np.float64), vs)
@@ -502,6 +514,8 @@ def _particle_frame(
     border = np.zeros(n.size, bool)
     for a, ax in enumerate(_AXES):
         border |= (t[f"{ax}0"] == 0) | (t[f"{ax}1"] == shape[a])
+    if fov_edge is not None:
+        border |= np.isin(out["particle_id"], fov_edge)
     out["touches_border"] = border
     if grains is None:
         out["n_grains"] = pd.arrays.IntegerArray(np.zeros(n.size, np.int64), np.ones(n.size, bool))
@@ -599,7 +613,8 @@ def particle_table(
     [1.0]
     """
     merged, names, vs, shape = _measured(particles, phases, grains, voxel_size, phase_names, intensity, levels, resolve)
-    return _particle_frame(merged["particles"], names, vs, shape, merged.get("grains"), merged.get("fractions"))
+    return _particle_frame(merged["particles"], names, vs, shape, merged.get("grains"), merged.get("fractions"),
+                           merged.get("fov_edge"))
 
 
 def grain_table(

@@ -46,10 +46,12 @@ from volmla.engine.blocks import as_dataarray, as_volume
 from volmla.engine.scratch import session_scratch, store, store_together
 from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
-from volmla.particles.learned import learned_solid
+from volmla.particles.learned import check_particle_map, learned_solid
 from volmla.particles.mask import auto_solid, remove_small, solid_mask
 from volmla.particles.mask import fill_holes as _fill_holes
 from volmla.particles.split import H_MIN, NECK, resplit_cut, split_touching
+from volmla.preprocess.fov import RECORD_KEY as FOV_RECORD
+from volmla.preprocess.fov import FieldOfView, fill_outside, find_field_of_view, parse_field_of_view
 from volmla.types import VolumeLike
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ def label_particles(
     voxel_size: float | Sequence[float] | None = None,
     connectivity: Literal[6, 18, 26] = 26,
     scratch: str | Path | None = None,
+    field_of_view: FieldOfView | Literal["auto"] | str | None = "auto",
 ) -> Labels:
     """Label the particles of a volume: threshold, fill pores, drop dust, split, relabel.
 
@@ -86,7 +89,10 @@ def label_particles(
         out-of-core histogram), ``"otsu"``, a value (solid is ``> value``), None
         (solid is nonzero), or ``"interior"``: the volume is a U-Net's background (0) /
         interior (1) / boundary (2) map (:mod:`volmla.particles.learned`), solid is
-        nonzero and the split's distance map is weighted by the smoothed interior.
+        nonzero and the split's distance map is weighted by the smoothed interior (a
+        DataArray whose ``phases`` attribute names other phases is refused). A value at
+        or above every voxel (no solid) or below every voxel (no void) is refused (one
+        pass).
     min_size
         Drop solid components smaller than this many voxels (0: keep all). None: 27
         (:data:`SPECKLE`) with ``threshold="auto"`` or ``"interior"``, else 0. A
@@ -118,6 +124,17 @@ def label_particles(
         written. None: a temporary folder on this machine, removed when Python exits,
         when the work runs here (no cluster, or workers on this machine); with workers
         elsewhere the split is recomputed at each use (a warning says so).
+    field_of_view
+        The scan's cylindrical field of view (:mod:`volmla.preprocess.fov`): outside it
+        the reconstruction holds a fill value, not void. ``"auto"`` (default) finds it in
+        an intensity volume (thresholds ``"auto"``, ``"otsu"``, a value; one small read of
+        the slices' corners and a few whole slices) and assumes none in a phase volume or
+        a class map; a :class:`~volmla.preprocess.fov.FieldOfView` (or its circle as
+        ``"Y,X,R"``, e.g. a container wall's inner circle) is used as given; None: every
+        voxel is data. With one, the levels are read off its inside, the mask is
+        void outside it, and it is recorded in the labels' provenance, from which the
+        particle table flags the particles that reach its edge as touching the border
+        (they are cut, as those at a face of the volume are).
 
     Returns
     -------
@@ -148,25 +165,32 @@ def label_particles(
     vol = as_volume(volume, chunks=getattr(volume, "shape", None))  # in-memory input: one block
     if voxel_size is None:
         voxel_size = vol.attrs.get("voxel_size_um")
+    fov = _field_of_view(field_of_view, vol.data, intensity=threshold is not None and not learned)
     record: dict[str, Any] = {"step": "particles", "threshold": threshold, "min_size": min_size,
                               "fill_holes": fill_holes, "split": split, "neck": neck, "h": h,
                               "max_radius": max_radius, "connectivity": connectivity}
+    if fov is not None:
+        record[FOV_RECORD] = fov.as_record()
     weight = None
     if auto:
         # the scan's own evidence for the split: how full of solid it looks around each
         # voxel weights the distance map, so blurred creases between particles stay saddles
-        found_solid = auto_solid(vol.data)
+        found_solid = auto_solid(vol.data, field_of_view=fov)
         solid, weight = found_solid.mask, found_solid.fill
         if split:
             record["relief"] = "distance x local_fill"
     elif learned:
+        # a segmentation's phases named as minerals are no map: phase 2 would read as boundary
+        check_particle_map(vol.attrs.get("phases"), vol.attrs.get("path") or "the volume")
         # the network's boundary layer between touching particles lowers the relief there
         found_learned = learned_solid(vol.data)
         solid, weight = found_learned.mask, found_learned.fill
+        if fov is not None:
+            solid = fill_outside(solid, fov, False)
         if split:
             record["relief"] = "distance x interior_fill"
     else:
-        solid = solid_mask(vol.data, threshold=threshold)  # type: ignore[arg-type]  # not "interior" here
+        solid = solid_mask(vol.data, threshold=threshold, field_of_view=fov)  # type: ignore[arg-type]  # not "interior"
     where = Path(scratch) if scratch is not None else session_scratch("volmla-split-", what="the particle split") if split else None
     if where is not None and derived and (fill_holes or min_size or weight is not None):
         # the "auto" cut (denoising, cupping, local levels) or the class map's read runs
@@ -219,6 +243,14 @@ def label_particles(
     data = found.labels.data
     data = data if data.chunks == chunks else data.rechunk(chunks)
     return Labels(_on_grid(data, volume, record | {"count": found.count}), found.count)
+
+
+def _field_of_view(given: Any, data: da.Array, *, intensity: bool) -> FieldOfView | None:
+    """``label_particles``'s ``field_of_view``: found in an intensity volume for ``"auto"``."""
+    fov = parse_field_of_view(given)
+    if isinstance(fov, str):  # "auto"
+        return find_field_of_view(data) if intensity else None
+    return fov
 
 
 class MinSizeError(VolmlaError):

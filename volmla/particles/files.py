@@ -25,10 +25,12 @@ import xarray as xr
 from volmla.errors import VolmlaError
 from volmla.particles.api import label_particles
 from volmla.particles.contacts import REACH, ROUNDS, check_rounds, contact_rule, refine_contacts
-from volmla.particles.grains import label_grains
+from volmla.particles.grains import check_phase_dtype, label_grains
 from volmla.particles.label import Labels, check_connectivity, label
-from volmla.particles.learned import MAP_PHASES
+from volmla.particles.learned import MAP_PHASES, check_particle_map
 from volmla.particles.split import H_MIN, NECK, split_halo
+from volmla.preprocess.fov import RECORD_KEY as FOV_RECORD
+from volmla.preprocess.fov import from_provenance, parse_field_of_view
 from volmla.types import Connectivity
 
 __all__ = ["LabelsPlan", "plan_contacts", "plan_grains", "plan_label", "plan_particles", "write_labels"]
@@ -103,12 +105,14 @@ def _threshold(value: Any, path: str | Path, kind: str,
 
     A phase volume whose names are a particle U-Net's classes (1 interior, 2 boundary:
     ``volmla segment`` with a model trained with ``--target particles``) is read as a
-    border/interior map; ``interior`` asks for that reading of any phase volume.
+    border/interior map; ``interior`` asks for that reading of a phase volume without
+    phase names (one named otherwise is refused).
     """
     if isinstance(value, str) and value == "interior":
         if kind != "phases":
             raise VolmlaError(f"threshold interior reads a U-Net's background/interior/boundary map (a phases "
                               f"volume), but {path} is of kind {kind}")
+        check_particle_map(phases, path)
         return "interior"
     if kind != "intensity":
         if not (isinstance(value, str) and value == "auto"):
@@ -139,6 +143,7 @@ def plan_particles(
     max_radius: float | None = None,
     connectivity: Connectivity = 26,
     overwrite: bool = False,
+    field_of_view: str | bool = "auto",
 ) -> LabelsPlan:
     """Check a particle labelling job on files, computing nothing.
 
@@ -155,11 +160,18 @@ def plan_particles(
         Other volumes take ``"auto"`` (nonzero is solid; a phase volume named as a
         particle U-Net's classes, 1 interior and 2 boundary, is read as that map), and
         phase volumes also ``"interior"`` (read as a background / interior / boundary
-        map whatever their names: :mod:`volmla.particles.learned`).
+        map, :mod:`volmla.particles.learned`: a volume with those phase names or none;
+        one whose names are minerals is refused). A value at or above every voxel (no
+        solid) or below every voxel (no void) is refused when the labelling starts
+        (one pass: :func:`volmla.particles.mask.solid_mask`).
     min_size, fill_holes, split, neck, h, max_radius, connectivity
         As for :func:`~volmla.particles.label_particles`.
     overwrite
         Replace an existing output.
+    field_of_view
+        ``"auto"``: find the scan's cylindrical field of view in an intensity volume;
+        ``"none"`` (or False): every voxel is data; ``"Y,X,R"``: that circle (voxels), e.g.
+        a container wall's inner one (:func:`volmla.preprocess.fov.parse_field_of_view`).
 
     Returns
     -------
@@ -179,9 +191,12 @@ def plan_particles(
             raise VolmlaError(f"{name} must be {'between 0 and 1' if name == 'neck' else 'a number >= 0'}, got {number}")
     vol = open_volume(volume)
     value = _threshold(threshold, volume, vol.attrs.get("kind", "intensity"), vol.attrs.get("phases"))
-    options = {"threshold": value, "min_size": None if min_size is None else int(min_size),
+    options: dict[str, Any] = {"threshold": value, "min_size": None if min_size is None else int(min_size),
                "fill_holes": None if fill_holes is None else bool(fill_holes), "split": bool(split),
                "neck": float(neck), "h": float(h), "max_radius": max_radius, "connectivity": connectivity}
+    fov = parse_field_of_view(field_of_view, name="--fov")
+    if fov != "auto":  # named only when not the default, so the jobs of earlier versions stay the same jobs
+        options["field_of_view"] = fov
     job = {"command": "particles", "input": source_id(volume), **options}
     check_output(output, overwrite=overwrite, job=job)
     return LabelsPlan("particles", (vol,), Path(output), options, overwrite, job)
@@ -270,6 +285,7 @@ def _plan_pair(step: Literal["grains", "contacts"], particles: str | Path, phase
             f"particles and phases must have the same voxel size, got {list(part.attrs['voxel_size_um'])} "
             f"and {list(ph.attrs['voxel_size_um'])} um"
         )
+    check_phase_dtype(ph.dtype, phases)  # values outside 0..255 are refused by the job's first pass
     job = {"command": step, "particles": source_id(particles), "phases": source_id(phases), **(described or options)}
     check_output(output, overwrite=overwrite, job=job)
     return LabelsPlan(step, (part, ph), Path(output), options, overwrite, job)
@@ -317,13 +333,17 @@ def _write(plan: LabelsPlan, result: Labels) -> None:
     from volmla.io import write_volume
 
     like = plan.inputs[0]
+    record = {"step": plan.step, **plan.options, "count": int(result.count)}
+    if plan.step == "particles":  # the field of view found or given, for the particle table's border
+        fov = from_provenance(result.labels.attrs)
+        record[FOV_RECORD] = None if fov is None else fov.as_record()
     write_volume(
         like.copy(data=result.labels.data),
         plan.output,
         chunks=tuple(int(c[0]) for c in like.data.chunks),
         kind="labels",
         phases={},
-        provenance=[{"step": plan.step, **plan.options, "count": int(result.count)}],
+        provenance=[record],
         overwrite=plan.overwrite,
         job=plan.job,
     )

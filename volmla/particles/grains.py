@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import dask.array as da
@@ -19,7 +20,7 @@ from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
 from volmla.types import VolumeLike
 
-__all__ = ["label_grains", "particle_phase_arrays"]
+__all__ = ["check_phase_dtype", "label_grains", "particle_phase_arrays"]
 
 
 def label_grains(particles: VolumeLike, phases: VolumeLike, *, connectivity: Literal[6, 18, 26] = 26) -> Labels:
@@ -30,7 +31,8 @@ def label_grains(particles: VolumeLike, phases: VolumeLike, *, connectivity: Lit
     particles
         Particle labels (0 = background; a negative id is refused).
     phases
-        Phase volume (uint8, 0 = void) of the same shape.
+        Phase volume (uint8, 0 = void) of the same shape; another integer dtype is
+        read as uint8 when its values lie in 0..255 (one pass checks them).
     connectivity
         6, 18 or 26.
 
@@ -63,22 +65,70 @@ def particle_phase_arrays(particles: VolumeLike, phases: VolumeLike) -> tuple[da
     particles
         Integer particle labels.
     phases
-        uint8 phases of the same shape.
+        Phases of the same shape: uint8, or another integer dtype whose values lie in
+        0..255 (checked in one pass, then read as uint8); others are refused.
 
     Returns
     -------
     tuple of dask.array.Array
-        ``(particles, phases)``, the phases rechunked to the particles' chunks.
+        ``(particles, phases)``, the phases as uint8, rechunked to the particles' chunks.
+
+    Raises
+    ------
+    VolmlaError
+        When the shapes differ, the particles are not integer, or the phases are not
+        integer ids in 0..255.
     """
-    part, phase = as_volume(particles, name="particles").data, as_volume(phases, name="phases").data
+    part = as_volume(particles, name="particles").data
+    found = as_volume(phases, name="phases")
+    phase, where = found.data, found.attrs.get("path") or "the phase volume"
     if part.shape != phase.shape:
         raise VolmlaError(f"particles and phases must have the same shape, got {part.shape} and {phase.shape}")
-    if not np.issubdtype(phase.dtype, np.integer) or phase.dtype.itemsize > 1:
-        raise VolmlaError(f"phases must be uint8, got dtype {phase.dtype}")
+    check_phase_dtype(phase.dtype, where)
     if not np.issubdtype(part.dtype, np.integer):
         raise VolmlaError(f"particles must be integer labels, got dtype {part.dtype}")
+    if phase.dtype != np.uint8:
+        # another integer dtype (int8 from another tool, uint16): phase ids read as uint8,
+        # as the measurement reads them; one pass checks they fit
+        from volmla.engine.reduce import min_max
+
+        lo, hi = (int(v) for v in min_max(phase)) if phase.size else (0, 0)
+        if lo < 0 or hi > 255:
+            raise VolmlaError(f"phases must be uint8 phase ids 0..255, but {where} ({phase.dtype}) holds "
+                              f"{lo if lo < 0 else hi}")
+        phase = phase.astype(np.uint8)
     # explicitly on one grid: map_blocks (dask 2026.8) does not rechunk operands on other grids
     return part, phase if phase.chunks == part.chunks else phase.rechunk(part.chunks)
+
+
+def check_phase_dtype(dtype: np.dtype, where: str | Path) -> None:
+    """Refuse a phase volume's dtype that cannot hold phase ids (float, bool).
+
+    Any integer dtype is read as uint8 (the data contract's phases) once its values are
+    checked to lie in 0..255 (:func:`particle_phase_arrays`, one pass).
+
+    Parameters
+    ----------
+    dtype
+        The phase volume's dtype.
+    where
+        The volume, for the message.
+
+    Raises
+    ------
+    VolmlaError
+        When ``dtype`` is not an integer dtype.
+
+    Examples
+    --------
+    >>> check_phase_dtype(np.dtype(np.int8), "p.zarr")
+    >>> check_phase_dtype(np.dtype(np.float32), "p.zarr")
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: phases must be uint8 phase ids 0..255, but p.zarr is float32
+    """
+    if not np.issubdtype(dtype, np.integer):
+        raise VolmlaError(f"phases must be uint8 phase ids 0..255, but {where} is {dtype}")
 
 
 def _grain_key(part: np.ndarray, phase: np.ndarray) -> np.ndarray:

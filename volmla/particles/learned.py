@@ -25,7 +25,7 @@ Both are pure per-block kernels (exact for any chunking through
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -50,8 +50,8 @@ INTERIOR_SIGMA = 0.5
 INTERIOR_HALO = math.ceil(4.0 * INTERIOR_SIGMA)
 """Halo of :func:`interior_fill` (its gaussian truncated at 4 sigma)."""
 
-__all__ = ["CLASSES", "INTERIOR", "INTERIOR_HALO", "INTERIOR_SIGMA", "MAP_PHASES", "LearnedSolid", "interior_fill",
-           "learned_solid"]
+__all__ = ["CLASSES", "INTERIOR", "INTERIOR_HALO", "INTERIOR_SIGMA", "MAP_PHASES", "LearnedSolid", "check_particle_map",
+           "interior_fill", "learned_solid"]
 
 
 class LearnedSolid(NamedTuple):
@@ -92,6 +92,47 @@ def interior_fill(block: np.ndarray) -> np.ndarray:
     core = (np.asarray(block) == INTERIOR).astype(np.float32)
     smooth = ndi.gaussian_filter(core, INTERIOR_SIGMA, mode="reflect", truncate=4.0)
     return np.clip(smooth, np.float32(0), np.float32(1)).astype(np.float32, copy=False)
+
+
+def check_particle_map(phases: Any, where: Any) -> None:
+    """Refuse reading a phase volume named otherwise as a particle map (``threshold="interior"``).
+
+    A volume whose phase names are the map's (:data:`MAP_PHASES`), or that has none (a
+    user's own map), is read as one; a volume whose phases are named otherwise (the
+    minerals of a segmentation) is not a map: its phase 2 would be read as boundary.
+
+    Parameters
+    ----------
+    phases
+        The volume's phase names (``{id: name}``, its ``phases`` attribute), or None.
+    where
+        The volume, for the message.
+
+    Raises
+    ------
+    VolmlaError
+        When the volume has phase names that are not the map's.
+
+    Examples
+    --------
+    >>> check_particle_map({1: "interior", 2: "boundary"}, "map.zarr")
+    >>> check_particle_map({1: "quartz", 2: "pyrite"}, "phases.zarr")
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: threshold=interior reads a particle map (phases background, interior, boundary); \
+phases.zarr's phases are quartz, pyrite
+    """
+    if not phases:
+        return
+    try:
+        names = {int(k): str(v) for k, v in dict(phases).items()}
+    except (TypeError, ValueError):
+        names = {}
+    if names == MAP_PHASES:
+        return
+    listed = ", ".join(names[k] for k in sorted(names)) if names else str(phases)
+    raise VolmlaError(f"threshold=interior reads a particle map (phases {', '.join(PARTICLE_CLASSES)}); "
+                      f"{where}'s phases are {listed}")
 
 
 def _check_classes(data: da.Array) -> None:

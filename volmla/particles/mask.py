@@ -55,9 +55,10 @@ import dask.array as da
 import numpy as np
 
 from volmla.engine.blocks import as_volume, map_reduce
-from volmla.engine.reduce import Histogram, histogram, histogram_modes, otsu
+from volmla.engine.reduce import Histogram, histogram, histogram_modes, min_max, otsu
 from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
+from volmla.preprocess.fov import FieldOfView, fill_outside, inside_histogram
 from volmla.types import VolumeLike
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ __all__ = [
 # --------------------------------------------------------------------------- step 1
 
 
-def otsu_threshold(volume: VolumeLike) -> float:
+def otsu_threshold(volume: VolumeLike, *, field_of_view: FieldOfView | None = None) -> float:
     """Otsu's threshold of a chunked volume from its out-of-core histogram.
 
     The histogram is :func:`volmla.engine.reduce.histogram`'s: one bin per value for
@@ -150,6 +151,8 @@ def otsu_threshold(volume: VolumeLike) -> float:
     ----------
     volume
         3-D intensity volume (NumPy, Dask or xarray; boolean counts as 0/1).
+    field_of_view
+        Count only the voxels inside it (:func:`volmla.preprocess.fov.inside_histogram`).
 
     Returns
     -------
@@ -166,7 +169,7 @@ def otsu_threshold(volume: VolumeLike) -> float:
     data = as_volume(volume).data
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
-    hist = histogram(data, bins=HIST_BINS)
+    hist = _histogram(data, field_of_view)
     if np.count_nonzero(hist.counts) < 2:
         raise VolmlaError("cannot threshold a constant volume: give threshold=VALUE")
     return otsu(hist)  # empty end bins trimmed, as threshold_otsu's own image path does
@@ -177,6 +180,13 @@ def _modes(hist: Histogram) -> tuple[float, float]:
     if np.count_nonzero(hist.counts) < 2:
         raise VolmlaError("cannot threshold a constant volume: give threshold=VALUE")
     return histogram_modes(hist)
+
+
+def _histogram(data: da.Array, field_of_view: FieldOfView | None) -> Histogram:
+    """The volume's histogram, of the inside of its field of view when one is given."""
+    if field_of_view is None:
+        return histogram(data, bins=HIST_BINS)
+    return inside_histogram(data, field_of_view, bins=HIST_BINS)
 
 
 def mode_midpoint(hist: Histogram) -> float:
@@ -248,7 +258,8 @@ def _void_gain_block(block: np.ndarray, *, origin: Sequence[int], center: tuple[
     return block * gain[None]
 
 
-def flatten_cupping(volume: VolumeLike, *, threshold: float | None = None) -> da.Array:
+def flatten_cupping(volume: VolumeLike, *, threshold: float | None = None,
+                    field_of_view: FieldOfView | None = None) -> da.Array:
     """Divide out a radial cupping measured on the void (resin, air) between the particles.
 
     Cupping (beam hardening) darkens the middle of each slice; a global threshold then
@@ -275,6 +286,11 @@ def flatten_cupping(volume: VolumeLike, *, threshold: float | None = None) -> da
         threshold barely move the means).
     threshold
         The void lies below it (default :func:`auto_threshold`).
+    field_of_view
+        The scan's field of view (:mod:`volmla.preprocess.fov`): its axis is the one the
+        cupping is measured about, and only radii inside it (more than one voxel from its
+        edge) enter the fit; the histogram counts its inside only. None: the slices'
+        centre, every radius.
 
     Returns
     -------
@@ -295,13 +311,16 @@ def flatten_cupping(volume: VolumeLike, *, threshold: float | None = None) -> da
     from volmla.preprocess import radial_profile
 
     data = as_volume(volume, finite=True).data.astype(np.float32)
-    hist = histogram(data, bins=HIST_BINS)
+    hist = _histogram(data, field_of_view)
     void_mode, solid_mode = _modes(hist)
     cut = (void_mode + solid_mode) / 2 if threshold is None else float(threshold)
-    top = hist.first + hist.width * len(hist.counts)
-    maxabs = max(abs(hist.first), abs(top))
-    prof = radial_profile(-data, threshold=-cut, maxabs=maxabs)  # counts the voxels below the cut
+    lo, hi = min_max(data) if field_of_view is not None else (hist.first, hist.first + hist.width * len(hist.counts))
+    maxabs = max(abs(lo), abs(hi))
+    center = None if field_of_view is None else field_of_view.center
+    prof = radial_profile(-data, threshold=-cut, maxabs=maxabs, center=center)  # counts the voxels below the cut
     used = (prof.counts >= 16) & np.isfinite(prof.r2)
+    if field_of_view is not None:
+        used &= prof.r2 < max(field_of_view.radius - 1.0, 0.0) ** 2
     if int(used.sum()) <= CUPPING_ORDER:
         logger.info("cupping not corrected: void at only %d radii", int(used.sum()))
         return data
@@ -473,7 +492,7 @@ class AutoSolid(NamedTuple):
     """Lazy float32 weight in ``0..1`` for the split's relief (:func:`local_fill` per block)."""
 
 
-def auto_solid(volume: VolumeLike) -> AutoSolid:
+def auto_solid(volume: VolumeLike, *, field_of_view: FieldOfView | None = None) -> AutoSolid:
     """The ``"auto"`` solid mask and, from the same levels, the fill weight of the split's relief.
 
     Denoised by a gaussian of :data:`DENOISE_SIGMA` voxels, the cupping divided out
@@ -482,10 +501,17 @@ def auto_solid(volume: VolumeLike) -> AutoSolid:
     :func:`local_solid` (the mask, halo :data:`LOCAL_HALO`) and :func:`local_fill` (the
     weight, halo :data:`FILL_HALO`). Both are exact for any chunking.
 
+    With a ``field_of_view`` (:mod:`volmla.preprocess.fov`) the voxels outside it are
+    first set to the void mode of the inside's histogram, so they are void to every later
+    step, the cupping is measured about its axis, the levels count its inside only, and
+    the mask is void outside.
+
     Parameters
     ----------
     volume
         3-D intensity volume.
+    field_of_view
+        The scan's field of view, or None (every voxel is data).
 
     Returns
     -------
@@ -503,9 +529,12 @@ def auto_solid(volume: VolumeLike) -> AutoSolid:
     from volmla.preprocess import gaussian
 
     data = as_volume(volume, finite=True).data
+    fov = field_of_view
+    if fov is not None:  # the outside is void to the filters and the levels, not the fill value
+        data = fill_outside(data, fov, _modes(_histogram(data, fov))[0])
     smooth = as_volume(gaussian(data, sigma=DENOISE_SIGMA)).data
-    flat = flatten_cupping(smooth)
-    void, solid = _modes(histogram(flat, bins=HIST_BINS))
+    flat = flatten_cupping(smooth, field_of_view=fov)
+    void, solid = _modes(_histogram(flat, fov))
     logger.info("auto mask: void %g, solid %g (cupping flattened), cut locally half-way", void, solid)
     # a volume thinner than the weight's halo is one block along that axis: the halo is cut to fit
     halo = tuple(FILL_HALO if n == 1 else min(FILL_HALO, n - 1) for n in flat.shape)
@@ -513,14 +542,16 @@ def auto_solid(volume: VolumeLike) -> AutoSolid:
         # thinner than the mask's own halo: the mask keeps it (the two kernels apart)
         mask = halo_map(flat, local_solid, halo=LOCAL_HALO, boundary="reflect", dtype=bool, void=void, solid=solid)
         fill = halo_map(flat, local_fill, halo=halo, boundary="reflect", dtype=np.float32, void=void, solid=solid)
-        return AutoSolid(mask, fill)
+        return AutoSolid(_void_outside(mask, fov), fill)
     # one sharpening per block for both (stored together, they are computed in one pass)
     both = halo_map(flat, local_solid_fill, halo=halo, boundary="reflect", dtype=np.float32, void=void, solid=solid)
-    return AutoSolid(da.map_blocks(_signed_mask, both, dtype=bool), da.map_blocks(np.abs, both, dtype=np.float32))
+    mask = da.map_blocks(_signed_mask, both, dtype=bool)
+    return AutoSolid(_void_outside(mask, fov), da.map_blocks(np.abs, both, dtype=np.float32))
 
 
 def solid_mask(
-    volume: VolumeLike, *, threshold: Literal["auto", "otsu"] | float | None = "auto"
+    volume: VolumeLike, *, threshold: Literal["auto", "otsu"] | float | None = "auto",
+    field_of_view: FieldOfView | None = None,
 ) -> da.Array:
     """Lazy boolean solid mask: ``volume > threshold``, or nonzero when ``threshold`` is None.
 
@@ -535,7 +566,12 @@ def solid_mask(
         half-way to a bright phase next to it), after an unsharp mask that keeps the
         gaps between particles open (:func:`local_solid`, with a halo of
         :data:`LOCAL_HALO`); five eager passes (reductions). ``"otsu"``
-        (:func:`otsu_threshold` of the volume as it is), a number, or None.
+        (:func:`otsu_threshold` of the volume as it is), a number (one eager pass, the
+        volume's min and max: a number at or above every voxel, no solid, or below
+        every voxel, no void, is refused), or None.
+    field_of_view
+        The scan's field of view (:mod:`volmla.preprocess.fov`): the levels are read off
+        its inside and the mask is void outside it. None: every voxel is data.
 
     Returns
     -------
@@ -548,14 +584,15 @@ def solid_mask(
     [[[False, True]]]
     """
     data = as_volume(volume, finite=True).data
+    fov = field_of_view
     if threshold is None:
-        return data != 0
+        return _void_outside(data != 0, fov)
     if isinstance(threshold, str):
         if threshold == "auto":
-            return auto_solid(data).mask
+            return auto_solid(data, field_of_view=fov).mask
         if threshold != "otsu":
             raise VolmlaError(f"threshold must be 'auto', 'otsu', a number or None, got {threshold!r}")
-        value = otsu_threshold(data)
+        value = otsu_threshold(data, field_of_view=fov)
         logger.info("Otsu threshold %g", value)
     else:
         try:
@@ -564,7 +601,23 @@ def solid_mask(
             raise VolmlaError(f"threshold must be 'auto', 'otsu', a number or None, got {threshold!r}") from None
         if not math.isfinite(value):
             raise VolmlaError(f"threshold must be finite, got {threshold!r}")
-    return data > value
+        _check_cuts(data, value)
+    return _void_outside(data > value, fov)
+
+
+def _void_outside(mask: da.Array, fov: FieldOfView | None) -> da.Array:
+    return mask if fov is None else fill_outside(mask, fov, False)
+
+
+def _check_cuts(data: da.Array, value: float) -> None:
+    """One pass: a given threshold leaves some solid (a voxel above it) and some void."""
+    if not data.size:
+        return
+    lo, hi = min_max(data)
+    if hi <= value:
+        raise VolmlaError(f"threshold={value:g} is at or above every voxel (max {hi:g}): no solid")
+    if lo > value:
+        raise VolmlaError(f"threshold={value:g} is below every voxel (min {lo:g}): no void")
 
 
 # --------------------------------------------------------------------------- steps 2-3

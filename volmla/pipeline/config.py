@@ -355,6 +355,13 @@ class ParticlesConfig:
     particle lacks go to the touching particle that has it
     (:func:`volmla.particles.refine_contacts`); the split is kept as
     ``particles_split.zarr`` and ``particles.zarr`` holds the refined particles.
+
+    ``field_of_view`` (default ``auto``): the scan's cylindrical field of view is found on
+    the scan as ingested (:func:`volmla.preprocess.fov.find_field_of_view`), its outside
+    set to the void level before any other stage, and it is given to every particles
+    stage (particles that reach its edge are flagged as touching the border); ``false``
+    or ``none``: every voxel is data; ``[y, x, r]``: that circle (voxels; e.g. a container
+    wall's inner circle).
     """
 
     model: Path | None = None
@@ -367,6 +374,7 @@ class ParticlesConfig:
     max_radius: float | None = None
     connectivity: Literal[6, 18, 26] | None = None
     contacts: bool | None = None
+    field_of_view: Any = None
     given: tuple[str, ...] = ()
 
     def options(self) -> dict[str, Any]:
@@ -376,13 +384,19 @@ class ParticlesConfig:
         -------
         dict
         """
-        return {k: getattr(self, k) for k in self.given if k not in ("model", "contacts")}
+        return {k: getattr(self, k) for k in self.given if k not in ("model", "contacts", "field_of_view")}
 
     @property
     def refines_contacts(self) -> bool:
         """Whether the run hands contact voxels to the particle whose mineral they are
         (:func:`volmla.particles.refine_contacts`; ``contacts: false`` turns it off)."""
         return self.contacts is not False
+
+
+def _field_of_view(where: str, value: Any) -> Any:
+    from volmla.preprocess.fov import parse_field_of_view
+
+    return parse_field_of_view(value, name=f"config {where}")
 
 
 _PARTICLE_CHECKS: dict[str, Check] = {
@@ -396,6 +410,7 @@ _PARTICLE_CHECKS: dict[str, Check] = {
     "max_radius": _positive,
     "connectivity": _choice(6, 18, 26),
     "contacts": _bool,
+    "field_of_view": _field_of_view,
 }
 
 

@@ -141,6 +141,13 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
         log("ingest")
         volume = _stage(out / "intensity.zarr", job, lambda: loaded, log=log, overwrite=overwrite, chunks=chunks)
     result["intensity"] = volume.attrs["path"]
+    # the scan's field of view, found on the scan as reconstructed; the outside then reads as
+    # void to every stage (its fill, often 0, would move the levels and the apportioning)
+    fov = _field_of_view(volume, cfg, log=log)
+    if fov.get("field_of_view") is not None:
+        from volmla.preprocess.fov import void_outside
+
+        volume = volume.copy(data=void_outside(volume.data, fov["field_of_view"]))
 
     # 2. preprocess
     if cfg.preprocess:
@@ -164,10 +171,10 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
     if cfg.particles.model is not None:
         particles = _particles(_particle_map(volume, cfg.particles.model, device=device, out=out, log=log,
                                              overwrite=overwrite, chunks=chunks),
-                               {"threshold": "interior", **cfg.particles.options()}, path=split, log=log,
+                               {"threshold": "interior", **cfg.particles.options(), **fov}, path=split, log=log,
                                overwrite=overwrite, chunks=chunks)
     elif seg.method == "regions":
-        particles = _particles(volume, {"threshold": "auto", **cfg.particles.options()}, path=split, log=log,
+        particles = _particles(volume, {"threshold": "auto", **cfg.particles.options(), **fov}, path=split, log=log,
                                overwrite=overwrite, chunks=chunks)
     log(f"segment ({seg.spelled})")
     job = {"stage": "segment", "input": volume.attrs["path"], **seg.job()}
@@ -179,7 +186,7 @@ def run(config: PipelineConfig | Mapping[str, Any] | str | Path, *, overwrite: b
                     voxel_size=volume.attrs["voxel_size_um"])
     result["phases"] = phases.attrs["path"]
     if particles is None:
-        particles = _particles(phases, {"threshold": None, **cfg.particles.options()}, path=split, log=log,
+        particles = _particles(phases, {"threshold": None, **cfg.particles.options(), **fov}, path=split, log=log,
                                overwrite=overwrite, chunks=chunks)
     if cfg.particles.refines_contacts:
         result["particles_split"] = particles.attrs["path"]
@@ -288,6 +295,23 @@ def _particle_map(volume: xr.DataArray, model: Path, *, device: Device, out: Pat
                   voxel_size=volume.attrs["voxel_size_um"])
 
 
+def _field_of_view(volume: xr.DataArray, cfg: PipelineConfig, *, log: Log) -> dict[str, Any]:
+    """``{"field_of_view": FieldOfView or None}`` for every particles stage: found on the
+    scan unless ``particles.field_of_view`` is false or a circle (:mod:`volmla.preprocess.fov`)."""
+    from volmla.preprocess.fov import find_field_of_view, parse_field_of_view
+
+    if cfg.segment is None:
+        return {}
+    given = parse_field_of_view("auto" if "field_of_view" not in cfg.particles.given else cfg.particles.field_of_view)
+    fov = find_field_of_view(volume) if given == "auto" else given
+    if isinstance(fov, str):
+        raise AssertionError(fov)  # parse_field_of_view returns "auto" only for "auto"
+    if fov is not None:
+        log(f"field of view: a circle of radius {fov.radius:.1f} voxels about (y {fov.center[0]:.1f}, "
+            f"x {fov.center[1]:.1f}), {fov.fill:g} outside, read as void")
+    return {"field_of_view": fov}
+
+
 def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, path: Path, log: Log, overwrite: bool,
                chunks: tuple[int, ...] | int) -> xr.DataArray:
     """Particles of a phase volume (``threshold: None``) or of the intensity (``auto``), at ``path``."""
@@ -297,6 +321,8 @@ def _particles(volume: xr.DataArray, opts: Mapping[str, Any], *, path: Path, log
     log("particles")
     out = path.parent
     job = {"stage": "particles", "input": volume.attrs["path"], **opts}
+    if opts.get("field_of_view") is not None:
+        job["field_of_view"] = opts["field_of_view"].as_record()
     if _done(path, job, overwrite):
         log(f"  {path.name}: complete, kept")
         return open_volume(path)

@@ -162,7 +162,8 @@ def check_options(
         (:func:`volmla.segment.sessions.inspect_model`: its input and output shapes, its
         classes), so a model that cannot segment a volume fails before any work. Options
         a method would ignore are refused: ``halo`` with any other method, ``model`` or
-        ``labels`` with ``threshold`` and ``kmeans``.
+        ``labels`` with ``threshold`` and ``kmeans``, ``save_model`` with any method but
+        ``rf`` trained on ``labels``.
 
     Returns
     -------
@@ -175,6 +176,10 @@ def check_options(
     Traceback (most recent call last):
     ...
     volmla.errors.VolmlaError: method threshold needs classes=K
+    >>> check_options("kmeans", classes=2, save_model="rf.onnx")
+    Traceback (most recent call last):
+    ...
+    volmla.errors.VolmlaError: save_model writes the random forest trained on labels=SPARSE_LABELS (method rf); method kmeans trains none
     """
     from volmla.segment.infer import check_tiling
 
@@ -192,6 +197,10 @@ def check_options(
                           f"{'model=' if model is not None else 'labels='}")
     if halo is not None and resolved != "unet":
         raise VolmlaError(f"halo= is the context of a U-Net (method unet), got method {resolved}")
+    if save_model is not None and not (resolved == "rf" and labels is not None):
+        given = " given model=M.onnx" if resolved == "rf" else ""
+        raise VolmlaError("save_model writes the random forest trained on labels=SPARSE_LABELS (method rf); "
+                          f"method {resolved}{given} trains none")
     if resolved == "unet" and model is None:
         raise VolmlaError("method unet needs model=M.onnx")
     if resolved == "unet":
@@ -364,7 +373,8 @@ def segment_phases(
         Sparse labels (``phase + 1``, 0 unlabelled) to train a forest (``rf`` without
         ``model``) or to fit the levels of ``regions``.
     save_model
-        Where to write a forest trained on ``labels`` (``.onnx``).
+        Where to write a forest trained on ``labels`` (``.onnx``); refused with any other
+        method (or ``rf`` given a ``model``), which trains none.
     classes
         K classes for ``threshold`` and ``kmeans`` (0..K-1 by intensity).
     seed
@@ -376,10 +386,12 @@ def segment_phases(
         Other keywords of :func:`volmla.segment.forest.train_random_forest`
         (``n_estimators``, ``max_samples``, ``classes`` names, ...).
     particles
-        Particle ids for ``regions`` (default: labelled here from the intensity).
+        Particle ids for ``regions`` (default: labelled here from the intensity). The
+        field of view their provenance records (:func:`volmla.preprocess.fov.from_provenance`)
+        is the one the levels and the PSF are fitted in, unless ``region_options`` names one.
     region_options
         Other keywords of :func:`volmla.segment.pooled.region_phases` (``radius``,
-        ``min_grain``, ``psf_sigma``, ...).
+        ``min_grain``, ``psf_sigma``, ``field_of_view``, ...).
     phase_names
         ``regions``: names of phases 1..N (default the labels' ``phases`` attribute);
         every one must be labelled (:func:`check_labels`).
@@ -429,8 +441,12 @@ def segment_phases(
             from volmla.particles import label_particles
 
             particles = label_particles(volume).labels
-        levels = label_levels(volume, labels, particles=particles)
         options = dict(region_options or {})
+        if "field_of_view" not in options:  # the one the particles were labelled in, if any
+            from volmla.preprocess.fov import from_provenance
+
+            options["field_of_view"] = from_provenance(getattr(particles, "attrs", {}))
+        levels = label_levels(volume, labels, particles=particles, field_of_view=options["field_of_view"])
         estimated = options.get("psf_sigma") is None
         if estimated:  # estimated here, once, so that the record can name it (region_phases takes it as given)
             from volmla.segment.pooled import region_psf

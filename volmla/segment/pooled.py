@@ -137,6 +137,7 @@ from volmla.engine.scratch import session_scratch, store, store_together
 from volmla.engine.windows import window_map
 from volmla.errors import VolmlaError
 from volmla.measure.fractions import PhaseLevels
+from volmla.preprocess.fov import FieldOfView, fill_outside
 from volmla.segment.regions import (
     DEFAULT_CONTRAST,
     MIN_GRAIN,
@@ -229,6 +230,8 @@ MAX_PSF = 10.0
 (its halo would read blocks tens of voxels wider)."""
 PSF_CROP = 128
 """Voxels per axis of the central crop the PSF is estimated on."""
+FOV_MARGIN = 4.0
+"""Edges within this many voxels of a field of view's circle are left out of the PSF fit."""
 DEFAULT_ERODE = 2
 """Half-width (voxels) of the box around a labelled voxel that must hold one label and
 one particle for the voxel to count towards the levels (partial volume spreads over ~2
@@ -486,7 +489,7 @@ def _ring_profile(n: np.ndarray, m: np.ndarray, g: np.ndarray, *, void: list[int
 
 
 def label_levels(intensity: VolumeLike, labels: VolumeLike, *, particles: VolumeLike | None = None,
-                 erode: int = DEFAULT_ERODE) -> LabelLevels:
+                 erode: int = DEFAULT_ERODE, field_of_view: FieldOfView | None = None) -> LabelLevels:
     """Step 1: the phase levels and the cupping gain fitted from sparse labels.
 
     A global reduction (it computes): the intensity range, then one pass over the
@@ -507,6 +510,10 @@ def label_levels(intensity: VolumeLike, labels: VolumeLike, *, particles: Volume
         Half-width (voxels) of the box around a labelled voxel that must carry no other
         label (and, with ``particles``, one particle): a blurred boundary is a mixture
         for ~2 PSF sigmas (default :data:`DEFAULT_ERODE`).
+    field_of_view
+        The scan's field of view (:mod:`volmla.preprocess.fov`): no voxel outside it
+        enters the fit (its fill, or the void level put there, is no void of the scan,
+        and it would bend the cupping's parabola at the radii beyond the circle).
 
     Returns
     -------
@@ -561,6 +568,8 @@ def label_levels(intensity: VolumeLike, labels: VolumeLike, *, particles: Volume
             _pack_particle_label, part, lab, dtype=np.uint64, meta=np.empty((0, 0, 0), np.uint64))
         pure = _like(halo_map(keyed, _pure_block, halo=max(int(erode), 0), boundary="constant", cval=0,
                               dtype=np.uint8, erode=int(erode), void_class=0 if part is None else top + 1), image)
+        if field_of_view is not None:
+            pure = fill_outside(pure, field_of_view, 0)
         packed = da.map_blocks(functools.partial(_pack_levels_block, lo=float(lo), scale=scale), pure, lab, image,
                                dtype=np.int64, meta=np.empty((0, 0, 0), np.int64))
         table = block_tables(packed, _level_table, n_classes * n_bins * 3, shape=shape, n_classes=n_classes,
@@ -804,7 +813,8 @@ def _sq_resid(flat: np.ndarray, blurred: np.ndarray, edge: np.ndarray, *, unit: 
     return np.rint(np.where(edge, d * d, 0.0) * 1024.0).astype(np.int64)
 
 
-def estimate_psf(flat: da.Array, lmap: da.Array, *, noise_sigma: float) -> float:
+def estimate_psf(flat: da.Array, lmap: da.Array, *, noise_sigma: float,
+                 field_of_view: FieldOfView | None = None) -> float:
     """The gaussian PSF sigma (voxels) that best explains the grey at the edges.
 
     On a central crop of at most :data:`PSF_CROP` voxels per axis, the level map (void,
@@ -820,6 +830,10 @@ def estimate_psf(flat: da.Array, lmap: da.Array, *, noise_sigma: float) -> float
         Level map (void level outside particles, group levels inside).
     noise_sigma
         The unit of the residuals.
+    field_of_view
+        The scan's field of view: only edges more than :data:`FOV_MARGIN` voxels inside
+        it count (a particle cut by the circle ends there in a step the scan never
+        blurred).
 
     Returns
     -------
@@ -833,6 +847,10 @@ def estimate_psf(flat: da.Array, lmap: da.Array, *, noise_sigma: float) -> float
                  for n in flat.shape)
     f, lm = flat[crop], lmap[crop]
     edge = _like(halo_map(lm, _edge_block, halo=1, boundary="nearest", dtype=bool), f)
+    if field_of_view is not None:
+        cy, cx = field_of_view.center
+        inner = FieldOfView((cy - crop[1].start, cx - crop[2].start), max(field_of_view.radius - FOV_MARGIN, 0.0), 0.0)
+        edge = fill_outside(edge, inner, False)
     sums = []
     for sigma in PSF_SIGMAS:
         blurred = lm if sigma == 0 else _like(halo_map(lm, _blur, halo=_psf_halo(sigma), boundary="nearest",
@@ -1197,6 +1215,7 @@ def corrected_grey(
     solid_fraction: VolumeLike | None = None,
     contrast: float = DEFAULT_CONTRAST,
     pores: bool = False,
+    field_of_view: FieldOfView | None = None,
 ) -> CorrectedGrey:
     """The grey :func:`region_phases` classifies: flattened (step 2) and corrected for
     partial volume (step 4), lazily, in the particles' chunks.
@@ -1220,6 +1239,8 @@ def corrected_grey(
         :func:`region_phases`); None: the particles' binary edges.
     contrast, pores
         As in :func:`region_phases` (which voxels of a particle count as pores).
+    field_of_view
+        The scan's field of view, for the PSF's estimate (:func:`estimate_psf`).
 
     Returns
     -------
@@ -1275,7 +1296,7 @@ def corrected_grey(
                                                group_levels=glev), lab, flat, frac, dtype=np.float32,
                              meta=np.empty((0, 0, 0), np.float32))
     if psf_sigma is None:
-        psf_sigma = estimate_psf(flat, lmap, noise_sigma=levels.noise_sigma)
+        psf_sigma = estimate_psf(flat, lmap, noise_sigma=levels.noise_sigma, field_of_view=field_of_view)
     corrected = flat
     if psf_sigma > 0:
         blurred = _like(halo_map(lmap, _blur, halo=_psf_halo(psf_sigma), boundary="nearest", dtype=np.float32,
@@ -1293,6 +1314,7 @@ def region_psf(
     solid_fraction: VolumeLike | None = None,
     contrast: float = DEFAULT_CONTRAST,
     pores: bool = False,
+    field_of_view: FieldOfView | None = None,
     **region_options: Any,
 ) -> float:
     """The PSF sigma (voxels) :func:`region_phases` corrects with, given the same options.
@@ -1304,7 +1326,7 @@ def region_psf(
 
     Parameters
     ----------
-    intensity, particles, levels, psf_sigma, solid_fraction, contrast, pores
+    intensity, particles, levels, psf_sigma, solid_fraction, contrast, pores, field_of_view
         As in :func:`region_phases`.
     **region_options
         The other options of :func:`region_phases` (they do not change the PSF), so that
@@ -1322,7 +1344,7 @@ def region_psf(
     0.6
     """
     return corrected_grey(intensity, particles, levels, psf_sigma=psf_sigma, solid_fraction=solid_fraction,
-                          contrast=contrast, pores=pores).psf_sigma
+                          contrast=contrast, pores=pores, field_of_view=field_of_view).psf_sigma
 
 
 def region_phases(
@@ -1342,6 +1364,7 @@ def region_phases(
     per_particle: bool = False,
     refine: bool = False,
     mrf: bool = False,
+    field_of_view: FieldOfView | None = None,
 ) -> da.Array:
     """Phases inside particles classified by region (pooled, flattened, partial-volume
     corrected grey).
@@ -1411,6 +1434,9 @@ def region_phases(
         Step 5c: re-decide the phases of the pooled groups by a Potts field inside each
         particle, started from the pooled classes (:func:`volmla.segment.mrf.potts_phases`
         with its defaults; off by default).
+    field_of_view
+        The scan's cylindrical field of view (:mod:`volmla.preprocess.fov`): the levels
+        and the PSF are fitted on its inside only. None: every voxel is data.
 
     Returns
     -------
@@ -1463,14 +1489,14 @@ def region_phases(
         logger.info("regions: radius %d voxels (from the particles' sizes)", radius)
     if levels is None:
         assert labels is not None
-        levels = label_levels(image, labels, particles=lab)
+        levels = label_levels(image, labels, particles=lab, field_of_view=field_of_view)
     if not any(k > 0 for k in levels.levels):
         raise VolmlaError("levels must hold at least one solid phase")
     groups = _groups(levels, contrast=float(contrast), pores=bool(pores))
     if groups.phases.shape[0] > 127:
         raise VolmlaError(f"region_phases handles at most 126 contrast groups, got {groups.phases.shape[0] - 1}")
     grey = corrected_grey(image, lab, levels, psf_sigma=psf_sigma, solid_fraction=solid_fraction,
-                          contrast=float(contrast), pores=bool(pores))
+                          contrast=float(contrast), pores=bool(pores), field_of_view=field_of_view)
     flat, corrected = grey.flat, grey.corrected
     scratch = session_scratch("volmla-regions-", what="the pooled phase volume")
     small = None

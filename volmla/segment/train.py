@@ -58,6 +58,7 @@ from volmla.engine.blocks import as_volume
 from volmla.errors import VolmlaError
 from volmla.segment import PARTICLE_CLASSES, SPARSE_LABEL_OFFSET, particle_targets
 from volmla.segment.forest import read_region
+from volmla.segment.infer import MAX_THREADS
 from volmla.segment.model import NORMS, UNet, receptive_halo, size_multiple
 from volmla.segment.sessions import RESCALES
 from volmla.types import VolumeLike
@@ -97,7 +98,8 @@ class TrainConfig:
     seed
         Seeds torch and NumPy.
     threads
-        ``torch.set_num_threads`` during training (None: leave as is).
+        ``torch.set_num_threads`` during training, 1..:data:`volmla.segment.infer.MAX_THREADS`
+        (None: leave as is).
     device
         ``auto`` (CUDA when torch sees it), ``cpu`` or ``gpu``.
     augment
@@ -155,6 +157,10 @@ class TrainConfig:
     tile: int | tuple[int, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse a bad option when the config is made, before any work (:func:`train` checks again)."""
+        _validate(self)
+
 
 class TrainResult(NamedTuple):
     """What :func:`train` returns."""
@@ -202,6 +208,11 @@ def _validate(config: TrainConfig) -> TrainConfig:
         raise VolmlaError(f"gain and jitter must lie in [0, 0.5), got {config.gain!r} and {config.jitter!r}")
     if config.device not in ("auto", "cpu", "gpu"):
         raise VolmlaError(f"device must be one of ('auto', 'cpu', 'gpu'), got {config.device!r}")
+    threads = config.threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int | np.integer)
+                                or not 1 <= threads <= MAX_THREADS):
+        # each is an OS thread torch makes: thousands hang the machine, 0 or fewer is meaningless
+        raise VolmlaError(f"threads must be from 1 to {MAX_THREADS} (torch CPU threads), got threads={threads!r}")
     return config
 
 
