@@ -56,6 +56,9 @@ mapped by its own void and solid modes (how volmla's built-in model was made):
 The model volmla ships (``builtin:particles``) on every level, no training
 (``particles_builtin.json``):
     python benchmarks/bench_particles.py --learned --builtin --levels hard easy
+Scans with a zero-filled cylindrical field of view, with and without a container wall
+inside it (``particles_fov.json``, :func:`fov`):
+    python benchmarks/bench_particles.py --fov --shape 96
 Another phantom family (``particles_demo_family.json``, about ten minutes): the demo's
 generator (:func:`volmla.synthetic.phantom`: particles in resin with pores, a third of
 them of one grain, some with a bright sulphide, sizes drawn log-uniformly), which the
@@ -624,6 +627,75 @@ def demo_family(args: argparse.Namespace) -> int:
                         "peer": snow_note, "doc": demo_family.__doc__}, t0=t0, rows=rows, summary=summary, table=table)
 
 
+WALL_GREY = 14000.0
+"""The container wall of ``--fov``: between the resin's (10,000) and quartz's (22,000) grey."""
+
+
+def _strip(labels: np.ndarray, edge: np.ndarray) -> np.ndarray:
+    """The labels less those with a voxel on ``edge`` (cut there, or near enough)."""
+    cut = np.unique(labels[edge])
+    return np.where(np.isin(labels, cut[cut > 0]), 0, labels)
+
+
+def fov(args: argparse.Namespace) -> int:
+    """``--fov``: particles from scans written as reconstructions are, 0 outside the circle.
+
+    Per level and seed, :func:`volmla.synthetic.crushed_ore` with ``field_of_view=True``
+    (the inscribed circle; the same sample as without), and the same scan with a
+    container wall inside the circle (3 voxels of :data:`WALL_GREY`, noised as the scan).
+    ``label_particles`` on: the scan without a field of view (``plain``), the zero-filled
+    scan with its field of view found (``found``, the default) and with it ignored
+    (``blind``: the fill read as data), and the walled scan found, ignored, and with the
+    wall's inner circle given (``given``). Matched against the true particles, leaving
+    out in both those within one voxel of the circle (the wall's inner one for the walled
+    scan), as the particle table flags them.
+    """
+    from volmla.preprocess.fov import FieldOfView
+    from volmla.synthetic import crushed_ore
+
+    n = args.shape
+    y, x = np.mgrid[:n, :n]
+    r = np.broadcast_to(np.hypot(y - (n - 1) / 2, x - (n - 1) / 2), (n, n, n))
+    inner = n / 2 - 3.5
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for level in args.levels:
+        for seed in args.seeds:
+            plain = crushed_ore(shape=n, seed=seed, level=level)
+            zero = crushed_ore(shape=n, seed=seed, level=level, field_of_view=True)
+            walled = zero.intensity.copy()
+            ring = (r > inner) & (r < n / 2)
+            noise = float(zero.params["noise_sigma"])
+            walled[ring] = np.random.default_rng(seed).normal(WALL_GREY, noise, int(ring.sum())).clip(0, 65535)
+            center = ((n - 1) / 2, (n - 1) / 2)
+            cases = [("zero", "plain", plain.intensity, "auto", n / 2),
+                     ("zero", "found", zero.intensity, "auto", n / 2),
+                     ("zero", "blind", zero.intensity, None, n / 2),
+                     ("wall", "plain", plain.intensity, "auto", inner),
+                     ("wall", "found", walled, "auto", inner),
+                     ("wall", "blind", walled, None, inner),
+                     ("wall", "given", walled, FieldOfView(center, inner, 0.0), inner)]
+            for scan, method, image, given, radius in cases:
+                edge = r >= radius - 1  # the particle table's rule: within one voxel of the circle
+                t = time.perf_counter()
+                pred = _volmla(image, field_of_view=given)
+                dt = time.perf_counter() - t
+                kept, truth = _strip(pred, edge), _strip(plain.particles, edge)
+                m = match_particles(kept, truth, iou=0.8)
+                rows.append({"level": f"{level}-{scan}", "seed": seed, "shape": [n] * 3, "source": "ct",
+                             "method": method, **m._asdict(), "seconds": dt, "mvox_per_s": pred.size / dt / 1e6,
+                             **_mask_agreement(kept, truth > 0)})
+                print(f"{level} {scan} seed {seed} {method:6s} true {m.n_true:4d} pred {m.n_pred:4d} matched "
+                      f"{m.matched_fraction:6.1%} merges {m.merges:3d} splits {m.splits:3d}", flush=True)
+    summary = summarise(rows)
+    table = _table(summary)
+    print(table)
+    out = RESULTS / "particles_fov.json" if args.out == RESULTS / "particles.json" else args.out
+    return _write(out, {"benchmark": "particles --fov", "shape": [n] * 3, "seeds": args.seeds, "levels": args.levels,
+                        "iou": 0.8, "wall_grey": WALL_GREY, "doc": fov.__doc__}, t0=t0, rows=rows, summary=summary,
+                  table=table)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, default=128, help="cube edge of the phantoms (scan voxels)")
@@ -657,6 +729,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --learned: apply the model volmla ships (builtin:particles) instead of training; with --speed: also time the CT through it")
     ap.add_argument("--model-level", choices=["easy", "hard"], default=None,
                     help="with --use-models: the level whose model is applied to every level's scans")
+    ap.add_argument("--fov", action="store_true",
+                    help="scans with a zero-filled cylindrical field of view, with and without a container wall "
+                         "(particles_fov.json)")
     ap.add_argument("--demo-family", action="store_true",
                     help="the demo's phantom generator instead of crushed ore (particles_demo_family.json)")
     add_set_option(ap)
@@ -668,6 +743,8 @@ def main(argv: list[str] | None = None) -> int:
         return learned(args)
     if args.demo_family:
         return demo_family(args)
+    if args.fov:
+        return fov(args)
     if args.speed:
         name = "particles_speed.json" if args.speed == 384 else f"particles_speed_{args.speed}.json"
         if args.builtin:

@@ -387,9 +387,10 @@ FOV_KEYS = ("reference", "fov", "fov_blind")
 def run_fov_case(shape: int, seed: int, level: str) -> dict[str, Any]:
     """End to end on the scan as a reconstruction writes it: 0 outside the inscribed circle.
 
-    The truth is recomputed over the particles the circle does not cut (a true particle
-    with a voxel at or beyond the circle touches the border); the sparse labels lie inside
-    it (a polished section of the sample). Three ways, each end to end (own particles,
+    The phantom is :func:`volmla.synthetic.crushed_ore` with ``field_of_view=True``: its
+    truth is over the particles the circle leaves whole (a particle with a fine voxel
+    beyond it touches the border); the sparse labels lie inside it (a polished section of
+    the sample). Three ways, each end to end (own particles,
     phases by region, contacts refined): ``fov`` as ``volmla run`` does it (the field of
     view found, the outside set to the void level, :func:`volmla.preprocess.fov.void_outside`,
     and the particles told of it), ``fov_blind`` the same with ``field_of_view=None`` (the outside read as data,
@@ -402,17 +403,15 @@ def run_fov_case(shape: int, seed: int, level: str) -> dict[str, Any]:
     from volmla.preprocess.fov import find_field_of_view, void_outside
     from volmla.segment.pooled import region_phases
     from volmla.synthetic import crushed_ore
-    from volmla.synthetic.crushed import truth_liberation
 
     ore = crushed_ore(shape=shape, seed=seed, level=level)
+    cut = crushed_ore(shape=shape, seed=seed, level=level, field_of_view=True)  # the same sample, written so
+    scan = cut.intensity
     y, x = np.mgrid[:shape, :shape]
-    outside = np.broadcast_to(np.hypot(y - (shape - 1) / 2, x - (shape - 1) / 2) >= shape / 2, ore.intensity.shape)
-    scan = np.where(outside, 0, ore.intensity).astype(ore.intensity.dtype)
-    cut = np.unique(ore.particles[outside])
-    table = ore.table.copy()
-    table["touches_border"] = table["touches_border"].to_numpy(bool) | np.isin(table["particle_id"], cut[cut > 0])
-    truth_fov = truth_liberation(table)
+    outside = np.broadcast_to(np.hypot(y - (shape - 1) / 2, x - (shape - 1) / 2) >= shape / 2, scan.shape)
+    truth_fov = cut.liberation
     labels = np.where(outside, 0, _sparse_labels(ore.phases)).astype(np.uint8)
+    table = cut.table
     out: dict[str, Any] = {"shape": shape, "seed": seed, "level": level,
                            "n_particles": {"true": int(len(ore.table)),
                                            "true_inside": int((~table["touches_border"].to_numpy(bool)).sum())}}

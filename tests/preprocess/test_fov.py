@@ -133,3 +133,20 @@ def test_phase_levels_do_not_count_the_outside_as_void() -> None:
     img = img.astype(np.float32)
     assert abs(phase_levels(img, ph, field_of_view=fov).levels[0] - 1000.0) < 5
     assert phase_levels(img, ph).levels[0] < 995.0  # the fill counted as void: the median pulled (991 here)
+
+
+def test_a_real_scan_cropped_inside_its_field_of_view_has_none_and_gets_one_when_cut() -> None:
+    """The real micro-CT crop (air voids in cement paste, tests/data): no circle of one value;
+    the same scan with the outside of its inscribed circle set to 0 (as a reconstruction
+    writes it): found, to within a voxel."""
+    from pathlib import Path
+
+    import tifffile
+
+    cement = tifffile.imread(Path(__file__).parents[1] / "data" / "cement_128x128x128.tif")
+    assert find_field_of_view(cement) is None
+    cut = cement.copy()
+    cut[~_disc(cut.shape, (63.5, 63.5), 60.0)] = 0
+    fov = find_field_of_view(cut)
+    assert fov is not None and fov.fill == 0
+    assert abs(fov.radius - 60.0) < 1.0 and max(abs(c - 63.5) for c in fov.center) < 0.5

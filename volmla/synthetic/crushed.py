@@ -693,6 +693,7 @@ def crushed_ore(
     gap: float | None = None,
     pore_fraction: float = 0.0,
     dtype: Literal["uint16", "float32"] = "uint16",
+    field_of_view: bool = False,
 ) -> CrushedOre:
     """A simulated CT of crushed ore with its physical truth (in memory).
 
@@ -744,6 +745,12 @@ def crushed_ore(
         Probability that a particle holds one spherical air pore (void, label 0).
     dtype
         ``"uint16"`` (rounded and clipped, like a 16-bit scan) or ``"float32"``.
+    field_of_view
+        Write the scan as a reconstruction does: 0 outside the circle inscribed in the
+        slices (about the slices' centre, radius half the shorter side), in
+        ``intensity`` and ``noiseless``. The truth volumes stay whole; a particle with a
+        fine voxel outside the circle is cut (``touches_border``), and ``liberation`` is
+        over the particles it leaves whole; ``params["field_of_view"]`` records it.
 
     Returns
     -------
@@ -811,6 +818,9 @@ def crushed_ore(
     grey["feldspar"] = GREY["quartz"] + p["contrast"] * p["noise_sigma"]
     intensity, noiseless, solid = _scan(scan_rng, material, os, dims, grey, p)
     table = _truth_table(labels, material, os, shapes, order, cells, vs)
+    fov = None
+    if field_of_view:
+        fov = _cut_by_circle(labels, os, dims, intensity, noiseless, table)
     n_contacts = _contacts(labels)
     params = {
         "shape": list(dims),
@@ -825,6 +835,7 @@ def crushed_ore(
         "n_clusters": int(np.unique(shapes.cluster[order]).size),
         "n_contacts": int(n_contacts),
         "achieved_density": float(solid.mean()),
+        "field_of_view": fov,
     }
     return CrushedOre(
         intensity=intensity,
@@ -836,6 +847,26 @@ def crushed_ore(
         liberation=truth_liberation(table, voxel_size=vs),
         params=params,
     )
+
+
+def _cut_by_circle(labels: np.ndarray, os: int, dims: tuple[int, int, int], intensity: np.ndarray,
+                   noiseless: np.ndarray, table: pd.DataFrame) -> dict[str, Any]:
+    """The inscribed circle as a reconstruction's field of view (``field_of_view=True``):
+    the scan 0 outside it (in place), the particles with a fine voxel outside it cut."""
+    center = ((dims[1] - 1) / 2, (dims[2] - 1) / 2)
+    radius = min(dims[1], dims[2]) / 2
+
+    def outside(n_y: int, n_x: int, step: float) -> np.ndarray:  # voxel centres in scan units
+        y = (np.arange(n_y) + 0.5) * step - 0.5
+        x = (np.arange(n_x) + 0.5) * step - 0.5
+        return np.hypot(y[:, None] - center[0], x[None, :] - center[1]) >= radius
+
+    scan_out = outside(dims[1], dims[2], 1.0)
+    intensity[:, scan_out] = 0
+    noiseless[:, scan_out] = 0
+    cut = np.unique(labels[:, outside(labels.shape[1], labels.shape[2], 1.0 / os)])
+    table["touches_border"] = table["touches_border"].to_numpy(bool) | np.isin(table["particle_id"], cut[cut > 0])
+    return {"center_yx": [float(center[0]), float(center[1])], "radius": float(radius), "fill": 0.0}
 
 
 def _contacts(labels: np.ndarray) -> int:
