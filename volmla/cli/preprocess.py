@@ -26,13 +26,14 @@ def preprocess_command(
         Path | None, typer.Option("--config", help="YAML list of steps ({name: ..., params: {...}}), run before --step.")
     ] = None,
     chunks: Annotated[int | None, typer.Option("--chunks", help="Output chunk edge in voxels (default: the input's).")] = None,
+    fov: Annotated[str, typer.Option("--fov", help="The scan's cylindrical field of view: auto (found: a constant fill outside a circle, as reconstructions write it), none, or Y,X,R in voxels. Its outside is set to the void level before the steps.")] = "auto",
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Filter an intensity volume chunk by chunk (halos exact at chunk borders); resumable."""
     from volmla.preprocess import plan_preprocess, write_preprocessed
 
     plan = plan_preprocess(input_path, output, steps=steps or [], config=config, chunks=chunks, device=device(),
-                           overwrite=overwrite)
+                           overwrite=overwrite, field_of_view=fov)
     with running(inputs=[plan.volume]):
         path = write_preprocessed(plan)
     if not STATE.quiet:

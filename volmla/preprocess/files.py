@@ -4,8 +4,10 @@
    opens the input, checks every step and its halo against it and checks the output
    (an existing one is refused without ``overwrite=True``; an unfinished one of the same
    job resumes), all before anything is computed, so a mistake costs no cluster start;
-2. :func:`write_preprocessed` chains the steps lazily (:func:`volmla.preprocess.preprocess`)
-   and writes the result chunk by chunk (:func:`volmla.io.write_volume`).
+2. :func:`write_preprocessed` finds the scan's field of view and reads its outside as
+   void (:mod:`volmla.preprocess.fov`; ``field_of_view``), chains the steps lazily
+   (:func:`volmla.preprocess.preprocess`) and writes the result chunk by chunk
+   (:func:`volmla.io.write_volume`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import xarray as xr
 
 from volmla.engine.backend import resolve_device
 from volmla.errors import VolmlaError
+from volmla.preprocess.fov import RECORD_KEY, find_field_of_view, parse_field_of_view, void_outside
 from volmla.preprocess.steps import Step, StepLike, _as_step, check_steps, load_steps, preprocess
 from volmla.types import Device
 
@@ -35,6 +38,8 @@ class PreprocessPlan(NamedTuple):
     overwrite: bool
     job: dict[str, Any]
     """What the output's fingerprint is taken from: command, input, steps, device."""
+    field_of_view: Any = "auto"
+    """``"auto"``, None or a :class:`~volmla.preprocess.fov.FieldOfView` (:func:`plan_preprocess`)."""
 
 
 def plan_preprocess(
@@ -46,6 +51,7 @@ def plan_preprocess(
     chunks: int | Sequence[int] | None = None,
     device: Device = "cpu",
     overwrite: bool = False,
+    field_of_view: str | bool = "auto",
 ) -> PreprocessPlan:
     """Check a preprocessing job on files, computing nothing.
 
@@ -66,6 +72,13 @@ def plan_preprocess(
         Where the local filters run (``auto``, ``cpu`` or ``gpu``).
     overwrite
         Replace an existing output.
+    field_of_view
+        ``"auto"``: find the scan's cylindrical field of view when the job runs
+        (:func:`volmla.preprocess.fov.find_field_of_view`) and set its outside to the
+        void level before the steps (:func:`~volmla.preprocess.fov.void_outside`), so the
+        fill neither bends beam-hardening's and the rings' radial fits nor bleeds into the
+        filters' reach at the edge; ``"none"`` (or False): every voxel is data;
+        ``"Y,X,R"``: that circle.
 
     Returns
     -------
@@ -86,14 +99,17 @@ def plan_preprocess(
     checked = check_steps(given, volume.shape)
     dev = resolve_device(device)
     out_chunks = chunks if chunks is not None else tuple(int(c[0]) for c in volume.data.chunks)
-    job = {
+    job: dict[str, Any] = {
         "command": "preprocess",
         "input": source_id(input_path),
         "steps": [s.as_dict() for s in checked],
         "device": dev,
     }
+    fov = parse_field_of_view(field_of_view, name="--fov")
+    if not isinstance(fov, str):  # named only when not "auto", so the jobs of earlier versions stay the same
+        job["field_of_view"] = None if fov is None else fov.as_record()
     check_output(output, overwrite=overwrite, job=job)
-    return PreprocessPlan(volume, checked, Path(output), out_chunks, dev, overwrite, job)
+    return PreprocessPlan(volume, checked, Path(output), out_chunks, dev, overwrite, job, fov)
 
 
 def write_preprocessed(plan: PreprocessPlan) -> Path:
@@ -116,5 +132,11 @@ def write_preprocessed(plan: PreprocessPlan) -> Path:
     """
     from volmla.io import write_volume
 
-    result = preprocess(plan.volume, plan.steps, device=plan.device)
+    volume = plan.volume
+    fov = find_field_of_view(volume) if isinstance(plan.field_of_view, str) else plan.field_of_view
+    if fov is not None:
+        record = {"step": "field_of_view", RECORD_KEY: fov.as_record(), "outside": "void level"}
+        volume = volume.copy(data=void_outside(volume.data, fov))
+        volume.attrs["provenance"] = [*volume.attrs.get("provenance", []), record]
+    result = preprocess(volume, plan.steps, device=plan.device)
     return write_volume(result, plan.output, chunks=plan.chunks, overwrite=plan.overwrite, job=plan.job)
