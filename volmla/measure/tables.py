@@ -399,6 +399,7 @@ def _measured(particles: VolumeLike, phases: VolumeLike, grains: VolumeLike | No
             resolve_phase_names(phase_names, None, None)
     tasks = partial_tasks(lab, ph, gr)
     n_partial = len(tasks)
+    fov = from_provenance(lab_attrs)  # the scan's field of view the particles were labelled in, if any
     if intensity is not None:
         shape = tuple(getattr(intensity, "shape", np.shape(intensity)))
         if shape != lab.shape:
@@ -411,10 +412,9 @@ def _measured(particles: VolumeLike, phases: VolumeLike, grains: VolumeLike | No
         image = image if image.chunks == lab.chunks else image.rechunk(lab.chunks)
         ctx = context_volume(lab, ph)
         if levels is None:
-            levels = phase_levels(image, ph, lab, context=ctx, field_of_view=from_provenance(lab_attrs))
+            levels = phase_levels(image, ph, lab, context=ctx, field_of_view=fov)
         tasks = [*tasks, *fraction_tasks(lab, ph, image, levels=levels, resolve=resolve, context=ctx)]
     n_measured = len(tasks)
-    fov = from_provenance(lab_attrs)
     if fov is not None:  # particles cut by the scan's field of view: flagged as touching the border
         tasks = [*tasks, *edge_ids(lab, fov)]
     logger.info("measuring %d blocks of %s", math.prod(lab.numblocks), lab.shape)

@@ -58,7 +58,7 @@ from volmla.engine.blocks import as_volume, map_reduce
 from volmla.engine.reduce import Histogram, histogram, histogram_modes, min_max, otsu
 from volmla.errors import VolmlaError
 from volmla.particles.label import Labels, check_connectivity, label
-from volmla.preprocess.fov import FieldOfView, fill_outside, inside_histogram
+from volmla.preprocess.fov import FieldOfView, fill_outside, inside_histogram, void_outside
 from volmla.types import VolumeLike
 
 logger = logging.getLogger(__name__)
@@ -314,8 +314,8 @@ def flatten_cupping(volume: VolumeLike, *, threshold: float | None = None,
     hist = _histogram(data, field_of_view)
     void_mode, solid_mode = _modes(hist)
     cut = (void_mode + solid_mode) / 2 if threshold is None else float(threshold)
-    lo, hi = min_max(data) if field_of_view is not None else (hist.first, hist.first + hist.width * len(hist.counts))
-    maxabs = max(abs(lo), abs(hi))
+    # the inside's histogram does not bound the outside's values: radial_profile then reads the range itself
+    maxabs = None if field_of_view is not None else max(abs(hist.first), abs(hist.first + hist.width * len(hist.counts)))
     center = None if field_of_view is None else field_of_view.center
     prof = radial_profile(-data, threshold=-cut, maxabs=maxabs, center=center)  # counts the voxels below the cut
     used = (prof.counts >= 16) & np.isfinite(prof.r2)
@@ -531,7 +531,7 @@ def auto_solid(volume: VolumeLike, *, field_of_view: FieldOfView | None = None) 
     data = as_volume(volume, finite=True).data
     fov = field_of_view
     if fov is not None:  # the outside is void to the filters and the levels, not the fill value
-        data = fill_outside(data, fov, _modes(_histogram(data, fov))[0])
+        data = void_outside(data, fov)
     smooth = as_volume(gaussian(data, sigma=DENOISE_SIGMA)).data
     flat = flatten_cupping(smooth, field_of_view=fov)
     void, solid = _modes(_histogram(flat, fov))

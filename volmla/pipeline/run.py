@@ -302,10 +302,9 @@ def _field_of_view(volume: xr.DataArray, cfg: PipelineConfig, *, log: Log) -> di
 
     if cfg.segment is None:
         return {}
-    given = parse_field_of_view("auto" if "field_of_view" not in cfg.particles.given else cfg.particles.field_of_view)
-    fov = find_field_of_view(volume) if given == "auto" else given
-    if isinstance(fov, str):
-        raise AssertionError(fov)  # parse_field_of_view returns "auto" only for "auto"
+    fov = parse_field_of_view(cfg.particles.field_of_view if "field_of_view" in cfg.particles.given else "auto")
+    if isinstance(fov, str):  # "auto"
+        fov = find_field_of_view(volume)
     if fov is not None:
         log(f"field of view: a circle of radius {fov.radius:.1f} voxels about (y {fov.center[0]:.1f}, "
             f"x {fov.center[1]:.1f}), {fov.fill:g} outside, read as void")
